@@ -1,0 +1,99 @@
+"""Wires settings -> database -> collector -> snapshot -> HTTP together and runs until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+
+from exporter.collectors import COLLECTORS
+from exporter.database import Database
+from exporter.http import Authorizer, MetricsServer
+from exporter.scheduler import Collector, start_scheduler
+from exporter.settings import Settings
+from exporter.snapshot import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 5.0
+
+
+class StartupError(Exception):
+    """The exporter cannot start (e.g. the listen address is taken); one line for the user."""
+
+
+@dataclass(frozen=True)
+class HTTPSecurity:
+    """What the web config file contributes to the server (TLS, auth, headers)."""
+
+    ssl_context: ssl.SSLContext | None = None
+    authorize: Authorizer | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def load_http_security(settings: Settings) -> HTTPSecurity:
+    if settings.web_config_file is None:
+        return HTTPSecurity()
+    from exporter.webconfig import TLSContextProvider, load_web_config
+
+    config = load_web_config(settings.web_config_file)
+    return HTTPSecurity(
+        ssl_context=TLSContextProvider(config.tls).server_context if config.tls else None,
+        authorize=config.authorize if config.auth_required else None,
+        headers=config.headers,
+    )
+
+
+async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event) -> None:
+    """Run the exporter until ``stop`` is set; always closes the pool and the sockets."""
+    store = SnapshotStore(interval=settings.interval, max_staleness=settings.max_staleness)
+    database = Database(
+        settings.dsn, pool_size=len(COLLECTORS), query_timeout=settings.query_timeout
+    )
+    await database.open()
+    server = MetricsServer(
+        store,
+        authorize=security.authorize,
+        extra_headers=security.headers,
+        ssl_context=security.ssl_context,
+    )
+    try:
+        addresses = await server.start(settings.listen_host, settings.listen_port)
+    except OSError as error:
+        await database.close()
+        raise StartupError(f"cannot listen on {settings.listen}: {error.strerror}") from None
+    scheme = "https" if security.ssl_context else "http"
+    for host, port in addresses:
+        shown = f"[{host}]" if ":" in host else host
+        log.info("listening on %s://%s:%d/metrics", scheme, shown, port)
+    log.info(
+        "collecting from %s every %gs (query timeout %gs, max staleness %gs)",
+        settings.redacted_dsn,
+        settings.interval,
+        settings.query_timeout,
+        settings.max_staleness,
+    )
+    collector = Collector(database, store, settings)
+    scheduler = start_scheduler(collector, settings.interval)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        scheduler.shutdown(wait=False)
+        await server.close()
+        await database.close(SHUTDOWN_TIMEOUT)
+
+
+def run(settings: Settings, security: HTTPSecurity) -> None:
+    """Blocking entry point: SIGTERM/SIGINT stop the exporter cleanly."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, security, stop)
+
+    asyncio.run(main())

@@ -1,0 +1,101 @@
+"""``tw-exporter check``: is this database ready for the exporter? Usable as an init step.
+
+Validates the settings, connects with the exporter's own pool settings, verifies that the
+tables and columns each query reads exist and are readable, and runs each query once. Prints
+one line per step and exits 0 only when everything would work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Mapping
+
+import asyncpg
+
+from exporter.collectors import COLLECTORS
+from exporter.database import Database, QueryError, describe
+from exporter.settings import Settings
+
+Print = Callable[[str], None]
+
+COLUMNS_SQL = """
+SELECT c.table_name, c.column_name
+FROM information_schema.columns c
+WHERE c.table_schema = ANY (current_schemas(false)) AND c.table_name = ANY ($1::text[])
+"""
+
+
+def required_columns() -> dict[str, set[str]]:
+    needed: dict[str, set[str]] = {}
+    for collector in COLLECTORS:
+        for table, columns in collector.tables.items():
+            needed.setdefault(table, set()).update(columns)
+    return needed
+
+
+def missing_columns(needed: Mapping[str, set[str]], present: Mapping[str, set[str]]) -> list[str]:
+    problems = []
+    for table, columns in sorted(needed.items()):
+        if table not in present:
+            problems.append(f"table {table} is missing")
+            continue
+        absent = sorted(columns - present[table])
+        if absent:
+            problems.append(f"table {table} lacks column(s) {', '.join(absent)}")
+    return problems
+
+
+async def check(settings: Settings, out: Print = print) -> int:
+    out(
+        f"settings: ok (database {settings.redacted_dsn}, interval {settings.interval:g}s, "
+        f"query timeout {settings.query_timeout:g}s)"
+    )
+    try:
+        conn = await asyncpg.connect(settings.dsn, timeout=settings.query_timeout)
+    except Exception as error:
+        out(f"connect: FAILED: {describe(error)}")
+        return 1
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        out(f"connect: ok (PostgreSQL {version})")
+        needed = required_columns()
+        present: dict[str, set[str]] = {}
+        for row in await conn.fetch(COLUMNS_SQL, list(needed)):
+            present.setdefault(row["table_name"], set()).add(row["column_name"])
+        problems = missing_columns(needed, present)
+        for table in sorted(set(needed) & set(present)):
+            if not await conn.fetchval("SELECT has_table_privilege($1, 'SELECT')", table):
+                problems.append(f"no SELECT privilege on table {table}")
+    finally:
+        await conn.close()
+    for problem in problems:
+        out(f"schema: FAILED: {problem}")
+    if not problems:
+        out("schema: ok (" + ", ".join(sorted(needed)) + ")")
+
+    database = Database(
+        settings.dsn, pool_size=len(COLLECTORS), query_timeout=settings.query_timeout
+    )
+    await database.open()
+    failures = len(problems)
+    try:
+        for collector in COLLECTORS:
+            try:
+                result = await database.fetch(collector.sql, collector.params(settings))
+            except QueryError as error:
+                failures += 1
+                out(f"query {collector.name}: FAILED ({error.reason}): {error}")
+                continue
+            out(
+                f"query {collector.name}: ok, {len(result.rows)} rows in "
+                f"{result.seconds * 1000:.1f} ms"
+            )
+    finally:
+        await database.close()
+    out("check: ok" if failures == 0 else f"check: FAILED ({failures} problem(s))")
+    return 0 if failures == 0 else 1
+
+
+def run_check(settings: Settings) -> int:
+    return asyncio.run(check(settings, lambda line: print(line, file=sys.stdout, flush=True)))

@@ -1,0 +1,66 @@
+"""Top users by follower count -> ``tw_user_followers{username, verified}``.
+
+Two fixes over the seed's SQL: users with a NULL ``follower_count`` are excluded (PostgreSQL
+sorts NULLs first under ``DESC``, so the seed would export them as the "top" users), and ties
+are broken by username so the exported set is the same every cycle instead of flapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from exporter.collectors.base import MetricSpec, QueryCollector, QueryParams, Row
+
+USER_FOLLOWERS = MetricSpec(
+    name="tw_user_followers",
+    kind="gauge",
+    help=(
+        "Followers of each of the top users by follower count (the top N is set by "
+        "--top-users). Refreshed from the database every collection interval; a user who "
+        "leaves the top N disappears."
+    ),
+    labels=("username", "verified"),
+)
+
+SQL = """
+SELECT username, follower_count, verified
+FROM tw_users
+WHERE follower_count IS NOT NULL
+ORDER BY follower_count DESC, username ASC
+LIMIT $1
+"""
+
+
+def _params(settings: QueryParams) -> tuple[Any, ...]:
+    return (settings.top_users,)
+
+
+def _to_families(rows: Sequence[Row], settings: QueryParams) -> list[Metric]:
+    family = GaugeMetricFamily(
+        USER_FOLLOWERS.name, USER_FOLLOWERS.help, labels=list(USER_FOLLOWERS.labels)
+    )
+    seen: set[str] = set()
+    for row in rows:
+        username = str(row["username"])
+        # A duplicate label set would make the whole exposition invalid; the first row
+        # (highest count, by the ORDER BY) wins.
+        if username in seen:
+            continue
+        seen.add(username)
+        verified = "true" if row["verified"] else "false"
+        family.add_metric([username, verified], float(row["follower_count"]))
+    return [family]
+
+
+COLLECTOR = QueryCollector(
+    name="top_users",
+    sql=SQL,
+    tables={"tw_users": ("username", "follower_count", "verified")},
+    metrics=(USER_FOLLOWERS,),
+    params=_params,
+    to_families=_to_families,
+)

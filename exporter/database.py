@@ -1,0 +1,164 @@
+"""The asyncpg pool and the one way the exporter runs a query.
+
+One asyncpg connection cannot run queries concurrently ("another operation is in progress"),
+so the exporter owns a small pool sized to the number of queries: the three run at once, and a
+lock or a slow database can never pile up more connections than that (postgres_exporter #1228).
+Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
+client-side deadline as backstop for a server that stops answering altogether. Failures are
+classified into the reasons the error counter exports: timeout, connection, sql.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from exporter.health import FailureReason
+
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "tw-exporter"
+# The client deadline trails the server's statement_timeout so PostgreSQL normally cancels
+# first (reason "timeout" with a clean connection); the client only steps in when the server
+# itself stops answering.
+CLIENT_GRACE_SECONDS = 1.0
+# Connections idle longer than this are closed, so a pool never holds sockets a database
+# restart or a NAT timeout has silently broken for long.
+MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
+
+# SQLSTATE classes that mean "the database could not be reached or went away".
+_CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "28", "3D000", "53300")
+_TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available
+
+
+class QueryError(Exception):
+    """A failed query, with the reason label it is counted under and a password-free message."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: FailureReason = reason
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    rows: Sequence[asyncpg.Record]
+    seconds: float
+
+
+def classify(error: BaseException) -> FailureReason:
+    """Map a driver or OS error onto the exported failure reason."""
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(error, asyncpg.PostgresError):
+        state = getattr(error, "sqlstate", "") or ""
+        if state in _TIMEOUT_SQLSTATES:
+            return "timeout"
+        if state.startswith(_CONNECTION_SQLSTATE_PREFIXES):
+            return "connection"
+        return "sql"
+    if isinstance(
+        error,
+        OSError | ConnectionError | asyncpg.InterfaceError | asyncpg.ClientConfigurationError,
+    ):
+        return "connection"
+    return "sql"
+
+
+def describe(error: BaseException) -> str:
+    """A one-line, password-free description (asyncpg messages never contain the DSN)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
+class Database:
+    """Owns the pool. Creating it never touches the database: connections open on demand, so
+    the exporter starts (and serves ``tw_up 0``) while the database is down."""
+
+    def __init__(self, dsn: str, *, pool_size: int, query_timeout: float) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._query_timeout = query_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        timeout_ms = str(max(1, round(self._query_timeout * 1000)))
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._pool_size,
+            timeout=self._query_timeout,  # connect timeout
+            command_timeout=None,
+            max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
+            server_settings={
+                "application_name": APPLICATION_NAME,
+                "statement_timeout": timeout_ms,
+                "lock_timeout": timeout_ms,
+                "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2),
+                "default_transaction_read_only": "on",
+            },
+        )
+
+    async def close(self, grace: float = 5.0) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), grace)
+        except Exception:  # shutdown must finish even if connections hang
+            pool.terminate()
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> QueryResult:
+        """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
+
+        Errors while *getting* a connection (refused, unreachable, authentication, a connect
+        that times out) count as ``connection``; a timeout while the query runs counts as
+        ``timeout``. A connection error *during* the query on a pooled connection is retried
+        once on a fresh one: after a database restart every idle connection is dead, and the
+        retry lets the first cycle after the restart succeed instead of reporting a failure
+        that is already over.
+        """
+        if self._pool is None:
+            raise QueryError("connection", "the connection pool is not open")
+        started = time.perf_counter()
+        attempt = _Attempt()
+        try:
+            async with asyncio.timeout(self._query_timeout + CLIENT_GRACE_SECONDS):
+                try:
+                    rows = await self._fetch_once(sql, args, attempt)
+                except Exception as error:
+                    if attempt.phase != "query" or classify(error) != "connection":
+                        raise
+                    log.debug("retrying on a fresh connection after %s", describe(error))
+                    rows = await self._fetch_once(sql, args, attempt)
+        except Exception as error:
+            reason: FailureReason = "connection" if attempt.phase == "connect" else classify(error)
+            raise QueryError(reason, describe(error)) from None
+        return QueryResult(rows=rows, seconds=time.perf_counter() - started)
+
+    async def _fetch_once(
+        self, sql: str, args: Sequence[Any], attempt: _Attempt
+    ) -> Sequence[asyncpg.Record]:
+        assert self._pool is not None
+        attempt.phase = "connect"
+        conn = await self._pool.acquire()
+        attempt.phase = "query"
+        try:
+            async with conn.transaction(readonly=True):
+                rows: Sequence[asyncpg.Record] = await conn.fetch(sql, *args)
+                return rows
+        finally:
+            await self._pool.release(conn)
+
+
+@dataclass
+class _Attempt:
+    """Where a query attempt is, so a timeout can be blamed on connecting or on the query."""
+
+    phase: str = "connect"

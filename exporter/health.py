@@ -1,0 +1,134 @@
+"""The exporter's own health metrics: whether the database answered, how long queries took,
+why they failed and how fresh each query's data is.
+
+These are long-lived prometheus_client objects because their label sets are fixed (one per
+query, one per failure reason) and pre-created, so ``rate()`` and absence alerts work from the
+first scrape. Business series are *not* kept this way: they are rebuilt from each result (see
+``snapshot``), so rows that vanish from the database vanish from ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from exporter import __version__
+from exporter.collectors import QUERY_NAMES
+from exporter.collectors.base import MetricSpec
+
+FailureReason = Literal["timeout", "connection", "sql"]
+FAILURE_REASONS: tuple[FailureReason, ...] = ("timeout", "connection", "sql")
+
+QUERY_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+UP = MetricSpec(
+    "tw_up",
+    "gauge",
+    "1 when the last collection cycle reached the database (at least one query got a "
+    "connection), 0 when it could not connect at all.",
+)
+QUERY_DURATION = MetricSpec(
+    "tw_exporter_query_duration_seconds",
+    "histogram",
+    "Wall time of each business query, including waiting for a pooled connection.",
+    ("query",),
+)
+QUERY_ERRORS = MetricSpec(
+    "tw_exporter_query_errors_total",
+    "counter",
+    "Failed runs of each business query by reason: timeout (statement_timeout or client "
+    "deadline), connection (database unreachable, restarted or refused), sql (any other "
+    "error, e.g. a missing table).",
+    ("query", "reason"),
+)
+QUERY_LAST_SUCCESS = MetricSpec(
+    "tw_exporter_query_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time of each query's last successful run; its series stop being served after "
+    "--max-staleness without a success.",
+    ("query",),
+)
+CYCLE_DURATION = MetricSpec(
+    "tw_exporter_cycle_duration_seconds",
+    "gauge",
+    "Wall time of the last collection cycle (all queries, run concurrently).",
+)
+CYCLES_SKIPPED = MetricSpec(
+    "tw_exporter_cycles_skipped_total",
+    "counter",
+    "Scheduled collection cycles skipped because the previous cycle was still running.",
+)
+INTERVAL = MetricSpec(
+    "tw_exporter_interval_seconds",
+    "gauge",
+    "Configured collection interval (--interval): how often business values refresh.",
+)
+BUILD_INFO = MetricSpec(
+    "tw_exporter_build_info",
+    "gauge",
+    "Always 1; the version label tells which tw-exporter build is running.",
+    ("version",),
+)
+
+HEALTH_METRICS: tuple[MetricSpec, ...] = (
+    UP,
+    QUERY_DURATION,
+    QUERY_ERRORS,
+    QUERY_LAST_SUCCESS,
+    CYCLE_DURATION,
+    CYCLES_SKIPPED,
+    INTERVAL,
+    BUILD_INFO,
+)
+
+
+def _registered_name(spec: MetricSpec) -> str:
+    """prometheus_client appends ``_total`` to counters itself."""
+    return spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
+
+
+class HealthMetrics:
+    """Owns the health metric objects, registered in the exporter's private registry."""
+
+    def __init__(self, registry: CollectorRegistry, interval_seconds: float) -> None:
+        def labels(spec: MetricSpec) -> list[str]:
+            return list(spec.labels)
+
+        self.up = Gauge(_registered_name(UP), UP.help, registry=registry)
+        self.query_duration = Histogram(
+            _registered_name(QUERY_DURATION),
+            QUERY_DURATION.help,
+            labels(QUERY_DURATION),
+            buckets=QUERY_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.query_errors = Counter(
+            _registered_name(QUERY_ERRORS),
+            QUERY_ERRORS.help,
+            labels(QUERY_ERRORS),
+            registry=registry,
+        )
+        self.query_last_success = Gauge(
+            _registered_name(QUERY_LAST_SUCCESS),
+            QUERY_LAST_SUCCESS.help,
+            labels(QUERY_LAST_SUCCESS),
+            registry=registry,
+        )
+        self.cycle_duration = Gauge(
+            _registered_name(CYCLE_DURATION), CYCLE_DURATION.help, registry=registry
+        )
+        self.cycles_skipped = Counter(
+            _registered_name(CYCLES_SKIPPED), CYCLES_SKIPPED.help, registry=registry
+        )
+        interval = Gauge(_registered_name(INTERVAL), INTERVAL.help, registry=registry)
+        interval.set(interval_seconds)
+        build_info = Gauge(
+            _registered_name(BUILD_INFO), BUILD_INFO.help, labels(BUILD_INFO), registry=registry
+        )
+        build_info.labels(version=__version__).set(1)
+        for query in QUERY_NAMES:
+            self.query_duration.labels(query=query)
+            self.query_last_success.labels(query=query)
+            for reason in FAILURE_REASONS:
+                self.query_errors.labels(query=query, reason=reason)

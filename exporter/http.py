@@ -1,0 +1,282 @@
+"""The HTTP server: ``/metrics`` from pre-rendered bytes, plus probes and a landing page.
+
+An asyncio protocol with httptools' HTTP/1.1 parser (the C parser uvicorn uses) instead of
+``http.server``: a scrape is a dictionary lookup and one ``write`` of bytes rendered after the
+last cycle, so it never waits for the database and costs close to what returning bytes costs.
+Slow or idle clients are cut off by timers and the number of open connections is capped, so
+nobody can hold the server (slowloris).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httptools
+
+from exporter import __version__
+from exporter.snapshot import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    Rendered,
+)
+
+log = logging.getLogger(__name__)
+
+Authorizer = Callable[[bytes | None], bool]
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+_WANTED_HEADERS = frozenset({b"accept", b"accept-encoding", b"authorization"})
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class SnapshotSource(Protocol):
+    """What the server needs from the snapshot store (kept narrow so tests can fake it)."""
+
+    @property
+    def current(self) -> Rendered: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    def stale_queries(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    header_timeout: float = 10.0  # a request's headers must arrive within this
+    idle_timeout: float = 75.0  # keep-alive connections idle longer are closed
+    max_connections: int = 256
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = b"text/plain; charset=utf-8"
+    gzipped: bool = False
+    extra: bytes = b""
+
+
+LANDING_PAGE = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>tw-exporter</title></head>
+<body><h1>tw-exporter {html.escape(__version__)}</h1>
+<p>Prometheus exporter for the platform's business metrics.</p>
+<ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li>
+<li><a href="readyz">/readyz</a></li></ul></body></html>
+""".encode()
+
+
+class MetricsServer:
+    """Owns the listening sockets and the per-connection protocol instances."""
+
+    def __init__(
+        self,
+        snapshot: SnapshotSource,
+        *,
+        authorize: Authorizer | None = None,
+        extra_headers: tuple[tuple[str, str], ...] = (),
+        ssl_context: ssl.SSLContext | None = None,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.authorize = authorize
+        self.extra_headers = b"".join(
+            f"{name}: {value}\r\n".encode("latin-1") for name, value in extra_headers
+        )
+        self.ssl_context = ssl_context
+        self.limits = limits or ServerLimits()
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
+            host=host or None,
+            port=port,
+            ssl=self.ssl_context,
+            reuse_address=True,
+            backlog=1024,
+        )
+        return [sock.getsockname()[:2] for sock in self._server.sockets]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for connection in list(self.connections):
+                connection.close()
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------ routing
+
+    def respond(self, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> Response:
+        if path in (b"/healthz", b"/readyz"):
+            # Probes stay reachable without credentials (kubelet has none) and say nothing
+            # secret.
+            return self._probe(path)
+        if self.authorize is not None and not self.authorize(headers.get(b"authorization")):
+            return Response(
+                401,
+                b"Unauthorized\n",
+                extra=b'WWW-Authenticate: Basic realm="tw-exporter", charset="UTF-8"\r\n',
+            )
+        if path == b"/metrics":
+            return self._metrics(headers)
+        if path == b"/":
+            return Response(200, LANDING_PAGE, content_type=b"text/html; charset=utf-8")
+        return Response(404, b"Not Found\n")
+
+    def _probe(self, path: bytes) -> Response:
+        if path == b"/healthz":
+            return Response(200, b"ok\n")
+        if self.snapshot.ready:
+            return Response(200, b"ready\n")
+        stale = ", ".join(self.snapshot.stale_queries())
+        return Response(503, f"not ready: no fresh data for {stale}\n".encode())
+
+    def _metrics(self, headers: dict[bytes, bytes]) -> Response:
+        rendered = self.snapshot.current
+        if b"application/openmetrics-text" in headers.get(b"accept", b""):
+            encoded, content_type = rendered.openmetrics, OPENMETRICS_CONTENT_TYPE
+        else:
+            encoded, content_type = rendered.text, TEXT_CONTENT_TYPE
+        if b"gzip" in headers.get(b"accept-encoding", b""):
+            return Response(200, encoded.gzipped, content_type.encode(), gzipped=True)
+        return Response(200, encoded.body, content_type.encode())
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests with httptools and answers them in order."""
+
+    def __init__(self, server: MetricsServer) -> None:
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.header_bytes = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if len(self.server.connections) >= self.server.limits.max_connections:
+            self._send(Response(503, b"Too many connections\n"), keep_alive=False)
+            return
+        self.server.connections.add(self)
+        self._arm(self.server.limits.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._send(Response(400, b"Upgrade not supported\n"), keep_alive=False)
+        except httptools.HttpParserError:
+            self._send(Response(400, b"Bad Request\n"), keep_alive=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._disarm()
+        self.transport = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = {}
+        self.header_bytes = 0
+        self._arm(self.server.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        key = name.lower()
+        if key in _WANTED_HEADERS:
+            self.headers[key] = value
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+
+    def on_message_complete(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        method = self.parser.get_method()
+        path = self.url.split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            response = Response(405, b"Method Not Allowed\n", extra=b"Allow: GET, HEAD\r\n")
+        else:
+            response = self.server.respond(method, path, self.headers)
+        keep_alive = self.parser.should_keep_alive()
+        self._send(response, keep_alive=keep_alive, head=method == b"HEAD")
+        if keep_alive:
+            self._arm(self.server.limits.idle_timeout)
+
+    # ------------------------------------------------------------ helpers
+
+    def _count(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._send(Response(431, b"Request headers too large\n"), keep_alive=False)
+            raise httptools.HttpParserError("headers too large")
+
+    def _send(self, response: Response, *, keep_alive: bool, head: bool = False) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        head_lines = [
+            b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
+            b"Content-Type: " + response.content_type + b"\r\n",
+            b"Content-Length: %d\r\n" % len(response.body),
+            response.extra,
+            self.server.extra_headers,
+        ]
+        if response.gzipped:
+            head_lines.append(b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n")
+        if not keep_alive:
+            head_lines.append(b"Connection: close\r\n")
+        head_lines.append(b"\r\n")
+        transport.write(b"".join(head_lines) if head else b"".join(head_lines) + response.body)
+        if not keep_alive:
+            self._disarm()
+            transport.close()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            if self.url or self.header_bytes:
+                self._send(Response(408, b"Request Timeout\n"), keep_alive=False)
+            else:
+                self.transport.close()

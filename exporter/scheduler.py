@@ -1,0 +1,111 @@
+"""The collection cycle and the APScheduler job that runs it.
+
+One cycle runs every business query concurrently on the pool, records each outcome in the
+snapshot store, and re-renders the exposition once. The job *awaits* its queries (unlike
+query-exporter #112, whose job returns before they finish), so with ``max_instances=1``
+APScheduler itself refuses to start a run while the previous one is still going; those refused
+ticks are counted in ``tw_exporter_cycles_skipped_total`` instead of silently piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.collectors import COLLECTORS, QueryCollector
+from exporter.collectors.base import QueryParams
+from exporter.database import Database, QueryError
+from exporter.snapshot import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "collect"
+
+
+class Collector:
+    """Runs the business queries and feeds their results into the snapshot store."""
+
+    def __init__(
+        self,
+        database: Database,
+        store: SnapshotStore,
+        params: QueryParams,
+        collectors: Sequence[QueryCollector] = COLLECTORS,
+    ) -> None:
+        self.database = database
+        self.store = store
+        self.params = params
+        self.collectors = tuple(collectors)
+        self.cycles_completed = 0
+        self.cycle_done = asyncio.Event()  # set after every cycle; tests and `check` await it
+
+    async def run_cycle(self) -> bool:
+        """One collection cycle; returns whether it reached the database."""
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(*(self._run_query(c) for c in self.collectors))
+        reached = any(reason != "connection" for reason in outcomes)
+        health = self.store.health
+        health.up.set(1 if reached else 0)
+        health.cycle_duration.set(time.perf_counter() - started)
+        self.store.last_cycle_reached_database = reached
+        self.store.render()
+        self.cycles_completed += 1
+        self.cycle_done.set()
+        self.cycle_done = asyncio.Event()
+        return reached
+
+    async def _run_query(self, collector: QueryCollector) -> str | None:
+        """Run one query; returns its failure reason, or None on success."""
+        health = self.store.health
+        started = time.perf_counter()
+        try:
+            result = await self.database.fetch(collector.sql, collector.params(self.params))
+            families = collector.to_families(result.rows, self.params)
+        except QueryError as error:
+            health.query_duration.labels(query=collector.name).observe(
+                time.perf_counter() - started
+            )
+            health.query_errors.labels(query=collector.name, reason=error.reason).inc()
+            log.warning("query %s failed (%s): %s", collector.name, error.reason, error)
+            return error.reason
+        except Exception:  # a mapping bug must not kill the cycle or the process
+            health.query_errors.labels(query=collector.name, reason="sql").inc()
+            log.exception("query %s returned rows that could not be mapped", collector.name)
+            return "sql"
+        health.query_duration.labels(query=collector.name).observe(result.seconds)
+        self.store.record_success(collector.name, families, time.time())
+        log.debug("query %s: %d rows in %.3fs", collector.name, len(result.rows), result.seconds)
+        return None
+
+    def count_skipped(self, event: JobExecutionEvent) -> None:
+        """APScheduler listener: a tick found the previous cycle still running."""
+        self.store.health.cycles_skipped.inc()
+        # Re-render so the counter, and the expiry of stale series, show without waiting.
+        self.store.render()
+        log.warning("collection cycle skipped: the previous cycle is still running")
+
+
+def start_scheduler(collector: Collector, interval: float) -> AsyncIOScheduler:
+    """Run the cycle now and then every ``interval`` seconds, never two at once."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_listener(collector.count_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+    scheduler.add_job(
+        collector.run_cycle,
+        "interval",
+        seconds=interval,
+        id=JOB_ID,
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        # A tick that fires late because the loop was busy still runs rather than being
+        # dropped as "missed"; a tick that finds a cycle running is refused (max_instances).
+        misfire_grace_time=max(1, int(interval)),
+    )
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,406 @@
+"""Command-line flags, ``TW_EXPORTER_*`` environment variables and their validation.
+
+Every flag can also come from the environment (flags win over env, env over defaults) so the
+container image is configured without a shell. Values are parsed here, once, into a frozen
+``Settings``: a wrong value stops the process with exit status 2 and one line that names the
+flag (or variable), the value and what is expected — never a traceback, never a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from exporter import __version__
+from exporter.secrets import redact_dsn
+
+PROG = "tw-exporter"
+ENV_PREFIX = "TW_EXPORTER_"
+DEFAULT_PORT = 10093
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+DEFAULT_INTERVAL = 30.0
+DEFAULT_QUERY_TIMEOUT_CAP = 10.0
+STALENESS_INTERVALS = 3
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+MAX_INTERVAL = 86_400.0
+MAX_TOP_N = 1000
+MAX_DAYS = 3650
+DSN_SCHEMES = ("postgresql", "postgres")
+
+T = TypeVar("T")
+
+
+class SettingsError(Exception):
+    """A bad value: ``str(error)`` is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    dsn: str
+    listen_host: str
+    listen_port: int
+    interval: float
+    query_timeout: float
+    top_users: int
+    trending_days: int
+    trending_limit: int
+    stats_days: int
+    max_staleness: float
+    log_level: str
+    log_format: str
+    web_config_file: Path | None
+
+    @property
+    def redacted_dsn(self) -> str:
+        return redact_dsn(self.dsn)
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+# ---------------------------------------------------------------- value parsers
+# Each takes the raw text and returns the value or raises ValueError("what is expected").
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds > 0, e.g. 30 or 0.5") from None
+    if not math.isfinite(value) or value <= 0 or value > MAX_INTERVAL:
+        raise ValueError(f"expected a number of seconds > 0 and <= {MAX_INTERVAL:g}")
+    return value
+
+
+def _int_in_range(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number of {what} from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number of {what} from {low} to {high}")
+        return value
+
+    return parse
+
+
+parse_top_n = _int_in_range(1, MAX_TOP_N, "rows")
+parse_days = _int_in_range(1, MAX_DAYS, "days")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    expected = "expected HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:10093 or [::1]:10093"
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(expected)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(expected + " (put IPv6 addresses in brackets)")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(expected)
+    return host or "0.0.0.0", port
+
+
+def parse_dsn(text: str) -> str:
+    dsn = text.strip()
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in DSN_SCHEMES or not rest:
+        raise ValueError("expected a PostgreSQL URI such as postgresql://user@host:5432/dbname")
+    from urllib.parse import urlsplit
+
+    try:
+        urlsplit(dsn).port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("expected a PostgreSQL URI with a numeric port from 1 to 65535") from None
+    return dsn
+
+
+def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def parse_existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError("expected a path to a readable file")
+    return path
+
+
+# ---------------------------------------------------------------- the flag table
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag: the single place its name, env variable, default and parser are defined."""
+
+    flag: str
+    metavar: str
+    help: str
+    parse: Callable[[str], Any]
+    secret: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+CONNECTION_OPTIONS = (
+    Option(
+        "--dsn",
+        "URI",
+        "PostgreSQL URI, e.g. postgresql://tw_exporter@db:5432/app (a password in it is never "
+        "printed). Prefer --dsn-file or the environment for passwords.",
+        parse_dsn,
+        secret=True,
+    ),
+    Option(
+        "--dsn-file",
+        "PATH",
+        "File whose content is the PostgreSQL URI (e.g. a mounted Kubernetes Secret).",
+        parse_existing_file,
+    ),
+)
+
+QUERY_OPTIONS = (
+    Option(
+        "--query-timeout",
+        "SECONDS",
+        "Per-query deadline, enforced by PostgreSQL (statement_timeout) and by the client. "
+        f"Default: {DEFAULT_QUERY_TIMEOUT_CAP:g} or the interval, whichever is smaller; "
+        "must not exceed the interval.",
+        parse_seconds,
+    ),
+    Option(
+        "--top-users",
+        "N",
+        "How many top users by followers to export (1-1000). Default: 10.",
+        parse_top_n,
+    ),
+    Option("--trending-days", "D", "Trending hashtags window in days. Default: 7.", parse_days),
+    Option(
+        "--trending-limit",
+        "K",
+        "How many trending hashtags to export (1-1000). Default: 10.",
+        parse_top_n,
+    ),
+    Option("--stats-days", "D", "Platform stats window in days. Default: 7.", parse_days),
+)
+
+INTERVAL_OPTION = Option(
+    "--interval",
+    "SECONDS",
+    f"Collection interval; business values refresh this often. Default: {DEFAULT_INTERVAL:g}.",
+    parse_seconds,
+)
+
+SERVE_OPTIONS = (
+    Option(
+        "--listen",
+        "HOST:PORT",
+        f"Address for /metrics, /healthz and /readyz. Default: {DEFAULT_LISTEN}.",
+        parse_listen,
+    ),
+    INTERVAL_OPTION,
+    Option(
+        "--max-staleness",
+        "SECONDS",
+        "How long a failing query's last good series are still served before they are "
+        f"dropped. Default: {STALENESS_INTERVALS} x interval; must be >= the interval.",
+        parse_seconds,
+    ),
+    Option(
+        "--web-config-file",
+        "PATH",
+        "Prometheus exporter-toolkit web config (TLS, basic auth, headers) for the HTTP server.",
+        parse_existing_file,
+    ),
+)
+
+LOG_OPTIONS = (
+    Option(
+        "--log-level",
+        "LEVEL",
+        "One of " + ", ".join(LOG_LEVELS) + ". Default: info.",
+        parse_choice(LOG_LEVELS),
+    ),
+    Option("--log-format", "FORMAT", "text or json. Default: text.", parse_choice(LOG_FORMATS)),
+)
+
+RUN_OPTIONS = CONNECTION_OPTIONS + SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
+CHECK_OPTIONS = (*CONNECTION_OPTIONS, INTERVAL_OPTION, *QUERY_OPTIONS, *LOG_OPTIONS)
+DEMO_OPTIONS = SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
+ALL_OPTIONS = RUN_OPTIONS
+
+DEFAULTS: Mapping[str, Any] = {
+    "listen": parse_listen(DEFAULT_LISTEN),
+    "interval": DEFAULT_INTERVAL,
+    "top_users": 10,
+    "trending_days": 7,
+    "trending_limit": 10,
+    "stats_days": 7,
+    "log_level": "info",
+    "log_format": "text",
+}
+
+
+# ---------------------------------------------------------------- parser plumbing
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints usage plus a message; a wrong flag here gets one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    raise SystemExit(2)
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    for option in options:
+        parser.add_argument(
+            option.flag,
+            metavar=option.metavar,
+            dest=option.dest,
+            default=None,
+            help=f"{option.help} [env: {option.env}]",
+        )
+
+
+def _shown(option: Option, raw: str) -> str:
+    return redact_dsn(raw) if option.secret else raw
+
+
+def resolve(
+    namespace: argparse.Namespace, options: Sequence[Option], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """Pick each option's raw text (flag, then env) and parse it; unset options are absent."""
+    values: dict[str, Any] = {}
+    for option in options:
+        raw = getattr(namespace, option.dest, None)
+        source = option.flag
+        if raw is None and option.env in environ:
+            raw, source = environ[option.env], option.env
+        if raw is None:
+            continue
+        try:
+            values[option.dest] = option.parse(raw)
+        except ValueError as error:
+            raise SettingsError(
+                f"{source}: invalid value {_shown(option, raw)!r}: {error}"
+            ) from None
+        values[f"{option.dest}__source"] = source
+    return values
+
+
+def _read_dsn(values: Mapping[str, Any], required: bool) -> str:
+    dsn_source = values.get("dsn__source")
+    file_source = values.get("dsn_file__source")
+    both_flags = dsn_source == "--dsn" and file_source == "--dsn-file"
+    both_env = dsn_source == "TW_EXPORTER_DSN" and file_source == "TW_EXPORTER_DSN_FILE"
+    if both_flags or both_env:
+        raise SettingsError(f"{dsn_source} and {file_source} are mutually exclusive: give one")
+    use_file = "dsn_file" in values and (
+        "dsn" not in values or (file_source == "--dsn-file" and dsn_source != "--dsn")
+    )
+    if use_file:
+        path: Path = values["dsn_file"]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise SettingsError(
+                f"{file_source}: cannot read {str(path)!r}: {error.__class__.__name__}"
+            ) from None
+        try:
+            return parse_dsn(text)
+        except ValueError as error:
+            raise SettingsError(
+                f"{file_source}: the content of {str(path)!r} is not valid: {error}"
+            ) from None
+    if "dsn" in values:
+        return str(values["dsn"])
+    if required:
+        raise SettingsError(
+            "a database is required: give --dsn URI or --dsn-file PATH "
+            "(or TW_EXPORTER_DSN / TW_EXPORTER_DSN_FILE)"
+        )
+    return ""
+
+
+def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> Settings:
+    """Apply defaults and cross-field rules to parsed values."""
+    merged = {**DEFAULTS, **{k: v for k, v in values.items() if "__" not in k}}
+    interval: float = merged["interval"]
+    if "query_timeout" in values:
+        query_timeout: float = values["query_timeout"]
+        if query_timeout > interval:
+            raise SettingsError(
+                f"{values['query_timeout__source']}: invalid value {query_timeout:g}: expected "
+                f"a number of seconds <= the interval ({interval:g}), so cycles cannot overlap"
+            )
+    else:
+        query_timeout = min(DEFAULT_QUERY_TIMEOUT_CAP, interval)
+    if "max_staleness" in values:
+        max_staleness: float = values["max_staleness"]
+        if max_staleness < interval:
+            raise SettingsError(
+                f"{values['max_staleness__source']}: invalid value {max_staleness:g}: expected "
+                f"a number of seconds >= the interval ({interval:g})"
+            )
+    else:
+        max_staleness = STALENESS_INTERVALS * interval
+    host, port = merged["listen"]
+    return Settings(
+        dsn=_read_dsn(values, dsn_required),
+        listen_host=host,
+        listen_port=port,
+        interval=interval,
+        query_timeout=query_timeout,
+        top_users=merged["top_users"],
+        trending_days=merged["trending_days"],
+        trending_limit=merged["trending_limit"],
+        stats_days=merged["stats_days"],
+        max_staleness=max_staleness,
+        log_level=merged["log_level"],
+        log_format=merged["log_format"],
+        web_config_file=merged.get("web_config_file"),
+    )
+
+
+def settings_from(
+    namespace: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    *,
+    dsn_required: bool = True,
+    options: Sequence[Option] = ALL_OPTIONS,
+) -> Settings:
+    env = os.environ if environ is None else environ
+    return build_settings(resolve(namespace, options, env), dsn_required=dsn_required)
+
+
+def version_string() -> str:
+    return f"{PROG} {__version__}"

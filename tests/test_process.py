@@ -1,0 +1,85 @@
+"""The real ``tw-exporter`` process end to end over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import asyncpg
+
+from exporter import __version__
+from tests.conftest import StartExporter, exporter_command, wait_until_sync
+from tests.helpers import http_get, series, value
+
+PASSWORD = "Sup3r-S3cret-pw"
+
+
+async def _insert_basic(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO tw_users (id, username, follower_count, verified) VALUES
+              (1, 'alice', 500, true), (2, 'bob', 300, false), (3, 'carol', NULL, false);
+            INSERT INTO tw_tweets (id, user_id, like_count, created_at) VALUES
+              (1, 1, 10, now() - interval '1 day'), (2, 2, NULL, now() - interval '2 days'),
+              (3, 2, 4, now() - interval '30 days');
+            INSERT INTO tw_hashtags (id, tag) VALUES (1, 'python'), (2, 'old');
+            INSERT INTO tw_tweet_hashtags VALUES (1, 1), (2, 1), (3, 2);
+            """
+        )
+    finally:
+        await conn.close()
+
+
+async def test_run_scrape_and_sigterm(seeded_db: str, exporter_proc: StartExporter) -> None:
+    await _insert_basic(seeded_db)
+    dsn = seeded_db.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
+    proc = exporter_proc("--interval", "1", env={"TW_EXPORTER_DSN": dsn})
+
+    def scraped_all() -> bool:
+        return value(http_get(proc.url + "/metrics").text, "tw_platform_tweets", window="7d") == 2
+
+    wait_until_sync(scraped_all)
+    text = http_get(proc.url + "/metrics").text
+    assert series(text, "tw_user_followers") == {
+        (("username", "alice"), ("verified", "true")): 500.0,
+        (("username", "bob"), ("verified", "false")): 300.0,
+    }
+    assert series(text, "tw_hashtag_tweets") == {(("tag", "python"), ("window", "7d")): 2.0}
+    assert value(text, "tw_platform_active_users", window="7d") == 2
+    assert value(text, "tw_platform_likes", window="7d") == 10
+    assert value(text, "tw_platform_likes_per_tweet", window="7d") == 10
+    assert value(text, "tw_up") == 1
+    assert value(text, "tw_exporter_build_info", version=__version__) == 1
+    assert http_get(proc.url + "/readyz").status == 200
+
+    started = time.monotonic()
+    assert proc.stop(signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - started < 5
+    logs = proc.logs()
+    assert "shutting down" in logs
+    assert PASSWORD not in logs
+    assert PASSWORD not in text
+
+
+def test_version_and_help() -> None:
+    out = subprocess.run(exporter_command("--version"), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"tw-exporter {__version__}"
+    for args in (["--help"], ["run", "--help"], ["check", "--help"], ["demo", "--help"]):
+        result = subprocess.run(exporter_command(*args), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "usage: tw-exporter" in result.stdout
+    run_help = subprocess.run(exporter_command("run", "--help"), capture_output=True, text=True)
+    for flag in ("--dsn", "--dsn-file", "--listen", "--interval", "--query-timeout",
+                 "--top-users", "--trending-days", "--trending-limit", "--stats-days",
+                 "--max-staleness", "--log-level", "--log-format", "--web-config-file"):
+        assert flag in run_help.stdout
+
+
+def test_python_m_entry_point_matches_console_script() -> None:
+    result = subprocess.run([sys.executable, "-m", "exporter", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert __version__ in result.stdout
