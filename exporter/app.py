@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from exporter.collectors import COLLECTORS
 from exporter.database import Database
-from exporter.http import Authorizer, MetricsServer
+from exporter.http import Authenticator, MetricsServer
 from exporter.scheduler import Collector, start_scheduler
 from exporter.settings import Settings
 from exporter.snapshot import SnapshotStore
@@ -29,7 +29,7 @@ class HTTPSecurity:
     """What the web config file contributes to the server (TLS, auth, headers)."""
 
     ssl_context: ssl.SSLContext | None = None
-    authorize: Authorizer | None = None
+    authenticator: Authenticator | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -41,7 +41,7 @@ def load_http_security(settings: Settings) -> HTTPSecurity:
     config = load_web_config(settings.web_config_file)
     return HTTPSecurity(
         ssl_context=TLSContextProvider(config.tls).server_context if config.tls else None,
-        authorize=config.authorize if config.auth_required else None,
+        authenticator=config if config.auth_required else None,
         headers=config.headers,
     )
 
@@ -55,7 +55,7 @@ async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event)
     await database.open()
     server = MetricsServer(
         store,
-        authorize=security.authorize,
+        authenticator=security.authenticator,
         extra_headers=security.headers,
         ssl_context=security.ssl_context,
     )

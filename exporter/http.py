@@ -10,10 +10,12 @@ nobody can hold the server (slowloris).
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import logging
 import ssl
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +30,16 @@ from exporter.snapshot import (
 
 log = logging.getLogger(__name__)
 
-Authorizer = Callable[[bytes | None], bool]
+
+class Authenticator(Protocol):
+    """Basic-auth verification (``WebConfig`` implements it)."""
+
+    def check_cached(self, authorization: bytes | None) -> bool | None:
+        """The verdict if it is cheap to tell (cache hit, malformed header), else None."""
+
+    def authorize(self, authorization: bytes | None) -> bool:
+        """The full (bcrypt) verdict; slow, so the server runs it in a thread."""
+
 
 _REASONS = {
     200: b"OK",
@@ -72,6 +83,12 @@ class Response:
     extra: bytes = b""
 
 
+UNAUTHORIZED = Response(
+    401,
+    b"Unauthorized\n",
+    extra=b'WWW-Authenticate: Basic realm="tw-exporter", charset="UTF-8"\r\n',
+)
+
 LANDING_PAGE = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>tw-exporter</title></head>
 <body><h1>tw-exporter {html.escape(__version__)}</h1>
@@ -88,13 +105,13 @@ class MetricsServer:
         self,
         snapshot: SnapshotSource,
         *,
-        authorize: Authorizer | None = None,
+        authenticator: Authenticator | None = None,
         extra_headers: tuple[tuple[str, str], ...] = (),
         ssl_context: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
     ) -> None:
         self.snapshot = snapshot
-        self.authorize = authorize
+        self.authenticator = authenticator
         self.extra_headers = b"".join(
             f"{name}: {value}\r\n".encode("latin-1") for name, value in extra_headers
         )
@@ -124,17 +141,33 @@ class MetricsServer:
 
     # ------------------------------------------------------------ routing
 
-    def respond(self, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> Response:
+    def respond(self, path: bytes, headers: dict[bytes, bytes]) -> Response | Awaitable[Response]:
+        """The response, or an awaitable of it when credentials need a bcrypt check."""
         if path in (b"/healthz", b"/readyz"):
             # Probes stay reachable without credentials (kubelet has none) and say nothing
             # secret.
             return self._probe(path)
-        if self.authorize is not None and not self.authorize(headers.get(b"authorization")):
-            return Response(
-                401,
-                b"Unauthorized\n",
-                extra=b'WWW-Authenticate: Basic realm="tw-exporter", charset="UTF-8"\r\n',
-            )
+        if self.authenticator is not None:
+            authorization = headers.get(b"authorization")
+            verdict = self.authenticator.check_cached(authorization)
+            if verdict is None:
+                return self._respond_after_bcrypt(path, headers, authorization)
+            if not verdict:
+                return UNAUTHORIZED
+        return self._route(path, headers)
+
+    async def _respond_after_bcrypt(
+        self, path: bytes, headers: dict[bytes, bytes], authorization: bytes | None
+    ) -> Response:
+        # bcrypt takes ~100 ms of CPU: in a thread, so a flood of wrong passwords cannot
+        # stall the event loop and everybody else's scrapes.
+        assert self.authenticator is not None
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, self.authenticator.authorize, authorization):
+            return self._route(path, headers)
+        return UNAUTHORIZED
+
+    def _route(self, path: bytes, headers: dict[bytes, bytes]) -> Response:
         if path == b"/metrics":
             return self._metrics(headers)
         if path == b"/":
@@ -171,6 +204,10 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[bytes, bytes] = {}
         self.header_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
+        # Requests parsed but not answered yet; answered strictly in order (pipelining), and
+        # reading pauses while one waits for a bcrypt check.
+        self.pending: deque[tuple[bytes, bytes, dict[bytes, bytes], bool]] = deque()
+        self.waiting = False
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -222,17 +259,48 @@ class _Connection(asyncio.Protocol):
         self._disarm()
 
     def on_message_complete(self) -> None:
+        path = self.url.split(b"?", 1)[0]
+        method = self.parser.get_method()
+        self.pending.append((method, path, self.headers, self.parser.should_keep_alive()))
+        if not self.waiting:
+            self._answer_pending()
+
+    def _answer_pending(self) -> None:
+        while self.pending and not self.waiting:
+            if self.transport is None or self.transport.is_closing():
+                self.pending.clear()
+                return
+            method, path, headers, keep_alive = self.pending.popleft()
+            if method not in (b"GET", b"HEAD"):
+                response: Response | Awaitable[Response] = Response(
+                    405, b"Method Not Allowed\n", extra=b"Allow: GET, HEAD\r\n"
+                )
+            else:
+                response = self.server.respond(path, headers)
+            if isinstance(response, Response):
+                self._finish(response, keep_alive, method == b"HEAD")
+                continue
+            self.waiting = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+            task = asyncio.ensure_future(response)
+            task.add_done_callback(functools.partial(self._resume, keep_alive, method == b"HEAD"))
+
+    def _resume(self, keep_alive: bool, head: bool, done: asyncio.Future[Response]) -> None:
+        self.waiting = False
         if self.transport is None or self.transport.is_closing():
             return
-        method = self.parser.get_method()
-        path = self.url.split(b"?", 1)[0]
-        if method not in (b"GET", b"HEAD"):
-            response = Response(405, b"Method Not Allowed\n", extra=b"Allow: GET, HEAD\r\n")
-        else:
-            response = self.server.respond(method, path, self.headers)
-        keep_alive = self.parser.should_keep_alive()
-        self._send(response, keep_alive=keep_alive, head=method == b"HEAD")
-        if keep_alive:
+        if done.cancelled() or done.exception() is not None:
+            self._send(Response(503, b"Service Unavailable\n"), keep_alive=False)
+            return
+        self._finish(done.result(), keep_alive, head)
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._answer_pending()
+
+    def _finish(self, response: Response, keep_alive: bool, head: bool) -> None:
+        self._send(response, keep_alive=keep_alive, head=head)
+        if keep_alive and not self.pending:
             self._arm(self.server.limits.idle_timeout)
 
     # ------------------------------------------------------------ helpers

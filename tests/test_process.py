@@ -73,13 +73,26 @@ def test_version_and_help() -> None:
         assert result.returncode == 0, result.stderr
         assert "usage: tw-exporter" in result.stdout
     run_help = subprocess.run(exporter_command("run", "--help"), capture_output=True, text=True)
-    for flag in ("--dsn", "--dsn-file", "--listen", "--interval", "--query-timeout",
-                 "--top-users", "--trending-days", "--trending-limit", "--stats-days",
-                 "--max-staleness", "--log-level", "--log-format", "--web-config-file"):
+    for flag in (
+        "--dsn",
+        "--dsn-file",
+        "--listen",
+        "--interval",
+        "--query-timeout",
+        "--top-users",
+        "--trending-days",
+        "--trending-limit",
+        "--stats-days",
+        "--max-staleness",
+        "--log-level",
+        "--log-format",
+        "--web-config-file",
+    ):
         assert flag in run_help.stdout
 
 
 def test_python_m_entry_point_matches_console_script() -> None:
-    result = subprocess.run([sys.executable, "-m", "exporter", "--version"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--version"], capture_output=True, text=True, check=True
+    )
     assert __version__ in result.stdout

@@ -2,7 +2,8 @@
 
 Two fixes over the seed's SQL: users with a NULL ``follower_count`` are excluded (PostgreSQL
 sorts NULLs first under ``DESC``, so the seed would export them as the "top" users), and ties
-are broken by username so the exported set is the same every cycle instead of flapping.
+are broken by username (byte order, ``COLLATE "C"``, so the result does not depend on the
+database's collation) and the exported set is the same every cycle instead of flapping.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ SQL = """
 SELECT username, follower_count, verified
 FROM tw_users
 WHERE follower_count IS NOT NULL
-ORDER BY follower_count DESC, username ASC
+ORDER BY follower_count DESC, username COLLATE "C" ASC
 LIMIT $1
 """
 

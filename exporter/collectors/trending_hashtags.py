@@ -1,11 +1,16 @@
 """Trending hashtags over the last D days -> ``tw_hashtag_tweets{tag, window}``.
 
-Returns what the seed's query returns (tweets per tag name inside the window, most first), but
-counts by ``hashtag_id`` inside the window before joining tag names, so PostgreSQL aggregates
-only the window's link rows instead of hashing the whole tag table into the join. Tags are
-grouped by name, as in the seed, so two hashtag rows with the same text count as one tag. Ties
-at the LIMIT boundary are broken by tag so the exported set is stable between cycles; NULL tags
-(impossible with the shipped schema) are skipped because a label cannot be NULL.
+Returns what the seed's query returns (tweets per tag name inside the window, most first), in a
+shape that stays cheap at 10M+ tweets (``benchmarks/results/RESULTS.md``): it first finds the
+smallest tweet id inside the window, reads only tweets and tweet-hashtag links from that id on
+(in id order, so they merge-join), counts by ``hashtag_id``, and joins the few thousand tag names
+last. The id bound is a pure pre-filter (every tweet in the window has an id >= it), so results
+never depend on ids being time-ordered; when they are, the query reads only the window's rows.
+Tags are grouped by name, as in the seed, so two hashtag rows with the same text count as one
+tag. Ties at the LIMIT boundary are broken by tag so the exported set is stable between cycles;
+NULL tags (impossible with the shipped schema) are skipped because a label cannot be NULL.
+``tests/test_query_equivalence.py`` proves the result equal to the seed's SQL. Indexes that make
+it fast: ``sql/recommended-indexes.sql``.
 """
 
 from __future__ import annotations
@@ -30,11 +35,31 @@ HASHTAG_TWEETS = MetricSpec(
 )
 
 SQL = """
-WITH in_window AS (
+WITH bound AS MATERIALIZED (
+    -- The smallest id among the window's tweets: every tweet in the window has an id >= lo
+    -- (true however ids are assigned). "id + 0" keeps the planner from answering min(id) by
+    -- walking the id index from the oldest tweet; the created_at index answers it instead.
+    SELECT min(id + 0) AS lo
+    FROM tw_tweets
+    WHERE created_at >= now() - make_interval(days => $1::int)
+), in_window AS (
+    -- Both sides read in id order from id >= lo: with time-ordered ids (snowflake-style)
+    -- that is just the window's rows, and the sorted inputs let PostgreSQL merge-join them
+    -- instead of hashing a million tweets into a work_mem-sized hash table.
     SELECT th.hashtag_id, count(*) AS tweet_count
-    FROM tw_tweets t
-    JOIN tw_tweet_hashtags th ON th.tweet_id = t.id
-    WHERE t.created_at >= now() - make_interval(days => $1::int)
+    FROM (
+        SELECT id
+        FROM tw_tweets
+        WHERE id >= (SELECT lo FROM bound)
+          AND created_at >= now() - make_interval(days => $1::int)
+        ORDER BY id
+    ) t
+    JOIN (
+        SELECT tweet_id, hashtag_id
+        FROM tw_tweet_hashtags
+        WHERE tweet_id >= (SELECT lo FROM bound)
+        ORDER BY tweet_id
+    ) th ON th.tweet_id = t.id
     GROUP BY th.hashtag_id
 )
 SELECT h.tag, sum(w.tweet_count)::bigint AS tweet_count

@@ -1,0 +1,55 @@
+"""``tw-exporter check`` as an init step: exit 0 only when the exporter would work."""
+
+from __future__ import annotations
+
+import subprocess
+
+import asyncpg
+
+from tests.conftest import exporter_command
+
+
+def check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        exporter_command("check", *args), capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_check_passes_on_a_ready_database(seeded_db: str) -> None:
+    result = check("--dsn", seeded_db)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for line in (
+        "connect: ok",
+        "schema: ok",
+        "query top_users: ok",
+        "query trending_hashtags: ok",
+        "query platform_stats: ok",
+        "check: ok",
+    ):
+        assert line in out
+
+
+async def test_check_names_a_missing_table_and_column(seeded_db: str) -> None:
+    conn = await asyncpg.connect(seeded_db)
+    await conn.execute("DROP TABLE tw_tweet_hashtags; ALTER TABLE tw_users DROP COLUMN verified")
+    await conn.close()
+    result = check("--dsn", seeded_db)
+    assert result.returncode == 1
+    assert "table tw_tweet_hashtags is missing" in result.stdout
+    assert "table tw_users lacks column(s) verified" in result.stdout
+    assert "query top_users: FAILED (sql)" in result.stdout
+    assert "query platform_stats: ok" in result.stdout
+
+
+def test_check_reports_an_unreachable_database_without_the_password() -> None:
+    result = check("--dsn", "postgresql://tw:n0t-shown-pw@127.0.0.1:1/tw", "--interval", "2")
+    assert result.returncode == 1
+    assert "connect: FAILED" in result.stdout
+    assert "n0t-shown-pw" not in result.stdout + result.stderr
+
+
+def test_check_rejects_bad_settings_with_exit_2() -> None:
+    result = check("--dsn", "postgresql://h/db", "--top-users", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("tw-exporter: error: --top-users")

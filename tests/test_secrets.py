@@ -1,0 +1,53 @@
+"""DSN redaction and the log filter that scrubs passwords."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from exporter.logs import configure_logging
+from exporter.secrets import dsn_password, redact_dsn
+
+
+@pytest.mark.parametrize(
+    ("dsn", "password"),
+    [
+        ("postgresql://u:s3cret@h:5432/db", "s3cret"),
+        ("postgresql://u:p%40ss%2Fw@h/db", "p@ss/w"),
+        ("postgresql://u@h/db?password=qwerty&sslmode=require", "qwerty"),
+        ("postgres://u:a:b@h/db", "a:b"),
+    ],
+)
+def test_redaction(dsn: str, password: str) -> None:
+    assert dsn_password(dsn) == password
+    redacted = redact_dsn(dsn)
+    assert password not in redacted
+    assert "***" in redacted
+
+
+def test_no_password_is_left_alone() -> None:
+    assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert dsn_password("postgresql://u@h/db") is None
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_log_filter_scrubs_messages_and_tracebacks(fmt: str) -> None:
+    configure_logging("info", fmt, ("s3cret-pass",))
+    stream = io.StringIO()
+    handler = logging.getLogger().handlers[0]
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    log = logging.getLogger("test")
+    log.info("connecting with %s", "postgresql://u:s3cret-pass@h/db")
+    try:
+        raise RuntimeError("driver said s3cret-pass")
+    except RuntimeError:
+        log.exception("boom")
+    output = stream.getvalue()
+    assert "s3cret-pass" not in output
+    assert output.count("***") >= 2
+    if fmt == "json":
+        for line in output.splitlines():
+            json.loads(line)
