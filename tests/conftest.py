@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -77,8 +79,19 @@ class EmbeddedServer:
         self._server.cleanup()
 
 
+@contextlib.contextmanager
+def private_directory() -> Iterator[Path]:
+    """A directory outside pytest's basetemp: PostgreSQL runs there as another OS user, and
+    pytest tightens and prunes its own temp tree (concurrent sessions included)."""
+    path = Path(tempfile.mkdtemp(prefix="tw-exporter-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     dsn = os.environ.get("TW_TEST_DSN")
     if dsn:
         yield PgServer(dsn, "TW_TEST_DSN")
@@ -89,23 +102,25 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         with PostgresContainer("postgres:17-alpine", driver=None) as container:
             yield PgServer(container.get_connection_url(), "testcontainers")
         return
-    server = EmbeddedServer(tmp_path_factory.mktemp("embedded-pg") / "data")
-    try:
-        yield PgServer(server.dsn, "embedded")
-    finally:
-        server.cleanup()
+    with private_directory() as directory:
+        server = EmbeddedServer(directory / "data")
+        try:
+            yield PgServer(server.dsn, "embedded")
+        finally:
+            server.cleanup()
 
 
 @pytest.fixture
-def restartable_pg(tmp_path: Path) -> Iterator[EmbeddedServer]:
+def restartable_pg() -> Iterator[EmbeddedServer]:
     """A private real server this test may stop and restart (never the shared one)."""
-    server = EmbeddedServer(tmp_path / "pgdata")
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(Exception):
-            server.start()
-        server.cleanup()
+    with private_directory() as directory:
+        server = EmbeddedServer(directory / "pgdata")
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(Exception):
+                server.start()
+            server.cleanup()
 
 
 MakeDb = Callable[[], Awaitable[str]]

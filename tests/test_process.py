@@ -96,3 +96,21 @@ def test_python_m_entry_point_matches_console_script() -> None:
         [sys.executable, "-m", "exporter", "--version"], capture_output=True, text=True, check=True
     )
     assert __version__ in result.stdout
+
+
+def test_listen_address_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            exporter_command("run", "--dsn", "postgresql://h/db", "--listen", f"127.0.0.1:{port}"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
