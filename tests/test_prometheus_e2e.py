@@ -1,0 +1,358 @@
+"""End to end: real PostgreSQL -> real tw-exporter -> real Prometheus evaluating the shipped
+rules (with lowered thresholds) -> the dashboard's own queries through Prometheus' HTTP API.
+
+Proves that every dashboard panel returns data and that business panels show what the database
+holds, that a follower milestone alert fires once a user crosses it, that tw_up drops to 0 and
+TwExporterDatabaseDown goes off when the database stops accepting connections, and that a live
+scrape passes ``promtool check metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+
+from exporter import __version__, dataset
+from tests.conftest import MakeDb, PgServer, StartExporter
+from tests.helpers import http_get
+from tools import monitoring
+
+pytestmark = pytest.mark.slow
+
+JOB = monitoring.DEFAULT_JOB
+RATE_INTERVAL = "5s"
+DEADLINE = 20.0
+# Lowered so a handful of rows can cross them; every alert fires as soon as its expression holds.
+THRESHOLDS: dict[str, monitoring.ParamValue] = {"followersMilestone": 1000}
+
+# The known dataset (created_at relative to now(); the exporter's windows are 7 days).
+USERS = {  # username: (followers, verified)
+    "alice": (900, True),
+    "bob": (5000, False),
+    "carol": (300, False),
+    "eve": (50, False),
+    "nobody": (None, False),  # NULL follower count: never exported
+}
+TWEETS = [  # (author, like_count, age in days, hashtags)
+    ("alice", 10, 1, ["python", "grafana"]),
+    ("alice", 20, 2, ["python"]),
+    ("bob", 5, 3, ["python"]),
+    ("bob", None, 4, []),
+    ("bob", 7, 5, []),
+    ("carol", 100, 30, ["python"]),  # outside every 7-day window
+]
+FOLLOWERS = {name: float(f) for name, (f, _) in USERS.items() if f is not None}
+HASHTAGS = {"python": 3.0, "grafana": 1.0}
+PLATFORM = {"Tweets": 5.0, "Active users": 2.0, "Likes": 42.0, "Likes per tweet": 10.5}
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: apt-get install prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must have it")
+        pytest.skip(message)
+    return path
+
+
+def poll_sync(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Return the first truthy result of ``condition`` before the deadline, else fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+async def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """``poll_sync`` off the event loop (the conditions make blocking HTTP calls)."""
+    return await asyncio.to_thread(poll_sync, condition, what, timeout)
+
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        result = http_get(f"{self.url}/api/v1/{path}?{query}")
+        body = json.loads(result.body)
+        assert result.status == 200 and body["status"] == "success", (path, params, body)
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", data
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def query_range(self, expr: str, seconds: int = 10) -> list[dict[str, Any]]:
+        end = time.time()
+        data = self.api(
+            "query_range", query=expr, start=f"{end - seconds:.3f}", end=f"{end:.3f}", step="1"
+        )
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def alerts(self, name: str) -> list[dict[str, Any]]:
+        return [a for a in self.api("alerts")["alerts"] if a["labels"]["alertname"] == name]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
+    binary = require_tool("prometheus")
+    started: list[Prometheus] = []
+
+    def start(target: str) -> Prometheus:
+        (tmp_path / "rules.yml").write_text(
+            monitoring.render_rules(THRESHOLDS, for_override="0s"), encoding="utf-8"
+        )
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "rule_files": ["rules.yml"],
+            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+        port = free_port()
+        log = tmp_path / "prometheus.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        prometheus = Prometheus(f"http://127.0.0.1:{port}", proc, log)
+        started.append(prometheus)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"prometheus exited:\n{log.read_text()}")
+            try:
+                return http_get(f"{prometheus.url}/-/ready", timeout=1).status == 200
+            except OSError:
+                return False
+
+        poll_sync(ready, "prometheus to be ready")
+        return prometheus
+
+    yield start
+    for prometheus in started:
+        prometheus.proc.terminate()
+        try:
+            prometheus.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            prometheus.proc.kill()
+            prometheus.proc.wait()
+
+
+async def load_known_dataset(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await dataset.create_schema(conn)
+        ids = {}
+        for name, (followers, verified) in USERS.items():
+            ids[name] = await conn.fetchval(
+                "INSERT INTO tw_users (username, follower_count, verified) "
+                "VALUES ($1, $2, $3) RETURNING id",
+                name,
+                followers,
+                verified,
+            )
+        tags = {}
+        for author, likes, age_days, hashtags in TWEETS:
+            tweet = await conn.fetchval(
+                "INSERT INTO tw_tweets (user_id, like_count, created_at) "
+                "VALUES ($1, $2, now() - make_interval(days => $3)) RETURNING id",
+                ids[author],
+                likes,
+                age_days,
+            )
+            for tag in hashtags:
+                if tag not in tags:
+                    tags[tag] = await conn.fetchval(
+                        "INSERT INTO tw_hashtags (tag) VALUES ($1) RETURNING id", tag
+                    )
+                await conn.execute(
+                    "INSERT INTO tw_tweet_hashtags (tweet_id, hashtag_id) VALUES ($1, $2)",
+                    tweet,
+                    tags[tag],
+                )
+    finally:
+        await conn.close()
+
+
+def by_label(result: list[dict[str, Any]], label: str) -> dict[str, float]:
+    """``{label value: latest value}`` of an instant or range query result."""
+    values: dict[str, float] = {}
+    for item in result:
+        point = item["value"] if "value" in item else item["values"][-1]
+        values[item["metric"].get(label, "")] = float(point[1])
+    return values
+
+
+async def test_dashboard_and_alerts_against_real_prometheus(
+    pg_server: PgServer,
+    make_db: MakeDb,
+    exporter_proc: StartExporter,
+    start_prometheus: Callable[[str], Prometheus],
+) -> None:
+    promtool = require_tool("promtool")
+    dsn = await make_db()
+    await load_known_dataset(dsn)
+    exporter = exporter_proc("--dsn", dsn, "--interval", "1")
+    target = urllib.parse.urlsplit(exporter.url).netloc
+    prometheus = start_prometheus(target)
+
+    # ---------------------------------------------------------------- a live scrape lints clean
+    scrape = http_get(f"{exporter.url}/metrics")
+    assert scrape.status == 200
+    lint = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=scrape.body,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert (lint.returncode, lint.stdout + lint.stderr) == (0, b"")
+
+    # ---------------------------------------------------------------- every panel returns data
+    variables = {"job": JOB, "instance": target, "__rate_interval": RATE_INTERVAL}
+    dashboard = json.loads((monitoring.ROOT / monitoring.DASHBOARD_PATH).read_text())
+    targets = [
+        (panel["title"], t["refId"], t, monitoring.expand_variables(t["expr"], variables))
+        for panel in monitoring.iter_panels(dashboard)
+        for t in panel.get("targets", [])
+    ]
+    assert len(targets) >= 20
+
+    def run_target(target: dict[str, Any], expr: str) -> list[dict[str, Any]]:
+        return prometheus.query(expr) if target["instant"] else prometheus.query_range(expr)
+
+    def all_panels_have_data() -> dict[tuple[str, str], list[dict[str, Any]]] | None:
+        results = {(title, ref): run_target(t, expr) for title, ref, t, expr in targets}
+        return results if all(results.values()) else None
+
+    try:
+        results = await poll(all_panels_have_data, "every dashboard query to return data")
+    except AssertionError:
+        empty = [key for key, _, t, e in targets if not run_target(t, e)]
+        raise AssertionError(f"panels without data: {empty}") from None
+
+    def panel(title: str, label: str) -> dict[str, float]:
+        return by_label(results[(title, "A")], label)
+
+    for (title, ref), result in results.items():  # shown with -s, and on failure
+        print(f"panel {title!r} {ref}: {len(result)} series, e.g. {result[0]['metric']}")
+
+    # ---------------------------------------------------------------- values match the database
+    assert panel("Top users: followers now", "username") == FOLLOWERS
+    assert panel("Follower trends", "username") == FOLLOWERS
+    assert panel("Trending hashtags", "tag") == HASHTAGS
+    assert panel("Hashtag tweets over time", "tag") == HASHTAGS
+    for title, expected in PLATFORM.items():
+        assert panel(title, "window") == {"7d": expected}, title
+    assert panel("Database reachable", "instance") == {target: 1.0}
+    assert panel("Scrape target up", "instance") == {target: 1.0}
+    assert panel("Exporter version", "version") == {__version__: 1.0}
+    assert panel("Collection interval", "instance") == {target: 1.0}
+    assert set(panel("Data age per query", "query")) == {
+        "top_users",
+        "trending_hashtags",
+        "platform_stats",
+    }
+    assert all(age < 10 for age in panel("Data age per query", "query").values())
+
+    # ---------------------------------------------------------------- a threshold alert fires
+    assert prometheus.alerts("TwUserFollowersMilestone") == []
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE tw_users SET follower_count = 1500 WHERE username = 'alice'")
+    finally:
+        await conn.close()
+
+    def milestone_firing() -> list[dict[str, Any]]:
+        return [a for a in prometheus.alerts("TwUserFollowersMilestone") if a["state"] == "firing"]
+
+    started = time.monotonic()
+    (alert,) = await poll(milestone_firing, "TwUserFollowersMilestone to fire")
+    print(f"TwUserFollowersMilestone firing after {time.monotonic() - started:.1f}s: {alert}")
+    assert alert["labels"]["username"] == "alice"
+    assert alert["labels"]["severity"] == "info"
+    assert alert["annotations"]["summary"] == "alice crossed 1000 followers"
+    assert float(alert["value"]) == 1500.0
+    assert prometheus.alerts("TwExporterDatabaseDown") == []
+
+    # ---------------------------------------------------------------- the database goes away
+    database = urllib.parse.urlsplit(dsn).path.lstrip("/")
+    admin = await asyncpg.connect(pg_server.dsn)
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            database,
+        )
+    finally:
+        await admin.close()
+
+    started = time.monotonic()
+    await poll(
+        lambda: by_label(prometheus.query(f'tw_up{{job="{JOB}"}}'), "instance") == {target: 0.0},
+        "tw_up to drop to 0 in Prometheus",
+    )
+    print(f"tw_up == 0 in Prometheus after {time.monotonic() - started:.1f}s")
+    (down,) = await poll(
+        lambda: [
+            a
+            for a in prometheus.alerts("TwExporterDatabaseDown")
+            if a["state"] in {"pending", "firing"}
+        ],
+        "TwExporterDatabaseDown to go off",
+    )
+    print(f"TwExporterDatabaseDown {down['state']} after {time.monotonic() - started:.1f}s")
+    assert down["labels"]["instance"] == target
+    assert down["labels"]["severity"] == "critical"
+    assert float(down["value"]) == 0.0
+    errors = prometheus.query(
+        f'sum by (reason) (tw_exporter_query_errors_total{{job="{JOB}", reason="connection"}})'
+    )
+    assert float(errors[0]["value"][1]) >= 1
