@@ -40,3 +40,15 @@ def test_default_port_and_quick_start() -> None:
     assert f"0.0.0.0:{cfg.DEFAULT_PORT}" in README
     assert "pip install -e '.[demo]' && .venv/bin/tw-exporter demo" in README
     assert "pip install -e '.[test]' && .venv/bin/pytest" in README
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    import yaml
+
+    rules_file = Path(__file__).resolve().parent.parent / "prometheus" / "tw-exporter.rules.yml"
+    groups = yaml.safe_load(rules_file.read_text())["groups"]
+    alerts = [rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    for alert in alerts:
+        assert f'<a id="runbook-{alert.lower()}"></a>' in README, alert
+        assert f"### {alert}" in README, alert
