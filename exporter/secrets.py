@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 MASK = "***"
 # Shorter secrets are not scrubbed from free text: masking every "a" would destroy the log,
@@ -17,37 +17,47 @@ MASK = "***"
 _MIN_SCRUB_LENGTH = 3
 
 
+_PASSWORD_PARAMETER = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+_PASSWORD_TAIL = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+
+
+def _split_userinfo(dsn: str) -> tuple[str, str, str] | None:
+    """(``scheme://user``, password, ``@rest``) of a URI with a password, else None.
+
+    Deliberately not ``urlsplit``: a password with an unencoded ``#``, ``/``, ``?`` or ``@``
+    makes a URL parser end the user part early and the password would go unnoticed. Here the
+    password runs from the first ``:`` after ``scheme://`` to the *last* ``@``; masking too
+    much is harmless, missing a password is not.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    at = rest.rfind("@")
+    if not sep or at == -1:
+        return None
+    user, colon, password = rest[:at].partition(":")
+    if not colon:
+        return None
+    return f"{scheme}{sep}{user}", password, rest[at:]
+
+
 def dsn_password(dsn: str) -> str | None:
-    """The password in a PostgreSQL URI, from the userinfo or a ``password=`` parameter."""
-    try:
-        parts = urlsplit(dsn)
-        password = parts.password
-    except ValueError:
-        password = None
-        parts = None
-    if password:
-        return unquote(password)
-    if parts is not None:
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "password" and value:
-                return value
-    match = re.search(r"password=([^&\s]+)", dsn)
-    return unquote(match.group(1)) if match else None
+    """The password in a PostgreSQL URI (user part or ``password=``) or key/value DSN."""
+    parts = _split_userinfo(dsn)
+    if parts is not None and parts[1]:
+        return unquote(parts[1])
+    match = _PASSWORD_PARAMETER.search(dsn)
+    if match:
+        return unquote(match.group(2).strip("'"))
+    return None
 
 
 def redact_dsn(dsn: str) -> str:
     """The DSN with any password replaced by ``***``, safe to log or show in an error."""
-    try:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:{MASK}@{hostinfo}"
-        query = re.sub(r"(^|&)password=[^&]*", rf"\1password={MASK}", parts.query)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return re.sub(r"(//[^:/@]*:)[^@]*@", rf"\1{MASK}@", dsn)
+    parts = _split_userinfo(dsn)
+    if parts is not None:
+        dsn = f"{parts[0]}:{MASK}{parts[2]}"
+    # Everything after "password=" up to white space: a password containing "&" must not
+    # leave its tail behind.
+    return _PASSWORD_TAIL.sub(rf"\1{MASK}", dsn)
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:

@@ -28,6 +28,8 @@ STALENESS_INTERVALS = 3
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MAX_INTERVAL = 86_400.0
+# Below this an "interval" is a busy loop against the database, not a schedule.
+MIN_SECONDS = 0.05
 MAX_TOP_N = 1000
 MAX_DAYS = 3650
 DSN_SCHEMES = ("postgresql", "postgres")
@@ -70,12 +72,13 @@ class Settings:
 
 
 def parse_seconds(text: str) -> float:
+    expected = f"expected a number of seconds from {MIN_SECONDS:g} to {MAX_INTERVAL:g}, e.g. 30"
     try:
         value = float(text)
     except ValueError:
-        raise ValueError("expected a number of seconds > 0, e.g. 30 or 0.5") from None
-    if not math.isfinite(value) or value <= 0 or value > MAX_INTERVAL:
-        raise ValueError(f"expected a number of seconds > 0 and <= {MAX_INTERVAL:g}")
+        raise ValueError(expected) from None
+    if not math.isfinite(value) or not MIN_SECONDS <= value <= MAX_INTERVAL:
+        raise ValueError(expected)
     return value
 
 
@@ -99,12 +102,14 @@ parse_days = _int_in_range(1, MAX_DAYS, "days")
 def parse_listen(text: str) -> tuple[str, int]:
     expected = "expected HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:10093 or [::1]:10093"
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(expected)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         raise ValueError(expected + " (put IPv6 addresses in brackets)")
+    if any(c.isspace() or c in "[]/@" for c in host) or not host.isprintable():
+        raise ValueError(expected)
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError(expected)
@@ -121,7 +126,7 @@ def parse_dsn(text: str) -> str:
     try:
         urlsplit(dsn).port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise ValueError("expected a PostgreSQL URI with a numeric port from 1 to 65535") from None
+        raise ValueError("expected a PostgreSQL URI with a valid host and a numeric port") from None
     return dsn
 
 

@@ -108,7 +108,9 @@ class WebConfigError(ValueError):
     """
 
     def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(f"{key}: {message}" if key else message)
+        shown = key if key is None or key.isprintable() else ascii(key)
+        # Keys come from the file: one with a line break must not split the one-line error.
+        super().__init__(f"{shown}: {message}" if shown else message)
         self.key = key
 
 

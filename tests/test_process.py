@@ -36,7 +36,10 @@ async def _insert_basic(dsn: str) -> None:
 
 async def test_run_scrape_and_sigterm(seeded_db: str, exporter_proc: StartExporter) -> None:
     await _insert_basic(seeded_db)
-    dsn = seeded_db.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
+    scheme, _, rest = seeded_db.partition("://")
+    user_part, _, host_part = rest.rpartition("@")
+    dsn = f"{scheme}://{user_part.split(':')[0]}:{PASSWORD}@{host_part}"
+    assert PASSWORD in dsn  # trust auth ignores it; the point is that it is never shown
     proc = exporter_proc("--interval", "1", env={"TW_EXPORTER_DSN": dsn})
 
     def scraped_all() -> bool:
@@ -61,6 +64,7 @@ async def test_run_scrape_and_sigterm(seeded_db: str, exporter_proc: StartExport
     assert time.monotonic() - started < 5
     logs = proc.logs()
     assert "shutting down" in logs
+    assert "collecting from" in logs and "***" in logs
     assert PASSWORD not in logs
     assert PASSWORD not in text
 

@@ -1,0 +1,386 @@
+"""The exporter against a PostgreSQL that only accepts TLS, with ``sslmode=verify-full``.
+
+A private PostgreSQL 15 (Debian's binaries, run as a non-root OS user, on a free loopback port)
+gets a server certificate signed by a CA made here with the ``openssl`` CLI (CN ``localhost``,
+SANs ``localhost`` and ``127.0.0.1``); ``pg_hba.conf`` allows TCP connections over TLS only.
+With the right CA the exporter connects and serves data; with another CA, or a host name the
+certificate does not carry, it must refuse to connect and say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from exporter import dataset
+from tests.conftest import StartExporter, exporter_command, wait_until_sync
+from tests.helpers import http_get, series, value
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+OS_USERS = ("postgres", "embedded_postgres")  # PostgreSQL refuses to run as root
+QUERIES = ("top_users", "trending_hashtags", "platform_stats")
+CERT_VERIFY_RE = re.compile(r"certificate verif", re.IGNORECASE)
+
+pytestmark = pytest.mark.slow
+
+
+# ------------------------------------------------------------------ certificates (openssl CLI)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA: (certificate, key)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=tw-exporter {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )
+    return cert, key
+
+
+def make_server_cert(directory: Path, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A server certificate for localhost / 127.0.0.1 signed by ``ca``: (certificate, key)."""
+    cert, key, csr = directory / "server.crt", directory / "server.key", directory / "server.csr"
+    extensions = directory / "server.ext"
+    extensions.write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    )
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        "/CN=localhost",
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(extensions),
+        cwd=directory,
+    )
+    return cert, key
+
+
+# ------------------------------------------------------------------ a private TLS-only server
+
+
+def _require_binaries() -> None:
+    missing = [b for b in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / b).exists()]
+    reason = f"PostgreSQL 15 binaries not found in {PG_BIN} (missing {', '.join(missing)})"
+    if missing and os.environ.get("CI"):
+        pytest.fail(reason)
+    if missing:
+        pytest.skip(reason)
+    if shutil.which("openssl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the openssl CLI is needed to make test certificates")
+        pytest.skip("the openssl CLI is needed to make test certificates")
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The OS user to run PostgreSQL as: None means "as ourselves" (we are not root)."""
+    if os.geteuid() != 0:
+        return None
+    for name in OS_USERS:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    reason = f"running as root and none of the OS users {OS_USERS} exists to run PostgreSQL"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _can_bind(address: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class TLSServer:
+    port: int
+    ca: Path  # the CA that signed the server certificate
+    wrong_ca: Path  # an unrelated self-signed CA
+    extra_address: str | None  # a loopback address the server listens on but the cert lacks
+
+    def dsn(
+        self, host: str = "localhost", *, ca: Path | None = None, sslmode: str = "verify-full"
+    ) -> str:
+        root = ca or self.ca
+        return (
+            f"postgresql://postgres@{host}:{self.port}/postgres"
+            f"?sslmode={sslmode}&sslrootcert={root}"
+        )
+
+
+def _run_as(user: pwd.struct_passwd | None, argv: Sequence[str], cwd: Path) -> None:
+    command = list(argv) if user is None else ["runuser", "-u", user.pw_name, "--", *argv]
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
+
+
+async def _seed(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await dataset.create_schema(conn)
+        await conn.execute(
+            """
+            INSERT INTO tw_users (id, username, follower_count, verified) VALUES
+              (1, 'alice', 500, true);
+            INSERT INTO tw_tweets (id, user_id, like_count, created_at) VALUES
+              (1, 1, 10, now() - interval '1 day');
+            INSERT INTO tw_hashtags (id, tag) VALUES (1, 'tls');
+            INSERT INTO tw_tweet_hashtags VALUES (1, 1);
+            """
+        )
+        # The test connection itself went over TLS (pg_hba allows nothing else over TCP).
+        assert await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
+    _require_binaries()
+    user = _server_user()
+    certs = tmp_path_factory.mktemp("pg-tls-certs")
+    ca = make_ca(certs, "ca")
+    wrong_ca, _ = make_ca(certs, "wrong-ca")
+    server_cert, server_key = make_server_cert(certs, ca)
+
+    # pytest's tmp dirs are private to us; the server's user needs a directory of its own.
+    root = Path(tempfile.mkdtemp(prefix="tw-pg-tls-"))
+    try:
+        data, sockets = root / "data", root / "sockets"
+        sockets.mkdir()
+        for name, source in (("server.crt", server_cert), ("server.key", server_key)):
+            shutil.copyfile(source, root / name)
+        (root / "server.key").chmod(0o600)
+        if user is not None:
+            for path in (root, sockets, root / "server.crt", root / "server.key"):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        _run_as(
+            user,
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            cwd=root,
+        )
+        extra = "127.0.0.2" if _can_bind("127.0.0.2") else None
+        port = _free_port()
+        listen = ",".join(a for a in ("127.0.0.1", extra) if a)
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write(
+                f"\nport = {port}\nlisten_addresses = '{listen}'\n"
+                f"unix_socket_directories = '{sockets}'\n"
+                f"ssl = on\nssl_cert_file = '{root / 'server.crt'}'\n"
+                f"ssl_key_file = '{root / 'server.key'}'\nfsync = off\n"
+            )
+        # TCP only over TLS: a connection that works proves the encryption.
+        (data / "pg_hba.conf").write_text(
+            "local all all trust\nhostssl all all 127.0.0.0/8 trust\n"
+        )
+        _run_as(
+            user,
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+            cwd=root,
+        )
+        try:
+            server = TLSServer(port=port, ca=ca[0], wrong_ca=wrong_ca, extra_address=extra)
+            asyncio.run(_seed(server.dsn()))
+            yield server
+        finally:
+            _run_as(
+                user,
+                [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                cwd=root,
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def run_check(dsn: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        exporter_command("check", "--query-timeout", "5"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TW_EXPORTER_DSN": dsn},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_check_passes_with_verify_full_and_the_right_ca(tls_server: TLSServer, host: str) -> None:
+    result = run_check(tls_server.dsn(host))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check: ok" in result.stdout
+
+
+def test_run_serves_data_over_verified_tls(
+    tls_server: TLSServer, exporter_proc: StartExporter
+) -> None:
+    proc = exporter_proc("--interval", "1", env={"TW_EXPORTER_DSN": tls_server.dsn()})
+
+    def collected() -> bool:
+        text = http_get(proc.url + "/metrics").text
+        return value(text, "tw_up") == 1 and value(text, "tw_platform_tweets", window="7d") == 1
+
+    wait_until_sync(collected)
+    text = http_get(proc.url + "/metrics").text
+    assert series(text, "tw_hashtag_tweets") == {(("tag", "tls"), ("window", "7d")): 1.0}
+    assert proc.stop() == 0
+
+
+def test_check_fails_clearly_with_the_wrong_ca(tls_server: TLSServer) -> None:
+    result = run_check(tls_server.dsn(ca=tls_server.wrong_ca))
+    assert result.returncode != 0
+    failed = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert failed, result.stdout
+    assert failed[0].startswith("connect: FAILED"), failed
+    assert CERT_VERIFY_RE.search(failed[0]), failed[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_the_wrong_ca_is_down_and_counts_connection_errors(
+    tls_server: TLSServer, exporter_proc: StartExporter
+) -> None:
+    proc = exporter_proc(
+        "--interval", "0.5", env={"TW_EXPORTER_DSN": tls_server.dsn(ca=tls_server.wrong_ca)}
+    )
+
+    def errors() -> dict[str, float]:
+        text = http_get(proc.url + "/metrics").text
+        return {
+            query: value(text, "tw_exporter_query_errors_total", query=query, reason="connection")
+            or 0.0
+            for query in QUERIES
+        }
+
+    wait_until_sync(lambda: min(errors().values()) >= 1)
+    first = errors()
+    wait_until_sync(lambda: all(n > first[q] for q, n in errors().items()))
+    text = http_get(proc.url + "/metrics").text
+    assert value(text, "tw_up") == 0
+    assert series(text, "tw_user_followers") == {}
+    for query in QUERIES:
+        for reason in ("timeout", "sql"):
+            assert value(text, "tw_exporter_query_errors_total", query=query, reason=reason) == 0
+    assert http_get(proc.url + "/readyz").status == 503
+    assert proc.stop() == 0
+    assert CERT_VERIFY_RE.search(proc.logs()), proc.logs()
+
+
+def test_verify_full_rejects_a_host_name_the_certificate_lacks(tls_server: TLSServer) -> None:
+    if tls_server.extra_address is None:
+        pytest.skip("cannot bind 127.0.0.2 here")
+    mismatch = run_check(tls_server.dsn(tls_server.extra_address))
+    assert mismatch.returncode != 0
+    assert re.search(
+        r"connect: FAILED: .*(mismatch|doesn't match|not valid for)", mismatch.stdout
+    ), mismatch.stdout
+    # verify-ca checks the chain only, so the same address passes: the failure above was the
+    # host name check, the one thing verify-full adds.
+    chain_only = run_check(tls_server.dsn(tls_server.extra_address, sslmode="verify-ca"))
+    assert chain_only.returncode == 0, chain_only.stdout + chain_only.stderr
+
+
+def test_server_refuses_plaintext(tls_server: TLSServer) -> None:
+    result = run_check(tls_server.dsn(sslmode="disable"))
+    assert result.returncode != 0
+    assert re.search(r"connect: FAILED: .*no encryption", result.stdout), result.stdout
