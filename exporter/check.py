@@ -1,8 +1,9 @@
 """``tw-exporter check``: is this database ready for the exporter? Usable as an init step.
 
 Validates the settings, connects with the exporter's own pool settings, verifies that the
-tables and columns each query reads exist and are readable, and runs each query once. Prints
-one line per step and exits 0 only when everything would work.
+tables and columns each query reads exist and are readable, inspects each query's plan for
+full-table scans and missing recommended indexes (advice, never a failure), and runs each query
+once. Prints one line per step and exits 0 only when everything would work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 import asyncpg
 
+from exporter.advice import advise
 from exporter.collectors import COLLECTORS
 from exporter.database import Database, QueryError, describe
 from exporter.settings import Settings
@@ -67,12 +69,18 @@ async def check(settings: Settings, out: Print = print) -> int:
         for table in sorted(set(needed) & set(present)):
             if not await conn.fetchval("SELECT has_table_privilege($1, 'SELECT')", table):
                 problems.append(f"no SELECT privilege on table {table}")
+        for problem in problems:
+            out(f"schema: FAILED: {problem}")
+        if not problems:
+            out("schema: ok (" + ", ".join(sorted(needed)) + ")")
+            # Plans and missing indexes: advice only, never a failure.
+            try:
+                for item in await advise(conn, settings):
+                    out(item.format())
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                out(f"advice: skipped ({describe(error)})")
     finally:
         await conn.close()
-    for problem in problems:
-        out(f"schema: FAILED: {problem}")
-    if not problems:
-        out("schema: ok (" + ", ".join(sorted(needed)) + ")")
 
     database = Database(
         settings.dsn, pool_size=len(COLLECTORS), query_timeout=settings.query_timeout

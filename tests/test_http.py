@@ -213,3 +213,16 @@ async def test_connection_limit_and_header_size(serve: Callable[..., object]) ->
     address = await serve()  # type: ignore[misc]
     huge = get("/metrics", "X-Big: " + "a" * 40_000)
     assert (await request(address, huge)).startswith(b"HTTP/1.1 431")
+
+
+async def test_idle_keep_alive_connection_is_closed_without_a_408(
+    serve: Callable[..., object],
+) -> None:
+    address = await serve(limits=ServerLimits(idle_timeout=0.3))  # type: ignore[misc]
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b"ok\n"), 5)
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing more sent
+    writer.close()

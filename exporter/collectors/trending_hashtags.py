@@ -7,7 +7,8 @@ smallest tweet id inside the window, reads only tweets and tweet-hashtag links f
 last. The id bound is a pure pre-filter (every tweet in the window has an id >= it), so results
 never depend on ids being time-ordered; when they are, the query reads only the window's rows.
 Tags are grouped by name, as in the seed, so two hashtag rows with the same text count as one
-tag. Ties at the LIMIT boundary are broken by tag so the exported set is stable between cycles;
+tag. Ties at the LIMIT boundary are broken by tag (byte order, ``COLLATE "C"``, independent of
+the database's collation) so the exported set is stable between cycles;
 NULL tags (impossible with the shipped schema) are skipped because a label cannot be NULL.
 ``tests/test_query_equivalence.py`` proves the result equal to the seed's SQL. Indexes that make
 it fast: ``sql/recommended-indexes.sql``.
@@ -36,29 +37,30 @@ HASHTAG_TWEETS = MetricSpec(
 
 SQL = """
 WITH bound AS MATERIALIZED (
-    -- The smallest id among the window's tweets: every tweet in the window has an id >= lo
-    -- (true however ids are assigned). "id + 0" keeps the planner from answering min(id) by
-    -- walking the id index from the oldest tweet; the created_at index answers it instead.
-    SELECT min(id + 0) AS lo
+    -- lo: the smallest id among the window's tweets, so every tweet in the window has an
+    -- id >= lo however ids are assigned. "id + 0" keeps the planner from answering min(id)
+    -- by walking the id index from the oldest tweet; the created_at index answers it.
+    -- cutoff: the window's start, computed once instead of once per row below.
+    SELECT min(id + 0) AS lo, now() - make_interval(days => $1::int) AS cutoff
     FROM tw_tweets
     WHERE created_at >= now() - make_interval(days => $1::int)
 ), in_window AS (
-    -- Both sides read in id order from id >= lo: with time-ordered ids (snowflake-style)
-    -- that is just the window's rows, and the sorted inputs let PostgreSQL merge-join them
-    -- instead of hashing a million tweets into a work_mem-sized hash table.
+    -- Tweets and links are both read in id order from lo on: with time-ordered ids
+    -- (snowflake-style) that is just the window's rows, and the ordered tweets make
+    -- PostgreSQL merge-join them with the (tweet_id, hashtag_id) index instead of hashing
+    -- a million tweets through a work_mem-sized hash table.
     SELECT th.hashtag_id, count(*) AS tweet_count
     FROM (
         SELECT id
         FROM tw_tweets
         WHERE id >= (SELECT lo FROM bound)
-          AND created_at >= now() - make_interval(days => $1::int)
+          AND created_at >= (SELECT cutoff FROM bound)
         ORDER BY id
     ) t
     JOIN (
         SELECT tweet_id, hashtag_id
         FROM tw_tweet_hashtags
         WHERE tweet_id >= (SELECT lo FROM bound)
-        ORDER BY tweet_id
     ) th ON th.tweet_id = t.id
     GROUP BY th.hashtag_id
 )
@@ -67,7 +69,7 @@ FROM in_window w
 JOIN tw_hashtags h ON h.id = w.hashtag_id
 WHERE h.tag IS NOT NULL
 GROUP BY h.tag
-ORDER BY tweet_count DESC, h.tag ASC
+ORDER BY tweet_count DESC, h.tag COLLATE "C" ASC
 LIMIT $2
 """
 

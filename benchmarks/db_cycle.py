@@ -1,0 +1,193 @@
+"""DB cost per collection cycle, per scale, without and with the recommended indexes.
+
+For each scale and index state it measures, in one run and on the same connection settings:
+
+* ``seed``: the seed dashboard's original three statements (the "before" numbers);
+* ``bare``: the exporter's three statements through a bare ``asyncpg`` pool (``conn.fetch``);
+* ``exporter``: the same statements through ``exporter.database.Database`` (read-only
+  transaction, timeouts, error classification) and a full ``Collector.run_cycle`` (concurrent
+  queries, row -> metric mapping, snapshot render), exactly as the scheduler runs it;
+* sequential vs concurrent: the bare statements one after another vs ``asyncio.gather``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from benchmarks.common import (
+    create_recommended,
+    drop_recommended,
+    ensure_dataset,
+    log,
+    median_time,
+)
+from exporter.collectors import COLLECTORS
+from exporter.database import Database
+from exporter.scheduler import Collector
+from exporter.snapshot import SnapshotStore
+
+SEED_SQL: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "top_users": (
+        "SELECT username, follower_count, verified FROM tw_users "
+        "ORDER BY follower_count DESC LIMIT $1",
+        (10,),
+    ),
+    "trending_hashtags": (
+        """SELECT h.tag, COUNT(*) AS tweet_count
+FROM tw_hashtags h
+JOIN tw_tweet_hashtags th ON th.hashtag_id = h.id
+JOIN tw_tweets t ON t.id = th.tweet_id
+WHERE t.created_at >= NOW() - ($1 || ' days')::INTERVAL
+GROUP BY h.tag
+ORDER BY tweet_count DESC
+LIMIT 10""",
+        ("7",),
+    ),
+    "platform_stats": (
+        """SELECT COUNT(*) AS total_tweets, COUNT(DISTINCT user_id) AS active_users,
+SUM(like_count) AS total_likes, AVG(like_count) AS avg_likes
+FROM tw_tweets WHERE created_at >= NOW() - INTERVAL '7 days'""",
+        (),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    top_users: int = 10
+    trending_days: int = 7
+    trending_limit: int = 10
+    stats_days: int = 7
+
+
+PARAMS = Params()
+QUERY_TIMEOUT = 120.0
+
+
+async def measure_state(dsn: str, repeat: int) -> dict[str, Any]:
+    """Every measurement for one database in its current index state."""
+    result: dict[str, Any] = {"seed": {}, "bare": {}, "exporter": {}}
+    pool = await asyncpg.create_pool(dsn, min_size=3, max_size=3)
+    database = Database(dsn, pool_size=len(COLLECTORS), query_timeout=QUERY_TIMEOUT)
+    await database.open()
+    try:
+        async with pool.acquire() as conn:
+            for name, (sql, args) in SEED_SQL.items():
+                result["seed"][name] = await median_time(
+                    lambda s=sql, a=args: conn.fetch(s, *a), repeat
+                )
+            for c in COLLECTORS:
+                args = c.params(PARAMS)
+                result["bare"][c.name] = await median_time(
+                    lambda s=c.sql, a=args: conn.fetch(s, *a), repeat
+                )
+        for c in COLLECTORS:
+            args = c.params(PARAMS)
+            result["exporter"][c.name] = await median_time(
+                lambda s=c.sql, a=args: database.fetch(s, a), repeat
+            )
+
+        async def bare_one(sql: str, args: tuple[Any, ...]) -> None:
+            async with pool.acquire() as conn:
+                await conn.fetch(sql, *args)
+
+        async def bare_concurrent() -> None:
+            await asyncio.gather(*(bare_one(c.sql, c.params(PARAMS)) for c in COLLECTORS))
+
+        async def bare_sequential() -> None:
+            for c in COLLECTORS:
+                await bare_one(c.sql, c.params(PARAMS))
+
+        async def seed_concurrent() -> None:
+            await asyncio.gather(*(bare_one(s, a) for s, a in SEED_SQL.values()))
+
+        store = SnapshotStore(interval=15.0, max_staleness=3600.0)
+        collector = Collector(database, store, PARAMS)
+
+        async def exporter_cycle() -> None:
+            started = time.perf_counter()
+            reached = await collector.run_cycle()
+            assert reached and store.ready, "cycle failed"
+            result.setdefault("_cycle_samples", []).append(time.perf_counter() - started)
+
+        result["cycle"] = {
+            "exporter": await median_time(exporter_cycle, repeat),
+            "bare_concurrent": await median_time(bare_concurrent, repeat),
+            "bare_sequential": await median_time(bare_sequential, repeat),
+            "seed_concurrent": await median_time(seed_concurrent, max(1, repeat // 2)),
+        }
+        result.pop("_cycle_samples", None)
+    finally:
+        await database.close()
+        await pool.close()
+    return result
+
+
+async def window_sweep(scale: str, days: tuple[int, ...], repeat: int) -> list[dict[str, Any]]:
+    """Cycle time for several window lengths on one table (recommended indexes present):
+    cost should follow the rows inside the window, not the table's size."""
+    dsn = await ensure_dataset(scale)
+    rows: list[dict[str, Any]] = []
+    conn = await asyncpg.connect(dsn)
+    database = Database(dsn, pool_size=len(COLLECTORS), query_timeout=QUERY_TIMEOUT)
+    await database.open()
+    try:
+        await create_recommended(conn)
+        tweets = await conn.fetchval("SELECT count(*) FROM tw_tweets")
+        for d in days:
+            in_window = await conn.fetchval(
+                "SELECT count(*) FROM tw_tweets"
+                " WHERE created_at >= now() - make_interval(days => $1)",
+                d,
+            )
+            params = Params(trending_days=d, stats_days=d)
+            store = SnapshotStore(interval=15.0, max_staleness=3600.0)
+            collector = Collector(database, store, params)
+            cycle = await median_time(collector.run_cycle, repeat)
+            rows.append({"scale": scale, "tweets": tweets, "days": d, "in_window": in_window,
+                         "cycle": cycle})  # fmt: skip
+            log(f"[{scale}] window {d}d: {in_window:,} tweets, cycle {cycle * 1000:.0f} ms")
+    finally:
+        await database.close()
+        await conn.close()
+    return rows
+
+
+async def run_scale(scale: str, repeat: int) -> dict[str, Any]:
+    dsn = await ensure_dataset(scale)
+    out: dict[str, Any] = {"scale": scale}
+    conn = await asyncpg.connect(dsn)
+    try:
+        out["tweets"] = await conn.fetchval("SELECT count(*) FROM tw_tweets")
+        out["in_window"] = await conn.fetchval(
+            "SELECT count(*) FROM tw_tweets WHERE created_at >= now() - interval '7 days'"
+        )
+        out["links"] = await conn.fetchval("SELECT count(*) FROM tw_tweet_hashtags")
+        out["users"] = await conn.fetchval("SELECT count(*) FROM tw_users")
+        log(f"[{scale}] plain schema (primary keys and unique constraints only)")
+        await drop_recommended(conn)
+        await conn.execute("VACUUM (ANALYZE) tw_tweets, tw_tweet_hashtags, tw_users, tw_hashtags")
+        out["plain"] = await measure_state(dsn, repeat)
+        log(f"[{scale}]   {summary(out['plain'])}")
+        log(f"[{scale}] with sql/recommended-indexes.sql")
+        out["index_build_seconds"] = await create_recommended(conn)
+        out["indexed"] = await measure_state(dsn, repeat)
+        log(f"[{scale}]   {summary(out['indexed'])}")
+    finally:
+        await conn.close()
+    return out
+
+
+def summary(state: dict[str, Any]) -> str:
+    q = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in state["exporter"].items())
+    c = state["cycle"]
+    cycle = {k: f"{v * 1000:.1f} ms" for k, v in c.items()}
+    return (
+        f"{q}; cycle {cycle['exporter']} (bare pool {cycle['bare_concurrent']}, "
+        f"sequential {cycle['bare_sequential']}, seed {cycle['seed_concurrent']})"
+    )

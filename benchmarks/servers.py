@@ -1,0 +1,179 @@
+"""Servers the scrape benchmark runs as separate processes.
+
+* ``exporter``: the exporter's own wiring (``exporter.app.serve``'s components, unchanged),
+  with ``Collector.run_cycle`` wrapped to append each cycle's start/end (wall clock) to a file,
+  so a latency probe can tell which scrapes overlapped a cycle.
+* ``library``: ``prometheus_client.start_http_server`` serving a registry with the same number
+  of static series as the exporter serves (the library's floor: it renders on every scrape).
+* ``physical``: an asyncio Protocol that answers every request with one response rendered
+  once at start (the physical floor of serving bytes from Python on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def lazy_timers() -> None:
+    """The fix proposed for ``exporter/http.py`` (benchmark-only monkeypatch): a request only
+    stores its connection's deadline (one float); one sweeper per server, every second, closes
+    the connections whose deadline passed. Today each request pays two ``call_later`` plus two
+    ``cancel`` calls (~5 µs of ~10 µs per request, see ``benchmarks.http_hotpath``)."""
+    from exporter import http
+
+    def _arm(self: Any, seconds: float) -> None:
+        self.deadline = asyncio.get_running_loop().time() + seconds
+
+    def _disarm(self: Any) -> None:
+        self.deadline = None
+
+    cls: Any = http._Connection
+    cls._arm, cls._disarm, cls.deadline = _arm, _disarm, None
+
+
+def start_sweeper(server: Any, every: float = 1.0) -> None:
+    """The server-wide timer that goes with ``lazy_timers``."""
+    loop = asyncio.get_running_loop()
+
+    def sweep() -> None:
+        now = loop.time()
+        for connection in list(server.connections):
+            if connection.deadline is not None and now >= connection.deadline:
+                connection.deadline = None
+                connection._expire()
+        loop.call_later(every, sweep)
+
+    loop.call_later(every, sweep)
+
+
+def run_exporter(args: argparse.Namespace) -> None:
+    if args.lazy_timers:
+        lazy_timers()
+    from exporter.collectors import COLLECTORS
+    from exporter.database import Database
+    from exporter.http import MetricsServer
+    from exporter.scheduler import Collector, start_scheduler
+    from exporter.snapshot import SnapshotStore
+
+    class Params:
+        top_users = 10
+        trending_days = 7
+        trending_limit = 10
+        stats_days = 7
+
+    cycle_log = Path(args.cycle_log) if args.cycle_log else None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        store = SnapshotStore(interval=args.interval, max_staleness=3 * args.interval + 60)
+        database = Database(args.dsn, pool_size=len(COLLECTORS), query_timeout=args.query_timeout)
+        await database.open()
+        server = MetricsServer(store)
+        await server.start("127.0.0.1", args.port)
+        if args.lazy_timers:
+            start_sweeper(server)
+        collector = Collector(database, store, Params())
+        cycles: list[tuple[float, float]] = []
+        original = collector.run_cycle
+
+        async def logged_cycle() -> bool:
+            started = time.time()
+            try:
+                return await original()
+            finally:
+                cycles.append((started, time.time()))
+
+        collector.run_cycle = logged_cycle  # type: ignore[method-assign]
+        scheduler = start_scheduler(collector, args.interval)
+        print("ready", flush=True)
+        await stop.wait()
+        scheduler.shutdown(wait=False)
+        await server.close()
+        await database.close()
+        if cycle_log:
+            cycle_log.write_text(json.dumps(cycles))
+
+    asyncio.run(main())
+
+
+def run_library(args: argparse.Namespace) -> None:
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    registry = CollectorRegistry()
+    gauge = Gauge("tw_static_series", "Static series.", ["name"], registry=registry)
+    for i in range(args.series):
+        gauge.labels(name=f"series_{i}").set(i)
+    start_http_server(args.port, addr="127.0.0.1", registry=registry)
+    print("ready", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+
+
+class _Fixed(asyncio.Protocol):
+    response = b""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.transport.write(self.response)
+
+
+def run_physical(args: argparse.Namespace) -> None:
+    body = Path(args.body_file).read_bytes()
+    _Fixed.response = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Fixed, "127.0.0.1", args.port, backlog=1024)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="kind", required=True)
+    exp = sub.add_parser("exporter")
+    exp.add_argument("--dsn", required=True)
+    exp.add_argument("--port", type=int, required=True)
+    exp.add_argument("--interval", type=float, default=1.0)
+    exp.add_argument("--query-timeout", type=float, default=1.0)
+    exp.add_argument("--cycle-log", default="")
+    exp.add_argument("--lazy-timers", action="store_true", help="proposed http.py fix")
+    lib = sub.add_parser("library")
+    lib.add_argument("--port", type=int, required=True)
+    lib.add_argument("--series", type=int, required=True)
+    phy = sub.add_parser("physical")
+    phy.add_argument("--port", type=int, required=True)
+    phy.add_argument("--body-file", required=True)
+    args = parser.parse_args()
+    {"exporter": run_exporter, "library": run_library, "physical": run_physical}[args.kind](args)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""``exporter.advice``: plan inspection names exactly the recommended indexes that are missing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from exporter import advice, dataset
+from exporter.advice import RECOMMENDED, ExistingIndex, RecommendedIndex, advise, satisfies
+
+SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "recommended-indexes.sql"
+MIN_ROWS = 1_000  # the test dataset is small; production uses advice.DEFAULT_MIN_ROWS
+
+
+class Params:
+    top_users = 10
+    trending_days = 7
+    trending_limit = 10
+    stats_days = 7
+
+
+def by_query(items: list[advice.QueryAdvice]) -> dict[str, advice.QueryAdvice]:
+    return {item.query: item for item in items}
+
+
+def names(item: advice.QueryAdvice) -> set[str]:
+    return {index.name for index in item.missing}
+
+
+async def create(conn: asyncpg.Connection, index: RecommendedIndex) -> None:
+    await conn.execute(index.statement)  # CONCURRENTLY works: asyncpg autocommits
+
+
+@pytest.fixture
+async def small_db(seeded_db: str) -> str:
+    conn = await asyncpg.connect(seeded_db)
+    try:
+        await dataset.load_dataset(
+            conn, dataset.DatasetSpec(tweets=6_000, users=2_000, hashtags=50, days=30, seed=1)
+        )
+    finally:
+        await conn.close()
+    return seeded_db
+
+
+async def test_missing_indexes_are_named_then_nothing_is_missing(small_db: str) -> None:
+    conn = await asyncpg.connect(small_db)
+    try:
+        before = by_query(await advise(conn, Params(), min_rows=MIN_ROWS))
+        assert names(before["platform_stats"]) == {"tw_tweets_created_at_cover_idx"}
+        assert names(before["trending_hashtags"]) == {
+            "tw_tweets_created_at_cover_idx",
+            "tw_tweets_id_created_at_idx",
+        }  # the link table's primary key already is (tweet_id, hashtag_id)
+        assert names(before["top_users"]) == {"tw_users_top_followers_idx"}
+        # A few thousand rows: the planner scans tw_tweets and tw_users sequentially.
+        assert {s.table for s in before["platform_stats"].seq_scans} == {"tw_tweets"}
+        assert {s.table for s in before["top_users"].seq_scans} == {"tw_users"}
+        text = before["platform_stats"].format()
+        assert "Seq Scan on tw_tweets" in text
+        assert (
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS tw_tweets_created_at_cover_idx "
+            "ON tw_tweets (created_at) INCLUDE (id, user_id, like_count);" in text
+        )
+        assert not before["platform_stats"].ok
+
+        for index in RECOMMENDED[:3]:
+            await create(conn, index)
+        await conn.execute("ANALYZE")
+        # Make the planner prefer the indexes on these small tables, as it does on big ones.
+        await conn.execute("SET enable_seqscan = off")
+        after = await advise(conn, Params(), min_rows=MIN_ROWS, analyze=True)
+        for item in after:
+            assert item.missing == (), item.format()
+            assert item.seq_scans == (), item.format()
+            assert item.ok
+            assert item.execution_ms is not None
+            assert item.format().startswith(f"advice {item.query}: ok (")
+            assert "recommended indexes present" in item.format()
+    finally:
+        await conn.close()
+
+
+async def test_indexes_count_by_definition_not_by_name(small_db: str) -> None:
+    conn = await asyncpg.connect(small_db)
+    try:
+        # Same definition, other name and key direction flipped as a whole (backward scan).
+        await conn.execute(
+            "CREATE INDEX my_top ON tw_users (follower_count ASC NULLS LAST, username DESC)"
+        )
+        # Wider than recommended: still serves (extra key column, more included columns).
+        await conn.execute(
+            "CREATE INDEX my_window ON tw_tweets (created_at, user_id) INCLUDE (id, like_count)"
+        )
+        # A partial index with another predicate does not serve the query.
+        await conn.execute(
+            "CREATE INDEX my_ids ON tw_tweets (id) INCLUDE (created_at) WHERE like_count > 0"
+        )
+        items = by_query(await advise(conn, Params(), min_rows=MIN_ROWS))
+        assert names(items["top_users"]) == set()
+        assert names(items["platform_stats"]) == set()
+        assert names(items["trending_hashtags"]) == {"tw_tweets_id_created_at_idx"}
+
+        # Without the link table's primary key, the (tweet_id, hashtag_id) index is advised.
+        await conn.execute("ALTER TABLE tw_tweet_hashtags DROP CONSTRAINT tw_tweet_hashtags_pkey")
+        items = by_query(await advise(conn, Params(), min_rows=MIN_ROWS))
+        assert "tw_tweet_hashtags_tweet_id_hashtag_id_idx" in names(items["trending_hashtags"])
+        assert "ON tw_tweet_hashtags (tweet_id, hashtag_id);" in items["trending_hashtags"].format()
+
+        # Small tables get no advice at all at the production threshold.
+        items = by_query(await advise(conn, Params()))
+        assert all(not item.missing and not item.seq_scans for item in items.values())
+    finally:
+        await conn.close()
+
+
+def test_matching_rules() -> None:
+    wanted = next(r for r in RECOMMENDED if r.name == "tw_users_top_followers_idx")
+
+    def existing(keys: tuple[tuple[str, bool, bool], ...], predicate: str | None = None,
+                 valid: bool = True, method: str = "btree") -> ExistingIndex:  # fmt: skip
+        return ExistingIndex("x", "tw_users", method, valid, keys, (), predicate)
+
+    good = (("follower_count", True, True), ("username", False, False))
+    assert satisfies(existing(good, "(follower_count IS NOT NULL)"), wanted)
+    assert satisfies(existing(good), wanted)  # a full index serves a partial need
+    assert not satisfies(existing(good, valid=False), wanted)  # failed CONCURRENTLY build
+    assert not satisfies(existing(good, method="hash"), wanted)
+    assert not satisfies(existing(good, "(follower_count > 0)"), wanted)
+    mixed = (("follower_count", True, True), ("username", True, True))
+    assert not satisfies(existing(mixed), wanted)  # (DESC, DESC) cannot give (DESC, ASC)
+    assert not satisfies(existing((("username", False, False),)), wanted)
+
+
+def test_sql_file_lists_exactly_the_recommended_statements() -> None:
+    text = SQL_FILE.read_text()
+    statements = {
+        " ".join(s.split()) + ";"
+        for s in re.findall(
+            r"(CREATE INDEX CONCURRENTLY IF NOT EXISTS .*?);",
+            "\n".join(line.lstrip("- ") for line in text.splitlines()),
+            re.S,
+        )
+    }
+    assert statements == {index.statement for index in RECOMMENDED}
