@@ -56,13 +56,6 @@ async def per_request(n: int, *, timers: bool = True) -> float:
     return took / n * 1e6
 
 
-async def lazy(n: int) -> float:
-    from benchmarks.servers import lazy_timers
-
-    lazy_timers()
-    return await per_request(n)
-
-
 async def raw_parse(n: int) -> float:
     import httptools
 
@@ -90,9 +83,8 @@ async def main(n: int) -> None:
     rows = {
         "exporter _Connection, full path": await per_request(n),
         "same, connection timers stubbed out": await per_request(n, timers=False),
-        "same, lazy timers (proposed fix)": await lazy(n),
         "httptools parse only (no callbacks)": await raw_parse(n),
-        "2 x call_later + cancel (what the timers cost)": await timers_only(n),
+        "2 x call_later + cancel (per-request timers, replaced by deadlines)": await timers_only(n),
     }
     for label, us in rows.items():
         print(f"{label:50s} {us:6.2f} µs/request")

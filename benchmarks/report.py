@@ -86,8 +86,6 @@ def scrape_table(sc: dict[str, Any]) -> str:
         ("library floor: `prometheus_client.start_http_server`", sc["library"]),
         ("physical floor: asyncio Protocol, fixed bytes", sc["physical"]),
     )
-    if "lazy_timers" in sc:
-        rows += (("(proposal) tw-exporter with lazy connection timers", sc["lazy_timers"]),)
     for label, r in rows:
         lines.append(
             f"| {label} | {r['rps']:,.0f} | {r['p50'] * 1e3:.2f} | {r['p99'] * 1e3:.2f} | "
@@ -165,10 +163,6 @@ def plots(results: dict[str, Any]) -> list[str]:
                   "physical floor\n(fixed bytes)"]  # fmt: skip
         values = [sc["exporter"]["rps"], sc["library"]["rps"], sc["physical"]["rps"]]
         colors = ["tab:blue", "tab:grey", "tab:green"]
-        if "lazy_timers" in sc:
-            labels.append("proposal: exporter\nwith lazy timers")
-            values.append(sc["lazy_timers"]["rps"])
-            colors.append("tab:cyan")
         bars = ax.bar(labels, values, color=colors)
         ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
         ax.set_ylabel("requests/s (wrk -t2 -c8)")
@@ -258,10 +252,8 @@ def write(results: dict[str, Any]) -> str:
             f"RSS after the wrk run {sc['exporter']['rss_mb']:.0f} MiB.",
             "",
             "wrk, the server and PostgreSQL share 2 cores, so req/s is partly wrk's limit; CPU "
-            "per request is the sturdier comparison. The proposal row is the exporter with its "
-            "per-request `call_later`/`cancel` connection timers replaced by a deadline field "
-            "and one sweeper per server (`benchmarks/servers.py --lazy-timers`; "
-            "`python -m benchmarks.http_hotpath` shows the same in-process).",
+            "per request is the sturdier comparison (`python -m benchmarks.http_hotpath` gives "
+            "the server's own cost per request in-process, without the network).",
             "",
             f"Scrapes overlapping a cycle vs not: a light probe (one scrape every 20 ms) against "
             f"the exporter on the {sc['overlap']['dataset']} dataset (interval 2 s; a cycle "

@@ -230,22 +230,7 @@ def run(dsn: str, overlap_dsn: str, seconds: int, quick: bool) -> dict[str, Any]
         physical.stop()
         Path(handle.name).unlink()
 
-    # 4. The proposed exporter/http.py fix (lazy connection timers), same DB and interval.
-    port = free_port()
-    proposal = start(
-        ["-m", "benchmarks.servers", "exporter", "--dsn", dsn, "--port", str(port),
-         "--interval", "1", "--query-timeout", "1", "--lazy-timers"],
-        port,
-        "/metrics",
-    )  # fmt: skip
-    try:
-        time.sleep(2)
-        out["lazy_timers"] = measure_wrk(proposal, "/metrics", seconds)
-        log(f"[scrape] exporter with lazy timers: {out['lazy_timers']}")
-    finally:
-        proposal.stop()
-
-    # 5. Scrapes overlapping a cycle vs not, on a big dataset where a cycle takes ~1 s.
+    # 4. Scrapes overlapping a cycle vs not, on a big dataset where a cycle takes ~1 s.
     out["overlap"] = overlap(overlap_dsn, 8 if quick else 20)
     return out
 

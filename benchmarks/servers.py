@@ -22,41 +22,7 @@ from pathlib import Path
 from typing import Any
 
 
-def lazy_timers() -> None:
-    """The fix proposed for ``exporter/http.py`` (benchmark-only monkeypatch): a request only
-    stores its connection's deadline (one float); one sweeper per server, every second, closes
-    the connections whose deadline passed. Today each request pays two ``call_later`` plus two
-    ``cancel`` calls (~5 µs of ~10 µs per request, see ``benchmarks.http_hotpath``)."""
-    from exporter import http
-
-    def _arm(self: Any, seconds: float) -> None:
-        self.deadline = asyncio.get_running_loop().time() + seconds
-
-    def _disarm(self: Any) -> None:
-        self.deadline = None
-
-    cls: Any = http._Connection
-    cls._arm, cls._disarm, cls.deadline = _arm, _disarm, None
-
-
-def start_sweeper(server: Any, every: float = 1.0) -> None:
-    """The server-wide timer that goes with ``lazy_timers``."""
-    loop = asyncio.get_running_loop()
-
-    def sweep() -> None:
-        now = loop.time()
-        for connection in list(server.connections):
-            if connection.deadline is not None and now >= connection.deadline:
-                connection.deadline = None
-                connection._expire()
-        loop.call_later(every, sweep)
-
-    loop.call_later(every, sweep)
-
-
 def run_exporter(args: argparse.Namespace) -> None:
-    if args.lazy_timers:
-        lazy_timers()
     from exporter.collectors import COLLECTORS
     from exporter.database import Database
     from exporter.http import MetricsServer
@@ -81,8 +47,6 @@ def run_exporter(args: argparse.Namespace) -> None:
         await database.open()
         server = MetricsServer(store)
         await server.start("127.0.0.1", args.port)
-        if args.lazy_timers:
-            start_sweeper(server)
         collector = Collector(database, store, Params())
         cycles: list[tuple[float, float]] = []
         original = collector.run_cycle
@@ -163,7 +127,6 @@ def main() -> None:
     exp.add_argument("--interval", type=float, default=1.0)
     exp.add_argument("--query-timeout", type=float, default=1.0)
     exp.add_argument("--cycle-log", default="")
-    exp.add_argument("--lazy-timers", action="store_true", help="proposed http.py fix")
     lib = sub.add_parser("library")
     lib.add_argument("--port", type=int, required=True)
     lib.add_argument("--series", type=int, required=True)

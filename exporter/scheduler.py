@@ -53,8 +53,7 @@ class Collector:
         health = self.store.health
         health.up.set(1 if reached else 0)
         health.cycle_duration.set(time.perf_counter() - started)
-        self.store.last_cycle_reached_database = reached
-        self.store.render()
+        await self.store.render_async()
         self.cycles_completed += 1
         self.cycle_done.set()
         self.cycle_done = asyncio.Event()

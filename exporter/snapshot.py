@@ -14,6 +14,7 @@ never see half a cycle.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -98,7 +99,6 @@ class SnapshotStore:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self.queries: dict[str, QueryState] = {name: QueryState() for name in QUERY_NAMES}
-        self.last_cycle_reached_database = False
         self.current = self.render()
 
     # ------------------------------------------------------------ updates from the cycle
@@ -131,12 +131,29 @@ class SnapshotStore:
 
     def render(self) -> Rendered:
         """Render every format now and publish the result with one reference swap."""
-        text = text_format.generate_latest(self.registry)
-        openmetrics = openmetrics_format.generate_latest(self.registry)  # type: ignore[no-untyped-call]
-        rendered = Rendered(
-            text=Encoded(text, gzip.compress(text, GZIP_LEVEL, mtime=0)),
-            openmetrics=Encoded(openmetrics, gzip.compress(openmetrics, GZIP_LEVEL, mtime=0)),
-            rendered_at=time.time(),
-        )
+        text = self._encode(text_format.generate_latest(self.registry))
+        openmetrics = self._encode(self._openmetrics())
+        return self._publish(text, openmetrics)
+
+    async def render_async(self) -> Rendered:
+        """``render`` in two steps with a yield to the event loop between them.
+
+        Rendering both formats takes about 2 ms of CPU; split, a scrape that arrives meanwhile
+        waits for one format (~1 ms), not both. The published result is the same.
+        """
+        text = self._encode(text_format.generate_latest(self.registry))
+        await asyncio.sleep(0)
+        openmetrics = self._encode(self._openmetrics())
+        return self._publish(text, openmetrics)
+
+    def _openmetrics(self) -> bytes:
+        return openmetrics_format.generate_latest(self.registry)  # type: ignore[no-untyped-call, no-any-return]
+
+    @staticmethod
+    def _encode(body: bytes) -> Encoded:
+        return Encoded(body, gzip.compress(body, GZIP_LEVEL, mtime=0))
+
+    def _publish(self, text: Encoded, openmetrics: Encoded) -> Rendered:
+        rendered = Rendered(text=text, openmetrics=openmetrics, rendered_at=time.time())
         self.current = rendered
         return rendered
