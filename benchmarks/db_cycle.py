@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -29,6 +28,7 @@ from benchmarks.common import (
 from exporter.collectors import COLLECTORS
 from exporter.database import Database
 from exporter.scheduler import Collector
+from exporter.settings import query_params
 from exporter.snapshot import SnapshotStore
 
 SEED_SQL: dict[str, tuple[str, tuple[Any, ...]]] = {
@@ -57,15 +57,7 @@ FROM tw_tweets WHERE created_at >= NOW() - INTERVAL '7 days'""",
 }
 
 
-@dataclass(frozen=True)
-class Params:
-    top_users: int = 10
-    trending_days: int = 7
-    trending_limit: int = 10
-    stats_days: int = 7
-
-
-PARAMS = Params()
+PARAMS = query_params()
 QUERY_TIMEOUT = 120.0
 
 
@@ -145,7 +137,7 @@ async def window_sweep(scale: str, days: tuple[int, ...], repeat: int) -> list[d
                 " WHERE created_at >= now() - make_interval(days => $1)",
                 d,
             )
-            params = Params(trending_days=d, stats_days=d)
+            params = query_params(trending_days=d, stats_days=d)
             store = SnapshotStore(interval=15.0, max_staleness=3600.0)
             collector = Collector(database, store, params)
             cycle = await median_time(collector.run_cycle, repeat)

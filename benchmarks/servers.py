@@ -27,13 +27,8 @@ def run_exporter(args: argparse.Namespace) -> None:
     from exporter.database import Database
     from exporter.http import MetricsServer
     from exporter.scheduler import Collector, start_scheduler
+    from exporter.settings import query_params
     from exporter.snapshot import SnapshotStore
-
-    class Params:
-        top_users = 10
-        trending_days = 7
-        trending_limit = 10
-        stats_days = 7
 
     cycle_log = Path(args.cycle_log) if args.cycle_log else None
 
@@ -47,7 +42,7 @@ def run_exporter(args: argparse.Namespace) -> None:
         await database.open()
         server = MetricsServer(store)
         await server.start("127.0.0.1", args.port)
-        collector = Collector(database, store, Params())
+        collector = Collector(database, store, query_params())
         cycles: list[tuple[float, float]] = []
         original = collector.run_cycle
 

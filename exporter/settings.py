@@ -9,6 +9,7 @@ flag (or variable), the value and what is expected — never a traceback, never 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -415,6 +416,12 @@ def settings_from(
 ) -> Settings:
     env = os.environ if environ is None else environ
     return build_settings(resolve(namespace, options, env), dsn_required=dsn_required)
+
+
+def query_params(**overrides: Any) -> Settings:
+    """Settings with every default and no DSN, for code that runs the queries without the
+    command line (tests, benchmarks); keyword arguments override single fields."""
+    return dataclasses.replace(build_settings({}, dsn_required=False), **overrides)
 
 
 def version_string() -> str:

@@ -10,16 +10,10 @@ import pytest
 
 from exporter import advice, dataset
 from exporter.advice import RECOMMENDED, ExistingIndex, RecommendedIndex, advise, satisfies
+from exporter.settings import query_params
 
 SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "recommended-indexes.sql"
 MIN_ROWS = 1_000  # the test dataset is small; production uses advice.DEFAULT_MIN_ROWS
-
-
-class Params:
-    top_users = 10
-    trending_days = 7
-    trending_limit = 10
-    stats_days = 7
 
 
 def by_query(items: list[advice.QueryAdvice]) -> dict[str, advice.QueryAdvice]:
@@ -49,7 +43,7 @@ async def small_db(seeded_db: str) -> str:
 async def test_missing_indexes_are_named_then_nothing_is_missing(small_db: str) -> None:
     conn = await asyncpg.connect(small_db)
     try:
-        before = by_query(await advise(conn, Params(), min_rows=MIN_ROWS))
+        before = by_query(await advise(conn, query_params(), min_rows=MIN_ROWS))
         assert names(before["platform_stats"]) == {"tw_tweets_created_at_cover_idx"}
         assert names(before["trending_hashtags"]) == {
             "tw_tweets_created_at_cover_idx",
@@ -72,7 +66,7 @@ async def test_missing_indexes_are_named_then_nothing_is_missing(small_db: str) 
         await conn.execute("ANALYZE")
         # Make the planner prefer the indexes on these small tables, as it does on big ones.
         await conn.execute("SET enable_seqscan = off")
-        after = await advise(conn, Params(), min_rows=MIN_ROWS, analyze=True)
+        after = await advise(conn, query_params(), min_rows=MIN_ROWS, analyze=True)
         for item in after:
             assert item.missing == (), item.format()
             assert item.seq_scans == (), item.format()
@@ -99,19 +93,19 @@ async def test_indexes_count_by_definition_not_by_name(small_db: str) -> None:
         await conn.execute(
             "CREATE INDEX my_ids ON tw_tweets (id) INCLUDE (created_at) WHERE like_count > 0"
         )
-        items = by_query(await advise(conn, Params(), min_rows=MIN_ROWS))
+        items = by_query(await advise(conn, query_params(), min_rows=MIN_ROWS))
         assert names(items["top_users"]) == set()
         assert names(items["platform_stats"]) == set()
         assert names(items["trending_hashtags"]) == {"tw_tweets_id_created_at_idx"}
 
         # Without the link table's primary key, the (tweet_id, hashtag_id) index is advised.
         await conn.execute("ALTER TABLE tw_tweet_hashtags DROP CONSTRAINT tw_tweet_hashtags_pkey")
-        items = by_query(await advise(conn, Params(), min_rows=MIN_ROWS))
+        items = by_query(await advise(conn, query_params(), min_rows=MIN_ROWS))
         assert "tw_tweet_hashtags_tweet_id_hashtag_id_idx" in names(items["trending_hashtags"])
         assert "ON tw_tweet_hashtags (tweet_id, hashtag_id);" in items["trending_hashtags"].format()
 
         # Small tables get no advice at all at the production threshold.
-        items = by_query(await advise(conn, Params()))
+        items = by_query(await advise(conn, query_params()))
         assert all(not item.missing and not item.seq_scans for item in items.values())
     finally:
         await conn.close()

@@ -16,17 +16,10 @@ from exporter.collectors.base import QueryCollector
 from exporter.database import Database
 from exporter.http import MetricsServer
 from exporter.scheduler import Collector, start_scheduler
+from exporter.settings import query_params
 from exporter.snapshot import SnapshotStore
 from tests.conftest import EmbeddedServer, StartExporter, wait_until, wait_until_sync
 from tests.helpers import ahttp_get, http_get, samples, series, value
-
-
-@dataclass(frozen=True)
-class Params:
-    top_users: int = 10
-    trending_days: int = 7
-    trending_limit: int = 10
-    stats_days: int = 7
 
 
 @dataclass
@@ -53,7 +46,7 @@ async def make_rig(
     database = Database(dsn, pool_size=len(collectors), query_timeout=query_timeout)
     await database.open()
     store = SnapshotStore(interval=1.0, max_staleness=max_staleness, process_metrics=False)
-    return Rig(database, store, Collector(database, store, Params(), collectors))
+    return Rig(database, store, Collector(database, store, query_params(), collectors))
 
 
 @pytest.fixture
@@ -65,21 +58,15 @@ async def rigs() -> AsyncIterator[list[Rig]]:
 
 
 async def fill(dsn: str) -> None:
+    """Schema and rows, for a fresh server (the shared ones come with the schema)."""
     from exporter import dataset
 
     conn = await asyncpg.connect(dsn)
     try:
         await dataset.create_schema(conn)
-        await conn.execute(
-            """
-            INSERT INTO tw_users (id, username, follower_count) VALUES (1, 'ann', 7), (2, 'ben', 3);
-            INSERT INTO tw_tweets (id, user_id, like_count) VALUES (1, 1, 5), (2, 2, 1);
-            INSERT INTO tw_hashtags (id, tag) VALUES (1, 'db');
-            INSERT INTO tw_tweet_hashtags VALUES (1, 1);
-            """
-        )
     finally:
         await conn.close()
+    await fill_existing(dsn)
 
 
 async def test_down_at_start_then_recovers(restartable_pg: EmbeddedServer, rigs: list[Rig]) -> None:

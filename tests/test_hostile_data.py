@@ -32,6 +32,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.collectors import platform_stats, top_users, trending_hashtags
+from exporter.settings import query_params
 from exporter.snapshot import OPENMETRICS_CONTENT_TYPE, SnapshotStore
 from tests.conftest import StartExporter, wait_until_sync
 from tests.helpers import http_get, value
@@ -98,14 +99,6 @@ def both_formats(text: bytes, openmetrics: bytes, name: str) -> dict[Labels, flo
 # ------------------------------------------------------------------ in-process property
 
 
-@dataclass(frozen=True)
-class Params:
-    top_users: int = 1000
-    trending_days: int = 7
-    trending_limit: int = 1000
-    stats_days: int = 7
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     users=st.dictionaries(
@@ -133,7 +126,7 @@ def test_any_label_text_round_trips_in_both_formats(
     tags: dict[str, int],
     stats: tuple[int, int, float, float | None],
 ) -> None:
-    params = Params()
+    params = query_params(top_users=1000, trending_limit=1000)
     store = SnapshotStore(interval=1, max_staleness=3, process_metrics=False)
     user_rows = [{"username": u, "follower_count": n, "verified": v} for u, (n, v) in users.items()]
     tag_rows = [{"tag": t, "tweet_count": n} for t, n in tags.items()]

@@ -11,18 +11,16 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from exporter.collectors import top_users
 from exporter.http import MetricsServer, ServerLimits
+from exporter.settings import query_params
 from exporter.snapshot import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SnapshotStore
 from tests.conftest import wait_until
 from tests.helpers import series
 
-Params = type(
-    "Params", (), {"top_users": 10, "trending_days": 7, "trending_limit": 10, "stats_days": 7}
-)
-
 
 def users(*rows: tuple[str, int]) -> list:  # type: ignore[type-arg]
     return top_users.COLLECTOR.to_families(
-        [{"username": name, "follower_count": n, "verified": False} for name, n in rows], Params()
+        [{"username": name, "follower_count": n, "verified": False} for name, n in rows],
+        query_params(),
     )
 
 

@@ -13,6 +13,7 @@ import asyncpg
 
 from exporter.collectors import platform_stats, top_users, trending_hashtags
 from exporter.database import Database
+from exporter.settings import Settings, query_params
 from exporter.snapshot import SnapshotStore
 from tests.helpers import series, value
 
@@ -50,14 +51,6 @@ TAGS = [
     "tie_c",
     "old_only",
 ]
-
-
-@dataclass(frozen=True)
-class Params:
-    top_users: int
-    trending_days: int
-    trending_limit: int
-    stats_days: int
 
 
 @dataclass
@@ -142,7 +135,7 @@ def expected_trending(
     return {(("tag", tag), ("window", f"{days}d")): float(n) for tag, n in ranked[:k]}
 
 
-async def scrape(dsn: str, params: Params) -> str:
+async def scrape(dsn: str, params: Settings) -> str:
     database = Database(dsn, pool_size=3, query_timeout=5)
     await database.open()
     store = SnapshotStore(interval=30, max_staleness=90, process_metrics=False)
@@ -162,7 +155,11 @@ async def scrape(dsn: str, params: Params) -> str:
 async def test_numbers_match_an_independent_computation(seeded_db: str) -> None:
     users, tweets = build_rows(random.Random(20261125))
     await insert(seeded_db, users, tweets)
-    for params in (Params(5, 7, 4, 7), Params(1000, 3, 1000, 30), Params(1, 1, 1, 1)):
+    for params in (
+        query_params(top_users=5, trending_days=7, trending_limit=4, stats_days=7),
+        query_params(top_users=1000, trending_days=3, trending_limit=1000, stats_days=30),
+        query_params(top_users=1, trending_days=1, trending_limit=1, stats_days=1),
+    ):
         text = await scrape(seeded_db, params)
         assert series(text, "tw_user_followers") == expected_top_users(users, params.top_users)
         assert series(text, "tw_hashtag_tweets") == expected_trending(
@@ -184,7 +181,7 @@ async def test_ties_at_the_limit_are_stable_and_nulls_never_top(seeded_db: str) 
     users = [(i, f"user{i:02d}", 50, False) for i in range(1, 21)]
     users += [(21, "nobody", None, True), (22, "star", 99, True)]
     await insert(seeded_db, users, [])
-    params = Params(5, 7, 10, 7)
+    params = query_params(top_users=5, trending_days=7, trending_limit=10, stats_days=7)
     first = series(await scrape(seeded_db, params), "tw_user_followers")
     assert first == expected_top_users(users, 5)
     assert (("username", "star"), ("verified", "true")) in first
@@ -197,7 +194,9 @@ async def test_empty_window_gives_zeros_and_no_average(seeded_db: str) -> None:
     users = [(1, "old", 1, False)]
     tweets = [Tweet(1, 1, 4, timedelta(days=40), [1])]
     await insert(seeded_db, users, tweets)
-    text = await scrape(seeded_db, Params(10, 7, 10, 7))
+    text = await scrape(
+        seeded_db, query_params(top_users=10, trending_days=7, trending_limit=10, stats_days=7)
+    )
     assert value(text, "tw_platform_tweets", window="7d") == 0
     assert value(text, "tw_platform_active_users", window="7d") == 0
     assert value(text, "tw_platform_likes", window="7d") == 0
@@ -210,7 +209,9 @@ async def test_only_null_likes_give_zero_likes_and_no_average(seeded_db: str) ->
     users = [(1, "u", 1, False)]
     tweets = [Tweet(1, 1, None, timedelta(hours=1), []), Tweet(2, 1, None, timedelta(hours=2), [])]
     await insert(seeded_db, users, tweets)
-    text = await scrape(seeded_db, Params(10, 7, 10, 7))
+    text = await scrape(
+        seeded_db, query_params(top_users=10, trending_days=7, trending_limit=10, stats_days=7)
+    )
     assert value(text, "tw_platform_tweets", window="7d") == 2
     assert value(text, "tw_platform_likes", window="7d") == 0
     assert series(text, "tw_platform_likes_per_tweet") == {}

@@ -32,6 +32,7 @@ import pytest
 
 from exporter import dataset
 from exporter.collectors import platform_stats, top_users, trending_hashtags
+from exporter.settings import query_params
 
 # ----------------------------------------------------------------- the seed's SQL, verbatim
 
@@ -103,7 +104,9 @@ async def _in_snapshot(conn: asyncpg.Connection) -> asyncpg.transaction.Transact
 async def compare_top_users(conn: asyncpg.Connection, n: int) -> None:
     ours = [
         (r["username"], r["follower_count"], r["verified"])
-        for r in await conn.fetch(top_users.SQL, *top_users.COLLECTOR.params(_Params(top_users=n)))
+        for r in await conn.fetch(
+            top_users.SQL, *top_users.COLLECTOR.params(query_params(top_users=n))
+        )
     ]
     # Exact: the seed's ranking, minus NULL counts, ties by username, then the LIMIT.
     expected = [
@@ -128,7 +131,9 @@ async def compare_top_users(conn: asyncpg.Connection, n: int) -> None:
 
 
 async def compare_trending(conn: asyncpg.Connection, days: int, limit: int) -> None:
-    params = trending_hashtags.COLLECTOR.params(_Params(trending_days=days, trending_limit=limit))
+    params = trending_hashtags.COLLECTOR.params(
+        query_params(trending_days=days, trending_limit=limit)
+    )
     ours = [(r["tag"], r["tweet_count"]) for r in await conn.fetch(trending_hashtags.SQL, *params)]
     full = [
         (r["tag"], r["tweet_count"])
@@ -158,7 +163,7 @@ async def compare_trending(conn: asyncpg.Connection, days: int, limit: int) -> N
 
 
 async def compare_platform_stats(conn: asyncpg.Connection) -> None:
-    params = platform_stats.COLLECTOR.params(_Params(stats_days=SEED_STATS_DAYS))
+    params = platform_stats.COLLECTOR.params(query_params(stats_days=SEED_STATS_DAYS))
     ours = await conn.fetchrow(platform_stats.SQL, *params)
     seed = await conn.fetchrow(SEED_PLATFORM_STATS)
     assert ours is not None and seed is not None
@@ -180,23 +185,6 @@ async def compare_all(conn: asyncpg.Connection) -> None:
         for limit in (1, 3, 10, 25):
             await compare_trending(conn, days, limit)
     await compare_platform_stats(conn)
-
-
-class _Params:
-    """Just the settings the queries read."""
-
-    def __init__(
-        self,
-        *,
-        top_users: int = 10,
-        trending_days: int = 7,
-        trending_limit: int = 10,
-        stats_days: int = 7,
-    ) -> None:
-        self.top_users = top_users
-        self.trending_days = trending_days
-        self.trending_limit = trending_limit
-        self.stats_days = stats_days
 
 
 async def create_recommended_indexes(conn: asyncpg.Connection) -> None:

@@ -920,6 +920,17 @@ _STAT_OPTIONS: Mapping[str, Any] = {
 }
 _STALE_AFTER = float(DEFAULTS["staleIntervals"]) * DEFAULT_INTERVAL
 
+# A 0/1 health value shown as DOWN/UP.
+_UP_DOWN_MAPPINGS: tuple[dict[str, Any], ...] = (
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "DOWN", "color": "red", "index": 0},
+            "1": {"text": "UP", "color": "green", "index": 1},
+        },
+    },
+)
+
 
 def _stat(
     title: str, spec: MetricSpec, description: str, floor_key: str | None, decimals: int = 0
@@ -1113,15 +1124,7 @@ ROWS: tuple[Row, ...] = (
                 width=6,
                 height=4,
                 steps=(("red", None), ("green", 1.0)),
-                mappings=(
-                    {
-                        "type": "value",
-                        "options": {
-                            "0": {"text": "DOWN", "color": "red", "index": 0},
-                            "1": {"text": "UP", "color": "green", "index": 1},
-                        },
-                    },
-                ),
+                mappings=_UP_DOWN_MAPPINGS,
                 options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
             ),
             Panel(
@@ -1135,15 +1138,7 @@ ROWS: tuple[Row, ...] = (
                 width=6,
                 height=4,
                 steps=(("red", None), ("green", 1.0)),
-                mappings=(
-                    {
-                        "type": "value",
-                        "options": {
-                            "0": {"text": "DOWN", "color": "red", "index": 0},
-                            "1": {"text": "UP", "color": "green", "index": 1},
-                        },
-                    },
-                ),
+                mappings=_UP_DOWN_MAPPINGS,
                 options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
             ),
             Panel(
