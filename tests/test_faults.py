@@ -14,11 +14,12 @@ import pytest
 from exporter.collectors import COLLECTORS
 from exporter.collectors.base import QueryCollector
 from exporter.database import Database
+from exporter.embedded import EmbeddedPostgres
 from exporter.http import MetricsServer
 from exporter.scheduler import Collector, start_scheduler
 from exporter.settings import query_params
 from exporter.snapshot import SnapshotStore
-from tests.conftest import EmbeddedServer, StartExporter, wait_until, wait_until_sync
+from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import ahttp_get, http_get, samples, series, value
 
 
@@ -69,7 +70,9 @@ async def fill(dsn: str) -> None:
     await fill_existing(dsn)
 
 
-async def test_down_at_start_then_recovers(restartable_pg: EmbeddedServer, rigs: list[Rig]) -> None:
+async def test_down_at_start_then_recovers(
+    restartable_pg: EmbeddedPostgres, rigs: list[Rig]
+) -> None:
     restartable_pg.stop()
     rig = await make_rig(restartable_pg.dsn)  # creating the exporter needs no database
     rigs.append(rig)
@@ -90,7 +93,7 @@ async def test_down_at_start_then_recovers(restartable_pg: EmbeddedServer, rigs:
 
 
 async def test_restart_keeps_last_good_data_then_recovers_in_one_cycle(
-    restartable_pg: EmbeddedServer, rigs: list[Rig]
+    restartable_pg: EmbeddedPostgres, rigs: list[Rig]
 ) -> None:
     await fill(restartable_pg.dsn)
     rig = await make_rig(restartable_pg.dsn)
