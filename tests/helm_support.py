@@ -7,15 +7,11 @@ validated against ``values.schema.json`` exactly as ``helm install/template`` wo
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,23 +182,6 @@ def leaves(values: Any, prefix: str = "") -> Iterator[str]:
 
 
 # ------------------------------------------------------------------ external tools
-
-
-def require_tool(name: str, *candidates: Path) -> str:
-    """Path of an external tool; missing -> fail under CI (it must be installed), else skip."""
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    venv_bin = Path(sys.executable).parent / name
-    if venv_bin.is_file():
-        return str(venv_bin)
-    found = shutil.which(name)
-    if found:
-        return found
-    message = f"{name} is not installed (looked in {venv_bin.parent} and on PATH)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}: CI must provide it", pytrace=False)
-    pytest.skip(message)
 
 
 # ------------------------------------------------------------------ monitoring CRD shapes

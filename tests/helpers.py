@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -52,3 +58,29 @@ def value(text: str, name: str, **labels: str) -> float | None:
 
 def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {labels: v for (n, labels), v in samples(text).items() if n == name}
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A tool or package the test needs is missing: in CI (``CI`` set) that is a failure, since
+    ``.ci/run`` must install it; elsewhere the test is skipped with the reason shown."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must provide it", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_tool(name: str, *candidates: Path, hint: str = "") -> str:
+    """Path of an external tool: the candidates, the virtualenv's bin, then PATH."""
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    venv_bin = Path(sys.executable).parent / name
+    if venv_bin.is_file():
+        return str(venv_bin)
+    found = shutil.which(name)
+    if found:
+        return found
+    unavailable(f"{name} is not installed{f' ({hint})' if hint else ''}")
+
+
+def promtool() -> str:
+    return require_tool("promtool", hint="Debian package prometheus")

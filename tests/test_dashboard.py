@@ -4,9 +4,7 @@ catalogue metrics only, and showing every metric the exporter serves."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 import yaml
 
 from exporter.catalog import ALL_METRICS, all_sample_names, sample_names
+from tests import helpers
 from tools import monitoring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,11 +124,7 @@ def test_dashboard_is_generated() -> None:
 
 def test_panel_queries_parse(dashboard: dict[str, Any], tmp_path: Path) -> None:
     """promtool parses each query (variables substituted) as a recording rule."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is not installed; CI must have it")
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    promtool = helpers.promtool()
     rules = [
         {"record": f"dashboard:query_{index}", "expr": monitoring.expand_variables(expr, VARIABLES)}
         for index, (_, expr) in enumerate(queries(dashboard))

@@ -27,7 +27,8 @@ import pytest
 
 import exporter
 from exporter.settings import DEFAULT_PORT
-from tests.helm_support import REPO, require_tool
+from tests.helm_support import REPO
+from tests.helpers import require_tool
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"

@@ -24,6 +24,7 @@ import yaml
 
 import exporter
 from exporter import settings as exporter_settings
+from tests import helpers
 from tests.helm_support import (
     ALL_FEATURES_VALUES,
     CHART_DIR,
@@ -39,7 +40,6 @@ from tests.helm_support import (
     manifests,
     one,
     render,
-    require_tool,
     template_output,
 )
 
@@ -384,7 +384,7 @@ def test_monitoring_objects_match_the_operator_crds(objects: dict[str, list[Mani
 
 
 def test_prometheus_rules_pass_promtool(objects: dict[str, list[Manifest]], tmp_path: Path) -> None:
-    promtool = require_tool("promtool", Path("/usr/bin/promtool"))
+    promtool = helpers.promtool()
     spec = one(objects["all-features"], "PrometheusRule").doc["spec"]
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump({"groups": spec["groups"]}, sort_keys=False))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.collectors import platform_stats, top_users, trending_hashtags
 from exporter.settings import query_params
 from exporter.snapshot import OPENMETRICS_CONTENT_TYPE, SnapshotStore
+from tests import helpers
 from tests.conftest import StartExporter, wait_until_sync
 from tests.helpers import http_get, value
 
@@ -247,8 +247,7 @@ PROMTOOL_PARSE_ERROR = 1
 
 
 def promtool_check(exposition: bytes) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    assert promtool is not None
+    promtool = helpers.promtool()
     return subprocess.run(
         [promtool, "check", "metrics"],
         input=exposition.decode(),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -27,8 +25,9 @@ import pytest
 import yaml
 
 from exporter import __version__, dataset
+from tests import helpers
 from tests.conftest import MakeDb, PgServer, StartExporter
-from tests.helpers import http_get
+from tests.helpers import http_get, require_tool
 from tools import monitoring
 
 pytestmark = pytest.mark.slow
@@ -58,16 +57,6 @@ TWEETS = [  # (author, like_count, age in days, hashtags)
 FOLLOWERS = {name: float(f) for name, (f, _) in USERS.items() if f is not None}
 HASHTAGS = {"python": 3.0, "grafana": 1.0}
 PLATFORM = {"Tweets": 5.0, "Active users": 2.0, "Likes": 42.0, "Likes per tweet": 10.5}
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must have it")
-        pytest.skip(message)
-    return path
 
 
 def poll_sync(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
@@ -127,7 +116,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
-    binary = require_tool("prometheus")
+    binary = require_tool("prometheus", hint="Debian package prometheus")
     started: list[Prometheus] = []
 
     def start(target: str) -> Prometheus:
@@ -235,7 +224,7 @@ async def test_dashboard_and_alerts_against_real_prometheus(
     exporter_proc: StartExporter,
     start_prometheus: Callable[[str], Prometheus],
 ) -> None:
-    promtool = require_tool("promtool")
+    promtool = helpers.promtool()
     dsn = await make_db()
     await load_known_dataset(dsn)
     exporter = exporter_proc("--dsn", dsn, "--interval", "1")

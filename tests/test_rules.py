@@ -3,7 +3,6 @@ and in step with their generator and the Helm template the chart renders."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ import pytest
 import yaml
 
 from exporter.catalog import ALL_METRICS, all_sample_names, sample_names
+from tests import helpers
+from tests.helpers import unavailable
 from tools import monitoring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,20 +25,9 @@ HELM_FILES = ROOT / monitoring.HELM_RULES_PATH.parent
 TARGET_LABELS = {"job", "instance"}
 
 
-def require_tool(name: str) -> str:
-    """A missing tool fails the run in CI and skips it (with the reason) elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (Debian: apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must have it")
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    return require_tool("promtool")
+    return helpers.promtool()
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +161,7 @@ def _render_helm_template(values: dict[str, Any], chart_dir: Path) -> Any:
     try:
         from helm_python import Chart
     except ImportError:  # pragma: no cover - depends on the environment
-        if os.environ.get("CI"):
-            pytest.fail("helm-python-sdk is not installed; CI must have it (test extra)")
-        pytest.skip("helm-python-sdk is not installed (pip install -e '.[test]')")
+        unavailable("helm-python-sdk is not installed (pip install -e '.[test]')")
     (chart_dir / "templates").mkdir(parents=True)
     shutil.copytree(HELM_FILES, chart_dir / "files")
     (chart_dir / "Chart.yaml").write_text(

@@ -34,6 +34,7 @@ from exporter.webconfig import (
     WebConfigError,
     load_web_config,
 )
+from tests import helpers
 from tests.pki import PKI, Pair
 
 REPO = Path(__file__).resolve().parent.parent
@@ -776,18 +777,8 @@ def test_tls_provider_fails_at_startup_not_per_handshake(config_dir: Path) -> No
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = shutil.which("promtool") or (
-        "/usr/bin/promtool" if os.access("/usr/bin/promtool", os.X_OK) else None
-    )
-    if path is None:
-        reason = (
-            "promtool is not installed (Debian/Ubuntu package 'prometheus'); it checks that the "
-            "web-config examples and bcrypt hashes are valid for Prometheus' own checker"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    """It checks that the examples and bcrypt hashes are valid for Prometheus' own checker."""
+    return helpers.promtool()
 
 
 def promtool_check(promtool: str, path: Path) -> subprocess.CompletedProcess[str]:
