@@ -28,6 +28,7 @@ import pytest
 from exporter import dataset
 from tests.conftest import StartExporter, exporter_command, wait_until_sync
 from tests.helpers import http_get, require_tool, series, unavailable, value
+from tests.pki import issue, make_ca
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USERS = ("postgres", "embedded_postgres")  # PostgreSQL refuses to run as root
@@ -38,90 +39,6 @@ pytestmark = pytest.mark.slow
 
 
 # ------------------------------------------------------------------ certificates (openssl CLI)
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed CA: (certificate, key)."""
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(cert),
-        "-days",
-        "2",
-        "-subj",
-        f"/CN=tw-exporter {name}",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=directory,
-    )
-    return cert, key
-
-
-def make_server_cert(directory: Path, ca: tuple[Path, Path]) -> tuple[Path, Path]:
-    """A server certificate for localhost / 127.0.0.1 signed by ``ca``: (certificate, key)."""
-    cert, key, csr = directory / "server.crt", directory / "server.key", directory / "server.csr"
-    extensions = directory / "server.ext"
-    extensions.write_text(
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
-        "subjectKeyIdentifier=hash\n"
-        "authorityKeyIdentifier=keyid,issuer\n"
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-    )
-    _openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-        "-subj",
-        "/CN=localhost",
-        cwd=directory,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(ca[0]),
-        "-CAkey",
-        str(ca[1]),
-        "-CAcreateserial",
-        "-out",
-        str(cert),
-        "-days",
-        "2",
-        "-extfile",
-        str(extensions),
-        cwd=directory,
-    )
-    return cert, key
-
-
-# ------------------------------------------------------------------ a private TLS-only server
 
 
 def _require_binaries() -> None:
@@ -210,8 +127,9 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
     user = _server_user()
     certs = tmp_path_factory.mktemp("pg-tls-certs")
     ca = make_ca(certs, "ca")
-    wrong_ca, _ = make_ca(certs, "wrong-ca")
-    server_cert, server_key = make_server_cert(certs, ca)
+    wrong_ca = make_ca(certs, "wrong-ca").cert
+    server_pair = issue(certs, ca, "server", "localhost", 1001, "serverAuth")
+    server_cert, server_key = server_pair.cert, server_pair.key
 
     # pytest's tmp dirs are private to us; the server's user needs a directory of its own.
     root = Path(tempfile.mkdtemp(prefix="tw-pg-tls-"))
@@ -270,7 +188,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
             cwd=root,
         )
         try:
-            server = TLSServer(port=port, ca=ca[0], wrong_ca=wrong_ca, extra_address=extra)
+            server = TLSServer(port=port, ca=ca.cert, wrong_ca=wrong_ca, extra_address=extra)
             asyncio.run(_seed(server.dsn()))
             yield server
         finally:
