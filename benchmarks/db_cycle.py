@@ -25,35 +25,16 @@ from benchmarks.common import (
     log,
     median_time,
 )
-from exporter.collectors import COLLECTORS
+from exporter.collectors import COLLECTORS, seed
 from exporter.database import Database
 from exporter.scheduler import Collector
 from exporter.settings import query_params
 from exporter.snapshot import SnapshotStore
 
 SEED_SQL: dict[str, tuple[str, tuple[Any, ...]]] = {
-    "top_users": (
-        "SELECT username, follower_count, verified FROM tw_users "
-        "ORDER BY follower_count DESC LIMIT $1",
-        (10,),
-    ),
-    "trending_hashtags": (
-        """SELECT h.tag, COUNT(*) AS tweet_count
-FROM tw_hashtags h
-JOIN tw_tweet_hashtags th ON th.hashtag_id = h.id
-JOIN tw_tweets t ON t.id = th.tweet_id
-WHERE t.created_at >= NOW() - ($1 || ' days')::INTERVAL
-GROUP BY h.tag
-ORDER BY tweet_count DESC
-LIMIT 10""",
-        ("7",),
-    ),
-    "platform_stats": (
-        """SELECT COUNT(*) AS total_tweets, COUNT(DISTINCT user_id) AS active_users,
-SUM(like_count) AS total_likes, AVG(like_count) AS avg_likes
-FROM tw_tweets WHERE created_at >= NOW() - INTERVAL '7 days'""",
-        (),
-    ),
+    "top_users": (seed.TOP_USERS, (10,)),
+    "trending_hashtags": (seed.TRENDING_HASHTAGS, ("7",)),
+    "platform_stats": (seed.PLATFORM_STATS, ()),
 }
 
 

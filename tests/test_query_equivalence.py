@@ -31,41 +31,15 @@ import asyncpg
 import pytest
 
 from exporter import dataset
-from exporter.collectors import platform_stats, top_users, trending_hashtags
+from exporter.collectors import platform_stats, seed, top_users, trending_hashtags
 from exporter.settings import query_params
 
-# ----------------------------------------------------------------- the seed's SQL, verbatim
-
-SEED_TOP_USERS = """
-SELECT username, follower_count, verified
-FROM tw_users
-ORDER BY follower_count DESC
-LIMIT $1
-"""
-
-SEED_TRENDING_HASHTAGS = """
-SELECT h.tag, COUNT(*) AS tweet_count
-FROM tw_hashtags h
-JOIN tw_tweet_hashtags th ON th.hashtag_id = h.id
-JOIN tw_tweets t ON t.id = th.tweet_id
-WHERE t.created_at >= NOW() - ($1 || ' days')::INTERVAL
-GROUP BY h.tag
-ORDER BY tweet_count DESC
-LIMIT 10
-"""
-
-SEED_PLATFORM_STATS = """
-SELECT
-COUNT(*) AS total_tweets,
-COUNT(DISTINCT user_id) AS active_users,
-SUM(like_count) AS total_likes,
-AVG(like_count) AS avg_likes
-FROM tw_tweets
-WHERE created_at >= NOW() - INTERVAL '7 days'
-"""
-
-SEED_TRENDING_LIMIT = 10  # hard-coded in the seed
-SEED_STATS_DAYS = 7  # hard-coded in the seed
+# The seed's SQL, verbatim, lives in exporter.collectors.seed.
+SEED_TOP_USERS = seed.TOP_USERS
+SEED_TRENDING_HASHTAGS = seed.TRENDING_HASHTAGS
+SEED_PLATFORM_STATS = seed.PLATFORM_STATS
+SEED_TRENDING_LIMIT = seed.TRENDING_LIMIT
+SEED_STATS_DAYS = seed.STATS_DAYS
 
 RECOMMENDED_INDEXES = Path(__file__).resolve().parent.parent / "sql" / "recommended-indexes.sql"
 
