@@ -7,6 +7,7 @@ from pathlib import Path
 
 from exporter import settings as cfg
 from exporter.catalog import ALL_METRICS, all_sample_names
+from tests.pki import PKI
 from tools.readme_tables import configuration_table, metrics_table
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -52,3 +53,35 @@ def test_every_alert_has_a_runbook_section() -> None:
     for alert in alerts:
         assert f'<a id="runbook-{alert.lower()}"></a>' in README, alert
         assert f"### {alert}" in README, alert
+
+
+def test_web_config_examples_in_the_readme_pass_promtool_and_load(tmp_path: Path, pki: PKI) -> None:
+    import shutil
+    import subprocess
+
+    from exporter.webconfig import load_web_config
+    from tests.helpers import promtool
+
+    blocks = [
+        block
+        for block in re.findall(r"```yaml\n(.*?)```", README, re.S)
+        if "tls_server_config" in block or "basic_auth_users" in block
+    ]
+    assert blocks, "the README shows no web-config example?"
+    for index, block in enumerate(blocks):
+        directory = tmp_path / f"example{index}"
+        for relative in re.findall(r"(?:cert_file|key_file|client_ca_file): (\S+)", block):
+            target = directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = pki.server.key if relative.endswith(".key") else pki.server.cert
+            if "ca" in Path(relative).name:
+                source = pki.ca.cert
+            shutil.copyfile(source, target)
+        path = directory / "web.yml"
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(block)
+        result = subprocess.run(
+            [promtool(), "check", "web-config", str(path)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        load_web_config(path)
