@@ -82,6 +82,7 @@ async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event)
     finally:
         log.info("shutting down")
         scheduler.shutdown(wait=False)
+        await collector.cancel_running()
         await server.close()
         await database.close(SHUTDOWN_TIMEOUT)
 

@@ -10,6 +10,7 @@ ticks are counted in ``tw_exporter_cycles_skipped_total`` instead of silently pi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -43,10 +44,27 @@ class Collector:
         self.params = params
         self.collectors = tuple(collectors)
         self.cycles_completed = 0
+        self._running: asyncio.Task[bool] | None = None
         self.cycle_done = asyncio.Event()  # set after every cycle; tests and `check` await it
 
     async def run_cycle(self) -> bool:
         """One collection cycle; returns whether it reached the database."""
+        self._running = asyncio.current_task()
+        try:
+            return await self._cycle()
+        finally:
+            self._running = None
+
+    async def cancel_running(self) -> None:
+        """Shutdown: cancel a cycle in flight so its connections are released at once
+        (asyncpg cancels the query server-side) instead of after the query timeout."""
+        task = self._running
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _cycle(self) -> bool:
         started = time.perf_counter()
         outcomes = await asyncio.gather(*(self._run_query(c) for c in self.collectors))
         reached = any(reason != "connection" for reason in outcomes)

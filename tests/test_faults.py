@@ -133,6 +133,8 @@ async def test_lock_times_out_one_query_and_scrapes_stay_instant(
         cycle = asyncio.create_task(rig.collector.run_cycle())
 
         async def top_users_waiting() -> bool:
+            # Inside the locker's transaction pg_stat_activity is a snapshot: refresh it.
+            await locker.execute("SELECT pg_stat_clear_snapshot()")
             return bool(
                 await locker.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "

@@ -10,7 +10,7 @@ import time
 import asyncpg
 
 from exporter import __version__
-from tests.conftest import StartExporter, exporter_command, wait_until_sync
+from tests.conftest import StartExporter, exporter_command, wait_until, wait_until_sync
 from tests.helpers import http_get, series, value
 
 PASSWORD = "Sup3r-S3cret-pw"
@@ -118,3 +118,43 @@ def test_listen_address_in_use_is_a_clear_error() -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_sigint_during_a_hung_query_stops_at_once_and_frees_the_backend(
+    seeded_db: str, exporter_proc: StartExporter
+) -> None:
+    await _insert_basic(seeded_db)
+    locker = await asyncpg.connect(seeded_db)
+    watcher = await asyncpg.connect(seeded_db)
+    try:
+        transaction = locker.transaction()
+        await transaction.start()
+        await locker.execute("LOCK TABLE tw_users IN ACCESS EXCLUSIVE MODE")
+        proc = exporter_proc("--dsn", seeded_db, "--interval", "30", "--query-timeout", "4")
+
+        async def exporter_backends(waiting: bool) -> int:
+            # Not on `locker`: inside its transaction pg_stat_activity is a frozen snapshot.
+            condition = "AND wait_event_type = 'Lock'" if waiting else ""
+            return int(
+                await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    f"WHERE application_name = 'tw-exporter' {condition}"
+                )
+            )
+
+        async def hung() -> bool:
+            return await exporter_backends(waiting=True) == 1
+
+        await wait_until(hung, timeout=10)
+        started = time.monotonic()
+        assert proc.stop(signal.SIGINT, timeout=10) == 0
+        assert time.monotonic() - started < 3  # shut down without waiting for the query
+
+        async def gone() -> bool:
+            return await exporter_backends(waiting=False) == 0
+
+        # The query was cancelled server-side and the pool closed: no backend is left behind.
+        await wait_until(gone, timeout=3)
+    finally:
+        await watcher.close()
+        await locker.close()
