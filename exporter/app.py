@@ -17,7 +17,10 @@ from exporter.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT = 5.0
+# Shutdown waits this long for a cancelled cycle, then as long again for the pool to close
+# gracefully, before closing sockets outright; PostgreSQL's own statement and lock timeouts
+# end anything left on the server side.
+SHUTDOWN_GRACE = 1.0
 
 
 class StartupError(Exception):
@@ -82,9 +85,9 @@ async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event)
     finally:
         log.info("shutting down")
         scheduler.shutdown(wait=False)
-        await collector.cancel_running()
+        await collector.cancel_running(SHUTDOWN_GRACE)
         await server.close()
-        await database.close(SHUTDOWN_TIMEOUT)
+        await database.close(SHUTDOWN_GRACE)
 
 
 def run(settings: Settings, security: HTTPSecurity) -> None:

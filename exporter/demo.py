@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -75,10 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
         except RuntimeError as error:
             cfg.fail(str(error))
         stack.callback(server.cleanup)
-        dsn = server.dsn
-        settings = cfg.build_settings(
-            {**cfg.resolve(args, cfg.DEMO_OPTIONS, os.environ), "dsn": dsn}
-        )
+        settings = dataclasses.replace(settings_without_dsn, dsn=server.dsn)
         try:
             asyncio.run(_demo(settings, args.tweets))
         except StartupError as error:

@@ -45,7 +45,6 @@ class Collector:
         self.collectors = tuple(collectors)
         self.cycles_completed = 0
         self._running: asyncio.Task[bool] | None = None
-        self.cycle_done = asyncio.Event()  # set after every cycle; tests and `check` await it
 
     async def run_cycle(self) -> bool:
         """One collection cycle; returns whether it reached the database."""
@@ -55,14 +54,19 @@ class Collector:
         finally:
             self._running = None
 
-    async def cancel_running(self) -> None:
+    async def cancel_running(self, grace: float) -> None:
         """Shutdown: cancel a cycle in flight so its connections are released at once
-        (asyncpg cancels the query server-side) instead of after the query timeout."""
+        (asyncpg sends PostgreSQL a cancel request) instead of after the query timeout.
+
+        Waits at most ``grace``: the cancelled query's rollback waits for PostgreSQL to
+        acknowledge the cancel, and shutdown must not hang on a server that does not.
+        """
         task = self._running
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(grace):
+                    await task
 
     async def _cycle(self) -> bool:
         started = time.perf_counter()
@@ -73,8 +77,6 @@ class Collector:
         health.cycle_duration.set(time.perf_counter() - started)
         await self.store.render_async()
         self.cycles_completed += 1
-        self.cycle_done.set()
-        self.cycle_done = asyncio.Event()
         return reached
 
     async def _run_query(self, collector: QueryCollector) -> str | None:

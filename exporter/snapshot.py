@@ -56,7 +56,6 @@ class Rendered:
 
     text: Encoded
     openmetrics: Encoded
-    rendered_at: float
 
 
 @dataclass
@@ -154,6 +153,6 @@ class SnapshotStore:
         return Encoded(body, gzip.compress(body, GZIP_LEVEL, mtime=0))
 
     def _publish(self, text: Encoded, openmetrics: Encoded) -> Rendered:
-        rendered = Rendered(text=text, openmetrics=openmetrics, rendered_at=time.time())
+        rendered = Rendered(text=text, openmetrics=openmetrics)
         self.current = rendered
         return rendered
