@@ -932,6 +932,21 @@ _UP_DOWN_MAPPINGS: tuple[dict[str, Any], ...] = (
 )
 
 
+def _up_down_stat(title: str, description: str, expr: str) -> Panel:
+    """A small stat panel showing a per-instance 0/1 health value as a red/green DOWN/UP."""
+    return Panel(
+        title=title,
+        kind="stat",
+        description=description,
+        targets=(Target(expr, "{{instance}}"),),
+        width=6,
+        height=4,
+        steps=(("red", None), ("green", 1.0)),
+        mappings=_UP_DOWN_MAPPINGS,
+        options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
+    )
+
+
 def _stat(
     title: str, spec: MetricSpec, description: str, floor_key: str | None, decimals: int = 0
 ) -> Panel:
@@ -1113,33 +1128,17 @@ ROWS: tuple[Row, ...] = (
     Row(
         "Exporter health",
         (
-            Panel(
-                title="Database reachable",
-                kind="stat",
-                description=(
-                    f"{UP.name} per exporter: UP when the last collection cycle reached "
-                    "PostgreSQL, DOWN when it could not connect (TwExporterDatabaseDown)."
-                ),
-                targets=(Target(f"min by (instance) ({sel(UP)})", "{{instance}}"),),
-                width=6,
-                height=4,
-                steps=(("red", None), ("green", 1.0)),
-                mappings=_UP_DOWN_MAPPINGS,
-                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
+            _up_down_stat(
+                "Database reachable",
+                f"{UP.name} per exporter: UP when the last collection cycle reached "
+                "PostgreSQL, DOWN when it could not connect (TwExporterDatabaseDown).",
+                f"min by (instance) ({sel(UP)})",
             ),
-            Panel(
-                title="Scrape target up",
-                kind="stat",
-                description=(
-                    "Prometheus' own up metric for the exporter targets: DOWN when the "
-                    "exporter cannot be scraped (TwExporterTargetDown)."
-                ),
-                targets=(Target(f"min by (instance) ({sel('up')})", "{{instance}}"),),
-                width=6,
-                height=4,
-                steps=(("red", None), ("green", 1.0)),
-                mappings=_UP_DOWN_MAPPINGS,
-                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
+            _up_down_stat(
+                "Scrape target up",
+                "Prometheus' own up metric for the exporter targets: DOWN when the "
+                "exporter cannot be scraped (TwExporterTargetDown).",
+                f"min by (instance) ({sel('up')})",
             ),
             Panel(
                 title="Exporter version",
