@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 
 from exporter import labels
+from exporter.cli import build_parser
 from exporter.collectors import top_users, trending_hashtags
 from exporter.labels import (
     DEFAULT_MAX_LABEL_LENGTH,
@@ -26,7 +27,7 @@ from exporter.labels import (
     rewrite,
     shorten,
 )
-from exporter.settings import query_params
+from exporter.settings import query_params, settings_from
 from exporter.snapshot import SnapshotStore
 
 # Any text PostgreSQL can store (no NUL, no lone surrogates), long enough to cross any limit.
@@ -243,3 +244,13 @@ def test_the_log_memory_is_bounded(
 def test_the_bounder_refuses_limits_the_settings_refuse(limit: int) -> None:
     with pytest.raises(ValueError, match="label length limit"):
         LabelBounder(limit)
+
+
+def test_flag_and_environment_variable_set_the_limit() -> None:
+    def parse(argv: list[str], env: dict[str, str]) -> int:
+        args = build_parser().parse_args(["run", "--dsn", "postgresql://db/app", *argv])
+        return settings_from(args, env).max_label_length
+
+    assert parse([], {}) == DEFAULT_MAX_LABEL_LENGTH == 256
+    assert parse([], {"TW_EXPORTER_MAX_LABEL_LENGTH": "1024"}) == 1024
+    assert parse(["--max-label-length", "32"], {"TW_EXPORTER_MAX_LABEL_LENGTH": "1024"}) == 32
