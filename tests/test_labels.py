@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import unicodedata
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, example, given, settings
@@ -254,3 +255,16 @@ def test_flag_and_environment_variable_set_the_limit() -> None:
     assert parse([], {}) == DEFAULT_MAX_LABEL_LENGTH == 256
     assert parse([], {"TW_EXPORTER_MAX_LABEL_LENGTH": "1024"}) == 1024
     assert parse(["--max-label-length", "32"], {"TW_EXPORTER_MAX_LABEL_LENGTH": "1024"}) == 32
+
+
+def test_the_docs_state_the_limit_the_code_has() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "label-values.md").read_text()
+    row = "| `--max-label-length BYTES` | `TW_EXPORTER_MAX_LABEL_LENGTH` | "
+    row += f"{DEFAULT_MAX_LABEL_LENGTH} |"
+    assert row in docs
+    assert f"from {MIN_MAX_LABEL_LENGTH} to {MAX_MAX_LABEL_LENGTH:,}" in docs
+    assert (
+        f"expected a whole number of bytes from {MIN_MAX_LABEL_LENGTH} to {MAX_MAX_LABEL_LENGTH}"
+        in docs
+    )
+    assert f"`{EMPTY}`" in docs and f"first {labels.HASH_HEX_DIGITS} hex digits" in docs
