@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_LABEL_LENGTH = 256
 # The smallest limit that still leaves room for a readable prefix before the marker and hash.
 MIN_MAX_LABEL_LENGTH = 32
-# Above this the limit protects nothing: Mimir, Cortex and Grafana Cloud reject 2,048+ bytes.
+# A ceiling so a typo cannot switch the bound off; above 2,048 bytes Mimir, Cortex and Grafana
+# Cloud already reject the series, so larger limits only suit a Prometheus without any limit.
 MAX_MAX_LABEL_LENGTH = 65_536
 
 MARKER = "…"  # U+2026: shows a person reading the legend that the value goes on
