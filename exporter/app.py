@@ -51,7 +51,11 @@ def load_http_security(settings: Settings) -> HTTPSecurity:
 
 async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event) -> None:
     """Run the exporter until ``stop`` is set; always closes the pool and the sockets."""
-    store = SnapshotStore(interval=settings.interval, max_staleness=settings.max_staleness)
+    store = SnapshotStore(
+        interval=settings.interval,
+        max_staleness=settings.max_staleness,
+        max_label_length=settings.max_label_length,
+    )
     database = Database(
         settings.dsn, pool_size=len(COLLECTORS), query_timeout=settings.query_timeout
     )

@@ -64,6 +64,13 @@ INTERVAL = MetricSpec(
     "gauge",
     "Configured collection interval (--interval): how often business values refresh.",
 )
+LABEL_VALUES_TRUNCATED = MetricSpec(
+    "tw_exporter_label_values_truncated_total",
+    "counter",
+    "Label values (usernames, tags) longer than --max-label-length bytes that were exported "
+    "shortened to a prefix plus a hash, counted once per value per collection cycle.",
+    ("query",),
+)
 BUILD_INFO = MetricSpec(
     "tw_exporter_build_info",
     "gauge",
@@ -80,6 +87,7 @@ HEALTH_METRICS: tuple[MetricSpec, ...] = (
     CYCLES_SKIPPED,
     INTERVAL,
     BUILD_INFO,
+    LABEL_VALUES_TRUNCATED,
 )
 
 
@@ -127,7 +135,14 @@ class HealthMetrics:
             _registered_name(BUILD_INFO), BUILD_INFO.help, labels(BUILD_INFO), registry=registry
         )
         build_info.labels(version=__version__).set(1)
+        self.label_values_truncated = Counter(
+            _registered_name(LABEL_VALUES_TRUNCATED),
+            LABEL_VALUES_TRUNCATED.help,
+            labels(LABEL_VALUES_TRUNCATED),
+            registry=registry,
+        )
         for query in QUERY_NAMES:
+            self.label_values_truncated.labels(query=query)
             self.query_duration.labels(query=query)
             self.query_last_success.labels(query=query)
             for reason in FAILURE_REASONS:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from exporter import __version__
+from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH, MIN_MAX_LABEL_LENGTH
 from exporter.secrets import redact_dsn
 
 PROG = "tw-exporter"
@@ -54,6 +55,7 @@ class Settings:
     trending_limit: int
     stats_days: int
     max_staleness: float
+    max_label_length: int
     log_level: str
     log_format: str
     web_config_file: Path | None
@@ -98,6 +100,7 @@ def _int_in_range(low: int, high: int, what: str) -> Callable[[str], int]:
 
 parse_top_n = _int_in_range(1, MAX_TOP_N, "rows")
 parse_days = _int_in_range(1, MAX_DAYS, "days")
+parse_label_length = _int_in_range(MIN_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH, "bytes")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -223,6 +226,15 @@ QUERY_OPTIONS = (
         default="10",
     ),
     Option("--stats-days", "D", "Platform stats window in days.", parse_days, default="7"),
+    Option(
+        "--max-label-length",
+        "BYTES",
+        "Longest label value exported, in UTF-8 bytes; a longer username or tag is shortened "
+        "to a prefix plus a hash of the whole value (docs/label-values.md). Keep it at or below "
+        "Prometheus' label_value_length_limit.",
+        parse_label_length,
+        default=str(DEFAULT_MAX_LABEL_LENGTH),
+    ),
 )
 
 INTERVAL_OPTION = Option(
@@ -401,6 +413,7 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         trending_limit=merged["trending_limit"],
         stats_days=merged["stats_days"],
         max_staleness=max_staleness,
+        max_label_length=merged["max_label_length"],
         log_level=merged["log_level"],
         log_format=merged["log_format"],
         web_config_file=merged.get("web_config_file"),

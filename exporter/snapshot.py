@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from exporter.collectors import QUERY_NAMES
 from exporter.health import HealthMetrics
+from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, LabelBounder
 
 TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
 OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
@@ -87,8 +88,10 @@ class SnapshotStore:
         max_staleness: float,
         clock: Callable[[], float] = time.monotonic,
         process_metrics: bool = True,
+        max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
     ) -> None:
         self.max_staleness = max_staleness
+        self.labels = LabelBounder(max_label_length)
         self._clock = clock
         self.registry = CollectorRegistry(auto_describe=False)
         self.health = HealthMetrics(self.registry, interval)
@@ -103,8 +106,13 @@ class SnapshotStore:
     # ------------------------------------------------------------ updates from the cycle
 
     def record_success(self, query: str, families: list[Metric], wall_time: float) -> None:
+        """Replace ``query``'s series; every label value is bounded here, the one door
+        business families pass through (``exporter.labels``)."""
+        bounded = self.labels.bound(query, families)
+        if bounded.shortened:
+            self.health.label_values_truncated.labels(query=query).inc(bounded.shortened)
         state = self.queries[query]
-        state.families = families
+        state.families = bounded.families
         state.succeeded_at = self._clock()
         self.health.query_last_success.labels(query=query).set(wall_time)
 

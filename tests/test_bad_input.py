@@ -523,6 +523,10 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--trending-days": (("99999", "0", "week"), "expected a whole number of days from 1 to 3650"),
     "--trending-limit": (("ten", "-1"), "expected a whole number of rows from 1 to 1000"),
     "--stats-days": (("1.5", "0"), "expected a whole number of days from 1 to 3650"),
+    "--max-label-length": (
+        ("31", "65537", "0", "256B"),
+        "expected a whole number of bytes from 32 to 65536",
+    ),
     "--max-staleness": (("0", "forever"), "expected a number of seconds"),
     "--log-level": (("verbose", "trace"), "expected one of debug, info, warning, error"),
     "--log-format": (("xml", "logfmt"), "expected one of text, json"),

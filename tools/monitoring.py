@@ -43,6 +43,7 @@ from exporter.health import (
     CYCLES_SKIPPED,
     FAILURE_REASONS,
     INTERVAL,
+    LABEL_VALUES_TRUNCATED,
     QUERY_DURATION,
     QUERY_ERRORS,
     QUERY_LAST_SUCCESS,
@@ -1265,6 +1266,28 @@ ROWS: tuple[Row, ...] = (
                     Target(
                         f"sum by (instance) (increase({sel(CYCLES_SKIPPED)}[{RATE}]))",
                         "{{instance}}",
+                    ),
+                ),
+                width=12,
+                height=8,
+                min=0,
+                steps=(("green", None), ("orange", 1.0)),
+                custom={"drawStyle": "bars", "fillOpacity": 80},
+            ),
+            Panel(
+                title="Shortened label values",
+                kind="timeseries",
+                description=(
+                    "Usernames and tags longer than --max-label-length bytes, exported as a "
+                    "prefix, '…' and a hash of the whole value (increase of "
+                    f"{LABEL_VALUES_TRUNCATED.name} per query; each shortened value counts "
+                    "once per collection cycle). See docs/label-values.md."
+                ),
+                targets=(
+                    Target(
+                        f"sum by ({label(LABEL_VALUES_TRUNCATED, 'query')}) "
+                        f"(increase({sel(LABEL_VALUES_TRUNCATED)}[{RATE}]))",
+                        f"{{{{{QUERY}}}}}",
                     ),
                 ),
                 width=12,
