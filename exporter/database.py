@@ -4,13 +4,17 @@ One asyncpg connection cannot run queries concurrently ("another operation is in
 so the exporter owns a small pool sized to the number of queries: the three run at once, and a
 lock or a slow database can never pile up more connections than that (postgres_exporter #1228).
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
-client-side deadline as backstop for a server that stops answering altogether. Failures are
-classified into the reasons the error counter exports: timeout, connection, sql.
+client-side deadline as backstop for a server that stops answering altogether (a paused VM, a
+hung volume, a path that drops packets): at the deadline the query's connection is closed from
+the client side at once, since every graceful step (cancel request, rollback, the pool's reset)
+would wait for that same server. Failures are classified into the reasons the error counter
+exports (timeout, connection, sql), and into whether the server answered at all (``tw_up``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from exporter import keepalive
 from exporter.health import FailureReason
 
 log = logging.getLogger(__name__)
@@ -38,11 +43,15 @@ _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), l
 
 
 class QueryError(Exception):
-    """A failed query, with the reason label it is counted under and a password-free message."""
+    """A failed query, with the reason label it is counted under, a password-free message, and
+    whether the server answered it (an error PostgreSQL sent about the query, such as a
+    statement timeout or a missing table, is an answer; a refused or timed-out connect, a lost
+    connection and the client deadline are not)."""
 
-    def __init__(self, reason: FailureReason, message: str) -> None:
+    def __init__(self, reason: FailureReason, message: str, *, answered: bool = False) -> None:
         super().__init__(message)
         self.reason: FailureReason = reason
+        self.answered = answered
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,11 @@ def classify(error: BaseException) -> FailureReason:
     return "sql"
 
 
+def answered(error: BaseException, reason: FailureReason) -> bool:
+    """Whether ``error`` is the server's answer to the query (rather than the absence of one)."""
+    return isinstance(error, asyncpg.PostgresError) and reason != "connection"
+
+
 def describe(error: BaseException) -> str:
     """A one-line, password-free description (asyncpg messages never contain the DSN)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -85,6 +99,8 @@ class Database:
         self._dsn = dsn
         self._pool_size = pool_size
         self._query_timeout = query_timeout
+        self._deadline = query_timeout + CLIENT_GRACE_SECONDS
+        self._tcp_timeouts = keepalive.TcpTimeouts.for_deadline(self._deadline)
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
@@ -93,8 +109,10 @@ class Database:
             self._dsn,
             min_size=0,
             max_size=self._pool_size,
+            # asyncpg applies it to the whole connect: TCP, TLS, startup and authentication.
             timeout=self._query_timeout,  # connect timeout
             command_timeout=None,
+            init=self._tune_socket,
             max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
             server_settings={
                 "application_name": APPLICATION_NAME,
@@ -104,6 +122,14 @@ class Database:
                 "default_transaction_read_only": "on",
             },
         )
+
+    async def _tune_socket(self, conn: asyncpg.Connection) -> None:
+        """Pool ``init`` hook, run once per new connection: keepalive and TCP_USER_TIMEOUT on
+        its socket (see ``exporter.keepalive``). asyncpg exposes no public accessor for the
+        transport, hence the private attribute; without it the connection still works."""
+        transport = getattr(conn, "_transport", None)
+        if transport is not None:
+            keepalive.apply(transport.get_extra_info("socket"), self._tcp_timeouts)
 
     async def close(self, grace: float = 5.0) -> None:
         pool, self._pool = self._pool, None
@@ -123,42 +149,83 @@ class Database:
         once on a fresh one: after a database restart every idle connection is dead, and the
         retry lets the first cycle after the restart succeed instead of reporting a failure
         that is already over.
+
+        The deadline (query timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server does:
+        when it passes, the connection the attempt holds is terminated (socket closed, pool
+        slot freed) *before* the task is cancelled, so nothing afterwards waits for the server.
         """
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         attempt = _Attempt()
         try:
-            async with asyncio.timeout(self._query_timeout + CLIENT_GRACE_SECONDS):
+            async with asyncio.timeout(None) as deadline:
+                expiry = loop.call_at(loop.time() + self._deadline, attempt.expire, deadline)
                 try:
-                    rows = await self._fetch_once(sql, args, attempt)
-                except Exception as error:
-                    if attempt.phase != "query" or classify(error) != "connection":
-                        raise
-                    log.debug("retrying on a fresh connection after %s", describe(error))
-                    rows = await self._fetch_once(sql, args, attempt)
+                    try:
+                        rows = await self._fetch_once(sql, args, attempt)
+                    except Exception as error:
+                        if (
+                            attempt.expired
+                            or attempt.phase != "query"
+                            or classify(error) != "connection"
+                        ):
+                            raise
+                        log.debug("retrying on a fresh connection after %s", describe(error))
+                        rows = await self._fetch_once(sql, args, attempt)
+                finally:
+                    expiry.cancel()
         except Exception as error:
-            reason: FailureReason = "connection" if attempt.phase == "connect" else classify(error)
-            raise QueryError(reason, describe(error)) from None
+            if attempt.phase == "connect":
+                raise QueryError("connection", describe(error)) from None
+            if attempt.expired:
+                raise QueryError(
+                    "timeout",
+                    f"no answer from the database within {self._deadline:g}s (client "
+                    "deadline); its connection was closed",
+                ) from None
+            reason = classify(error)
+            raise QueryError(reason, describe(error), answered=answered(error, reason)) from None
         return QueryResult(rows=rows, seconds=time.perf_counter() - started)
 
     async def _fetch_once(
         self, sql: str, args: Sequence[Any], attempt: _Attempt
     ) -> Sequence[asyncpg.Record]:
-        assert self._pool is not None
+        pool = self._pool  # close() may drop the attribute while this attempt unwinds
         attempt.phase = "connect"
-        conn = await self._pool.acquire()
+        if pool is None:
+            raise asyncpg.InterfaceError("the connection pool is closed")
+        conn = await pool.acquire()
         attempt.phase = "query"
+        attempt.conn = conn
         try:
             async with conn.transaction(readonly=True):
                 rows: Sequence[asyncpg.Record] = await conn.fetch(sql, *args)
                 return rows
         finally:
-            await self._pool.release(conn)
+            # After the deadline the connection is terminated, which already gave its slot
+            # back to the pool; releasing it would wait for the server (reset) for nothing.
+            if not attempt.expired:
+                await pool.release(conn)
+            attempt.conn = None
 
 
 @dataclass
 class _Attempt:
-    """Where a query attempt is, so a timeout can be blamed on connecting or on the query."""
+    """Where a query attempt is and which connection it holds, so the deadline can blame
+    connecting or the query, and close the connection it finds."""
 
     phase: str = "connect"
+    conn: Any = None  # the pooled connection while the attempt holds one
+    expired: bool = False
+
+    def expire(self, deadline: asyncio.Timeout) -> None:
+        """The deadline passed: close the held connection from the client side (no cancel
+        request, no rollback: the server may not answer either), then cancel the attempt."""
+        self.expired = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError):  # released meanwhile
+                conn.terminate()
+        deadline.reschedule(asyncio.get_running_loop().time())

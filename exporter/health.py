@@ -25,8 +25,10 @@ QUERY_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 UP = MetricSpec(
     "tw_up",
     "gauge",
-    "1 when the last collection cycle reached the database (at least one query got a "
-    "connection), 0 when it could not connect at all.",
+    "1 when the database answered: the most recent attempt of at least one query got an "
+    "answer from the server (its rows, or an error it sent such as a statement timeout or a "
+    "missing table); 0 when the most recent attempt of every query got none (connection "
+    "refused or lost, connect timeout, or no answer within the client deadline).",
 )
 QUERY_DURATION = MetricSpec(
     "tw_exporter_query_duration_seconds",
@@ -96,6 +98,25 @@ def _registered_name(spec: MetricSpec) -> str:
     return spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
 
 
+class Answered:
+    """Whether the most recent attempt of each query got an answer from the server.
+
+    ``tw_up`` is derived from these per-query flags rather than from a cycle's outcome, so it
+    stays right when queries run on schedules of their own: each run updates only its query's
+    flag. A query not attempted yet does not count.
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[str, bool] = {}
+
+    def record(self, query: str, answered: bool) -> None:
+        self._latest[query] = answered
+
+    @property
+    def up(self) -> bool:
+        return any(self._latest.values())
+
+
 class HealthMetrics:
     """Owns the health metric objects, registered in the exporter's private registry."""
 
@@ -104,6 +125,7 @@ class HealthMetrics:
             return list(spec.labels)
 
         self.up = Gauge(_registered_name(UP), UP.help, registry=registry)
+        self.answered = Answered()
         self.query_duration = Histogram(
             _registered_name(QUERY_DURATION),
             QUERY_DURATION.help,
@@ -147,3 +169,8 @@ class HealthMetrics:
             self.query_last_success.labels(query=query)
             for reason in FAILURE_REASONS:
                 self.query_errors.labels(query=query, reason=reason)
+
+    def record_attempt(self, query: str, answered: bool) -> None:
+        """One query attempt ended; ``tw_up`` follows the latest attempt of every query."""
+        self.answered.record(query, answered)
+        self.up.set(1 if self.answered.up else 0)

@@ -10,7 +10,6 @@ ticks are counted in ``tw_exporter_cycles_skipped_total`` instead of silently pi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ class Collector:
         self._running: asyncio.Task[bool] | None = None
 
     async def run_cycle(self) -> bool:
-        """One collection cycle; returns whether it reached the database."""
+        """One collection cycle; returns whether the database answered any of its queries."""
         self._running = asyncio.current_task()
         try:
             return await self._cycle()
@@ -59,28 +58,28 @@ class Collector:
         (asyncpg sends PostgreSQL a cancel request) instead of after the query timeout.
 
         Waits at most ``grace``: the cancelled query's rollback waits for PostgreSQL to
-        acknowledge the cancel, and shutdown must not hang on a server that does not.
+        acknowledge the cancel, and shutdown must not hang on a server that does not (or that
+        stopped answering altogether). ``asyncio.wait`` rather than awaiting the task inside a
+        timeout: that would only cancel the task once more, and a task that catches one
+        cancellation to roll back can stay blocked on the next await; closing the pool
+        afterwards terminates its connection and so ends it.
         """
         task = self._running
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(grace):
-                    await task
+            await asyncio.wait({task}, timeout=grace)
 
     async def _cycle(self) -> bool:
         started = time.perf_counter()
-        outcomes = await asyncio.gather(*(self._run_query(c) for c in self.collectors))
-        reached = any(reason != "connection" for reason in outcomes)
+        answered = await asyncio.gather(*(self._run_query(c) for c in self.collectors))
         health = self.store.health
-        health.up.set(1 if reached else 0)
         health.cycle_duration.set(time.perf_counter() - started)
         await self.store.render_async()
         self.cycles_completed += 1
-        return reached
+        return any(answered)
 
-    async def _run_query(self, collector: QueryCollector) -> str | None:
-        """Run one query; returns its failure reason, or None on success."""
+    async def _run_query(self, collector: QueryCollector) -> bool:
+        """Run one query and record its outcome; returns whether the database answered it."""
         health = self.store.health
         started = time.perf_counter()
         try:
@@ -91,16 +90,19 @@ class Collector:
                 time.perf_counter() - started
             )
             health.query_errors.labels(query=collector.name, reason=error.reason).inc()
+            health.record_attempt(collector.name, error.answered)
             log.warning("query %s failed (%s): %s", collector.name, error.reason, error)
-            return error.reason
+            return error.answered
         except Exception:  # a mapping bug must not kill the cycle or the process
             health.query_errors.labels(query=collector.name, reason="sql").inc()
+            health.record_attempt(collector.name, True)  # the rows did come back
             log.exception("query %s returned rows that could not be mapped", collector.name)
-            return "sql"
+            return True
         health.query_duration.labels(query=collector.name).observe(result.seconds)
+        health.record_attempt(collector.name, True)
         self.store.record_success(collector.name, families, time.time())
         log.debug("query %s: %d rows in %.3fs", collector.name, len(result.rows), result.seconds)
-        return None
+        return True
 
     def count_skipped(self, event: JobExecutionEvent) -> None:
         """APScheduler listener: a tick found the previous cycle still running."""

@@ -239,3 +239,13 @@ def wait_until_sync(condition: Callable[[], bool], timeout: float = 15.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def frozen_pg(restartable_pg: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
+    """``restartable_pg``, which this test may ``freeze()``: thawed at teardown whatever
+    happened, before ``restartable_pg`` stops it (a frozen server never lets that finish)."""
+    try:
+        yield restartable_pg
+    finally:
+        restartable_pg.thaw()

@@ -574,20 +574,30 @@ HEALTH = Group(
             severity="critical",
             summary="tw-exporter {{ $labels.instance }} cannot reach PostgreSQL",
             description=(
-                "The last collection cycles of {{ $labels.instance }} could not connect to "
-                "the database at all (tw_up == 0). Business metrics are served from the "
-                "last good data until --max-staleness, then disappear."
+                "PostgreSQL answered none of the latest queries of {{ $labels.instance }} "
+                "(tw_up == 0): it could not connect, or the database stopped answering. "
+                "Business metrics are served from the last good data until --max-staleness, "
+                "then disappear."
             ),
             runbook=(
-                "The exporter runs and is scraped, but its last collection cycle could not "
-                "get a single database connection (`tw_up == 0`).",
+                "The exporter runs and is scraped, but the database answered none of its "
+                "queries (`tw_up == 0`): the most recent attempt of every query failed "
+                "without an answer from the server (connection refused or lost, connect "
+                "timeout, or no answer within the client deadline, `--query-timeout` + 1 s). "
+                "An error the server sends about a query (statement or lock timeout, missing "
+                "table) is an answer and keeps `tw_up` at 1.",
                 "PostgreSQL down or restarting; wrong host/port/credentials in the DSN "
                 "(password rotated, Secret changed); `pg_hba.conf` rejects the exporter; "
                 "`max_connections` reached; the database does not allow connections; "
-                "network policy.",
+                "network policy; a database that stopped answering (paused VM, hung storage, "
+                "a network path that drops packets), counted under `timeout` first and "
+                "`connection` after.",
                 "Read the exporter's log (the connection error is logged with the DSN's "
                 "password masked); run `tw-exporter check --dsn-file ...` with the same "
-                "settings; check the database's status and `pg_stat_activity`.",
+                "settings; check the database's status and `pg_stat_activity`. If the log "
+                "says `no answer from the database within ...`, look at the database host "
+                "itself (paused VM, hung disk, a path that drops packets); see "
+                "[docs/database-faults.md](docs/database-faults.md).",
             ),
         ),
         Alert(
@@ -1131,8 +1141,8 @@ ROWS: tuple[Row, ...] = (
         (
             _up_down_stat(
                 "Database reachable",
-                f"{UP.name} per exporter: UP when the last collection cycle reached "
-                "PostgreSQL, DOWN when it could not connect (TwExporterDatabaseDown).",
+                f"{UP.name} per exporter: UP when PostgreSQL answered the latest attempt of "
+                "at least one query, DOWN when it answered none (TwExporterDatabaseDown).",
                 f"min by (instance) ({sel(UP)})",
             ),
             _up_down_stat(
