@@ -172,11 +172,10 @@ async def test_the_loader_never_drops_a_foreign_key_it_did_not_create(seeded_db:
 
 async def test_sample_data_keep_adding_moves_the_numbers_until_sigint(make_db: MakeDb) -> None:
     dsn = await make_db()
-    proc = subprocess.Popen(
-        exporter_command("sample-data", "--dsn", dsn, "--tweets", "1000", "--keep-adding"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = await asyncio.create_subprocess_exec(
+        *exporter_command("sample-data", "--dsn", dsn, "--tweets", "1000", "--keep-adding"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         cwd=REPO,
     )
     try:
@@ -184,18 +183,19 @@ async def test_sample_data_keep_adding_moves_the_numbers_until_sigint(make_db: M
         async def grew() -> bool:
             conn = await asyncpg.connect(dsn)
             try:
-                exists = await conn.fetchval("SELECT to_regclass('tw_tweets') IS NOT NULL")
-                return bool(exists) and await conn.fetchval("SELECT count(*) FROM tw_tweets") > 1000
+                if not await conn.fetchval("SELECT to_regclass('tw_tweets') IS NOT NULL"):
+                    return False  # not committed yet
+                return bool(await conn.fetchval("SELECT count(*) FROM tw_tweets") > 1000)
             finally:
                 await conn.close()
 
         await wait_until(grew, timeout=60, interval=0.2)
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.to_thread(proc.wait, 10) == 0
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-        output = proc.communicate()[0]
+        output = (await proc.communicate())[0].decode()
     assert "adding tweets, likes and followers" in output
 
 
