@@ -76,34 +76,35 @@ def run_demo(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     settings = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        asyncio.run(_demo(settings, args.tweets, args.data_dir))
-    except StartupError as error:
-        log.error("%s", error)
-        return 1
+    # Stopped after the event loop has finished, as before the listener moved first.
+    with contextlib.ExitStack() as stack:
+        try:
+            asyncio.run(_demo(settings, args.tweets, args.data_dir, stack))
+        except StartupError as error:
+            log.error("%s", error)
+            return 1
     return 0
 
 
-async def _demo(settings: cfg.Settings, tweets: int, data_dir: Path | None) -> None:
+async def _demo(
+    settings: cfg.Settings, tweets: int, data_dir: Path | None, stack: contextlib.ExitStack
+) -> None:
     security = HTTPSecurity()
     listener = await listen(settings, security)
     try:
-        with contextlib.ExitStack() as stack:
-            if data_dir is None:
-                data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
-            server = await asyncio.to_thread(_start_postgres, data_dir / "pgdata")
-            stack.callback(server.cleanup)
-            await _run(dataclasses.replace(settings, dsn=server.dsn), security, listener, tweets)
+        if data_dir is None:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
+        # Blocks the loop for the few seconds PostgreSQL needs to start: the socket is already
+        # bound, so connections wait in the backlog; the load after this is asynchronous.
+        try:
+            server = EmbeddedPostgres(data_dir / "pgdata", cleanup_mode="stop")
+        except RuntimeError as error:
+            raise StartupError(str(error)) from None
+        stack.callback(server.cleanup)
+        await _run(dataclasses.replace(settings, dsn=server.dsn), security, listener, tweets)
     finally:
         await listener.server.close()
-
-
-def _start_postgres(pgdata: Path) -> EmbeddedPostgres:
-    try:
-        return EmbeddedPostgres(pgdata, cleanup_mode="stop")
-    except RuntimeError as error:
-        raise StartupError(str(error)) from None
 
 
 async def _run(
