@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from exporter import settings as cfg
-from exporter.app import HTTPSecurity, StartupError, serve
+from exporter.app import HTTPSecurity, StartupError, load_http_security, serve
 from exporter.embedded import EmbeddedPostgres
 from exporter.logs import configure_logging
 
@@ -68,6 +68,10 @@ def run_demo(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     settings_without_dsn = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
     configure_logging(settings_without_dsn.log_level, settings_without_dsn.log_format)
+    try:  # before the database starts, so a bad file costs nothing
+        security = load_http_security(settings_without_dsn)
+    except ValueError as error:  # WebConfigError
+        cfg.fail(f"--web-config-file: {error}")
     with contextlib.ExitStack() as stack:
         data_dir = args.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
@@ -78,14 +82,14 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.callback(server.cleanup)
         settings = dataclasses.replace(settings_without_dsn, dsn=server.dsn)
         try:
-            asyncio.run(_demo(settings, args.tweets))
+            asyncio.run(_demo(settings, security, args.tweets))
         except StartupError as error:
             log.error("%s", error)
             return 1
     return 0
 
 
-async def _demo(settings: cfg.Settings, tweets: int) -> None:
+async def _demo(settings: cfg.Settings, security: HTTPSecurity, tweets: int) -> None:
     from exporter import dataset
 
     conn = await asyncpg.connect(settings.dsn)
@@ -101,12 +105,13 @@ async def _demo(settings: cfg.Settings, tweets: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     activity = asyncio.create_task(_keep_busy(settings.dsn, stop))
     print(
-        f"tw-exporter demo: open http://{_shown_host(settings)}:{settings.listen_port}/metrics "
+        f"tw-exporter demo: open {'https' if security.ssl_context else 'http'}://"
+        f"{_shown_host(settings)}:{settings.listen_port}/metrics "
         "(Ctrl-C to stop)",
         flush=True,
     )
     try:
-        await serve(settings, HTTPSecurity(), stop)
+        await serve(settings, security, stop)
     finally:
         stop.set()
         await activity

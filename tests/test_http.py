@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 from collections.abc import AsyncIterator, Callable
 
@@ -147,6 +148,7 @@ class FakeBcrypt:
     def __init__(self) -> None:
         self.slow_checks = 0
         self.cached = False
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
     def check_cached(self, authorization: bytes | None) -> bool | None:
         if authorization != b"Basic dTpw":
@@ -157,6 +159,9 @@ class FakeBcrypt:
         self.slow_checks += 1
         self.cached = authorization == b"Basic dTpw"
         return self.cached
+
+    def submit(self, authorization: bytes | None) -> concurrent.futures.Future[bool]:
+        return self.executor.submit(self.authorize, authorization)
 
 
 async def test_auth_hook_protects_everything_but_probes(serve: Callable[..., object]) -> None:
@@ -202,11 +207,13 @@ async def test_connection_limit_and_header_size(serve: Callable[..., object]) ->
         return len(server.connections) == 2
 
     await wait_until(both_accepted, timeout=5)
+    # Full: the newcomer is served and the connection idle the longest is closed for it.
     response = await request(address, get("/metrics"))
-    assert response.startswith(b"HTTP/1.1 503")
+    assert response.startswith(b"HTTP/1.1 200")
+    assert await asyncio.wait_for(idle[0][0].read(), 5) == b""
+    assert server.evictions == 1
     for _, writer in idle:
         writer.close()
-        await writer.wait_closed()
 
     address = await serve()  # type: ignore[misc]
     huge = get("/metrics", "X-Big: " + "a" * 40_000)
