@@ -670,6 +670,7 @@ class _Connection(asyncio.Protocol):
             transport.abort()
         elif self.in_request:
             self._send(EVICTED, keep_alive=False)
+            transport.close()  # no lingering: it no longer counts, so the sweep won't visit it
         else:
             transport.close()  # idle keep-alive: a clean close, the client just reconnects
         if transport.get_write_buffer_size():
