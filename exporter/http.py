@@ -376,12 +376,18 @@ class _Connection(asyncio.Protocol):
                 ssl_handshake_timeout=timeout,
                 ssl_shutdown_timeout=timeout,
             )
-        except BaseException:
-            # Failed, timed out, evicted or shut down: start_tls has closed the socket, and
-            # asyncio does not call connection_lost for a connection that never finished.
-            self.raw = self.early = None
+        except asyncio.CancelledError:  # the server is shutting down
+            self.early = None
             self._forget()
             raise
+        except Exception as error:
+            # Failed, timed out or evicted: start_tls has closed the socket, and asyncio does
+            # not call connection_lost for a connection that never finished its handshake.
+            # Routine for port scanners and broken clients, so debug level only.
+            log.debug("TLS handshake failed: %r", error)
+            self.early = None
+            self._forget()
+            return
         finally:
             self.raw = None
         if transport is None or transport.is_closing():
@@ -434,6 +440,8 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.closing:  # the lingering-close deadline stands
+            return
         limits = self.server.limits
         self._arm(limits.header_timeout if self.in_request else limits.idle_timeout)
         self._answer_pending()
