@@ -367,15 +367,20 @@ class _Connection(asyncio.Protocol):
 
     async def _handshake(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
         timeout = self.server.limits.header_timeout
+        if raw.is_closing():  # evicted or expired before this task ran: nothing to upgrade
+            self.raw = self.early = None
+            self._forget()
+            return
         try:
-            transport = await self.loop.start_tls(
-                raw,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=timeout,
-                ssl_shutdown_timeout=timeout,
-            )
+            async with asyncio.timeout(2 * timeout):  # defence in depth over asyncio's own
+                transport = await self.loop.start_tls(
+                    raw,
+                    self,
+                    context,
+                    server_side=True,
+                    ssl_handshake_timeout=timeout,
+                    ssl_shutdown_timeout=timeout,
+                )
         except asyncio.CancelledError:  # the server is shutting down
             self.early = None
             self._forget()

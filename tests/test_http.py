@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -16,6 +17,7 @@ from exporter.settings import query_params
 from exporter.snapshot import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SnapshotStore
 from tests.conftest import wait_until
 from tests.helpers import series
+from tests.pki import PKI
 
 
 def users(*rows: tuple[str, int]) -> list:  # type: ignore[type-arg]
@@ -368,3 +370,25 @@ def test_negotiation(
 
     got = negotiate(accept, encoding)
     assert (got.openmetrics, got.text_v1, got.gzip) == expected
+
+
+async def test_tls_connect_storm_through_a_small_cap_leaves_no_handshake_behind(
+    serve: Callable[..., object], pki: PKI
+) -> None:
+    """A burst of silent TLS connections through a cap of 4: most are evicted mid-handshake,
+    some before their handshake task has run; every task and connection is gone afterwards."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server.cert, pki.server.key)
+    address = await serve(  # type: ignore[misc]
+        ssl_context=context, limits=ServerLimits(header_timeout=0.5, max_connections=4)
+    )
+    server = serve.servers[-1]  # type: ignore[attr-defined]
+    opened = [await asyncio.open_connection(*address) for _ in range(40)]
+
+    async def all_settled() -> bool:
+        return not server.tasks and not server.connections
+
+    await wait_until(all_settled, timeout=10)
+    assert server.evictions >= 40 - 4
+    for _, writer in opened:
+        writer.close()
