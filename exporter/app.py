@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from exporter.collectors import COLLECTORS
 from exporter.database import Database
-from exporter.http import Authenticator, MetricsServer
+from exporter.http import Authenticator, MetricsServer, ServerLimits
 from exporter.scheduler import Collector, start_scheduler
 from exporter.settings import Settings
 from exporter.snapshot import SnapshotStore
@@ -71,6 +71,11 @@ async def listen(settings: Settings, security: HTTPSecurity) -> Listener:
         authenticator=security.authenticator,
         extra_headers=security.headers,
         ssl_context=security.ssl_context,
+        limits=ServerLimits(
+            header_timeout=settings.web_header_timeout,
+            idle_timeout=settings.web_idle_timeout,
+            max_connections=settings.web_max_connections,
+        ),
     )
     try:
         addresses = await server.start(settings.listen_host, settings.listen_port)

@@ -531,6 +531,12 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--log-level": (("verbose", "trace"), "expected one of debug, info, warning, error"),
     "--log-format": (("xml", "logfmt"), "expected one of text, json"),
     "--web-config-file": (("/nonexistent/web.yml", "/"), "expected a path to a readable file"),
+    "--web-header-timeout": (("0", "slow", "1e9"), "expected a number of seconds"),
+    "--web-idle-timeout": (("-1", "nan"), "expected a number of seconds"),
+    "--web-max-connections": (
+        ("0", "65536", "many", "1.5"),
+        "expected a whole number of connections from 1 to 65535",
+    ),
 }
 OPTIONS = {option.flag: option for option in cfg.ALL_OPTIONS}
 
