@@ -385,9 +385,10 @@ def why_unused(
 ) -> str | None:
     """Why the plan uses no index serving ``wanted``, or None when it does use one.
 
-    ``candidates`` are the table's indexes like ``wanted`` (at least one); ``used`` are the
-    plan's indexes on the table, where one with the recommended keys serves even if it covers
-    fewer columns (on a small table the planner may prefer the primary key to the wider index).
+    ``candidates`` are the table's indexes like ``wanted`` (at least one), ``others`` all its
+    indexes, ``used`` the names of the indexes the plan scans. A used index with the
+    recommended keys serves even if it covers fewer columns (the planner may rightly prefer
+    the primary key on ``id`` to the wider recommended index when the table is small).
     """
     if any(
         e.name in used and _same_keys(e, wanted) and not differences(e, wanted)
