@@ -1,9 +1,14 @@
 """``tw-exporter check``: is this database ready for the exporter? Usable as an init step.
 
-Validates the settings, connects with the exporter's own pool settings, verifies that the
-tables and columns each query reads exist and are readable, inspects each query's plan for
-full-table scans and missing recommended indexes (advice, never a failure), and runs each query
-once. Prints one line per step and exits 0 only when everything would work.
+Validates the settings, connects with the exporter's own connection settings, says whether the
+server is a primary or a hot standby (and warns when a standby's settings let recovery
+conflicts cancel the queries), verifies that the tables and columns each query reads exist and
+are readable, inspects each query's plan for full-table scans and missing recommended indexes
+(advice, never a failure), and runs each query once. Prints one line per step and exits 0 only
+when everything would work.
+
+Like the exporter, it keeps no session state and runs unnamed statements inside one read-only
+transaction, so it gives the same answers through PgBouncer in transaction pooling mode.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ import asyncpg
 
 from exporter.advice import advise
 from exporter.collectors import COLLECTORS
-from exporter.database import Database, QueryError, describe
+from exporter.database import (
+    APPLICATION_NAME,
+    STATEMENT_CACHE_SIZE,
+    Database,
+    QueryError,
+    describe,
+    local_timeouts,
+)
 from exporter.settings import Settings
 
 Print = Callable[[str], None]
@@ -25,6 +37,12 @@ COLUMNS_SQL = """
 SELECT c.table_name, c.column_name
 FROM information_schema.columns c
 WHERE c.table_schema = ANY (current_schemas(false)) AND c.table_name = ANY ($1::text[])
+"""
+
+STANDBY_SQL = """
+SELECT pg_is_in_recovery() AS standby,
+       current_setting('hot_standby_feedback')::bool AS feedback,
+       (SELECT setting::int FROM pg_settings WHERE name = 'max_standby_streaming_delay') AS delay
 """
 
 
@@ -48,37 +66,83 @@ def missing_columns(needed: Mapping[str, set[str]], present: Mapping[str, set[st
     return problems
 
 
+def server_role(standby: bool, feedback: bool, delay_ms: int, query_timeout: float) -> str:
+    """The ``server:`` line: primary or hot standby, and whether a standby's recovery
+    conflicts can cancel queries that stay within --query-timeout.
+
+    A standby cancels a query that holds up WAL replay for longer than
+    ``max_standby_streaming_delay`` (-1: never) unless ``hot_standby_feedback`` keeps the
+    primary from removing rows the query still reads. A warning, not a failure: the exporter
+    works, and a cancelled query is counted under reason ``conflict`` and retried next cycle.
+    """
+    if not standby:
+        return "server: ok (primary)"
+    delay = "-1 (unlimited)" if delay_ms < 0 else f"{delay_ms}ms"
+    if feedback or delay_ms < 0 or delay_ms >= query_timeout * 1000:
+        return (
+            f"server: ok (hot standby; hot_standby_feedback {'on' if feedback else 'off'}, "
+            f"max_standby_streaming_delay {delay})"
+        )
+    return (
+        "server: WARNING: hot standby with hot_standby_feedback off and "
+        f"max_standby_streaming_delay {delay} below the query timeout "
+        f"({query_timeout:g}s): WAL replay may cancel queries (reason conflict); turn "
+        "hot_standby_feedback on or raise max_standby_streaming_delay"
+    )
+
+
+async def inspect(conn: asyncpg.Connection, settings: Settings, out: Print) -> list[str]:
+    """Server, schema, privileges and plans; returns the problems found."""
+    version = await conn.fetchval("SHOW server_version")
+    out(f"connect: ok (PostgreSQL {version})")
+    role = await conn.fetchrow(STANDBY_SQL)
+    assert role is not None
+    out(server_role(role["standby"], role["feedback"], role["delay"], settings.query_timeout))
+    needed = required_columns()
+    present: dict[str, set[str]] = {}
+    for row in await conn.fetch(COLUMNS_SQL, list(needed)):
+        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    problems = missing_columns(needed, present)
+    for table in sorted(set(needed) & set(present)):
+        if not await conn.fetchval("SELECT has_table_privilege($1, 'SELECT')", table):
+            problems.append(f"no SELECT privilege on table {table}")
+    for problem in problems:
+        out(f"schema: FAILED: {problem}")
+    if not problems:
+        out("schema: ok (" + ", ".join(sorted(needed)) + ")")
+        # Plans and missing indexes: advice only, never a failure.
+        try:
+            for item in await advise(conn, settings):
+                out(item.format())
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            out(f"advice: skipped ({describe(error)})")
+    return problems
+
+
 async def check(settings: Settings, out: Print = print) -> int:
     out(
         f"settings: ok (database {settings.redacted_dsn}, interval {settings.interval:g}s, "
         f"query timeout {settings.query_timeout:g}s)"
     )
     try:
-        conn = await asyncpg.connect(settings.dsn, timeout=settings.query_timeout)
+        conn = await asyncpg.connect(
+            settings.dsn,
+            timeout=settings.query_timeout,
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
     except Exception as error:
         out(f"connect: FAILED: {describe(error)}")
         return 1
     try:
-        version = await conn.fetchval("SHOW server_version")
-        out(f"connect: ok (PostgreSQL {version})")
-        needed = required_columns()
-        present: dict[str, set[str]] = {}
-        for row in await conn.fetch(COLUMNS_SQL, list(needed)):
-            present.setdefault(row["table_name"], set()).add(row["column_name"])
-        problems = missing_columns(needed, present)
-        for table in sorted(set(needed) & set(present)):
-            if not await conn.fetchval("SELECT has_table_privilege($1, 'SELECT')", table):
-                problems.append(f"no SELECT privilege on table {table}")
-        for problem in problems:
-            out(f"schema: FAILED: {problem}")
-        if not problems:
-            out("schema: ok (" + ", ".join(sorted(needed)) + ")")
-            # Plans and missing indexes: advice only, never a failure.
-            try:
-                for item in await advise(conn, settings):
-                    out(item.format())
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                out(f"advice: skipped ({describe(error)})")
+        # One read-only transaction under the exporter's timeouts: a transaction pooler keeps
+        # the same server connection for all of it (advice's EXPLAINs use savepoints).
+        async with conn.transaction(readonly=True):
+            await conn.execute(local_timeouts(settings.query_timeout))
+            problems = await inspect(conn, settings, out)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        problems = [describe(error)]
+        out(f"schema: FAILED: {problems[0]}")
     finally:
         await conn.close()
 

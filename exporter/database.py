@@ -5,7 +5,25 @@ so the exporter owns a small pool sized to the number of queries: the three run 
 lock or a slow database can never pile up more connections than that (postgres_exporter #1228).
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
 client-side deadline as backstop for a server that stops answering altogether. Failures are
-classified into the reasons the error counter exports: timeout, connection, sql.
+classified into the reasons the error counter exports (``FAILURE_REASONS``).
+
+Nothing depends on session state, so the exporter works unchanged behind a transaction pooler
+(PgBouncer ``pool_mode = transaction``), where consecutive transactions of one client may run on
+different server connections:
+
+* the timeouts and read-only mode are set *inside* each transaction (``BEGIN READ ONLY`` plus
+  ``SET LOCAL``, sent as one simple-protocol message: one round trip, like the plain ``BEGIN``
+  it replaces), never as startup parameters, which PgBouncer refuses ("unsupported startup
+  parameter"); only ``application_name`` travels at startup, and PgBouncer tracks that one
+  itself;
+* statements are unnamed (``statement_cache_size=0``) and always parsed inside the open
+  transaction, so no prepared statement outlives the server connection it was made on;
+* a released connection is not reset with ``RESET ALL``/``UNLISTEN *``: there is nothing to
+  reset, and on a transaction pooler that round trip would run on some other client's server.
+
+Each query's time is split where a pooler makes a client wait: ``wait`` is the pool acquire
+plus the transaction's first round trip (PgBouncer assigns a server connection when that
+message arrives), ``run`` is the statement and its commit.
 """
 
 from __future__ import annotations
@@ -35,20 +53,63 @@ MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
 # SQLSTATE classes that mean "the database could not be reached or went away".
 _CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "28", "3D000", "53300")
 _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available
+# A read-only query at READ COMMITTED cannot fail serialization or deadlock on a primary; on a
+# hot standby these are how PostgreSQL cancels a query that blocks WAL replay (a recovery
+# conflict: 40001 for snapshot, lock, buffer-pin and tablespace conflicts, 40P01 for a
+# buffer-pin deadlock with the startup process). The next run usually succeeds.
+_CONFLICT_SQLSTATES = ("40001", "40P01")
+# Unnamed statements only: a named prepared statement lives on one server connection, which a
+# transaction pooler does not keep for the client ("prepared statement ... does not exist").
+STATEMENT_CACHE_SIZE = 0
+
+
+def local_timeouts(query_timeout: float) -> str:
+    """The exporter's timeouts for the current transaction only (milliseconds).
+
+    ``SET LOCAL`` ends with the transaction, so no setting leaks into a pooled server
+    connection another client gets next, and nothing depends on one surviving.
+    """
+    timeout_ms = max(1, round(query_timeout * 1000))
+    return (
+        f"SET LOCAL statement_timeout = {timeout_ms};"
+        f" SET LOCAL lock_timeout = {timeout_ms};"
+        f" SET LOCAL idle_in_transaction_session_timeout = {timeout_ms * 2}"
+    )
+
+
+def transaction_setup(query_timeout: float) -> str:
+    """The first message of every query's transaction: read-only, with the timeouts."""
+    return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}"
 
 
 class QueryError(Exception):
-    """A failed query, with the reason label it is counted under and a password-free message."""
+    """A failed query, with the reason label it is counted under and a password-free message.
 
-    def __init__(self, reason: FailureReason, message: str) -> None:
+    ``wait_seconds``/``run_seconds`` are the phases the query got through before failing
+    (None for a phase it never completed or never reached)."""
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        wait_seconds: float | None = None,
+        run_seconds: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason: FailureReason = reason
+        self.wait_seconds = wait_seconds
+        self.run_seconds = run_seconds
 
 
 @dataclass(frozen=True)
 class QueryResult:
     rows: Sequence[asyncpg.Record]
     seconds: float
+    wait_seconds: float = 0.0
+    """Pool acquire plus the transaction's first round trip (retries included)."""
+    run_seconds: float = 0.0
+    """The statement and its commit."""
 
 
 def classify(error: BaseException) -> FailureReason:
@@ -59,6 +120,8 @@ def classify(error: BaseException) -> FailureReason:
         state = getattr(error, "sqlstate", "") or ""
         if state in _TIMEOUT_SQLSTATES:
             return "timeout"
+        if state in _CONFLICT_SQLSTATES:
+            return "conflict"
         if state.startswith(_CONNECTION_SQLSTATE_PREFIXES):
             return "connection"
         return "sql"
@@ -87,8 +150,9 @@ class Database:
         self._query_timeout = query_timeout
         self._pool: asyncpg.Pool | None = None
 
+        self._setup_sql = transaction_setup(query_timeout)
+
     async def open(self) -> None:
-        timeout_ms = str(max(1, round(self._query_timeout * 1000)))
         self._pool = await asyncpg.create_pool(
             self._dsn,
             min_size=0,
@@ -96,13 +160,9 @@ class Database:
             timeout=self._query_timeout,  # connect timeout
             command_timeout=None,
             max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
-            server_settings={
-                "application_name": APPLICATION_NAME,
-                "statement_timeout": timeout_ms,
-                "lock_timeout": timeout_ms,
-                "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2),
-                "default_transaction_read_only": "on",
-            },
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+            reset=_no_session_state,
+            server_settings={"application_name": APPLICATION_NAME},
         )
 
     async def close(self, grace: float = 5.0) -> None:
@@ -118,47 +178,111 @@ class Database:
         """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
-        that times out) count as ``connection``; a timeout while the query runs counts as
-        ``timeout``. A connection error *during* the query on a pooled connection is retried
-        once on a fresh one: after a database restart every idle connection is dead, and the
-        retry lets the first cycle after the restart succeed instead of reporting a failure
-        that is already over.
+        that times out) count as ``connection``, and so does a deadline hit in the
+        transaction's first round trip (a pooler with no free server connection). A timeout
+        while the query runs counts as ``timeout``. A connection error on a pooled connection
+        after the connect is retried once on a fresh one: after a database restart every idle
+        connection is dead, and the retry lets the first cycle after the restart succeed
+        instead of reporting a failure that is already over.
         """
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
-        started = time.perf_counter()
-        attempt = _Attempt()
+        attempt = _Attempt(started=time.perf_counter())
         try:
             async with asyncio.timeout(self._query_timeout + CLIENT_GRACE_SECONDS):
                 try:
                     rows = await self._fetch_once(sql, args, attempt)
                 except Exception as error:
-                    if attempt.phase != "query" or classify(error) != "connection":
+                    if attempt.phase == "connect" or classify(error) != "connection":
                         raise
                     log.debug("retrying on a fresh connection after %s", describe(error))
                     rows = await self._fetch_once(sql, args, attempt)
         except Exception as error:
-            reason: FailureReason = "connection" if attempt.phase == "connect" else classify(error)
-            raise QueryError(reason, describe(error)) from None
-        return QueryResult(rows=rows, seconds=time.perf_counter() - started)
+            raise QueryError(
+                attempt.reason(error),
+                describe(error),
+                wait_seconds=attempt.wait_seconds,
+                run_seconds=attempt.run_seconds(),
+            ) from None
+        assert attempt.wait_seconds is not None
+        seconds = attempt.elapsed()
+        return QueryResult(
+            rows=rows,
+            seconds=seconds,
+            wait_seconds=attempt.wait_seconds,
+            run_seconds=seconds - attempt.wait_seconds,
+        )
 
     async def _fetch_once(
         self, sql: str, args: Sequence[Any], attempt: _Attempt
     ) -> Sequence[asyncpg.Record]:
         assert self._pool is not None
         attempt.phase = "connect"
+        attempt.wait_seconds = None
         conn = await self._pool.acquire()
-        attempt.phase = "query"
         try:
-            async with conn.transaction(readonly=True):
-                rows: Sequence[asyncpg.Record] = await conn.fetch(sql, *args)
-                return rows
+            attempt.phase = "begin"
+            await conn.execute(self._setup_sql)
+            attempt.wait_seconds = attempt.elapsed()
+            attempt.phase = "query"
+            rows: Sequence[asyncpg.Record] = await conn.fetch(sql, *args)
+            await conn.execute("COMMIT")
+            return rows
+        except asyncio.CancelledError:
+            if attempt.phase == "begin":
+                # The deadline passed before a server connection answered: a pooler that has
+                # none free answers only once it has, so do not wait for it (asyncpg would,
+                # on release, for the cancel to be acknowledged); the pool replaces it.
+                conn.terminate()
+            else:
+                await _rollback(conn)
+            raise
+        except BaseException:
+            await _rollback(conn)
+            raise
         finally:
             await self._pool.release(conn)
 
 
+async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+    """End a failed query's transaction, as ``Transaction.__aexit__`` would: the connection
+    goes back to the pool (and, on a pooler, its server to other clients) idle, not aborted.
+    A connection that is already broken is left to the pool, which discards it."""
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception as error:
+        log.debug("rollback failed: %s", describe(error))
+
+
+async def _no_session_state(conn: asyncpg.Connection[Any]) -> None:
+    """The pool's reset hook: the exporter keeps no session state (timeouts are ``SET LOCAL``,
+    no LISTEN, cursors or advisory locks), so a released connection needs no reset query.
+    asyncpg still rolls back an open transaction before calling this."""
+
+
 @dataclass
 class _Attempt:
-    """Where a query attempt is, so a timeout can be blamed on connecting or on the query."""
+    """Where a query is, so a failure is blamed on connecting or on the query, and how long
+    it waited for a usable server connection."""
 
-    phase: str = "connect"
+    started: float
+    phase: str = "connect"  # connect -> begin -> query
+    wait_seconds: float | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def run_seconds(self) -> float | None:
+        """Time since the statement was sent, if it was."""
+        if self.phase != "query" or self.wait_seconds is None:
+            return None
+        return self.elapsed() - self.wait_seconds
+
+    def reason(self, error: BaseException) -> FailureReason:
+        if self.phase == "connect":
+            return "connection"
+        if self.phase == "begin" and isinstance(error, TimeoutError):
+            return "connection"
+        return classify(error)
