@@ -49,6 +49,10 @@ CLIENT_GRACE_SECONDS = 1.0
 # Connections idle longer than this are closed, so a pool never holds sockets a database
 # restart or a NAT timeout has silently broken for long.
 MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
+# Pooled connections are replaced after this long even when busy: with a multi-host DSN
+# (``host1,host2`` and ``target_session_attrs``) a connection that fell back to another host
+# while the preferred one was down goes back to the preferred one within this time.
+MAX_CONNECTION_AGE = 300.0
 
 # SQLSTATE classes that mean "the database could not be reached or went away".
 _CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "28", "3D000", "53300")
@@ -144,11 +148,20 @@ class Database:
     """Owns the pool. Creating it never touches the database: connections open on demand, so
     the exporter starts (and serves ``tw_up 0``) while the database is down."""
 
-    def __init__(self, dsn: str, *, pool_size: int, query_timeout: float) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int,
+        query_timeout: float,
+        max_connection_age: float = MAX_CONNECTION_AGE,
+    ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
         self._query_timeout = query_timeout
         self._pool: asyncpg.Pool | None = None
+        self._max_connection_age = max_connection_age
+        self._generation_started = time.monotonic()
 
         self._setup_sql = transaction_setup(query_timeout)
 
@@ -187,6 +200,7 @@ class Database:
         """
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
+        await self._recycle_old_connections()
         attempt = _Attempt(started=time.perf_counter())
         try:
             async with asyncio.timeout(self._query_timeout + CLIENT_GRACE_SECONDS):
@@ -212,6 +226,15 @@ class Database:
             wait_seconds=attempt.wait_seconds,
             run_seconds=seconds - attempt.wait_seconds,
         )
+
+    async def _recycle_old_connections(self) -> None:
+        """Every ``max_connection_age`` seconds, have the pool replace its connections (idle
+        ones on their next acquire, busy ones on release): a connection lifetime that asyncpg's
+        pool does not have, so a multi-host DSN drifts back to its preferred host."""
+        now = time.monotonic()
+        if self._pool is not None and now - self._generation_started >= self._max_connection_age:
+            self._generation_started = now
+            await self._pool.expire_connections()
 
     async def _fetch_once(
         self, sql: str, args: Sequence[Any], attempt: _Attempt

@@ -262,3 +262,30 @@ async def test_recovers_after_a_database_restart_behind_pgbouncer(
         assert rig.errors("top_users", "timeout") == 0
         assert rig.errors("top_users", "sql") == 0
         assert rig.errors("top_users", "connection") == 1 + cycles
+
+
+async def test_session_mode_with_too_few_server_connections_counts_connection(
+    pg_server: PgServer, seeded_db: str
+) -> None:
+    """Session pooling with two server connections for three clients: the third query waits
+    for a server until its client deadline, counts as ``connection`` (the pooler had none to
+    give), and its connection is dropped rather than left queued, so the next run does the
+    same instead of hanging."""
+    with run_pgbouncer(pg_server.dsn, "session", default_pool_size="2") as bouncer:
+        database = Database(bouncer.dsn_for(seeded_db), pool_size=3, query_timeout=0.5)
+        await database.open()
+        try:
+            for _ in range(2):
+                started = time.perf_counter()
+                outcomes = await asyncio.gather(
+                    *(database.fetch("SELECT pg_sleep(0.1)", []) for _ in range(3)),
+                    return_exceptions=True,
+                )
+                elapsed = time.perf_counter() - started
+                failed = [o for o in outcomes if isinstance(o, BaseException)]
+                assert len(failed) == 1, outcomes
+                assert isinstance(failed[0], QueryError) and failed[0].reason == "connection"
+                assert failed[0].wait_seconds is None  # it never got a server connection
+                assert elapsed < 0.5 + 1.0 + 0.5, elapsed  # the client deadline, not later
+        finally:
+            await database.close()

@@ -24,6 +24,8 @@ import asyncpg
 import pytest
 
 from exporter.collectors import COLLECTORS
+from exporter.database import Database
+from exporter.settings import query_params
 from tests.conftest import REPO, exporter_command, wait_until
 from tests.helpers import unavailable, value
 from tests.test_faults import Rig, fill, make_rig, rigs  # noqa: F401
@@ -52,6 +54,20 @@ def _bindir() -> Path:
 class Pair:
     primary_port: int
     standby_port: int
+    bindir: Path
+    user: pwd.struct_passwd | None
+    root: Path
+
+    def stop_standby(self) -> None:
+        _run_as(
+            self.user,
+            [str(self.bindir / "pg_ctl"), "-D", str(self.root / "standby"), "-m", "fast",
+             "-w", "stop"],
+            self.root,
+        )  # fmt: skip
+
+    def start_standby(self) -> None:
+        _start(self.bindir, self.user, self.root / "standby", self.root)
 
     @property
     def primary(self) -> str:
@@ -77,7 +93,7 @@ def pair() -> Iterator[Pair]:
         if user is not None:
             os.chown(root, user.pw_uid, user.pw_gid)
         primary, standby = root / "primary", root / "standby"
-        ports = Pair(_free_port(), _free_port())
+        ports = Pair(_free_port(), _free_port(), bindir, user, root)
         _run_as(
             user,
             [str(bindir / "initdb"), "-D", str(primary), "-U", "postgres", "--auth=trust",
@@ -239,3 +255,58 @@ def test_check_says_standby_and_warns_about_conflicts(seeded_pair: Pair) -> None
         check=False,
     )
     assert "server: ok (primary)" in primary.stdout, primary.stdout
+
+
+# ------------------------------------------------------------------ multi-host DSNs
+
+
+def _hosts(*ports: int, attrs: str) -> str:
+    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+    return f"postgresql://postgres@{hosts}/postgres?target_session_attrs={attrs}"
+
+
+IN_RECOVERY = "SELECT pg_is_in_recovery() AS standby, current_setting('port') AS port"
+
+
+async def test_multi_host_dsn_skips_a_host_that_is_down(seeded_pair: Pair) -> None:
+    down = _free_port()  # nothing listens here
+    database = Database(
+        _hosts(down, seeded_pair.primary_port, attrs="any"), pool_size=3, query_timeout=5.0
+    )
+    await database.open()
+    try:
+        result = await database.fetch(TOP_USERS.sql, TOP_USERS.params(query_params()))
+        where = await database.fetch(IN_RECOVERY, [])
+    finally:
+        await database.close()
+    assert [r["username"] for r in result.rows] == ["ann", "ben"]
+    assert where.rows[0]["port"] == str(seeded_pair.primary_port)
+
+
+async def test_prefer_standby_falls_back_and_drifts_back_to_the_standby(
+    seeded_pair: Pair,
+) -> None:
+    """``prefer-standby`` over primary and standby: the standby while it is up, the primary
+    while it is down, and the standby again once it is back and the pool has recycled its
+    connections (here after 0.5 s; the exporter's default is MAX_CONNECTION_AGE)."""
+    pair = seeded_pair
+    dsn = _hosts(pair.primary_port, pair.standby_port, attrs="prefer-standby")
+    database = Database(dsn, pool_size=1, query_timeout=5.0, max_connection_age=0.5)
+    await database.open()
+
+    async def on_standby() -> bool:
+        return bool((await database.fetch(IN_RECOVERY, [])).rows[0]["standby"])
+
+    try:
+        assert await on_standby() is True
+        pair.stop_standby()
+        try:
+            # The pooled connection died with the standby; the retry connects to the primary.
+            assert await on_standby() is False
+            result = await database.fetch(TOP_USERS.sql, TOP_USERS.params(query_params()))
+            assert [r["username"] for r in result.rows] == ["ann", "ben"]
+        finally:
+            pair.start_standby()
+        await wait_until(on_standby, timeout=15, interval=0.2)
+    finally:
+        await database.close()
