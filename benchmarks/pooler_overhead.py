@@ -12,7 +12,8 @@ both alike; each figure is the median of ``--repeat`` calls.
     python -m benchmarks.pooler_overhead --scales 100k,1m --repeat 200
 
 Datasets go to their own databases (``tw_bench_pooler_<scale>``, generated once and reused),
-with the recommended indexes (``--plain`` measures without them too).
+with the recommended indexes (``--plain`` measures without them too). On the first scale it
+also times a trivial statement (``SELECT $1``): the per-query overhead with nothing to read.
 """
 
 from __future__ import annotations
@@ -59,8 +60,15 @@ def load_old(revision: str) -> ModuleType:
     return module
 
 
-async def compare(dsn: str, old: ModuleType, repeat: int) -> dict[str, dict[str, float]]:
-    """Median seconds per query for old and new, measured alternately."""
+# The exporter's fixed cost per query (round trips, transaction, pool), with no table to read.
+FIXED_COST_SQL = "SELECT $1::int AS n"
+
+
+async def compare(
+    dsn: str, old: ModuleType, repeat: int, fixed_repeat: int = 0
+) -> dict[str, dict[str, float]]:
+    """Median seconds per query for old and new, measured alternately; with ``fixed_repeat``
+    also a trivial statement (the per-query overhead alone)."""
     dbs = {
         "old": old.Database(dsn, pool_size=len(COLLECTORS), query_timeout=QUERY_TIMEOUT),
         "new": new_database.Database(dsn, pool_size=len(COLLECTORS), query_timeout=QUERY_TIMEOUT),
@@ -68,20 +76,24 @@ async def compare(dsn: str, old: ModuleType, repeat: int) -> dict[str, dict[str,
     for db in dbs.values():
         await db.open()
     result: dict[str, dict[str, float]] = {}
+    jobs: list[tuple[str, str, tuple[Any, ...], int]] = [
+        (c.name, c.sql, c.params(PARAMS), repeat) for c in COLLECTORS
+    ]
+    if fixed_repeat:
+        jobs.append(("fixed cost (SELECT $1)", FIXED_COST_SQL, (1,), fixed_repeat))
     try:
-        for collector in COLLECTORS:
-            args = collector.params(PARAMS)
+        for name, sql, args, count in jobs:
             samples: dict[str, list[float]] = {"old": [], "new": []}
             for db in dbs.values():  # warm-up: connections, plans, caches
                 for _ in range(3):
-                    await db.fetch(collector.sql, args)
-            for i in range(repeat):
+                    await db.fetch(sql, args)
+            for i in range(count):
                 order = ("old", "new") if i % 2 == 0 else ("new", "old")
-                for name in order:
+                for which in order:
                     started = time.perf_counter()
-                    await dbs[name].fetch(collector.sql, args)
-                    samples[name].append(time.perf_counter() - started)
-            result[collector.name] = {k: statistics.median(v) for k, v in samples.items()}
+                    await dbs[which].fetch(sql, args)
+                    samples[which].append(time.perf_counter() - started)
+            result[name] = {k: statistics.median(v) for k, v in samples.items()}
     finally:
         for db in dbs.values():
             await db.close()
@@ -90,9 +102,13 @@ async def compare(dsn: str, old: ModuleType, repeat: int) -> dict[str, dict[str,
 
 def report(scale: str, state: str, result: dict[str, dict[str, float]]) -> list[str]:
     lines = []
-    old_total = sum(r["old"] for r in result.values())
-    new_total = sum(r["new"] for r in result.values())
-    for name, r in [*result.items(), ("all three (sum)", {"old": old_total, "new": new_total})]:
+    queries = {c.name for c in COLLECTORS}
+    old_total = sum(r["old"] for n, r in result.items() if n in queries)
+    new_total = sum(r["new"] for n, r in result.items() if n in queries)
+    rows = [(n, r) for n, r in result.items() if n in queries]
+    rows.append(("all three (sum)", {"old": old_total, "new": new_total}))
+    rows += [(n, r) for n, r in result.items() if n not in queries]
+    for name, r in rows:
         line = (
             f"| {scale} | {state} | {name} | {r['old'] * 1000:.3f} | {r['new'] * 1000:.3f} | "
             f"{(r['new'] - r['old']) * 1000:+.3f} | {r['new'] / r['old']:.3f} |"
@@ -108,6 +124,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--revision", default="main", help="git revision of the old code")
     parser.add_argument("--plain", action="store_true", help="also without the indexes")
+    parser.add_argument(
+        "--fixed-repeat", type=int, default=2000, help="calls of the trivial statement"
+    )
     args = parser.parse_args(argv)
     old = load_old(args.revision)
     lines = [
@@ -117,7 +136,7 @@ async def main(argv: list[str] | None = None) -> int:
         "| scale | indexes | query | old ms | new ms | new - old ms | new / old |",
         "|---|---|---|---|---|---|---|",
     ]
-    for scale in args.scales.split(","):
+    for index, scale in enumerate(args.scales.split(",")):
         dsn = await ensure_dataset(scale, database=f"tw_bench_pooler_{scale}")
         conn = await asyncpg.connect(dsn)
         try:
@@ -126,7 +145,8 @@ async def main(argv: list[str] | None = None) -> int:
                 states.append(("none", drop_recommended))
             for state, prepare in states:
                 await prepare(conn)
-                lines += report(scale, state, await compare(dsn, old, args.repeat))
+                fixed = args.fixed_repeat if index == 0 and state == "recommended" else 0
+                lines += report(scale, state, await compare(dsn, old, args.repeat, fixed))
         finally:
             await conn.close()
     print("\n".join(lines))
