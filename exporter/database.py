@@ -162,7 +162,6 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self._max_connection_age = max_connection_age
         self._generation_started = time.monotonic()
-
         self._setup_sql = transaction_setup(query_timeout)
 
     async def open(self) -> None:
