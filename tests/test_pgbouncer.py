@@ -22,7 +22,14 @@ from exporter.collectors import COLLECTORS
 from exporter.database import Database, QueryError
 from exporter.embedded import EmbeddedPostgres
 from exporter.settings import query_params
-from tests.conftest import REPO, PgServer, StartExporter, exporter_command, wait_until_sync
+from tests.conftest import (
+    REPO,
+    PgServer,
+    StartExporter,
+    exporter_command,
+    wait_until,
+    wait_until_sync,
+)
 from tests.helpers import http_get, series, value
 from tests.pgbouncer import PgBouncer, run_pgbouncer
 from tests.test_faults import Rig, fill, fill_existing, make_rig, rigs  # noqa: F401
@@ -289,3 +296,37 @@ async def test_session_mode_with_too_few_server_connections_counts_connection(
                 assert elapsed < 0.5 + 1.0 + 0.5, elapsed  # the client deadline, not later
         finally:
             await database.close()
+
+
+async def test_a_saturated_pooler_shows_as_wait_not_run(
+    pg_server: PgServer, seeded_db: str
+) -> None:
+    """One server connection behind transaction pooling: while a slow statement holds it, a
+    quick one queues in PgBouncer. The quick one's time is wait (its first round trip), not
+    run; the slow one's is run, not wait."""
+    with run_pgbouncer(pg_server.dsn, "transaction", default_pool_size="1") as bouncer:
+        database = Database(bouncer.dsn_for(seeded_db), pool_size=2, query_timeout=5.0)
+        await database.open()
+        try:
+            await database.fetch("SELECT 1", [])  # the server connection exists
+            slow = asyncio.create_task(database.fetch("SELECT pg_sleep(1)", []))
+            observer = await asyncpg.connect(seeded_db)
+            try:
+
+                async def sleeping() -> bool:
+                    return bool(
+                        await observer.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity "
+                            "WHERE state = 'active' AND query = 'SELECT pg_sleep(1)'"
+                        )
+                    )
+
+                await wait_until(sleeping, timeout=5)
+            finally:
+                await observer.close()
+            quick = await database.fetch("SELECT 1", [])
+            slow_result = await slow
+        finally:
+            await database.close()
+    assert slow_result.run_seconds >= 0.9 and slow_result.wait_seconds < 0.5, slow_result
+    assert quick.wait_seconds >= 0.5 and quick.run_seconds < 0.5, quick
