@@ -8,9 +8,10 @@ import signal
 import ssl
 from dataclasses import dataclass
 
-from exporter.collectors import COLLECTORS
-from exporter.database import Database
+from exporter.custom import collectors_for
+from exporter.database import Database, pool_size_for
 from exporter.http import Authenticator, MetricsServer
+from exporter.queries_file import QueriesConfig, config_for
 from exporter.scheduler import Collector, start_scheduler
 from exporter.settings import Settings
 from exporter.snapshot import SnapshotStore
@@ -49,11 +50,24 @@ def load_http_security(settings: Settings) -> HTTPSecurity:
     )
 
 
-async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event) -> None:
+async def serve(
+    settings: Settings,
+    security: HTTPSecurity,
+    stop: asyncio.Event,
+    queries: QueriesConfig | None = None,
+) -> None:
     """Run the exporter until ``stop`` is set; always closes the pool and the sockets."""
-    store = SnapshotStore(interval=settings.interval, max_staleness=settings.max_staleness)
+    config = queries if queries is not None else config_for(settings)
+    schedules = config.schedules
+    store = SnapshotStore(
+        interval=settings.interval,
+        max_staleness=settings.max_staleness,
+        queries={name: (s.interval, s.max_staleness) for name, s in schedules.items()},
+    )
     database = Database(
-        settings.dsn, pool_size=len(COLLECTORS), query_timeout=settings.query_timeout
+        settings.dsn,
+        pool_size=pool_size_for(len(schedules)),
+        query_timeout=settings.query_timeout,
     )
     await database.open()
     server = MetricsServer(
@@ -78,7 +92,14 @@ async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event)
         settings.query_timeout,
         settings.max_staleness,
     )
-    collector = Collector(database, store, settings)
+    if config.path is not None:
+        log.info(
+            "queries file %s: %d built-in and %d custom queries",
+            config.path,
+            len(config.builtins),
+            len(config.custom),
+        )
+    collector = Collector(database, store, settings, collectors_for(config), schedules)
     scheduler = start_scheduler(collector, settings.interval)
     try:
         await stop.wait()
@@ -90,7 +111,7 @@ async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event)
         await database.close(SHUTDOWN_GRACE)
 
 
-def run(settings: Settings, security: HTTPSecurity) -> None:
+def run(settings: Settings, security: HTTPSecurity, queries: QueriesConfig | None = None) -> None:
     """Blocking entry point: SIGTERM/SIGINT stop the exporter cleanly."""
 
     async def main() -> None:
@@ -98,6 +119,6 @@ def run(settings: Settings, security: HTTPSecurity) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(settings, security, stop)
+        await serve(settings, security, stop, queries)
 
     asyncio.run(main())

@@ -70,15 +70,17 @@ def _secrets(dsn: str) -> tuple[str, ...]:
 def _run(args: argparse.Namespace) -> int:
     from exporter.app import StartupError, load_http_security, run
     from exporter.logs import configure_logging
+    from exporter.queries_file import config_for
 
     settings = cfg.settings_from(args)
     configure_logging(settings.log_level, settings.log_format, _secrets(settings.dsn))
+    queries = config_for(settings)  # an invalid file: one line, exit 2
     try:
         security = load_http_security(settings)
     except ValueError as error:  # WebConfigError
         cfg.fail(f"--web-config-file: {error}")
     try:
-        run(settings, security)
+        run(settings, security, queries)
     except StartupError as error:
         log.error("%s", error)
         return 1

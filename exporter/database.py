@@ -1,8 +1,10 @@
 """The asyncpg pool and the one way the exporter runs a query.
 
 One asyncpg connection cannot run queries concurrently ("another operation is in progress"),
-so the exporter owns a small pool sized to the number of queries: the three run at once, and a
-lock or a slow database can never pile up more connections than that (postgres_exporter #1228).
+so the exporter owns a small pool sized to the number of queries, at most ``MAX_POOL_SIZE``: the
+built-in three run at once, a file of 40 custom queries still opens at most five connections
+(the rest wait for a slot, which delays them but is not an error), and a lock or a slow
+database can never pile up more connections than that (postgres_exporter #1228).
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
 client-side deadline as backstop for a server that stops answering altogether. Failures are
 classified into the reasons the error counter exports: timeout, connection, sql.
@@ -28,6 +30,8 @@ APPLICATION_NAME = "tw-exporter"
 # first (reason "timeout" with a clean connection); the client only steps in when the server
 # itself stops answering.
 CLIENT_GRACE_SECONDS = 1.0
+# The most connections one exporter opens, however many queries it runs.
+MAX_POOL_SIZE = 5
 # Connections idle longer than this are closed, so a pool never holds sockets a database
 # restart or a NAT timeout has silently broken for long.
 MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
@@ -35,6 +39,11 @@ MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
 # SQLSTATE classes that mean "the database could not be reached or went away".
 _CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "28", "3D000", "53300")
 _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available
+
+
+def pool_size_for(queries: int) -> int:
+    """One connection per query, so queries do not wait on each other, up to the bound."""
+    return max(1, min(queries, MAX_POOL_SIZE))
 
 
 class QueryError(Exception):
@@ -86,6 +95,9 @@ class Database:
         self._pool_size = pool_size
         self._query_timeout = query_timeout
         self._pool: asyncpg.Pool | None = None
+        # Queries beyond the pool's size wait here, outside their deadline: waiting for a slot
+        # delays a query's schedule but is never a "connection" or "timeout" error.
+        self._slots = asyncio.Semaphore(pool_size)
 
     async def open(self) -> None:
         timeout_ms = str(max(1, round(self._query_timeout * 1000)))
@@ -114,8 +126,14 @@ class Database:
         except Exception:  # shutdown must finish even if connections hang
             pool.terminate()
 
-    async def fetch(self, sql: str, args: Sequence[Any]) -> QueryResult:
+    async def fetch(
+        self, sql: str, args: Sequence[Any], deadline: float | None = None
+    ) -> QueryResult:
         """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
+
+        ``deadline`` is this query's own timeout (default: the pool's ``query_timeout``); a
+        different one is set for the transaction only (``SET LOCAL``). The time spent waiting
+        for a free pool slot is part of ``seconds`` but not of the deadline.
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
         that times out) count as ``connection``; a timeout while the query runs counts as
@@ -127,19 +145,24 @@ class Database:
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
         started = time.perf_counter()
-        attempt = _Attempt()
-        try:
-            async with asyncio.timeout(self._query_timeout + CLIENT_GRACE_SECONDS):
-                try:
-                    rows = await self._fetch_once(sql, args, attempt)
-                except Exception as error:
-                    if attempt.phase != "query" or classify(error) != "connection":
-                        raise
-                    log.debug("retrying on a fresh connection after %s", describe(error))
-                    rows = await self._fetch_once(sql, args, attempt)
-        except Exception as error:
-            reason: FailureReason = "connection" if attempt.phase == "connect" else classify(error)
-            raise QueryError(reason, describe(error)) from None
+        own = deadline is not None and deadline != self._query_timeout
+        timeout = deadline if deadline is not None else self._query_timeout
+        attempt = _Attempt(timeout=timeout if own else None)
+        async with self._slots:
+            try:
+                async with asyncio.timeout(timeout + CLIENT_GRACE_SECONDS):
+                    try:
+                        rows = await self._fetch_once(sql, args, attempt)
+                    except Exception as error:
+                        if attempt.phase != "query" or classify(error) != "connection":
+                            raise
+                        log.debug("retrying on a fresh connection after %s", describe(error))
+                        rows = await self._fetch_once(sql, args, attempt)
+            except Exception as error:
+                reason: FailureReason = (
+                    "connection" if attempt.phase == "connect" else classify(error)
+                )
+                raise QueryError(reason, describe(error)) from None
         return QueryResult(rows=rows, seconds=time.perf_counter() - started)
 
     async def _fetch_once(
@@ -151,6 +174,10 @@ class Database:
         attempt.phase = "query"
         try:
             async with conn.transaction(readonly=True):
+                if attempt.timeout is not None:
+                    await conn.execute(
+                        _SET_LOCAL_TIMEOUTS, str(max(1, round(attempt.timeout * 1000)))
+                    )
                 rows: Sequence[asyncpg.Record] = await conn.fetch(sql, *args)
                 return rows
         finally:
@@ -162,3 +189,10 @@ class _Attempt:
     """Where a query attempt is, so a timeout can be blamed on connecting or on the query."""
 
     phase: str = "connect"
+    timeout: float | None = None  # a per-query deadline other than the pool's
+
+
+# A query with its own timeout sets it for its transaction only.
+_SET_LOCAL_TIMEOUTS = (
+    "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)"
+)

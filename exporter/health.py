@@ -9,6 +9,8 @@ first scrape. Business series are *not* kept this way: they are rebuilt from eac
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -17,8 +19,8 @@ from exporter import __version__
 from exporter.collectors import QUERY_NAMES
 from exporter.collectors.base import MetricSpec
 
-FailureReason = Literal["timeout", "connection", "sql"]
-FAILURE_REASONS: tuple[FailureReason, ...] = ("timeout", "connection", "sql")
+FailureReason = Literal["timeout", "connection", "sql", "data"]
+FAILURE_REASONS: tuple[FailureReason, ...] = ("timeout", "connection", "sql", "data")
 
 QUERY_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -39,7 +41,9 @@ QUERY_ERRORS = MetricSpec(
     "counter",
     "Failed runs of each business query by reason: timeout (statement_timeout or client "
     "deadline), connection (database unreachable, restarted or refused), sql (any other "
-    "error, e.g. a missing table).",
+    "error, e.g. a missing table), data (a custom query returned rows that cannot be served: "
+    "a value that is not a number, a repeated label set, more rows than max_series; the "
+    "valid rows are still served).",
     ("query", "reason"),
 )
 QUERY_LAST_SUCCESS = MetricSpec(
@@ -52,12 +56,32 @@ QUERY_LAST_SUCCESS = MetricSpec(
 CYCLE_DURATION = MetricSpec(
     "tw_exporter_cycle_duration_seconds",
     "gauge",
-    "Wall time of the last collection cycle (all queries, run concurrently).",
+    "Wall time of each query's last scheduled run (its cycle), including waiting for a "
+    "pooled connection; compare with tw_exporter_query_interval_seconds.",
+    ("query",),
 )
 CYCLES_SKIPPED = MetricSpec(
     "tw_exporter_cycles_skipped_total",
     "counter",
-    "Scheduled collection cycles skipped because the previous cycle was still running.",
+    "Scheduled runs of each query skipped because its previous run was still running.",
+    ("query",),
+)
+QUERY_INTERVAL = MetricSpec(
+    "tw_exporter_query_interval_seconds",
+    "gauge",
+    "Each query's own interval (queries file, else --interval): how often it runs.",
+    ("query",),
+)
+RELOAD_SUCCESSFUL = MetricSpec(
+    "tw_exporter_config_last_reload_successful",
+    "gauge",
+    "1 when the last reload of the queries file and web config (SIGHUP or POST /-/reload) "
+    "succeeded or none happened, 0 when the files were invalid and the old ones kept running.",
+)
+RELOAD_SUCCESS_TIMESTAMP = MetricSpec(
+    "tw_exporter_config_last_reload_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful configuration load (the start counts as one).",
 )
 INTERVAL = MetricSpec(
     "tw_exporter_interval_seconds",
@@ -79,6 +103,9 @@ HEALTH_METRICS: tuple[MetricSpec, ...] = (
     CYCLE_DURATION,
     CYCLES_SKIPPED,
     INTERVAL,
+    QUERY_INTERVAL,
+    RELOAD_SUCCESSFUL,
+    RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,
 )
 
@@ -91,7 +118,12 @@ def _registered_name(spec: MetricSpec) -> str:
 class HealthMetrics:
     """Owns the health metric objects, registered in the exporter's private registry."""
 
-    def __init__(self, registry: CollectorRegistry, interval_seconds: float) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        interval_seconds: float,
+        queries: Mapping[str, float] | None = None,
+    ) -> None:
         def labels(spec: MetricSpec) -> list[str]:
             return list(spec.labels)
 
@@ -116,19 +148,63 @@ class HealthMetrics:
             registry=registry,
         )
         self.cycle_duration = Gauge(
-            _registered_name(CYCLE_DURATION), CYCLE_DURATION.help, registry=registry
+            _registered_name(CYCLE_DURATION),
+            CYCLE_DURATION.help,
+            labels(CYCLE_DURATION),
+            registry=registry,
         )
         self.cycles_skipped = Counter(
-            _registered_name(CYCLES_SKIPPED), CYCLES_SKIPPED.help, registry=registry
+            _registered_name(CYCLES_SKIPPED),
+            CYCLES_SKIPPED.help,
+            labels(CYCLES_SKIPPED),
+            registry=registry,
         )
+        self.query_interval = Gauge(
+            _registered_name(QUERY_INTERVAL),
+            QUERY_INTERVAL.help,
+            labels(QUERY_INTERVAL),
+            registry=registry,
+        )
+        self.reload_successful = Gauge(
+            _registered_name(RELOAD_SUCCESSFUL), RELOAD_SUCCESSFUL.help, registry=registry
+        )
+        self.reload_successful.set(1)
+        self.reload_success_timestamp = Gauge(
+            _registered_name(RELOAD_SUCCESS_TIMESTAMP),
+            RELOAD_SUCCESS_TIMESTAMP.help,
+            registry=registry,
+        )
+        self.reload_success_timestamp.set_to_current_time()
         interval = Gauge(_registered_name(INTERVAL), INTERVAL.help, registry=registry)
         interval.set(interval_seconds)
         build_info = Gauge(
             _registered_name(BUILD_INFO), BUILD_INFO.help, labels(BUILD_INFO), registry=registry
         )
         build_info.labels(version=__version__).set(1)
-        for query in QUERY_NAMES:
-            self.query_duration.labels(query=query)
-            self.query_last_success.labels(query=query)
-            for reason in FAILURE_REASONS:
-                self.query_errors.labels(query=query, reason=reason)
+        for query, seconds in (queries or dict.fromkeys(QUERY_NAMES, interval_seconds)).items():
+            self.add_query(query, seconds)
+
+    def add_query(self, query: str, interval_seconds: float) -> None:
+        """Pre-create a query's series so ``rate()`` and absence alerts work from the start."""
+        self.query_duration.labels(query=query)
+        self.query_last_success.labels(query=query)
+        self.cycle_duration.labels(query=query)
+        self.cycles_skipped.labels(query=query)
+        self.query_interval.labels(query=query).set(interval_seconds)
+        for reason in FAILURE_REASONS:
+            self.query_errors.labels(query=query, reason=reason)
+
+    def remove_query(self, query: str) -> None:
+        """A query removed by a reload: its health series go with it."""
+        for metric in (
+            self.query_duration,
+            self.query_last_success,
+            self.cycle_duration,
+            self.cycles_skipped,
+            self.query_interval,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(query)
+        for reason in FAILURE_REASONS:
+            with contextlib.suppress(KeyError):
+                self.query_errors.remove(query, reason)

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -57,6 +57,10 @@ class Settings:
     log_level: str
     log_format: str
     web_config_file: Path | None
+    queries_file: Path | None = None
+    # Where each explicitly given value came from (flag or env variable), by option dest:
+    # the queries file resolves per-query defaults and ``check`` reports them from it.
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def redacted_dsn(self) -> str:
@@ -258,6 +262,14 @@ SERVE_OPTIONS = (
     ),
 )
 
+QUERIES_FILE_OPTION = Option(
+    "--queries-file",
+    "PATH",
+    "YAML file of custom queries and per-query schedules (docs/custom-queries.md); its "
+    "settings win over the flags.",
+    parse_existing_file,
+)
+
 LOG_OPTIONS = (
     Option(
         "--log-level",
@@ -269,9 +281,17 @@ LOG_OPTIONS = (
     Option("--log-format", "FORMAT", "text or json.", parse_choice(LOG_FORMATS), default="text"),
 )
 
-RUN_OPTIONS = CONNECTION_OPTIONS + SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
-CHECK_OPTIONS = (*CONNECTION_OPTIONS, INTERVAL_OPTION, *QUERY_OPTIONS, *LOG_OPTIONS)
-DEMO_OPTIONS = SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
+RUN_OPTIONS = (
+    CONNECTION_OPTIONS + SERVE_OPTIONS + QUERY_OPTIONS + (QUERIES_FILE_OPTION,) + LOG_OPTIONS
+)
+CHECK_OPTIONS = (
+    *CONNECTION_OPTIONS,
+    INTERVAL_OPTION,
+    *QUERY_OPTIONS,
+    QUERIES_FILE_OPTION,
+    *LOG_OPTIONS,
+)
+DEMO_OPTIONS = SERVE_OPTIONS + QUERY_OPTIONS + (QUERIES_FILE_OPTION,) + LOG_OPTIONS
 ALL_OPTIONS = RUN_OPTIONS
 
 DEFAULTS: Mapping[str, Any] = {
@@ -404,6 +424,8 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         log_level=merged["log_level"],
         log_format=merged["log_format"],
         web_config_file=merged.get("web_config_file"),
+        queries_file=merged.get("queries_file"),
+        sources={k.removesuffix("__source"): v for k, v in values.items() if "__" in k},
     )
 
 

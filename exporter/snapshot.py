@@ -1,15 +1,18 @@
-"""The in-memory snapshot that ``/metrics`` serves, rendered to bytes once per cycle.
+"""The in-memory snapshot that ``/metrics`` serves, kept as rendered bytes.
 
 Each query's result replaces that query's series wholesale, so a user who leaves the top N or a
-tag that leaves the top K disappears in the same cycle (the bug class users reported most
+tag that leaves the top K disappears in the same run (the bug class users reported most
 against query-exporter: long-lived gauges set by label keep dead series forever). A failed
-query keeps its last good series for at most ``max_staleness``, then they are dropped rather
-than served as if current.
+query keeps its last good series for at most its own max staleness, then they are dropped
+rather than served as if current.
 
-After every cycle the whole exposition is rendered once per format (Prometheus text and
-OpenMetrics, each also gzipped) into an immutable ``Rendered`` object, and the store swaps one
-reference. A scrape then costs what returning bytes costs, never touches the database, and can
-never see half a cycle.
+The exposition is assembled from parts: each query's business families are rendered (Prometheus
+text and OpenMetrics, each also gzipped) once, when its result arrives, and kept; a render
+re-renders only the queries whose result changed plus the small health section, then joins the
+bytes into an immutable ``Rendered`` object and swaps one reference. Gzip members concatenate
+into a valid gzip stream (RFC 1952 2.2; Go's reader, hence Prometheus, reads them as one), so a
+query finishing costs its own rendering, not the whole exposition's. A scrape costs what
+returning bytes costs, never touches the database, and never sees half a result.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -58,23 +61,55 @@ class Rendered:
     openmetrics: Encoded
 
 
+@dataclass(frozen=True)
+class Part:
+    """One query's families, rendered in both formats (OpenMetrics without ``# EOF``)."""
+
+    text: Encoded
+    openmetrics: Encoded
+
+
+EMPTY_PART = Part(Encoded(b"", b""), Encoded(b"", b""))
+OPENMETRICS_EOF = b"# EOF\n"
+
+
 @dataclass
 class QueryState:
     """The last good result of one query and when it was obtained (monotonic clock)."""
 
     families: list[Metric] = field(default_factory=list)
     succeeded_at: float | None = None
+    max_staleness: float | None = None  # None: the store's default
+    part: Part | None = None  # None: not rendered since the families changed
 
 
-class _BusinessCollector(Collector):
-    """Yields the families of every query whose data is still fresh (client_python's custom
-    collector pattern: the state is ours, the registry only asks for it)."""
+class _Families(Collector):
+    """A registry-shaped view of a list of families, for the client library's renderers."""
 
-    def __init__(self, store: SnapshotStore) -> None:
-        self._store = store
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._store.fresh_families()
+        return iter(self._families)
+
+
+def render_part(families: list[Metric]) -> Part:
+    """Render one query's families; an empty part is free."""
+    if not families:
+        return EMPTY_PART
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    text = text_format.generate_latest(registry)
+    om = _openmetrics(registry).removesuffix(OPENMETRICS_EOF)
+    return Part(_encode(text), _encode(om))
+
+
+def _openmetrics(registry: CollectorRegistry) -> bytes:
+    return openmetrics_format.generate_latest(registry)  # type: ignore[no-untyped-call, no-any-return]
+
+
+def _encode(body: bytes) -> Encoded:
+    return Encoded(body, gzip.compress(body, GZIP_LEVEL, mtime=0) if body else b"")
 
 
 class SnapshotStore:
@@ -87,37 +122,71 @@ class SnapshotStore:
         max_staleness: float,
         clock: Callable[[], float] = time.monotonic,
         process_metrics: bool = True,
+        queries: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
+        """``queries``: name -> (interval, max staleness); default: the built-in three on
+        ``interval`` and ``max_staleness``."""
         self.max_staleness = max_staleness
         self._clock = clock
+        if queries is None:
+            queries = dict.fromkeys(QUERY_NAMES, (interval, max_staleness))
         self.registry = CollectorRegistry(auto_describe=False)
-        self.health = HealthMetrics(self.registry, interval)
-        self.registry.register(_BusinessCollector(self))
+        self.health = HealthMetrics(
+            self.registry, interval, {name: every for name, (every, _) in queries.items()}
+        )
         if process_metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
-        self.queries: dict[str, QueryState] = {name: QueryState() for name in QUERY_NAMES}
+        self.queries: dict[str, QueryState] = {
+            name: QueryState(max_staleness=staleness) for name, (_, staleness) in queries.items()
+        }
         self.current = self.render()
+
+    # ------------------------------------------------------------ the set of queries
+
+    def add_query(self, query: str, interval: float, max_staleness: float) -> None:
+        """A query added by a reload (or whose definition changed: its old series go)."""
+        self.queries[query] = QueryState(max_staleness=max_staleness)
+        self.health.add_query(query, interval)
+
+    def remove_query(self, query: str) -> None:
+        self.queries.pop(query, None)
+        self.health.remove_query(query)
 
     # ------------------------------------------------------------ updates from the cycle
 
     def record_success(self, query: str, families: list[Metric], wall_time: float) -> None:
-        state = self.queries[query]
+        state = self.queries.get(query)
+        if state is None:
+            return  # removed by a reload while it ran
         state.families = families
+        state.part = None
         state.succeeded_at = self._clock()
         self.health.query_last_success.labels(query=query).set(wall_time)
 
     def is_fresh(self, query: str) -> bool:
-        succeeded_at = self.queries[query].succeeded_at
-        return succeeded_at is not None and self._clock() - succeeded_at <= self.max_staleness
+        state = self.queries[query]
+        limit = self.max_staleness if state.max_staleness is None else state.max_staleness
+        return state.succeeded_at is not None and self._clock() - state.succeeded_at <= limit
 
     def fresh_families(self) -> Iterable[Metric]:
         for name, state in self.queries.items():
             if self.is_fresh(name):
                 yield from state.families
-            elif state.families:
-                state.families = []  # expired: drop them so memory does not hold dead data
+
+    def _fresh_parts(self) -> list[Part]:
+        """Each fresh query's rendered part, rendering the ones whose result changed."""
+        parts = []
+        for name, state in self.queries.items():
+            if not self.is_fresh(name):
+                # Expired: drop the data so memory does not hold it and it is never served.
+                state.families, state.part = [], None
+                continue
+            if state.part is None:
+                state.part = render_part(state.families)
+            parts.append(state.part)
+        return parts
 
     @property
     def ready(self) -> bool:
@@ -129,30 +198,35 @@ class SnapshotStore:
     # ------------------------------------------------------------ rendering
 
     def render(self) -> Rendered:
-        """Render every format now and publish the result with one reference swap."""
-        text = self._encode(text_format.generate_latest(self.registry))
-        openmetrics = self._encode(self._openmetrics())
-        return self._publish(text, openmetrics)
+        """Render what changed now and publish the result with one reference swap."""
+        parts = self._fresh_parts()
+        text = _encode(text_format.generate_latest(self.registry))
+        openmetrics = _encode(_openmetrics(self.registry))
+        return self._publish(parts, text, openmetrics)
 
     async def render_async(self) -> Rendered:
-        """``render`` in two steps with a yield to the event loop between them.
-
-        Rendering both formats takes about 2 ms of CPU; split, a scrape that arrives meanwhile
-        waits for one format (~1 ms), not both. The published result is the same.
-        """
-        text = self._encode(text_format.generate_latest(self.registry))
+        """``render`` in steps with a yield to the event loop between them, so a scrape that
+        arrives meanwhile waits for one step (about a millisecond), not all of them."""
+        parts = self._fresh_parts()
         await asyncio.sleep(0)
-        openmetrics = self._encode(self._openmetrics())
-        return self._publish(text, openmetrics)
+        text = _encode(text_format.generate_latest(self.registry))
+        await asyncio.sleep(0)
+        openmetrics = _encode(_openmetrics(self.registry))
+        return self._publish(parts, text, openmetrics)
 
-    def _openmetrics(self) -> bytes:
-        return openmetrics_format.generate_latest(self.registry)  # type: ignore[no-untyped-call, no-any-return]
-
-    @staticmethod
-    def _encode(body: bytes) -> Encoded:
-        return Encoded(body, gzip.compress(body, GZIP_LEVEL, mtime=0))
-
-    def _publish(self, text: Encoded, openmetrics: Encoded) -> Rendered:
+    def _publish(self, parts: list[Part], health_text: Encoded, health_om: Encoded) -> Rendered:
+        """Business parts first, then the health section, whose OpenMetrics keeps the EOF."""
+        text = _join([p.text for p in parts], health_text)
+        openmetrics = _join([p.openmetrics for p in parts], health_om)
         rendered = Rendered(text=text, openmetrics=openmetrics)
         self.current = rendered
         return rendered
+
+
+def _join(parts: list[Encoded], last: Encoded) -> Encoded:
+    if not parts:
+        return last
+    return Encoded(
+        b"".join([*(p.body for p in parts), last.body]),
+        b"".join([*(p.gzipped for p in parts), last.gzipped]),
+    )
