@@ -319,6 +319,14 @@ async def advise(
             )
             continue
         plan: Mapping[str, Any] = top["Plan"]
+        # A custom query's tables are known from its plan only.
+        unknown = {
+            str(node["Relation Name"])
+            for node in plan_nodes(plan)
+            if "Relation Name" in node and node["Relation Name"] not in rows
+        }
+        if unknown:
+            rows = {**rows, **await table_rows(conn, sorted(unknown))}
         execution = top.get("Execution Time")
         advice.append(
             QueryAdvice(

@@ -1,22 +1,27 @@
 """``tw-exporter check``: is this database ready for the exporter? Usable as an init step.
 
 Validates the settings, connects with the exporter's own pool settings, verifies that the
-tables and columns each query reads exist and are readable, inspects each query's plan for
-full-table scans and missing recommended indexes (advice, never a failure), and runs each query
-once. Prints one line per step and exits 0 only when everything would work.
+tables and columns each built-in query reads exist and are readable, prepares each custom query
+from ``--queries-file`` (never running it) to check the columns the file names, inspects each
+query's plan for full-table scans and missing recommended indexes (advice, never a failure), and
+runs each enabled built-in query once; every query's effective schedule is printed with the
+source of each value. Prints one line per step and exits 0 only when everything would work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
 
 from exporter.advice import advise
-from exporter.collectors import COLLECTORS
-from exporter.database import Database, QueryError, describe
+from exporter.check_queries import prepare_custom, schedule_lines
+from exporter.collectors import COLLECTORS, QueryCollector
+from exporter.custom import collectors_for
+from exporter.database import Database, QueryError, describe, pool_size_for
+from exporter.queries_file import QueriesConfig, default_config
 from exporter.settings import Settings
 
 Print = Callable[[str], None]
@@ -28,9 +33,9 @@ WHERE c.table_schema = ANY (current_schemas(false)) AND c.table_name = ANY ($1::
 """
 
 
-def required_columns() -> dict[str, set[str]]:
+def required_columns(collectors: Sequence[QueryCollector] = COLLECTORS) -> dict[str, set[str]]:
     needed: dict[str, set[str]] = {}
-    for collector in COLLECTORS:
+    for collector in collectors:
         for table, columns in collector.tables.items():
             needed.setdefault(table, set()).update(columns)
     return needed
@@ -48,11 +53,16 @@ def missing_columns(needed: Mapping[str, set[str]], present: Mapping[str, set[st
     return problems
 
 
-async def check(settings: Settings, out: Print = print) -> int:
+async def check(settings: Settings, out: Print = print, config: QueriesConfig | None = None) -> int:
+    config = config if config is not None else default_config(settings)
+    collectors = collectors_for(config)
+    builtins = [c for c in collectors if c.name in config.builtins]
     out(
         f"settings: ok (database {settings.redacted_dsn}, interval {settings.interval:g}s, "
         f"query timeout {settings.query_timeout:g}s)"
     )
+    for line in schedule_lines(config):
+        out(line)
     try:
         conn = await asyncpg.connect(settings.dsn, timeout=settings.query_timeout)
     except Exception as error:
@@ -61,7 +71,7 @@ async def check(settings: Settings, out: Print = print) -> int:
     try:
         version = await conn.fetchval("SHOW server_version")
         out(f"connect: ok (PostgreSQL {version})")
-        needed = required_columns()
+        needed = required_columns(builtins)
         present: dict[str, set[str]] = {}
         for row in await conn.fetch(COLUMNS_SQL, list(needed)):
             present.setdefault(row["table_name"], set()).add(row["column_name"])
@@ -73,9 +83,21 @@ async def check(settings: Settings, out: Print = print) -> int:
             out(f"schema: FAILED: {problem}")
         if not problems:
             out("schema: ok (" + ", ".join(sorted(needed)) + ")")
-            # Plans and missing indexes: advice only, never a failure.
+        prepared = await prepare_custom(conn, config)
+        for line in prepared.lines:
+            out(line)
+        # Plans and missing indexes: advice only, never a failure; for the queries that can
+        # be planned (the built-ins on a complete schema, the custom ones that prepared).
+        ready = [
+            c
+            for c in collectors
+            if (c.name in config.custom and c.name not in prepared.failed)
+            or (c.name in config.builtins and not problems)
+        ]
+        problems += [line for line in prepared.lines if ": FAILED" in line]
+        if ready:
             try:
-                for item in await advise(conn, settings):
+                for item in await advise(conn, settings, collectors=ready):
                     out(item.format())
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 out(f"advice: skipped ({describe(error)})")
@@ -83,14 +105,17 @@ async def check(settings: Settings, out: Print = print) -> int:
         await conn.close()
 
     database = Database(
-        settings.dsn, pool_size=len(COLLECTORS), query_timeout=settings.query_timeout
+        settings.dsn, pool_size=pool_size_for(len(builtins)), query_timeout=settings.query_timeout
     )
     await database.open()
     failures = len(problems)
+    schedules = config.schedules
     try:
-        for collector in COLLECTORS:
+        for collector in builtins:
             try:
-                result = await database.fetch(collector.sql, collector.params(settings))
+                result = await database.fetch(
+                    collector.sql, collector.params(settings), schedules[collector.name].timeout
+                )
             except QueryError as error:
                 failures += 1
                 out(f"query {collector.name}: FAILED ({error.reason}): {error}")
@@ -105,5 +130,7 @@ async def check(settings: Settings, out: Print = print) -> int:
     return 0 if failures == 0 else 1
 
 
-def run_check(settings: Settings) -> int:
-    return asyncio.run(check(settings, lambda line: print(line, file=sys.stdout, flush=True)))
+def run_check(settings: Settings, config: QueriesConfig | None = None) -> int:
+    return asyncio.run(
+        check(settings, lambda line: print(line, file=sys.stdout, flush=True), config)
+    )

@@ -90,10 +90,11 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from exporter.check import run_check
     from exporter.logs import configure_logging
+    from exporter.queries_file import config_for
 
     settings = cfg.settings_from(args, options=cfg.CHECK_OPTIONS)
     configure_logging(settings.log_level, settings.log_format, _secrets(settings.dsn))
-    return run_check(settings)
+    return run_check(settings, config_for(settings))
 
 
 if __name__ == "__main__":
