@@ -9,9 +9,10 @@ import ssl
 from dataclasses import dataclass
 
 from exporter.custom import collectors_for
-from exporter.database import Database, pool_size_for
+from exporter.database import MAX_POOL_SIZE, Database, pool_size_for
 from exporter.http import Authenticator, MetricsServer
 from exporter.queries_file import QueriesConfig, config_for
+from exporter.reload import Reloader
 from exporter.scheduler import Collector, start_scheduler
 from exporter.settings import Settings
 from exporter.snapshot import SnapshotStore
@@ -66,7 +67,8 @@ async def serve(
     )
     database = Database(
         settings.dsn,
-        pool_size=pool_size_for(len(schedules)),
+        # With a queries file a reload may add queries: the bound, opened only on demand.
+        pool_size=pool_size_for(MAX_POOL_SIZE if config.path else len(schedules)),
         query_timeout=settings.query_timeout,
     )
     await database.open()
@@ -101,9 +103,15 @@ async def serve(
         )
     collector = Collector(database, store, settings, collectors_for(config), schedules)
     scheduler = start_scheduler(collector, settings.interval)
+    reloader = Reloader(settings, config, collector, scheduler, server)
+    if settings.web_enable_lifecycle:
+        server.reload = reloader.reload
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     try:
         await stop.wait()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         log.info("shutting down")
         scheduler.shutdown(wait=False)
         await collector.cancel_running(SHUTDOWN_GRACE)

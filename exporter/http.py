@@ -16,7 +16,7 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,12 +48,14 @@ _REASONS = {
     401: b"Unauthorized",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    500: b"Internal Server Error",
     408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
 }
 _WANTED_HEADERS = frozenset({b"accept", b"accept-encoding", b"authorization"})
 MAX_HEADER_BYTES = 16 * 1024
+RELOAD_PATH = b"/-/reload"
 
 
 class SnapshotSource(Protocol):
@@ -99,6 +101,11 @@ LANDING_PAGE = f"""<!doctype html>
 """.encode()
 
 
+def encode_headers(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """Extra response headers (from the web config) as the bytes every response carries."""
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
+
+
 class MetricsServer:
     """Owns the listening sockets and the per-connection protocol instances."""
 
@@ -113,12 +120,12 @@ class MetricsServer:
     ) -> None:
         self.snapshot = snapshot
         self.authenticator = authenticator
-        self.extra_headers = b"".join(
-            f"{name}: {value}\r\n".encode("latin-1") for name, value in extra_headers
-        )
+        self.extra_headers = encode_headers(extra_headers)
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
         self.connections: set[_Connection] = set()
+        # ``POST /-/reload`` (--web-enable-lifecycle): re-reads the configuration; True = ok.
+        self.reload: Callable[[], bool] | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -162,7 +169,14 @@ class MetricsServer:
 
     # ------------------------------------------------------------ routing
 
-    def respond(self, path: bytes, headers: dict[bytes, bytes]) -> Response | Awaitable[Response]:
+    def allows(self, method: bytes, path: bytes) -> bool:
+        return method in (b"GET", b"HEAD") or (
+            method == b"POST" and path == RELOAD_PATH and self.reload is not None
+        )
+
+    def respond(
+        self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET"
+    ) -> Response | Awaitable[Response]:
         """The response, or an awaitable of it when credentials need a bcrypt check."""
         if path in (b"/healthz", b"/readyz"):
             # Probes stay reachable without credentials (kubelet has none) and say nothing
@@ -172,23 +186,33 @@ class MetricsServer:
             authorization = headers.get(b"authorization")
             verdict = self.authenticator.check_cached(authorization)
             if verdict is None:
-                return self._respond_after_bcrypt(path, headers, authorization)
+                return self._respond_after_bcrypt(path, headers, authorization, method)
             if not verdict:
                 return UNAUTHORIZED
-        return self._route(path, headers)
+        return self._route(path, headers, method)
 
     async def _respond_after_bcrypt(
-        self, path: bytes, headers: dict[bytes, bytes], authorization: bytes | None
+        self,
+        path: bytes,
+        headers: dict[bytes, bytes],
+        authorization: bytes | None,
+        method: bytes = b"GET",
     ) -> Response:
         # bcrypt takes ~100 ms of CPU: in a thread, so a flood of wrong passwords cannot
         # stall the event loop and everybody else's scrapes.
         assert self.authenticator is not None
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(None, self.authenticator.authorize, authorization):
-            return self._route(path, headers)
+            return self._route(path, headers, method)
         return UNAUTHORIZED
 
-    def _route(self, path: bytes, headers: dict[bytes, bytes]) -> Response:
+    def _route(self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET") -> Response:
+        if path == RELOAD_PATH and self.reload is not None:
+            if method != b"POST":
+                return Response(405, b"Method Not Allowed\n", extra=b"Allow: POST\r\n")
+            if self.reload():
+                return Response(200, b"reloaded\n")
+            return Response(500, b"reload failed: the old configuration keeps running\n")
         if path == b"/metrics":
             return self._metrics(headers)
         if path == b"/":
@@ -296,12 +320,12 @@ class _Connection(asyncio.Protocol):
                 self.pending.clear()
                 return
             method, path, headers, keep_alive = self.pending.popleft()
-            if method not in (b"GET", b"HEAD"):
+            if not self.server.allows(method, path):
                 response: Response | Awaitable[Response] = Response(
                     405, b"Method Not Allowed\n", extra=b"Allow: GET, HEAD\r\n"
                 )
             else:
-                response = self.server.respond(path, headers)
+                response = self.server.respond(path, headers, method)
             if isinstance(response, Response):
                 self._finish(response, keep_alive, method == b"HEAD")
                 continue

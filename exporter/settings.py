@@ -58,6 +58,7 @@ class Settings:
     log_format: str
     web_config_file: Path | None
     queries_file: Path | None = None
+    web_enable_lifecycle: bool = False
     # Where each explicitly given value came from (flag or env variable), by option dest:
     # the queries file resolves per-query defaults and ``check`` reports them from it.
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -170,6 +171,7 @@ class Option:
     default: str | None = None
     default_doc: str | None = None
     secret: bool = False
+    takes_value: bool = True  # False: a bare switch (``--flag``); its env variable says true
 
     @property
     def dest(self) -> str:
@@ -262,6 +264,25 @@ SERVE_OPTIONS = (
     ),
 )
 
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+LIFECYCLE_OPTION = Option(
+    "--web-enable-lifecycle",
+    "",
+    "Accept POST /-/reload (re-reads the queries file and the web config, like SIGHUP).",
+    parse_bool,
+    default="false",
+    takes_value=False,
+)
+
 QUERIES_FILE_OPTION = Option(
     "--queries-file",
     "PATH",
@@ -282,7 +303,12 @@ LOG_OPTIONS = (
 )
 
 RUN_OPTIONS = (
-    CONNECTION_OPTIONS + SERVE_OPTIONS + QUERY_OPTIONS + (QUERIES_FILE_OPTION,) + LOG_OPTIONS
+    CONNECTION_OPTIONS
+    + SERVE_OPTIONS
+    + (LIFECYCLE_OPTION,)
+    + QUERY_OPTIONS
+    + (QUERIES_FILE_OPTION,)
+    + LOG_OPTIONS
 )
 CHECK_OPTIONS = (
     *CONNECTION_OPTIONS,
@@ -318,6 +344,16 @@ def fail(message: str) -> NoReturn:
 
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for option in options:
+        if not option.takes_value:
+            parser.add_argument(
+                option.flag,
+                dest=option.dest,
+                action="store_const",
+                const="true",
+                default=None,
+                help=f"{option.help} [env: {option.env}=true]",
+            )
+            continue
         parser.add_argument(
             option.flag,
             metavar=option.metavar,
@@ -425,6 +461,7 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         log_format=merged["log_format"],
         web_config_file=merged.get("web_config_file"),
         queries_file=merged.get("queries_file"),
+        web_enable_lifecycle=merged["web_enable_lifecycle"],
         sources={k.removesuffix("__source"): v for k, v in values.items() if "__" in k},
     )
 
