@@ -23,6 +23,7 @@ from exporter import settings as cfg
 from exporter.app import HTTPSecurity, StartupError, serve
 from exporter.embedded import EmbeddedPostgres
 from exporter.logs import configure_logging
+from exporter.queries_file import QueriesConfig, config_for
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def run_demo(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     settings_without_dsn = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
     configure_logging(settings_without_dsn.log_level, settings_without_dsn.log_format)
+    # Validated before anything starts: an invalid queries file exits 2 at once.
+    queries = config_for(settings_without_dsn)
     with contextlib.ExitStack() as stack:
         data_dir = args.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
@@ -78,14 +81,14 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.callback(server.cleanup)
         settings = dataclasses.replace(settings_without_dsn, dsn=server.dsn)
         try:
-            asyncio.run(_demo(settings, args.tweets))
+            asyncio.run(_demo(settings, args.tweets, queries))
         except StartupError as error:
             log.error("%s", error)
             return 1
     return 0
 
 
-async def _demo(settings: cfg.Settings, tweets: int) -> None:
+async def _demo(settings: cfg.Settings, tweets: int, queries: QueriesConfig) -> None:
     from exporter import dataset
 
     conn = await asyncpg.connect(settings.dsn)
@@ -106,7 +109,7 @@ async def _demo(settings: cfg.Settings, tweets: int) -> None:
         flush=True,
     )
     try:
-        await serve(settings, HTTPSecurity(), stop)
+        await serve(settings, HTTPSecurity(), stop, queries)
     finally:
         stop.set()
         await activity
