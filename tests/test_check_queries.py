@@ -35,7 +35,8 @@ def test_check_prints_every_querys_settings_and_prepares_the_custom_ones(seeded_
     assert "max staleness 900s (default (3 x interval))" in out
     assert "prepare tweets_last_hour: ok (columns: verified bool, tweets int8)" in out
     assert "prepare most_liked_tweet: ok" in out
-    assert "advice daily_active_users: ok" in out  # an empty table: nothing to advise
+    assert "advice daily_active_users: ok (plan cost" in out
+    assert "no large sequential scan)" in out  # custom: no recommended indexes to name
     assert "query top_users: ok" in out
     assert "check: ok" in out
 

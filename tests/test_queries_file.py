@@ -239,3 +239,14 @@ def test_schema_rejects_what_the_exporter_rejects() -> None:
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(document, schema)
+
+
+def test_the_docs_page_files_are_valid() -> None:
+    import re
+
+    page = (REPO / "docs" / "custom-queries.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", page, re.S) if "queries:" in b]
+    assert len(blocks) >= 2
+    for block in blocks:
+        parse(block, SETTINGS)
+    assert "docs/custom-queries.md" in (REPO / "README.md").read_text()
