@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from exporter import settings as cfg
 from exporter.secrets import dsn_password
@@ -35,6 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cfg.add_options(check, cfg.CHECK_OPTIONS)
 
+    monitoring = commands.add_parser(
+        "monitoring",
+        help="write a Grafana dashboard and alert rules (with promtool tests) for the custom "
+        "metrics of a queries file",
+    )
+    monitoring.add_argument("--queries-file", required=True, metavar="PATH", type=Path)
+    monitoring.add_argument(
+        "--out", required=True, metavar="DIR", type=Path, help="directory to write the files to"
+    )
+
     demo = commands.add_parser(
         "demo",
         help="run the exporter on an embedded PostgreSQL with live synthetic data",
@@ -53,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "monitoring":
+            return _monitoring(args)
         from exporter.demo import run_demo
 
         return run_demo(args)
@@ -95,6 +108,16 @@ def _check(args: argparse.Namespace) -> int:
     settings = cfg.settings_from(args, options=cfg.CHECK_OPTIONS)
     configure_logging(settings.log_level, settings.log_format, _secrets(settings.dsn))
     return run_check(settings, config_for(settings))
+
+
+def _monitoring(args: argparse.Namespace) -> int:
+    from exporter.queries_file import load
+    from tools.custom_monitoring import write
+
+    config = load(args.queries_file, cfg.query_params())  # an invalid file: exit 2
+    for path in write(config, args.out):
+        print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -171,6 +171,23 @@ def bind(param: Param) -> Any:
 # ---------------------------------------------------------------- the file
 
 
+class AlertDef(_Strict):
+    """A threshold for ``tw-exporter monitoring``'s generated alert rule (one of above/below).
+
+    For a counter the threshold applies to its per-second rate over 5 minutes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    above: float | None = Field(None, description="Fire while the value is above this.")
+    below: float | None = Field(None, description="Fire while the value is below this.")
+    for_: DurationSeconds = Field(
+        300, alias="for", description="How long the condition must hold; default 5m."
+    )
+    severity: Literal["warning", "critical"] = "warning"
+    summary: str | None = Field(None, max_length=500, description="Default: generated.")
+
+
 class MetricDef(_Strict):
     """One metric family a query produces: one sample per row."""
 
@@ -186,6 +203,9 @@ class MetricDef(_Strict):
     )
     const_labels: dict[LabelName, str] = Field(
         default_factory=dict, description="Labels with the same value on every sample."
+    )
+    alert: AlertDef | None = Field(
+        None, description="A threshold: `tw-exporter monitoring` writes an alert rule for it."
     )
 
 
@@ -482,6 +502,10 @@ def _query_errors(name: str, query: QueryDef, schedule: Schedule) -> Iterator[tu
             yield where, f"gauge {metric_name!r} must not end in _total, _bucket or _count"
         if value in metric.labels:
             yield f"{where}.labels", f"column {value!r} is both a label and the value"
+        if metric.alert is not None and (metric.alert.above is None) == (
+            metric.alert.below is None
+        ):
+            yield f"{where}.alert", "give exactly one of above or below"
         seen: set[str] = set()
         for label in (*metric.labels, *metric.const_labels):
             if label in RESERVED_LABELS:

@@ -36,6 +36,8 @@ from exporter.snapshot import SnapshotStore
 log = logging.getLogger(__name__)
 
 JOB_PREFIX = "query:"
+# The least time between two renders caused by finishing runs (a lone run renders at once).
+MIN_RENDER_GAP = 0.2
 
 
 class Collector:
@@ -60,6 +62,7 @@ class Collector:
         self._reached: dict[str, bool] = {}
         self._running: set[asyncio.Task[Any]] = set()
         self._render_pending = False
+        self._last_render = -MIN_RENDER_GAP
 
     def by_name(self, name: str) -> QueryCollector | None:
         return next((c for c in self.collectors if c.name == name), None)
@@ -99,12 +102,16 @@ class Collector:
         return reason != "connection"
 
     async def _render_soon(self) -> None:
-        """Render once for every run that finishes in the same turn of the event loop."""
+        """Render once for all runs that finish close together: at once after a quiet spell,
+        else at most every ``MIN_RENDER_GAP`` seconds (50 queries finishing in a burst cause a
+        few renders, not 50), and always once after the last of them."""
         if self._render_pending:
             return  # a render that has not started yet will include this result
         self._render_pending = True
-        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._last_render + MIN_RENDER_GAP - loop.time()))
         self._render_pending = False
+        self._last_render = loop.time()
         await self.store.render_async()
 
     def forget(self, name: str) -> None:
