@@ -322,7 +322,8 @@ def test_the_exporter_serves_custom_queries_on_their_schedules(
     proc = exporter_proc("--dsn", seeded_db, "--queries-file", str(path), "--interval", "10")
 
     def served() -> bool:
-        return value(http_get(proc.url + "/metrics").text, "tw_users_total_rows") == 3
+        text = http_get(proc.url + "/metrics").text
+        return value(text, "tw_users_total_rows") == 3 and bool(series(text, "tw_user_followers"))
 
     wait_until_sync(served)
     text = http_get(proc.url + "/metrics").text
