@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,12 @@ def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
     try:
         _, body = get(exporter.url + "/metrics")
         (workdir / "metrics").write_bytes(body)
-        (workdir / "metrics.gz").write_bytes(gzip.compress(body, 6))
+        # The exporter's own gzip response (one gzip member per query part), byte for byte.
+        request = urllib.request.Request(
+            exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            (workdir / "metrics.gz").write_bytes(response.read())
         out["body_bytes"] = len(body)
         out["exporter_plain"] = measure_wrk(exporter, "/metrics", seconds)
         out["exporter_gzip"] = measure_wrk_gzip(exporter, seconds)

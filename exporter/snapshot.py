@@ -280,6 +280,15 @@ class SnapshotStore:
         of queries (about 25 samples each, tens of milliseconds for 50 queries), in a worker
         thread; scrapes are answered meanwhile. prometheus_client's metric objects are
         thread-safe, and a render that finishes after a newer one is not published."""
+        # Many results arriving together (50 queries started at once) are rendered one part
+        # per turn of the event loop, so the loop never stalls for more than one part.
+        for name, state in list(self.queries.items()):
+            if state.part is None and state.families and self.is_fresh(name):
+                families = state.families
+                part = render_part(families)
+                if state.families is families:  # not replaced meanwhile
+                    state.part = part
+                await asyncio.sleep(0)
         parts = self._fresh_parts()
         generation = self._next_generation()
         text, openmetrics = await asyncio.to_thread(self._render_health)
