@@ -87,9 +87,8 @@ async def rig(dsn: str, config: QueriesConfig) -> tuple[Database, SnapshotStore,
     )
 
 
-async def burst_and_render(dsn: str) -> dict[str, Any]:
-    config = parse(queries_file(), query_params())
-    database, store, collector = await rig(dsn, config)
+async def worst_stall(work: Any, settle: float = 0.3) -> tuple[float, float]:
+    """(seconds ``work`` took, the worst lateness of a 1 ms ticker meanwhile, in seconds)."""
     worst = 0.0
     done = asyncio.Event()
 
@@ -104,14 +103,33 @@ async def burst_and_render(dsn: str) -> dict[str, Any]:
     ticking = asyncio.create_task(ticker())
     await asyncio.sleep(0.05)
     started = time.perf_counter()
-    scheduler = start_scheduler(collector, 15.0)
-    while len(collector.runs_completed) < QUERIES:  # noqa: ASYNC110 - the jobs bump a counter
-        await asyncio.sleep(0.005)
-    all_done = time.perf_counter() - started
-    await asyncio.sleep(0.05)  # the last render
+    await work()
+    took = time.perf_counter() - started
+    await asyncio.sleep(settle)  # the render after the last result
     done.set()
     await ticking
+    return took, worst
+
+
+async def burst_and_render(dsn: str) -> dict[str, Any]:
+    config = parse(queries_file(), query_params())
+    database, store, collector = await rig(dsn, config)
+    names = list(config.custom)
+
+    async def idle() -> None:
+        await asyncio.sleep(3.0)
+
+    # The machine is shared: the ticker's lateness with nothing to do is the floor.
+    _, idle_worst = await worst_stall(idle, settle=0)
+    scheduler = start_scheduler(collector, 15.0)  # the first runs, at start-up
+    while len(collector.runs_completed) < QUERIES:  # noqa: ASYNC110 - the jobs bump a counter
+        await asyncio.sleep(0.005)
     scheduler.shutdown(wait=False)
+
+    async def burst() -> None:  # all 50 queries finishing together, as their jobs do
+        await asyncio.gather(*(collector.run_query(name) for name in names))
+
+    all_done, worst = await worst_stall(burst)
     rss = psutil.Process().memory_info().rss / 2**20
 
     # Render cost: one query's new result vs every part again.
@@ -138,6 +156,7 @@ async def burst_and_render(dsn: str) -> dict[str, Any]:
         "business_series": sum(1 for line in body.splitlines() if line.startswith(b"tw_bench_")),
         "burst_all_done_s": all_done,
         "burst_worst_loop_stall_ms": worst * 1e3,
+        "idle_worst_loop_stall_ms": idle_worst * 1e3,
         "rss_mb_after_burst": rss,
         "render_per_query_run_ms": statistics.median(incremental) * 1e3,
         "render_everything_ms": statistics.median(full) * 1e3,
@@ -309,12 +328,13 @@ def markdown(report: dict[str, Any]) -> str:
         row("---", "---"),
         row("business series served", b["business_series"]),
         row(
-            "all 50 started together: time until every one has a result",
+            "all 50 run together (after start-up): time until every one has a result",
             f"{b['burst_all_done_s']:.2f} s",
         ),
         row(
             "longest event-loop stall meanwhile (1 ms ticker)",
-            f"{b['burst_worst_loop_stall_ms']:.1f} ms",
+            f"{b['burst_worst_loop_stall_ms']:.1f} ms (idle, same ticker: "
+            f"{b['idle_worst_loop_stall_ms']:.1f} ms)",
         ),
         row(
             "render after one query's run (its part + health)",
