@@ -208,7 +208,8 @@ def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
     out: dict[str, Any] = {"wrk_seconds": seconds}
     nginx: subprocess.Popen[bytes] | None = None
     try:
-        _, body = get(exporter.url + "/metrics")
+        _, body = get(exporter.url + "/metrics")  # /readyz: every query's data is served
+        assert body.count(b"# TYPE tw_bench_q") == QUERIES
         (workdir / "metrics").write_bytes(body)
         # The exporter's own gzip response (one gzip member per query part), byte for byte.
         request = urllib.request.Request(

@@ -211,6 +211,7 @@ class SnapshotStore:
             name: QueryState(max_staleness=staleness) for name, (_, staleness) in queries.items()
         }
         self._generation = self._published = 0
+        self._served: frozenset[str] = frozenset()
         self._health = SectionCache()
         self.current = self.render()
 
@@ -246,9 +247,11 @@ class SnapshotStore:
             if self.is_fresh(name):
                 yield from state.families
 
-    def _fresh_parts(self) -> list[Part]:
-        """Each fresh query's rendered part, rendering the ones whose result changed."""
+    def _fresh_parts(self) -> tuple[list[Part], frozenset[str]]:
+        """Each fresh query's rendered part (rendering the ones whose result changed), and the
+        names of the queries they belong to."""
         parts = []
+        names = []
         for name, state in self.queries.items():
             if not self.is_fresh(name):
                 # Expired: drop the data so memory does not hold it and it is never served.
@@ -257,22 +260,28 @@ class SnapshotStore:
             if state.part is None:
                 state.part = render_part(state.families)
             parts.append(state.part)
-        return parts
+            names.append(name)
+        return parts, frozenset(names)
+
+    def _served_fresh(self, name: str) -> bool:
+        """Fresh, and its data is in what ``/metrics`` serves now (renders after a run may
+        trail it by a moment), so ``/readyz`` never says ready before ``/metrics`` is."""
+        return name in self._served and self.is_fresh(name)
 
     @property
     def ready(self) -> bool:
-        return all(self.is_fresh(name) for name in self.queries)
+        return all(self._served_fresh(name) for name in self.queries)
 
     def stale_queries(self) -> list[str]:
-        return [name for name in self.queries if not self.is_fresh(name)]
+        return [name for name in self.queries if not self._served_fresh(name)]
 
     # ------------------------------------------------------------ rendering
 
     def render(self) -> Rendered:
         """Render what changed now and publish the result with one reference swap."""
-        parts = self._fresh_parts()
+        parts, names = self._fresh_parts()
         text, openmetrics = self._render_health()
-        return self._publish(parts, text, openmetrics)
+        return self._publish(parts, names, text, openmetrics)
 
     async def render_async(self) -> Rendered:
         """``render`` without holding the event loop: the changed parts are rendered on the loop
@@ -289,10 +298,10 @@ class SnapshotStore:
                 if state.families is families:  # not replaced meanwhile
                     state.part = part
                 await asyncio.sleep(0)
-        parts = self._fresh_parts()
+        parts, names = self._fresh_parts()
         generation = self._next_generation()
         text, openmetrics = await asyncio.to_thread(self._render_health)
-        return self._publish(parts, text, openmetrics, generation)
+        return self._publish(parts, names, text, openmetrics, generation)
 
     def _render_health(self) -> tuple[Encoded, Encoded]:
         text, openmetrics = self._health.render(self.registry)
@@ -305,6 +314,7 @@ class SnapshotStore:
     def _publish(
         self,
         parts: list[Part],
+        names: frozenset[str],
         health_text: Encoded,
         health_om: Encoded,
         generation: int | None = None,
@@ -316,6 +326,7 @@ class SnapshotStore:
         generation = self._next_generation() if generation is None else generation
         if generation > self._published:
             self._published = generation
+            self._served = names
             self.current = rendered
         return rendered
 
