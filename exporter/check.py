@@ -21,7 +21,7 @@ from exporter.check_queries import prepare_custom, schedule_lines
 from exporter.collectors import COLLECTORS, QueryCollector
 from exporter.custom import collectors_for
 from exporter.database import Database, QueryError, describe, pool_size_for
-from exporter.queries_file import QueriesConfig, default_config
+from exporter.queries_file import QueriesConfig, config_for
 from exporter.settings import Settings
 
 Print = Callable[[str], None]
@@ -54,7 +54,7 @@ def missing_columns(needed: Mapping[str, set[str]], present: Mapping[str, set[st
 
 
 async def check(settings: Settings, out: Print = print, config: QueriesConfig | None = None) -> int:
-    config = config if config is not None else default_config(settings)
+    config = config if config is not None else config_for(settings)
     collectors = collectors_for(config)
     builtins = [c for c in collectors if c.name in config.builtins]
     out(

@@ -87,13 +87,13 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = cfg.settings_from(args)
     configure_logging(settings.log_level, settings.log_format, _secrets(settings.dsn))
-    queries = config_for(settings)  # an invalid file: one line, exit 2
+    config_for(settings)  # an invalid queries file: one line, exit 2, before anything starts
     try:
         security = load_http_security(settings)
     except ValueError as error:  # WebConfigError
         cfg.fail(f"--web-config-file: {error}")
     try:
-        run(settings, security, queries)
+        run(settings, security)
     except StartupError as error:
         log.error("%s", error)
         return 1
@@ -107,7 +107,8 @@ def _check(args: argparse.Namespace) -> int:
 
     settings = cfg.settings_from(args, options=cfg.CHECK_OPTIONS)
     configure_logging(settings.log_level, settings.log_format, _secrets(settings.dsn))
-    return run_check(settings, config_for(settings))
+    config_for(settings)  # an invalid queries file: one line, exit 2
+    return run_check(settings)
 
 
 def _monitoring(args: argparse.Namespace) -> int:

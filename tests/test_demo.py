@@ -27,6 +27,8 @@ def test_demo_serves_moving_numbers_and_stops_cleanly(exporter_proc: StartExport
         return value(http_get(proc.url + "/metrics").text, "tw_platform_tweets", window="7d") or 0
 
     wait_until_sync(lambda: tweets() > 0, timeout=30)
+    # Each query runs on its own job: /readyz says when every one of them is served.
+    wait_until_sync(lambda: http_get(proc.url + "/readyz").status == 200, timeout=30)
     first = tweets()
     text = http_get(proc.url + "/metrics").text
     assert len(series(text, "tw_user_followers")) == 10
