@@ -88,7 +88,9 @@ class Reloader:
             collector.forget(name)
             collector.schedules.pop(name, None)
         schedules = config.schedules
-        collector.collectors = collectors_for(config)
+        # Unchanged queries keep their collector object: a run in flight still counts.
+        kept = {c.name: c for c in collector.collectors if c.name not in (*changed, *removed)}
+        collector.collectors = tuple(kept.get(c.name, c) for c in collectors_for(config))
         for name in (*changed, *added):
             schedule = schedules[name]
             collector.schedules[name] = schedule

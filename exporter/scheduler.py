@@ -93,6 +93,8 @@ class Collector:
             reason = await self._run_query(collector)
         finally:
             self._running.discard(task)
+        if self._replaced(collector):
+            return reason != "connection"
         self._reached[name] = reason != "connection"
         health = self.store.health
         health.up.set(1 if any(self._reached.values()) else 0)
@@ -113,6 +115,13 @@ class Collector:
         self._render_pending = False
         self._last_render = loop.time()
         await self.store.render_async()
+
+    def _replaced(self, collector: QueryCollector) -> bool:
+        """A reload removed or changed this query while it ran: its outcome is dropped, so
+        neither its series nor its health series come back."""
+        return self.by_name(collector.name) is not collector or collector.name not in (
+            self.store.queries
+        )
 
     def forget(self, name: str) -> None:
         """A query removed by a reload no longer counts towards ``tw_up``."""
@@ -168,6 +177,8 @@ class Collector:
             except PartialData as partial:
                 families, problems = partial.families, partial.problems
         except QueryError as error:
+            if self._replaced(collector):
+                return error.reason
             health.query_duration.labels(query=collector.name).observe(
                 time.perf_counter() - started
             )
@@ -175,9 +186,13 @@ class Collector:
             log.warning("query %s failed (%s): %s", collector.name, error.reason, error)
             return error.reason
         except Exception:  # a mapping bug must not kill the cycle or the process
+            if self._replaced(collector):
+                return "sql"
             health.query_errors.labels(query=collector.name, reason="sql").inc()
             log.exception("query %s returned rows that could not be mapped", collector.name)
             return "sql"
+        if self._replaced(collector):
+            return None
         health.query_duration.labels(query=collector.name).observe(result.seconds)
         self.store.record_success(collector.name, families, time.time())
         if problems:

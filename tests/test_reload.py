@@ -3,6 +3,7 @@ unchanged queries keep their series, an invalid file is ignored and reported."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import urllib.request
 from pathlib import Path
@@ -147,3 +148,48 @@ def test_sighup_and_the_lifecycle_endpoint_reload_the_running_exporter(
     assert post(lifecycle.url + "/-/reload") == 500
     assert value(http_get(lifecycle.url + "/metrics").text, RELOAD_OK) == 0
     assert lifecycle.stop() == 0
+
+
+async def test_a_query_removed_while_it_runs_leaves_nothing_behind(
+    seeded_db: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "queries.yml"
+    path.write_text(
+        FIRST.replace("SELECT 3 AS tw_removed", "SELECT 3 AS tw_removed FROM pg_sleep(1)")
+    )
+    settings = query_params(queries_file=path)
+    config = load(path, settings)
+    database = Database(seeded_db, pool_size=5, query_timeout=5)
+    await database.open()
+    store = SnapshotStore(
+        interval=30,
+        max_staleness=90,
+        process_metrics=False,
+        queries={n: (s.interval, s.max_staleness) for n, s in config.schedules.items()},
+    )
+    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
+    scheduler = start_scheduler(collector, 30)
+    reloader = Reloader(settings, config, collector, scheduler)
+    try:
+
+        async def kept_ran() -> bool:
+            return collector.runs_completed.get("kept", 0) >= 1
+
+        await wait_until(kept_ran)
+        assert "removed" not in collector.runs_completed  # still sleeping
+        path.write_text(SECOND)
+        assert reloader.reload() is True
+        await asyncio.sleep(0)
+
+        async def removed_finished() -> bool:
+            return not any(not t.done() for t in collector._running)
+
+        await wait_until(removed_finished)
+        store.render()
+        text = store.current.text.body.decode()
+        assert 'query="removed"' not in text
+        assert value(text, "tw_removed") is None
+    finally:
+        scheduler.shutdown(wait=False)
+        await collector.cancel_running(1.0)
+        await database.close()
