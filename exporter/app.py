@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from exporter.custom import collectors_for
 from exporter.database import MAX_POOL_SIZE, Database, pool_size_for
-from exporter.http import Authenticator, MetricsServer
+from exporter.http import Authenticator, MetricsServer, ServerLimits
 from exporter.queries_file import QueriesConfig, config_for
 from exporter.reload import Reloader
 from exporter.scheduler import Collector, start_scheduler
@@ -51,40 +51,80 @@ def load_http_security(settings: Settings) -> HTTPSecurity:
     )
 
 
+@dataclass(frozen=True)
+class Listener:
+    """The HTTP server, already bound and serving ``store`` (readiness 503 until data), and
+    the queries configuration the store was made for."""
+
+    store: SnapshotStore
+    server: MetricsServer
+    addresses: list[tuple[str, int]]
+    config: QueriesConfig
+
+
+async def listen(
+    settings: Settings, security: HTTPSecurity, queries: QueriesConfig | None = None
+) -> Listener:
+    """Bind the listening sockets and keep them: a taken port fails here, before anything else
+    is started, and nothing can take it between a check and the bind.
+
+    ``queries`` is the queries file already read (the CLI validates it first); without it the
+    file named by the settings, if any, is read here."""
+    config = queries if queries is not None else config_for(settings)
+    store = SnapshotStore(
+        interval=settings.interval,
+        max_staleness=settings.max_staleness,
+        queries={name: (s.interval, s.max_staleness) for name, s in config.schedules.items()},
+        max_label_length=settings.max_label_length,
+    )
+    server = MetricsServer(
+        store,
+        authenticator=security.authenticator,
+        extra_headers=security.headers,
+        ssl_context=security.ssl_context,
+        limits=ServerLimits(
+            header_timeout=settings.web_header_timeout,
+            idle_timeout=settings.web_idle_timeout,
+            max_connections=settings.web_max_connections,
+        ),
+    )
+    try:
+        addresses = await server.start(settings.listen_host, settings.listen_port)
+    except OSError as error:
+        await server.close()
+        raise StartupError(f"cannot listen on {settings.listen}: {error.strerror}") from None
+    return Listener(store, server, addresses, config)
+
+
 async def serve(
     settings: Settings,
     security: HTTPSecurity,
     stop: asyncio.Event,
+    listener: Listener | None = None,
     queries: QueriesConfig | None = None,
 ) -> None:
-    """Run the exporter until ``stop`` is set; always closes the pool and the sockets."""
-    config = queries if queries is not None else config_for(settings)
+    """Run the exporter until ``stop`` is set; always closes the pool and the sockets.
+
+    ``listener`` is one :func:`listen` returned earlier (the demo binds before loading data);
+    without it the sockets are bound here (for ``queries``), before the pool is created.
+    """
+    if listener is None:
+        listener = await listen(settings, security, queries)
+    store, server, config = listener.store, listener.server, listener.config
     schedules = config.schedules
-    store = SnapshotStore(
-        interval=settings.interval,
-        max_staleness=settings.max_staleness,
-        queries={name: (s.interval, s.max_staleness) for name, s in schedules.items()},
-    )
     database = Database(
         settings.dsn,
         # With a queries file a reload may add queries: the bound, opened only on demand.
         pool_size=pool_size_for(MAX_POOL_SIZE if config.path else len(schedules)),
         query_timeout=settings.query_timeout,
     )
-    await database.open()
-    server = MetricsServer(
-        store,
-        authenticator=security.authenticator,
-        extra_headers=security.headers,
-        ssl_context=security.ssl_context,
-    )
     try:
-        addresses = await server.start(settings.listen_host, settings.listen_port)
-    except OSError as error:
-        await database.close()
-        raise StartupError(f"cannot listen on {settings.listen}: {error.strerror}") from None
+        await database.open()
+    except BaseException:
+        await server.close()
+        raise
     scheme = "https" if security.ssl_context else "http"
-    for host, port in addresses:
+    for host, port in listener.addresses:
         shown = f"[{host}]" if ":" in host else host
         log.info("listening on %s://%s:%d/metrics", scheme, shown, port)
     log.info(
@@ -127,6 +167,6 @@ def run(settings: Settings, security: HTTPSecurity, queries: QueriesConfig | Non
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(settings, security, stop, queries)
+        await serve(settings, security, stop, queries=queries)
 
     asyncio.run(main())

@@ -6,21 +6,44 @@ built-in three run at once, a file of 40 custom queries still opens at most five
 (the rest wait for a slot, which delays them but is not an error), and a lock or a slow
 database can never pile up more connections than that (postgres_exporter #1228).
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
-client-side deadline as backstop for a server that stops answering altogether. Failures are
-classified into the reasons the error counter exports: timeout, connection, sql.
+client-side deadline as backstop for a server that stops answering altogether (a paused VM, a
+hung volume, a path that drops packets): at the deadline the query's connection is closed from
+the client side at once, since every graceful step (cancel request, rollback, the pool's reset)
+would wait for that same server. Failures are classified into the reasons the error counter
+exports (``FAILURE_REASONS``), and into whether the server answered at all (``tw_up``).
+
+Nothing depends on session state, so the exporter works unchanged behind a transaction pooler
+(PgBouncer ``pool_mode = transaction``), where consecutive transactions of one client may run on
+different server connections:
+
+* the timeouts and read-only mode are set *inside* each transaction (``BEGIN READ ONLY`` plus
+  ``SET LOCAL``, sent as one simple-protocol message: one round trip, like the plain ``BEGIN``
+  it replaces), never as startup parameters, which PgBouncer refuses ("unsupported startup
+  parameter"); only ``application_name`` travels at startup, and PgBouncer tracks that one
+  itself;
+* statements are unnamed (``statement_cache_size=0``) and always parsed inside the open
+  transaction, so no prepared statement outlives the server connection it was made on;
+* a released connection is not reset with ``RESET ALL``/``UNLISTEN *``: there is nothing to
+  reset, and on a transaction pooler that round trip would run on some other client's server.
+
+Each query's time is split where a pooler makes a client wait: ``wait`` is the pool acquire
+plus the transaction's first round trip (PgBouncer assigns a server connection when that
+message arrives), ``run`` is the statement and its commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from exporter import keepalive
 from exporter.health import FailureReason
 
 log = logging.getLogger(__name__)
@@ -35,10 +58,58 @@ MAX_POOL_SIZE = 5
 # Connections idle longer than this are closed, so a pool never holds sockets a database
 # restart or a NAT timeout has silently broken for long.
 MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
+# Pooled connections are replaced after this long even when busy: with a multi-host DSN
+# (``host1,host2`` and ``target_session_attrs``) a connection that fell back to another host
+# while the preferred one was down goes back to the preferred one within this time.
+MAX_CONNECTION_AGE = 300.0
 
 # SQLSTATE classes that mean "the database could not be reached or went away".
 _CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "28", "3D000", "53300")
 _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available
+# A read-only query at READ COMMITTED cannot fail serialization or deadlock on a primary; on a
+# hot standby these are how PostgreSQL cancels a query that blocks WAL replay (a recovery
+# conflict: 40001 for snapshot, lock, buffer-pin and tablespace conflicts, 40P01 for a
+# buffer-pin deadlock with the startup process). The next run usually succeeds.
+_CONFLICT_SQLSTATES = ("40001", "40P01")
+# Unnamed statements only: a named prepared statement lives on one server connection, which a
+# transaction pooler does not keep for the client ("prepared statement ... does not exist").
+STATEMENT_CACHE_SIZE = 0
+
+
+def local_timeouts(query_timeout: float) -> str:
+    """The exporter's timeouts for the current transaction only (milliseconds).
+
+    ``SET LOCAL`` ends with the transaction, so no setting leaks into a pooled server
+    connection another client gets next, and nothing depends on one surviving.
+    """
+    timeout_ms = max(1, round(query_timeout * 1000))
+    return (
+        f"SET LOCAL statement_timeout = {timeout_ms};"
+        f" SET LOCAL lock_timeout = {timeout_ms};"
+        f" SET LOCAL idle_in_transaction_session_timeout = {timeout_ms * 2}"
+    )
+
+
+def transaction_setup(query_timeout: float) -> str:
+    """The first message of every query's transaction: read-only, with the timeouts."""
+    return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}"
+
+
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
+    """asyncpg's connection plus ``memo``, facts learned about this one connection (such as the
+    query shape its schema needs, ``exporter.schema``): they are worked out once per
+    connection, and again on the fresh connection a reconnect or failover brings."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.memo: dict[str, Any] = {}
+
+
+# A statement that depends on the connection it runs on: resolved there, inside the query's
+# read-only transaction and deadline, so a failure to resolve it is counted like the query's.
+Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 
 
 def pool_size_for(queries: int) -> int:
@@ -47,17 +118,38 @@ def pool_size_for(queries: int) -> int:
 
 
 class QueryError(Exception):
-    """A failed query, with the reason label it is counted under and a password-free message."""
+    """A failed query, with the reason label it is counted under, a password-free message, and
+    whether the server answered it (an error PostgreSQL sent about the query, such as a
+    statement timeout or a missing table, is an answer; a refused or timed-out connect, a lost
+    connection and the client deadline are not).
 
-    def __init__(self, reason: FailureReason, message: str) -> None:
+    ``wait_seconds``/``run_seconds`` are the phases the query got through before failing
+    (None for a phase it never reached)."""
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        answered: bool = False,
+        wait_seconds: float | None = None,
+        run_seconds: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason: FailureReason = reason
+        self.answered = answered
+        self.wait_seconds = wait_seconds
+        self.run_seconds = run_seconds
 
 
 @dataclass(frozen=True)
 class QueryResult:
     rows: Sequence[asyncpg.Record]
     seconds: float
+    wait_seconds: float = 0.0
+    """Pool acquire plus the transaction's first round trip (retries included)."""
+    run_seconds: float = 0.0
+    """The statement and its commit."""
 
 
 def classify(error: BaseException) -> FailureReason:
@@ -68,6 +160,8 @@ def classify(error: BaseException) -> FailureReason:
         state = getattr(error, "sqlstate", "") or ""
         if state in _TIMEOUT_SQLSTATES:
             return "timeout"
+        if state in _CONFLICT_SQLSTATES:
+            return "conflict"
         if state.startswith(_CONNECTION_SQLSTATE_PREFIXES):
             return "connection"
         return "sql"
@@ -77,6 +171,11 @@ def classify(error: BaseException) -> FailureReason:
     ):
         return "connection"
     return "sql"
+
+
+def answered(error: BaseException, reason: FailureReason) -> bool:
+    """Whether ``error`` is the server's answer to the query (rather than the absence of one)."""
+    return isinstance(error, asyncpg.PostgresError) and reason != "connection"
 
 
 def describe(error: BaseException) -> str:
@@ -90,32 +189,51 @@ class Database:
     """Owns the pool. Creating it never touches the database: connections open on demand, so
     the exporter starts (and serves ``tw_up 0``) while the database is down."""
 
-    def __init__(self, dsn: str, *, pool_size: int, query_timeout: float) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int,
+        query_timeout: float,
+        max_connection_age: float = MAX_CONNECTION_AGE,
+    ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
         self._query_timeout = query_timeout
+        self._deadline = query_timeout + CLIENT_GRACE_SECONDS
+        self._tcp_timeouts = keepalive.TcpTimeouts.for_deadline(self._deadline)
         self._pool: asyncpg.Pool | None = None
         # Queries beyond the pool's size wait here, outside their deadline: waiting for a slot
-        # delays a query's schedule but is never a "connection" or "timeout" error.
+        # delays a query's schedule (and counts as wait time) but is never a "connection" or
+        # "timeout" error.
         self._slots = asyncio.Semaphore(pool_size)
+        self._max_connection_age = max_connection_age
+        self._generation_started = time.monotonic()
+        self._setup_sql = transaction_setup(query_timeout)
 
     async def open(self) -> None:
-        timeout_ms = str(max(1, round(self._query_timeout * 1000)))
         self._pool = await asyncpg.create_pool(
             self._dsn,
             min_size=0,
             max_size=self._pool_size,
+            # asyncpg applies it to the whole connect: TCP, TLS, startup and authentication.
             timeout=self._query_timeout,  # connect timeout
             command_timeout=None,
+            init=self._tune_socket,
             max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
-            server_settings={
-                "application_name": APPLICATION_NAME,
-                "statement_timeout": timeout_ms,
-                "lock_timeout": timeout_ms,
-                "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2),
-                "default_transaction_read_only": "on",
-            },
+            connection_class=PooledConnection,
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+            reset=_no_session_state,
+            server_settings={"application_name": APPLICATION_NAME},
         )
+
+    async def _tune_socket(self, conn: asyncpg.Connection) -> None:
+        """Pool ``init`` hook, run once per new connection: keepalive and TCP_USER_TIMEOUT on
+        its socket (see ``exporter.keepalive``). asyncpg exposes no public accessor for the
+        transport, hence the private attribute; without it the connection still works."""
+        transport = getattr(conn, "_transport", None)
+        if transport is not None:
+            keepalive.apply(transport.get_extra_info("socket"), self._tcp_timeouts)
 
     async def close(self, grace: float = 5.0) -> None:
         pool, self._pool = self._pool, None
@@ -127,72 +245,181 @@ class Database:
             pool.terminate()
 
     async def fetch(
-        self, sql: str, args: Sequence[Any], deadline: float | None = None
+        self, sql: str | Resolve, args: Sequence[Any], query_timeout: float | None = None
     ) -> QueryResult:
         """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
 
-        ``deadline`` is this query's own timeout (default: the pool's ``query_timeout``); a
-        different one is set for the transaction only (``SET LOCAL``). The time spent waiting
-        for a free pool slot is part of ``seconds`` but not of the deadline.
+        ``query_timeout`` is this query's own timeout (default: the pool's ``query_timeout``): its
+        transaction's ``SET LOCAL`` timeouts and its client deadline are built from it. The
+        time spent waiting for a free pool slot is part of ``seconds`` and ``wait_seconds``
+        but not of the deadline.
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
         that times out) count as ``connection``; a timeout while the query runs counts as
-        ``timeout``. A connection error *during* the query on a pooled connection is retried
+        ``timeout``. A connection error on a pooled connection after the connect is retried
         once on a fresh one: after a database restart every idle connection is dead, and the
         retry lets the first cycle after the restart succeed instead of reporting a failure
         that is already over.
+
+        The client deadline (timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server, or a
+        pooler in front of it, does: when it passes, the connection the attempt holds is
+        terminated (socket closed, pool slot freed) *before* the task is cancelled, so nothing
+        afterwards waits for the server. It counts as ``timeout``, not answered; when it hit
+        the transaction's first round trip (a pooler with no free server connection), the time
+        waited is still observed as wait time.
         """
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
-        started = time.perf_counter()
-        own = deadline is not None and deadline != self._query_timeout
-        timeout = deadline if deadline is not None else self._query_timeout
-        attempt = _Attempt(timeout=timeout if own else None)
+        timeout = self._query_timeout if query_timeout is None else query_timeout
+        setup_sql = (
+            self._setup_sql if timeout == self._query_timeout else transaction_setup(timeout)
+        )
+        client_deadline = timeout + CLIENT_GRACE_SECONDS
+        loop = asyncio.get_running_loop()
+        attempt = _Attempt(started=time.perf_counter(), setup_sql=setup_sql)
         async with self._slots:
+            await self._recycle_old_connections()
             try:
-                async with asyncio.timeout(timeout + CLIENT_GRACE_SECONDS):
+                async with asyncio.timeout(None) as deadline:
+                    expiry = loop.call_at(loop.time() + client_deadline, attempt.expire, deadline)
                     try:
-                        rows = await self._fetch_once(sql, args, attempt)
-                    except Exception as error:
-                        if attempt.phase != "query" or classify(error) != "connection":
-                            raise
-                        log.debug("retrying on a fresh connection after %s", describe(error))
-                        rows = await self._fetch_once(sql, args, attempt)
+                        try:
+                            rows = await self._fetch_once(sql, args, attempt)
+                        except Exception as error:
+                            if (
+                                attempt.expired
+                                or attempt.phase == "connect"
+                                or classify(error) != "connection"
+                            ):
+                                raise
+                            log.debug("retrying on a fresh connection after %s", describe(error))
+                            rows = await self._fetch_once(sql, args, attempt)
+                    finally:
+                        expiry.cancel()
             except Exception as error:
-                reason: FailureReason = (
-                    "connection" if attempt.phase == "connect" else classify(error)
-                )
-                raise QueryError(reason, describe(error)) from None
-        return QueryResult(rows=rows, seconds=time.perf_counter() - started)
+                raise attempt.failure(error, client_deadline) from None
+        assert attempt.wait_seconds is not None
+        seconds = attempt.elapsed()
+        return QueryResult(
+            rows=rows,
+            seconds=seconds,
+            wait_seconds=attempt.wait_seconds,
+            run_seconds=seconds - attempt.wait_seconds,
+        )
+
+    async def _recycle_old_connections(self) -> None:
+        """Every ``max_connection_age`` seconds, have the pool replace its connections (idle
+        ones on their next acquire, busy ones on release): a connection lifetime that asyncpg's
+        pool does not have, so a multi-host DSN drifts back to its preferred host."""
+        now = time.monotonic()
+        if self._pool is not None and now - self._generation_started >= self._max_connection_age:
+            self._generation_started = now
+            await self._pool.expire_connections()
 
     async def _fetch_once(
-        self, sql: str, args: Sequence[Any], attempt: _Attempt
+        self, sql: str | Resolve, args: Sequence[Any], attempt: _Attempt
     ) -> Sequence[asyncpg.Record]:
-        assert self._pool is not None
+        pool = self._pool  # close() may drop the attribute while this attempt unwinds
         attempt.phase = "connect"
-        conn = await self._pool.acquire()
-        attempt.phase = "query"
+        attempt.wait_seconds = None
+        if pool is None:
+            raise asyncpg.InterfaceError("the connection pool is closed")
+        conn = await pool.acquire()
+        attempt.conn = conn
         try:
-            async with conn.transaction(readonly=True):
-                if attempt.timeout is not None:
-                    await conn.execute(
-                        _SET_LOCAL_TIMEOUTS, str(max(1, round(attempt.timeout * 1000)))
-                    )
-                rows: Sequence[asyncpg.Record] = await conn.fetch(sql, *args)
-                return rows
+            attempt.phase = "begin"
+            await conn.execute(attempt.setup_sql)
+            attempt.wait_seconds = attempt.elapsed()
+            attempt.phase = "query"
+            text = sql if isinstance(sql, str) else await sql(conn)
+            rows: Sequence[asyncpg.Record] = await conn.fetch(text, *args)
+            await conn.execute("COMMIT")
+            return rows
+        except BaseException:
+            # After the deadline the connection is already terminated: nothing to roll back.
+            if not attempt.expired:
+                await _rollback(conn)
+            raise
         finally:
-            await self._pool.release(conn)
+            # A terminated connection already gave its slot back to the pool; releasing it
+            # would wait for the server (reset) for nothing.
+            if not attempt.expired:
+                await pool.release(conn)
+            attempt.conn = None
+
+
+async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+    """End a failed query's transaction, as ``Transaction.__aexit__`` would: the connection
+    goes back to the pool (and, on a pooler, its server to other clients) idle, not aborted.
+    A connection that is already broken is left to the pool, which discards it."""
+    try:
+        if conn.is_closed() or not conn.is_in_transaction():
+            return
+    except asyncpg.InterfaceError:  # lost: asyncpg already detached it from the pool
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception as error:
+        log.debug("rollback failed: %s", describe(error))
+
+
+async def _no_session_state(conn: asyncpg.Connection[Any]) -> None:
+    """The pool's reset hook: the exporter keeps no session state (timeouts are ``SET LOCAL``,
+    no LISTEN, cursors or advisory locks), so a released connection needs no reset query.
+    asyncpg still rolls back an open transaction before calling this."""
 
 
 @dataclass
 class _Attempt:
-    """Where a query attempt is, so a timeout can be blamed on connecting or on the query."""
+    """Where a query attempt is, which connection it holds and how long it waited for a usable
+    server connection, so a failure is blamed on connecting or on the query, and the deadline
+    can close the connection it finds."""
 
-    phase: str = "connect"
-    timeout: float | None = None  # a per-query deadline other than the pool's
+    started: float
+    setup_sql: str  # BEGIN READ ONLY plus this query's SET LOCAL timeouts
+    phase: str = "connect"  # connect -> begin -> query
+    wait_seconds: float | None = None
+    conn: Any = None  # the pooled connection while the attempt holds one
+    expired: bool = False
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
-# A query with its own timeout sets it for its transaction only.
-_SET_LOCAL_TIMEOUTS = (
-    "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)"
-)
+    def run_seconds(self) -> float | None:
+        """Time since the statement was sent, if it was."""
+        if self.phase != "query" or self.wait_seconds is None:
+            return None
+        return self.elapsed() - self.wait_seconds
+
+    def expire(self, deadline: asyncio.Timeout) -> None:
+        """The deadline passed: close the held connection from the client side (no cancel
+        request, no rollback: the server may not answer either), then cancel the attempt."""
+        self.expired = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError):  # released meanwhile
+                conn.terminate()
+        deadline.reschedule(asyncio.get_running_loop().time())
+
+    def failure(self, error: BaseException, deadline: float) -> QueryError:
+        """The ``QueryError`` this attempt ended in."""
+        if self.phase == "connect":
+            return QueryError("connection", describe(error), wait_seconds=self.wait_seconds)
+        if self.expired:
+            # Stuck in the first round trip: all of it was waiting for a server connection.
+            wait = self.elapsed() if self.phase == "begin" else self.wait_seconds
+            return QueryError(
+                "timeout",
+                f"no answer from the database within {deadline:g}s (client deadline); its "
+                "connection was closed",
+                wait_seconds=wait,
+                run_seconds=self.run_seconds(),
+            )
+        reason = classify(error)
+        return QueryError(
+            reason,
+            describe(error),
+            answered=answered(error, reason),
+            wait_seconds=self.wait_seconds,
+            run_seconds=self.run_seconds(),
+        )

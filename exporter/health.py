@@ -19,16 +19,28 @@ from exporter import __version__
 from exporter.collectors import QUERY_NAMES
 from exporter.collectors.base import MetricSpec
 
-FailureReason = Literal["timeout", "connection", "sql", "data"]
-FAILURE_REASONS: tuple[FailureReason, ...] = ("timeout", "connection", "sql", "data")
+FailureReason = Literal["timeout", "connection", "conflict", "sql", "data"]
+FAILURE_REASON_MEANINGS: Mapping[FailureReason, str] = {
+    "timeout": "statement_timeout, lock_timeout or client deadline",
+    "connection": "database or pooler unreachable, restarted or refused",
+    "conflict": "cancelled by a recovery conflict on a hot standby, SQLSTATE 40001/40P01",
+    "sql": "any other error, e.g. a missing table",
+    "data": "a custom query returned rows that cannot be served: a value that is not a "
+    "number, a repeated label set, more rows than max_series; the valid rows are still served",
+}
+FAILURE_REASONS: tuple[FailureReason, ...] = tuple(FAILURE_REASON_MEANINGS)
+"""Every value of the ``reason`` label, each pre-created for every query. The metric help, the
+alerts, the dashboard and the docs take the list from here."""
 
 QUERY_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 UP = MetricSpec(
     "tw_up",
     "gauge",
-    "1 when the last collection cycle reached the database (at least one query got a "
-    "connection), 0 when it could not connect at all.",
+    "1 when the database answered: the most recent attempt of at least one query got an "
+    "answer from the server (its rows, or an error it sent such as a statement timeout or a "
+    "missing table); 0 when the most recent attempt of every query got none (connection "
+    "refused or lost, connect timeout, or no answer within the client deadline).",
 )
 QUERY_DURATION = MetricSpec(
     "tw_exporter_query_duration_seconds",
@@ -39,12 +51,26 @@ QUERY_DURATION = MetricSpec(
 QUERY_ERRORS = MetricSpec(
     "tw_exporter_query_errors_total",
     "counter",
-    "Failed runs of each business query by reason: timeout (statement_timeout or client "
-    "deadline), connection (database unreachable, restarted or refused), sql (any other "
-    "error, e.g. a missing table), data (a custom query returned rows that cannot be served: "
-    "a value that is not a number, a repeated label set, more rows than max_series; the "
-    "valid rows are still served).",
+    "Failed runs of each business query by reason: "
+    + ", ".join(f"{reason} ({meaning})" for reason, meaning in FAILURE_REASON_MEANINGS.items())
+    + ".",
     ("query", "reason"),
+)
+QUERY_WAIT = MetricSpec(
+    "tw_exporter_query_wait_seconds",
+    "histogram",
+    "Time each business query waited for a usable server connection: the pool acquire (and "
+    "connect) plus the transaction's first round trip, where a transaction pooler such as "
+    "PgBouncer queues a client until a server connection is free.",
+    ("query",),
+)
+QUERY_RUN = MetricSpec(
+    "tw_exporter_query_run_seconds",
+    "histogram",
+    "Time each business query's statement ran (with its commit) once it had a server "
+    "connection; with tw_exporter_query_wait_seconds it tells a saturated pool or pooler "
+    "apart from a slow query.",
+    ("query",),
 )
 QUERY_LAST_SUCCESS = MetricSpec(
     "tw_exporter_query_last_success_timestamp_seconds",
@@ -88,6 +114,13 @@ INTERVAL = MetricSpec(
     "gauge",
     "Configured collection interval (--interval): how often business values refresh.",
 )
+LABEL_VALUES_TRUNCATED = MetricSpec(
+    "tw_exporter_label_values_truncated_total",
+    "counter",
+    "Label values (usernames, tags) longer than --max-label-length bytes that were exported "
+    "shortened to a prefix plus a hash, counted once per value per collection cycle.",
+    ("query",),
+)
 BUILD_INFO = MetricSpec(
     "tw_exporter_build_info",
     "gauge",
@@ -98,6 +131,8 @@ BUILD_INFO = MetricSpec(
 HEALTH_METRICS: tuple[MetricSpec, ...] = (
     UP,
     QUERY_DURATION,
+    QUERY_WAIT,
+    QUERY_RUN,
     QUERY_ERRORS,
     QUERY_LAST_SUCCESS,
     CYCLE_DURATION,
@@ -107,12 +142,36 @@ HEALTH_METRICS: tuple[MetricSpec, ...] = (
     RELOAD_SUCCESSFUL,
     RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,
+    LABEL_VALUES_TRUNCATED,
 )
 
 
 def _registered_name(spec: MetricSpec) -> str:
     """prometheus_client appends ``_total`` to counters itself."""
     return spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
+
+
+class Answered:
+    """Whether the most recent attempt of each query got an answer from the server.
+
+    ``tw_up`` is derived from these per-query flags rather than from a cycle's outcome, so it
+    stays right when queries run on schedules of their own: each run updates only its query's
+    flag. A query not attempted yet does not count.
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[str, bool] = {}
+
+    def record(self, query: str, answered: bool) -> None:
+        self._latest[query] = answered
+
+    def forget(self, query: str) -> None:
+        """A query removed by a reload no longer counts."""
+        self._latest.pop(query, None)
+
+    @property
+    def up(self) -> bool:
+        return any(self._latest.values())
 
 
 class HealthMetrics:
@@ -128,10 +187,25 @@ class HealthMetrics:
             return list(spec.labels)
 
         self.up = Gauge(_registered_name(UP), UP.help, registry=registry)
+        self.answered = Answered()
         self.query_duration = Histogram(
             _registered_name(QUERY_DURATION),
             QUERY_DURATION.help,
             labels(QUERY_DURATION),
+            buckets=QUERY_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.query_wait = Histogram(
+            _registered_name(QUERY_WAIT),
+            QUERY_WAIT.help,
+            labels(QUERY_WAIT),
+            buckets=QUERY_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.query_run = Histogram(
+            _registered_name(QUERY_RUN),
+            QUERY_RUN.help,
+            labels(QUERY_RUN),
             buckets=QUERY_DURATION_BUCKETS,
             registry=registry,
         )
@@ -181,12 +255,21 @@ class HealthMetrics:
             _registered_name(BUILD_INFO), BUILD_INFO.help, labels(BUILD_INFO), registry=registry
         )
         build_info.labels(version=__version__).set(1)
+        self.label_values_truncated = Counter(
+            _registered_name(LABEL_VALUES_TRUNCATED),
+            LABEL_VALUES_TRUNCATED.help,
+            labels(LABEL_VALUES_TRUNCATED),
+            registry=registry,
+        )
         for query, seconds in (queries or dict.fromkeys(QUERY_NAMES, interval_seconds)).items():
             self.add_query(query, seconds)
 
     def add_query(self, query: str, interval_seconds: float) -> None:
         """Pre-create a query's series so ``rate()`` and absence alerts work from the start."""
+        self.label_values_truncated.labels(query=query)
         self.query_duration.labels(query=query)
+        self.query_wait.labels(query=query)
+        self.query_run.labels(query=query)
         self.query_last_success.labels(query=query)
         self.cycle_duration.labels(query=query)
         self.cycles_skipped.labels(query=query)
@@ -195,9 +278,13 @@ class HealthMetrics:
             self.query_errors.labels(query=query, reason=reason)
 
     def remove_query(self, query: str) -> None:
-        """A query removed by a reload: its health series go with it."""
+        """A query removed by a reload: its health series go with it, and its latest attempt
+        no longer counts towards ``tw_up``."""
         for metric in (
+            self.label_values_truncated,
             self.query_duration,
+            self.query_wait,
+            self.query_run,
             self.query_last_success,
             self.cycle_duration,
             self.cycles_skipped,
@@ -208,3 +295,14 @@ class HealthMetrics:
         for reason in FAILURE_REASONS:
             with contextlib.suppress(KeyError):
                 self.query_errors.remove(query, reason)
+        self.forget_attempts(query)
+
+    def forget_attempts(self, query: str) -> None:
+        """A query removed by a reload: its latest attempt no longer counts towards ``tw_up``."""
+        self.answered.forget(query)
+        self.up.set(1 if self.answered.up else 0)
+
+    def record_attempt(self, query: str, answered: bool) -> None:
+        """One query attempt ended; ``tw_up`` follows the latest attempt of every query."""
+        self.answered.record(query, answered)
+        self.up.set(1 if self.answered.up else 0)

@@ -16,7 +16,6 @@ After each run the snapshot is re-rendered; runs that finish together share one 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -59,7 +58,6 @@ class Collector:
         self.schedules: dict[str, Schedule] = dict(schedules or {})
         self.cycles_completed = 0
         self.runs_completed: dict[str, int] = {}
-        self._reached: dict[str, bool] = {}
         self._running: set[asyncio.Task[Any]] = set()
         self._render_pending = False
         self._last_render = -MIN_RENDER_GAP
@@ -68,7 +66,7 @@ class Collector:
         return next((c for c in self.collectors if c.name == name), None)
 
     async def run_cycle(self) -> bool:
-        """Every query once, concurrently; returns whether any reached the database."""
+        """Every query once, concurrently; returns whether the database answered any of them."""
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
@@ -78,9 +76,10 @@ class Collector:
             self._running.discard(task)
 
     async def run_query(self, name: str) -> bool:
-        """One scheduled run of one query (its cycle); returns whether it reached the database.
+        """One scheduled run of one query (its cycle); returns whether the database answered.
 
-        ``tw_up`` is then recomputed from the latest attempt of every query.
+        Its attempt updates that query's flag in ``HealthMetrics.answered``, from which
+        ``tw_up`` follows the latest attempt of every query.
         """
         collector = self.by_name(name)
         if collector is None:
@@ -90,18 +89,15 @@ class Collector:
         self._running.add(task)
         started = time.perf_counter()
         try:
-            reason = await self._run_query(collector)
+            answered = await self._run_query(collector)
         finally:
             self._running.discard(task)
         if self._replaced(collector):
-            return reason != "connection"
-        self._reached[name] = reason != "connection"
-        health = self.store.health
-        health.up.set(1 if any(self._reached.values()) else 0)
-        health.cycle_duration.labels(query=name).set(time.perf_counter() - started)
+            return answered
+        self.store.health.cycle_duration.labels(query=name).set(time.perf_counter() - started)
         self.runs_completed[name] = self.runs_completed.get(name, 0) + 1
         await self._render_soon()
-        return reason != "connection"
+        return answered
 
     async def _render_soon(self) -> None:
         """Render once for all runs that finish close together: at once after a quiet spell,
@@ -125,50 +121,48 @@ class Collector:
 
     def forget(self, name: str) -> None:
         """A query removed by a reload no longer counts towards ``tw_up``."""
-        self._reached.pop(name, None)
+        self.store.health.forget_attempts(name)
 
     async def cancel_running(self, grace: float) -> None:
         """Shutdown: cancel a cycle in flight so its connections are released at once
         (asyncpg sends PostgreSQL a cancel request) instead of after the query timeout.
 
         Waits at most ``grace``: the cancelled query's rollback waits for PostgreSQL to
-        acknowledge the cancel, and shutdown must not hang on a server that does not.
+        acknowledge the cancel, and shutdown must not hang on a server that does not (or that
+        stopped answering altogether). ``asyncio.wait`` rather than awaiting the task inside a
+        timeout: that would only cancel the task once more, and a task that catches one
+        cancellation to roll back can stay blocked on the next await; closing the pool
+        afterwards terminates its connection and so ends it.
         """
         tasks = [task for task in self._running if not task.done()]
         for task in tasks:
             task.cancel()
         if tasks:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(grace):
-                    await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(tasks, timeout=grace)
 
     async def _cycle(self) -> bool:
-        async def timed(collector: QueryCollector) -> str | None:
+        async def timed(collector: QueryCollector) -> bool:
             started = time.perf_counter()
-            reason = await self._run_query(collector)
+            answered = await self._run_query(collector)
             self.store.health.cycle_duration.labels(query=collector.name).set(
                 time.perf_counter() - started
             )
-            return reason
+            return answered
 
-        outcomes = await asyncio.gather(*(timed(c) for c in self.collectors))
-        for collector, reason in zip(self.collectors, outcomes, strict=True):
-            self._reached[collector.name] = reason != "connection"
-        reached = any(reason != "connection" for reason in outcomes)
-        self.store.health.up.set(1 if reached else 0)
+        answered = await asyncio.gather(*(timed(c) for c in self.collectors))
         await self.store.render_async()
         self.cycles_completed += 1
-        return reached
+        return any(answered)
 
-    async def _run_query(self, collector: QueryCollector) -> str | None:
-        """Run one query; returns its failure reason, or None on success."""
+    async def _run_query(self, collector: QueryCollector) -> bool:
+        """Run one query and record its outcome; returns whether the database answered it."""
         health = self.store.health
         started = time.perf_counter()
         schedule = self.schedules.get(collector.name)
         problems: tuple[str, ...] = ()
         try:
             result = await self.database.fetch(
-                collector.sql,
+                collector.statement,
                 collector.params(self.params),
                 schedule.timeout if schedule else None,
             )
@@ -178,22 +172,31 @@ class Collector:
                 families, problems = partial.families, partial.problems
         except QueryError as error:
             if self._replaced(collector):
-                return error.reason
+                return error.answered
             health.query_duration.labels(query=collector.name).observe(
                 time.perf_counter() - started
             )
+            if error.wait_seconds is not None:
+                health.query_wait.labels(query=collector.name).observe(error.wait_seconds)
+            if error.run_seconds is not None:
+                health.query_run.labels(query=collector.name).observe(error.run_seconds)
             health.query_errors.labels(query=collector.name, reason=error.reason).inc()
+            health.record_attempt(collector.name, error.answered)
             log.warning("query %s failed (%s): %s", collector.name, error.reason, error)
-            return error.reason
+            return error.answered
         except Exception:  # a mapping bug must not kill the cycle or the process
             if self._replaced(collector):
-                return "sql"
+                return True
             health.query_errors.labels(query=collector.name, reason="sql").inc()
+            health.record_attempt(collector.name, True)  # the rows did come back
             log.exception("query %s returned rows that could not be mapped", collector.name)
-            return "sql"
+            return True
         if self._replaced(collector):
-            return None
+            return True
         health.query_duration.labels(query=collector.name).observe(result.seconds)
+        health.record_attempt(collector.name, True)
+        health.query_wait.labels(query=collector.name).observe(result.wait_seconds)
+        health.query_run.labels(query=collector.name).observe(result.run_seconds)
         self.store.record_success(collector.name, families, time.time())
         if problems:
             # The valid rows are served; the rest is counted once per run, not per row.
@@ -201,9 +204,9 @@ class Collector:
             log.warning(
                 "query %s returned rows it cannot serve: %s", collector.name, "; ".join(problems)
             )
-            return "data"
+            return True
         log.debug("query %s: %d rows in %.3fs", collector.name, len(result.rows), result.seconds)
-        return None
+        return True
 
     def count_skipped(self, event: JobExecutionEvent) -> None:
         """APScheduler listener: a tick found that query's previous run still running."""

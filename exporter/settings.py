@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from exporter import __version__
+from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH, MIN_MAX_LABEL_LENGTH
 from exporter.secrets import redact_dsn
 
 PROG = "tw-exporter"
@@ -33,6 +35,7 @@ MAX_INTERVAL = 86_400.0
 MIN_SECONDS = 0.05
 MAX_TOP_N = 1000
 MAX_DAYS = 3650
+MAX_CONNECTIONS = 65_535
 DSN_SCHEMES = ("postgresql", "postgres")
 
 T = TypeVar("T")
@@ -54,6 +57,7 @@ class Settings:
     trending_limit: int
     stats_days: int
     max_staleness: float
+    max_label_length: int
     log_level: str
     log_format: str
     web_config_file: Path | None
@@ -62,6 +66,9 @@ class Settings:
     # Where each explicitly given value came from (flag or env variable), by option dest:
     # the queries file resolves per-query defaults and ``check`` reports them from it.
     sources: Mapping[str, str] = field(default_factory=dict)
+    web_header_timeout: float = 10.0
+    web_idle_timeout: float = 75.0
+    web_max_connections: int = 256
 
     @property
     def redacted_dsn(self) -> str:
@@ -102,7 +109,9 @@ def _int_in_range(low: int, high: int, what: str) -> Callable[[str], int]:
 
 
 parse_top_n = _int_in_range(1, MAX_TOP_N, "rows")
+parse_connections = _int_in_range(1, MAX_CONNECTIONS, "connections")
 parse_days = _int_in_range(1, MAX_DAYS, "days")
+parse_label_length = _int_in_range(MIN_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH, "bytes")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -123,17 +132,30 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def parse_dsn(text: str) -> str:
+    """A PostgreSQL URI, with one host or libpq's comma-separated list of ``host[:port]``
+    (``postgresql://u@h1:5432,h2:5432/db?target_session_attrs=prefer-standby``), each port
+    a number from 1 to 65535."""
     dsn = text.strip()
     scheme, sep, rest = dsn.partition("://")
     if not sep or scheme not in DSN_SCHEMES or not rest:
         raise ValueError("expected a PostgreSQL URI such as postgresql://user@host:5432/dbname")
-    from urllib.parse import urlsplit
-
-    try:
-        urlsplit(dsn).port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError("expected a PostgreSQL URI with a valid host and a numeric port") from None
+    # The host list ends at the path or query; the user part (which may hold a password with
+    # any character) ends at the last "@" before that.
+    authority = re.split(r"[/?]", rest.rpartition("@")[2], maxsplit=1)[0]
+    for host in authority.split(",") if authority else []:
+        if not _HOST_PORT.fullmatch(host):
+            raise ValueError(
+                f"expected a PostgreSQL URI with valid hosts and numeric ports "
+                f"(host:port, or host1:port1,host2:port2), got host {host!r}"
+            )
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+        if port and not 1 <= int(port) <= 65535:
+            raise ValueError(f"expected a PostgreSQL URI with ports from 1 to 65535, got {port}")
     return dsn
+
+
+# host, [IPv6], or empty (libpq's default host), then an optional numeric port
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.%\w]+\]|[^\s:/?#\[\],@]*)(?::[0-9]{1,5})?")
 
 
 def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
@@ -229,6 +251,15 @@ QUERY_OPTIONS = (
         default="10",
     ),
     Option("--stats-days", "D", "Platform stats window in days.", parse_days, default="7"),
+    Option(
+        "--max-label-length",
+        "BYTES",
+        "Longest label value exported, in UTF-8 bytes; a longer username or tag is shortened "
+        "to a prefix plus a hash of the whole value (docs/label-values.md). Keep it at or below "
+        "Prometheus' label_value_length_limit.",
+        parse_label_length,
+        default=str(DEFAULT_MAX_LABEL_LENGTH),
+    ),
 )
 
 INTERVAL_OPTION = Option(
@@ -261,6 +292,30 @@ SERVE_OPTIONS = (
         "PATH",
         "Prometheus exporter-toolkit web config (TLS, basic auth, headers) for the HTTP server.",
         parse_existing_file,
+    ),
+    Option(
+        "--web-header-timeout",
+        "SECONDS",
+        "A new connection must finish its TLS handshake and start a request within this, and "
+        "each request's headers must arrive within this of its first byte; also how long a "
+        "response may wait unread. Slower clients are disconnected (see docs/http-limits.md).",
+        parse_seconds,
+        default="10",
+    ),
+    Option(
+        "--web-idle-timeout",
+        "SECONDS",
+        "Keep-alive connections idle longer than this are closed.",
+        parse_seconds,
+        default="75",
+    ),
+    Option(
+        "--web-max-connections",
+        "N",
+        f"Open HTTP connections, TLS handshakes included (1-{MAX_CONNECTIONS}); when full, the "
+        "one that has made the least progress for the longest is closed to admit a new one.",
+        parse_connections,
+        default="256",
     ),
 )
 
@@ -457,12 +512,16 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         trending_limit=merged["trending_limit"],
         stats_days=merged["stats_days"],
         max_staleness=max_staleness,
+        max_label_length=merged["max_label_length"],
         log_level=merged["log_level"],
         log_format=merged["log_format"],
         web_config_file=merged.get("web_config_file"),
         queries_file=merged.get("queries_file"),
         web_enable_lifecycle=merged["web_enable_lifecycle"],
         sources={k.removesuffix("__source"): v for k, v in values.items() if "__" in k},
+        web_header_timeout=merged["web_header_timeout"],
+        web_idle_timeout=merged["web_idle_timeout"],
+        web_max_connections=merged["web_max_connections"],
     )
 
 

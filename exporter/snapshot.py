@@ -38,8 +38,15 @@ from prometheus_client.registry import Collector
 
 from exporter.collectors import QUERY_NAMES
 from exporter.health import HealthMetrics
+from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, LabelBounder
 
-TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
+# What prometheus_client's own server answers: text version 0.0.4 unless the client asks for
+# text/plain version 1.0.0 (whose Content-Type is CONTENT_TYPE_LATEST from 0.22 on). Same bytes:
+# every name here is a legacy-valid one, so the two versions render identically.
+TEXT_CONTENT_TYPE: str = getattr(
+    text_format, "CONTENT_TYPE_PLAIN_0_0_4", text_format.CONTENT_TYPE_LATEST
+)
+TEXT_CONTENT_TYPE_V1: str = text_format.CONTENT_TYPE_LATEST
 OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 # ``*_created`` series double the health section and no dashboard or alert reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -192,10 +199,12 @@ class SnapshotStore:
         clock: Callable[[], float] = time.monotonic,
         process_metrics: bool = True,
         queries: Mapping[str, tuple[float, float]] | None = None,
+        max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
     ) -> None:
         """``queries``: name -> (interval, max staleness); default: the built-in three on
         ``interval`` and ``max_staleness``."""
         self.max_staleness = max_staleness
+        self.labels = LabelBounder(max_label_length)
         self._clock = clock
         if queries is None:
             queries = dict.fromkeys(QUERY_NAMES, (interval, max_staleness))
@@ -229,10 +238,15 @@ class SnapshotStore:
     # ------------------------------------------------------------ updates from the cycle
 
     def record_success(self, query: str, families: list[Metric], wall_time: float) -> None:
+        """Replace ``query``'s series; every label value is bounded here, the one door
+        business families, built-in and custom, pass through (``exporter.labels``)."""
         state = self.queries.get(query)
         if state is None:
             return  # removed by a reload while it ran
-        state.families = families
+        bounded = self.labels.bound(query, families)
+        if bounded.shortened:
+            self.health.label_values_truncated.labels(query=query).inc(bounded.shortened)
+        state.families = bounded.families
         state.part = None
         state.succeeded_at = self._clock()
         self.health.query_last_success.labels(query=query).set(wall_time)

@@ -523,12 +523,22 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--trending-days": (("99999", "0", "week"), "expected a whole number of days from 1 to 3650"),
     "--trending-limit": (("ten", "-1"), "expected a whole number of rows from 1 to 1000"),
     "--stats-days": (("1.5", "0"), "expected a whole number of days from 1 to 3650"),
+    "--max-label-length": (
+        ("31", "65537", "0", "256B"),
+        "expected a whole number of bytes from 32 to 65536",
+    ),
     "--max-staleness": (("0", "forever"), "expected a number of seconds"),
     "--log-level": (("verbose", "trace"), "expected one of debug, info, warning, error"),
     "--log-format": (("xml", "logfmt"), "expected one of text, json"),
     "--web-config-file": (("/nonexistent/web.yml", "/"), "expected a path to a readable file"),
     "--queries-file": (("/nonexistent/queries.yml", "/"), "expected a path to a readable file"),
     "--web-enable-lifecycle": (("maybe", "2"), "expected true or false"),  # env only: a switch
+    "--web-header-timeout": (("0", "slow", "1e9"), "expected a number of seconds"),
+    "--web-idle-timeout": (("-1", "nan"), "expected a number of seconds"),
+    "--web-max-connections": (
+        ("0", "65536", "many", "1.5"),
+        "expected a whole number of connections from 1 to 65535",
+    ),
 }
 OPTIONS = {option.flag: option for option in cfg.ALL_OPTIONS}
 

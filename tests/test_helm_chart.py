@@ -62,6 +62,7 @@ CONFIG_FLAGS = {  # chart config key -> exporter flag
     "trendingDays": "--trending-days",
     "trendingLimit": "--trending-limit",
     "statsDays": "--stats-days",
+    "maxLabelLength": "--max-label-length",
     "maxStaleness": "--max-staleness",
     "logLevel": "--log-level",
     "logFormat": "--log-format",

@@ -3,8 +3,8 @@ rules (with lowered thresholds) -> the dashboard's own queries through Prometheu
 
 Proves that every dashboard panel returns data and that business panels show what the database
 holds, that a follower milestone alert fires once a user crosses it, that tw_up drops to 0 and
-TwExporterDatabaseDown goes off when the database stops accepting connections, and that a live
-scrape passes ``promtool check metrics``.
+TwExporterDatabaseDown goes off when the database stops accepting connections and when it stops
+answering altogether (frozen), and that a live scrape passes ``promtool check metrics``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from exporter import __version__, dataset
+from exporter.embedded import EmbeddedPostgres
 from tests import helpers
 from tests.conftest import MakeDb, PgServer, StartExporter
 from tests.helpers import http_get, require_tool
@@ -353,3 +354,48 @@ async def test_dashboard_and_alerts_against_real_prometheus(
         f'sum by (reason) (tw_exporter_query_errors_total{{job="{JOB}", reason="connection"}})'
     )
     assert float(errors[0]["value"][1]) >= 1
+
+
+async def test_database_down_fires_while_the_database_is_frozen(
+    frozen_pg: EmbeddedPostgres,
+    exporter_proc: StartExporter,
+    start_prometheus: Callable[[str], Prometheus],
+) -> None:
+    """A database that stops answering (SIGSTOP, a private cluster) is 'down' for Prometheus
+    too: tw_up drops to 0 and TwExporterDatabaseDown fires (``for`` lowered to 0s)."""
+    await load_known_dataset(frozen_pg.dsn)
+    exporter = exporter_proc("--dsn", frozen_pg.dsn, "--interval", "1", "--query-timeout", "1")
+    target = urllib.parse.urlsplit(exporter.url).netloc
+    prometheus = start_prometheus(target)
+
+    def up() -> dict[str, float]:
+        return by_label(prometheus.query(f'tw_up{{job="{JOB}"}}'), "instance")
+
+    await poll(lambda: up() == {target: 1.0}, "tw_up to be 1 in Prometheus")
+    assert prometheus.alerts("TwExporterDatabaseDown") == []
+
+    frozen_pg.freeze()
+    started = time.monotonic()
+    try:
+
+        def firing() -> list[dict[str, Any]]:
+            alerts = prometheus.alerts("TwExporterDatabaseDown")
+            return [a for a in alerts if a["state"] == "firing"]
+
+        (down,) = await poll(firing, "TwExporterDatabaseDown to fire during the freeze")
+        print(f"TwExporterDatabaseDown firing {time.monotonic() - started:.1f}s into the freeze")
+        assert down["labels"]["instance"] == target
+        assert float(down["value"]) == 0.0
+        timeouts = prometheus.query(
+            f'sum by (query) (tw_exporter_query_errors_total{{job="{JOB}", reason="timeout"}})'
+        )
+        assert {q: v >= 1 for q, v in by_label(timeouts, "query").items()} == {
+            "top_users": True,
+            "trending_hashtags": True,
+            "platform_stats": True,
+        }
+    finally:
+        frozen_pg.thaw()
+
+    await poll(lambda: up() == {target: 1.0}, "tw_up to be 1 again after the thaw")
+    await poll(lambda: not prometheus.alerts("TwExporterDatabaseDown"), "the alert to resolve")

@@ -101,8 +101,9 @@ async def test_a_valid_file_applies_the_difference_and_keeps_unchanged_series(
         await database.close()
 
 
-def post(url: str) -> int:
-    request = urllib.request.Request(url, method="POST")
+def post(url: str, body: bytes | None = None) -> int:
+    """POST ``body`` (default: none; the exporter refuses every request body with 413)."""
+    request = urllib.request.Request(url, data=body, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return int(response.status)
@@ -142,6 +143,7 @@ def test_sighup_and_the_lifecycle_endpoint_reload_the_running_exporter(
     wait_until_sync(lambda: value(http_get(lifecycle.url + "/metrics").text, "tw_kept") == 1)
     assert http_get(lifecycle.url + "/-/reload").status == 405
     path.write_text(SECOND)
+    assert post(lifecycle.url + "/-/reload", b"{}") == 413  # no body, as on every path (#10)
     assert post(lifecycle.url + "/-/reload") == 200
     wait_until_sync(lambda: value(http_get(lifecycle.url + "/metrics").text, "tw_added") == 4)
     path.write_text("queries: [")

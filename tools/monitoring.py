@@ -43,10 +43,13 @@ from exporter.health import (
     CYCLES_SKIPPED,
     FAILURE_REASONS,
     INTERVAL,
+    LABEL_VALUES_TRUNCATED,
     QUERY_DURATION,
     QUERY_ERRORS,
     QUERY_INTERVAL,
     QUERY_LAST_SUCCESS,
+    QUERY_RUN,
+    QUERY_WAIT,
     RELOAD_SUCCESS_TIMESTAMP,
     RELOAD_SUCCESSFUL,
     UP,
@@ -264,6 +267,15 @@ def bucket(spec: MetricSpec) -> str:
 
 _REASON_TIMEOUT = "timeout"
 assert _REASON_TIMEOUT in FAILURE_REASONS
+# TwExporterQueryErrors covers every reason but timeout (TwExporterQueryTimeouts has that one).
+_ERROR_REASONS = tuple(r for r in FAILURE_REASONS if r != _REASON_TIMEOUT)
+
+
+def _reason_list(reasons: tuple[str, ...]) -> str:
+    """``a``, ``b`` or ``c``: the catalogue's reasons as Markdown code in a sentence."""
+    quoted = [f"`{r}`" for r in reasons]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
 
 _PROMQL_KEYWORDS = frozenset(
     {
@@ -575,20 +587,30 @@ HEALTH = Group(
             severity="critical",
             summary="tw-exporter {{ $labels.instance }} cannot reach PostgreSQL",
             description=(
-                "The last collection cycles of {{ $labels.instance }} could not connect to "
-                "the database at all (tw_up == 0). Business metrics are served from the "
-                "last good data until --max-staleness, then disappear."
+                "PostgreSQL answered none of the latest queries of {{ $labels.instance }} "
+                "(tw_up == 0): it could not connect, or the database stopped answering. "
+                "Business metrics are served from the last good data until --max-staleness, "
+                "then disappear."
             ),
             runbook=(
-                "The exporter runs and is scraped, but its last collection cycle could not "
-                "get a single database connection (`tw_up == 0`).",
+                "The exporter runs and is scraped, but the database answered none of its "
+                "queries (`tw_up == 0`): the most recent attempt of every query failed "
+                "without an answer from the server (connection refused or lost, connect "
+                "timeout, or no answer within the client deadline, `--query-timeout` + 1 s). "
+                "An error the server sends about a query (statement or lock timeout, missing "
+                "table) is an answer and keeps `tw_up` at 1.",
                 "PostgreSQL down or restarting; wrong host/port/credentials in the DSN "
                 "(password rotated, Secret changed); `pg_hba.conf` rejects the exporter; "
                 "`max_connections` reached; the database does not allow connections; "
-                "network policy.",
+                "network policy; a database that stopped answering (paused VM, hung storage, "
+                "a network path that drops packets), counted under `timeout` first and "
+                "`connection` after.",
                 "Read the exporter's log (the connection error is logged with the DSN's "
                 "password masked); run `tw-exporter check --dsn-file ...` with the same "
-                "settings; check the database's status and `pg_stat_activity`.",
+                "settings; check the database's status and `pg_stat_activity`. If the log "
+                "says `no answer from the database within ...`, look at the database host "
+                "itself (paused VM, hung disk, a path that drops packets); see "
+                "[docs/database-faults.md](docs/database-faults.md).",
             ),
         ),
         Alert(
@@ -651,17 +673,24 @@ unless on (job, instance)
             ),
             runbook=(
                 "A business query fails in more than `queryErrorRatio` of its runs with "
-                "reason `sql` (the database rejected the query), `connection` (some "
-                "connections fail while others work; total loss is TwExporterDatabaseDown) "
-                "or `data` (a custom query returned rows that cannot be served).",
+                f"reason {_reason_list(_ERROR_REASONS)} (every reason but `timeout`; for "
+                "`connection`, some connections fail while others work: total loss is "
+                "TwExporterDatabaseDown; `data`: a custom query returned rows that cannot be "
+                "served).",
                 "`sql`: a table or column was renamed or dropped, or the exporter's role "
                 "lost SELECT permission. `connection`: `max_connections` or a pooler limit "
-                "reached, a failover in progress, flaky network. `data`: a value column that "
-                "is not numeric, two rows with the same labels, more rows than `max_series`.",
+                "reached, a failover in progress, flaky network. `conflict`: on a hot "
+                "standby, WAL replay cancelled the query (VACUUM on the primary removed rows "
+                "it still needed, or a lock it conflicts with) because "
+                "`max_standby_streaming_delay` is shorter than the query. `data`: a value "
+                "column that is not numeric, two rows with the same labels, more rows than "
+                "`max_series`.",
                 "Read the exporter log for the PostgreSQL error (or, for `data`, the rows it "
                 "could not serve); `tw-exporter check` lists missing tables, columns and "
-                "privileges; for `connection`, check the database's connection count and "
-                "failover status.",
+                "privileges; for `connection`, check the database's (or pooler's) connection "
+                "count and failover status; for `conflict`, `tw-exporter check` on the standby "
+                "shows `hot_standby_feedback` and `max_standby_streaming_delay`: turn the "
+                "feedback on or raise the delay above `--query-timeout`.",
             ),
         ),
         Alert(
@@ -1145,8 +1174,8 @@ ROWS: tuple[Row, ...] = (
         (
             _up_down_stat(
                 "Database reachable",
-                f"{UP.name} per exporter: UP when the last collection cycle reached "
-                "PostgreSQL, DOWN when it could not connect (TwExporterDatabaseDown).",
+                f"{UP.name} per exporter: UP when PostgreSQL answered the latest attempt of "
+                "at least one query, DOWN when it answered none (TwExporterDatabaseDown).",
                 f"min by (instance) ({sel(UP)})",
             ),
             _up_down_stat(
@@ -1275,12 +1304,35 @@ ROWS: tuple[Row, ...] = (
                 min=0,
             ),
             Panel(
+                title="Where query time goes: waiting vs running (p90)",
+                kind="timeseries",
+                description=(
+                    "p90 of the time each query waited for a usable server connection "
+                    f"({QUERY_WAIT.name}: pool acquire plus the transaction's first round "
+                    "trip, where PgBouncer queues a client) and of the time its statement ran "
+                    f"({QUERY_RUN.name}). A high wait with a normal run is a saturated pool or "
+                    "pooler, not a slow query."
+                ),
+                targets=tuple(
+                    Target(
+                        f"histogram_quantile(0.9, sum by ({label(spec, 'query')}, le) "
+                        f"(rate({sel(bucket(spec))}[{RATE}])))",
+                        f"{phase} {{{{{QUERY}}}}}",
+                    )
+                    for phase, spec in (("wait", QUERY_WAIT), ("run", QUERY_RUN))
+                ),
+                width=12,
+                height=8,
+                unit="s",
+                min=0,
+            ),
+            Panel(
                 title="Query errors by reason",
                 kind="timeseries",
                 description=(
                     f"Failed query runs per second by query and reason ({QUERY_ERRORS.name}): "
-                    "timeout, connection or sql (TwExporterQueryErrors, "
-                    "TwExporterQueryTimeouts)."
+                    f"{_reason_list(FAILURE_REASONS).replace('`', '')} "
+                    "(TwExporterQueryErrors, TwExporterQueryTimeouts)."
                 ),
                 targets=(
                     Target(
@@ -1325,6 +1377,28 @@ ROWS: tuple[Row, ...] = (
                 targets=(
                     Target(
                         f"sum by ({QUERY}) (increase({sel(CYCLES_SKIPPED)}[{RATE}]))",
+                        f"{{{{{QUERY}}}}}",
+                    ),
+                ),
+                width=12,
+                height=8,
+                min=0,
+                steps=(("green", None), ("orange", 1.0)),
+                custom={"drawStyle": "bars", "fillOpacity": 80},
+            ),
+            Panel(
+                title="Shortened label values",
+                kind="timeseries",
+                description=(
+                    "Usernames and tags longer than --max-label-length bytes, exported as a "
+                    "prefix, '…' and a hash of the whole value (increase of "
+                    f"{LABEL_VALUES_TRUNCATED.name} per query; each shortened value counts "
+                    "once per collection cycle). See docs/label-values.md."
+                ),
+                targets=(
+                    Target(
+                        f"sum by ({label(LABEL_VALUES_TRUNCATED, 'query')}) "
+                        f"(increase({sel(LABEL_VALUES_TRUNCATED)}[{RATE}]))",
                         f"{{{{{QUERY}}}}}",
                     ),
                 ),

@@ -108,7 +108,7 @@ groups:
       severity: critical
     annotations:
       summary: 'tw-exporter {{`{{ $labels.instance }}`}} cannot reach PostgreSQL'
-      description: 'The last collection cycles of {{`{{ $labels.instance }}`}} could not connect to the database at all (tw_up == 0). Business metrics are served from the last good data until --max-staleness, then disappear.'
+      description: 'PostgreSQL answered none of the latest queries of {{`{{ $labels.instance }}`}} (tw_up == 0): it could not connect, or the database stopped answering. Business metrics are served from the last good data until --max-staleness, then disappear.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexporterdatabasedown'
   - alert: TwExporterQueryStale
     expr: |-

@@ -141,6 +141,7 @@ them). Unset (null) values are left out, so the exporter's own defaults apply.
   "trendingDays" "TW_EXPORTER_TRENDING_DAYS"
   "trendingLimit" "TW_EXPORTER_TRENDING_LIMIT"
   "statsDays" "TW_EXPORTER_STATS_DAYS"
+  "maxLabelLength" "TW_EXPORTER_MAX_LABEL_LENGTH"
   "maxStaleness" "TW_EXPORTER_MAX_STALENESS"
   "logLevel" "TW_EXPORTER_LOG_LEVEL"
   "logFormat" "TW_EXPORTER_LOG_FORMAT"
