@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -61,6 +61,11 @@ class Settings:
     log_level: str
     log_format: str
     web_config_file: Path | None
+    queries_file: Path | None = None
+    web_enable_lifecycle: bool = False
+    # Where each explicitly given value came from (flag or env variable), by option dest:
+    # the queries file resolves per-query defaults and ``check`` reports them from it.
+    sources: Mapping[str, str] = field(default_factory=dict)
     web_header_timeout: float = 10.0
     web_idle_timeout: float = 75.0
     web_max_connections: int = 256
@@ -188,6 +193,7 @@ class Option:
     default: str | None = None
     default_doc: str | None = None
     secret: bool = False
+    takes_value: bool = True  # False: a bare switch (``--flag``); its env variable says true
 
     @property
     def dest(self) -> str:
@@ -313,6 +319,33 @@ SERVE_OPTIONS = (
     ),
 )
 
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+LIFECYCLE_OPTION = Option(
+    "--web-enable-lifecycle",
+    "",
+    "Accept POST /-/reload (re-reads the queries file and the web config, like SIGHUP).",
+    parse_bool,
+    default="false",
+    takes_value=False,
+)
+
+QUERIES_FILE_OPTION = Option(
+    "--queries-file",
+    "PATH",
+    "YAML file of custom queries and per-query schedules (docs/custom-queries.md); its "
+    "settings win over the flags.",
+    parse_existing_file,
+)
+
 LOG_OPTIONS = (
     Option(
         "--log-level",
@@ -324,9 +357,22 @@ LOG_OPTIONS = (
     Option("--log-format", "FORMAT", "text or json.", parse_choice(LOG_FORMATS), default="text"),
 )
 
-RUN_OPTIONS = CONNECTION_OPTIONS + SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
-CHECK_OPTIONS = (*CONNECTION_OPTIONS, INTERVAL_OPTION, *QUERY_OPTIONS, *LOG_OPTIONS)
-DEMO_OPTIONS = SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
+RUN_OPTIONS = (
+    CONNECTION_OPTIONS
+    + SERVE_OPTIONS
+    + (LIFECYCLE_OPTION,)
+    + QUERY_OPTIONS
+    + (QUERIES_FILE_OPTION,)
+    + LOG_OPTIONS
+)
+CHECK_OPTIONS = (
+    *CONNECTION_OPTIONS,
+    INTERVAL_OPTION,
+    *QUERY_OPTIONS,
+    QUERIES_FILE_OPTION,
+    *LOG_OPTIONS,
+)
+DEMO_OPTIONS = SERVE_OPTIONS + QUERY_OPTIONS + (QUERIES_FILE_OPTION,) + LOG_OPTIONS
 ALL_OPTIONS = RUN_OPTIONS
 
 DEFAULTS: Mapping[str, Any] = {
@@ -353,6 +399,16 @@ def fail(message: str) -> NoReturn:
 
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for option in options:
+        if not option.takes_value:
+            parser.add_argument(
+                option.flag,
+                dest=option.dest,
+                action="store_const",
+                const="true",
+                default=None,
+                help=f"{option.help} [env: {option.env}=true]",
+            )
+            continue
         parser.add_argument(
             option.flag,
             metavar=option.metavar,
@@ -460,6 +516,9 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         log_level=merged["log_level"],
         log_format=merged["log_format"],
         web_config_file=merged.get("web_config_file"),
+        queries_file=merged.get("queries_file"),
+        web_enable_lifecycle=merged["web_enable_lifecycle"],
+        sources={k.removesuffix("__source"): v for k, v in values.items() if "__" in k},
         web_header_timeout=merged["web_header_timeout"],
         web_idle_timeout=merged["web_idle_timeout"],
         web_max_connections=merged["web_max_connections"],
