@@ -189,3 +189,12 @@ def test_helm_template_renders_to_the_rules_file(tmp_path: Path) -> None:
     texts = yaml.safe_dump(rendered)
     assert "25000000" in texts
     assert "e+" not in texts
+
+
+def test_readme_alert_and_parameter_tables_are_generated_from_the_rules() -> None:
+    """The README's tables of alerts (expressions with the defaults filled in) and of their
+    parameters are the generator's, so they cannot drift from the shipped rules."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tables = monitoring.alerts_markdown() + monitoring.thresholds_markdown()
+    for row in (line for line in tables.splitlines() if line.startswith("|")):
+        assert row in readme, f"README table row out of date (python -m tools.monitoring):\n{row}"

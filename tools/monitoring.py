@@ -893,6 +893,27 @@ def thresholds_markdown() -> str:
     )
 
 
+def alerts_markdown() -> str:
+    """The README's alert table: each alert's expression with the default parameters filled in
+    (white space folded) and the parameters it uses, so the table cannot drift from the rules."""
+    rows = [
+        "| alert | severity | for | expression (defaults) | parameters |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for alert in ALERTS:
+        expr = " ".join(fill(alert.expr, lambda p: format_value(p, p.default)).split())
+        keys = list(dict.fromkeys(_PLACEHOLDER.findall(alert.expr)))
+        params = ", ".join(
+            f"`{key}`={format_value(PARAMS_BY_KEY[key], PARAMS_BY_KEY[key].default)}"
+            for key in keys
+        )
+        rows.append(
+            f"| [{alert.name}](#{alert.anchor}) | {alert.severity} | {alert.for_} | "
+            f"`{expr}` | {params or '-'} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def runbook_markdown() -> str:
     parts = ["## Runbook\n"]
     for alert in ALERTS:
