@@ -118,7 +118,7 @@ LABEL_VALUES_TRUNCATED = MetricSpec(
     "tw_exporter_label_values_truncated_total",
     "counter",
     "Label values (usernames, tags) longer than --max-label-length bytes that were exported "
-    "shortened to a prefix plus a hash, counted once per value per collection cycle.",
+    "shortened to a prefix plus a hash, counted once per value per run of the query.",
     ("query",),
 )
 BUILD_INFO = MetricSpec(

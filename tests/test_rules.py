@@ -191,10 +191,15 @@ def test_helm_template_renders_to_the_rules_file(tmp_path: Path) -> None:
     assert "e+" not in texts
 
 
-def test_readme_alert_and_parameter_tables_are_generated_from_the_rules() -> None:
-    """The README's tables of alerts (expressions with the defaults filled in) and of their
-    parameters are the generator's, so they cannot drift from the shipped rules."""
+def test_readme_alert_parameter_and_panel_tables_are_generated() -> None:
+    """The README's tables of alerts (expressions with the defaults filled in), of their
+    parameters and of the dashboard's panels are the generator's, so they cannot drift from
+    the shipped rules and dashboard."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    tables = monitoring.alerts_markdown() + monitoring.thresholds_markdown()
+    tables = (
+        monitoring.alerts_markdown()
+        + monitoring.thresholds_markdown()
+        + monitoring.panels_markdown()
+    )
     for row in (line for line in tables.splitlines() if line.startswith("|")):
         assert row in readme, f"README table row out of date (python -m tools.monitoring):\n{row}"
