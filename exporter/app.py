@@ -7,10 +7,19 @@ import logging
 import signal
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.collectors import COLLECTORS
-from exporter.database import Database
+from exporter.database import APPLICATION_NAME, Database
 from exporter.http import Authenticator, MetricsServer
+from exporter.leader import (
+    QUERY_APPLICATION_PREFIX,
+    Leadership,
+    application_name,
+    replica_name,
+)
 from exporter.scheduler import Collector, start_scheduler
 from exporter.settings import Settings
 from exporter.snapshot import SnapshotStore
@@ -56,8 +65,15 @@ async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event)
         max_staleness=settings.max_staleness,
         max_label_length=settings.max_label_length,
     )
+    replica = replica_name()
     database = Database(
-        settings.dsn, pool_size=len(COLLECTORS), query_timeout=settings.query_timeout
+        settings.dsn,
+        pool_size=len(COLLECTORS),
+        query_timeout=settings.query_timeout,
+        # With --ha, pg_stat_activity shows which replica runs the queries.
+        application_name=application_name(QUERY_APPLICATION_PREFIX, replica)
+        if settings.ha
+        else APPLICATION_NAME,
     )
     await database.open()
     server = MetricsServer(
@@ -83,15 +99,83 @@ async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event)
         settings.max_staleness,
     )
     collector = Collector(database, store, settings)
+    leadership = _leadership(settings, replica, collector, store, stop) if settings.ha else None
+    collector.fence = leadership
     scheduler = start_scheduler(collector, settings.interval)
+    if leadership is not None:
+        leadership.on_elected = lambda: _lead(store, scheduler)
+        leadership.start()
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
         scheduler.shutdown(wait=False)
         await collector.cancel_running(SHUTDOWN_GRACE)
+        if leadership is not None:
+            await leadership.close()  # releases the lock: a follower takes over at once
         await server.close()
         await database.close(SHUTDOWN_GRACE)
+    if leadership is not None and leadership.fatal:
+        raise StartupError(leadership.fatal)
+
+
+def _leadership(
+    settings: Settings,
+    replica: str,
+    collector: Collector,
+    store: SnapshotStore,
+    stop: asyncio.Event,
+) -> Leadership:
+    """The HA campaign, wired to the store and the collector (docs/high-availability.md).
+
+    A replica starts as a follower: no business series, ``tw_up`` from its lock connection.
+    Losing the lead cancels the queries in flight and drops the business series at once.
+    """
+    store.drop_business()
+    store.health.follow(False)
+
+    def lost() -> None:
+        store.drop_business()
+        store.health.follow(leadership.answered)
+        store.render()
+        asyncio.get_running_loop().create_task(collector.cancel_running(SHUTDOWN_GRACE))
+
+    def answer(answered: bool) -> None:
+        if not leadership.is_leader:
+            store.health.follow(answered)
+
+    def fatal(line: str) -> None:
+        stop.set()
+
+    leadership = Leadership(
+        settings.ha_dsn,
+        settings.ha_group,
+        lease=settings.ha_lease,
+        connect_timeout=settings.query_timeout,
+        replica=replica,
+        on_lost=lost,
+        on_answer=answer,
+        on_fatal=fatal,
+    )
+    log.info(
+        "HA: replica %s campaigning for the lead of group %r on %s (lease %gs)",
+        replica,
+        settings.ha_group,
+        settings.redacted_ha_dsn,
+        settings.ha_lease,
+    )
+    store.render()
+    return leadership
+
+
+def _lead(store: SnapshotStore, scheduler: AsyncIOScheduler) -> None:
+    """Elected: record results again and run every query job now, not at its next tick, so
+    fresh business series follow a takeover within seconds."""
+    store.lead()
+    store.health.lead()
+    now = datetime.now(UTC)
+    for job in scheduler.get_jobs():
+        job.modify(next_run_time=now)
 
 
 def run(settings: Settings, security: HTTPSecurity) -> None:

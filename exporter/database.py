@@ -95,8 +95,16 @@ class Database:
     """Owns the pool. Creating it never touches the database: connections open on demand, so
     the exporter starts (and serves ``tw_up 0``) while the database is down."""
 
-    def __init__(self, dsn: str, *, pool_size: int, query_timeout: float) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int,
+        query_timeout: float,
+        application_name: str = APPLICATION_NAME,
+    ) -> None:
         self._dsn = dsn
+        self._application_name = application_name
         self._pool_size = pool_size
         self._query_timeout = query_timeout
         self._deadline = query_timeout + CLIENT_GRACE_SECONDS
@@ -115,7 +123,7 @@ class Database:
             init=self._tune_socket,
             max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
             server_settings={
-                "application_name": APPLICATION_NAME,
+                "application_name": self._application_name,
                 "statement_timeout": timeout_ms,
                 "lock_timeout": timeout_ms,
                 "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2),

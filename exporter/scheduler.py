@@ -21,6 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from exporter.collectors import COLLECTORS, QueryCollector
 from exporter.collectors.base import QueryParams
 from exporter.database import Database, QueryError
+from exporter.leader import Fence
 from exporter.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,14 @@ class Collector:
         store: SnapshotStore,
         params: QueryParams,
         collectors: Sequence[QueryCollector] = COLLECTORS,
+        fence: Fence | None = None,
     ) -> None:
         self.database = database
         self.store = store
         self.params = params
         self.collectors = tuple(collectors)
+        # With --ha, no query starts unless the fence confirms this replica still leads.
+        self.fence = fence
         self.cycles_completed = 0
         self._running: asyncio.Task[bool] | None = None
 
@@ -80,6 +84,8 @@ class Collector:
 
     async def _run_query(self, collector: QueryCollector) -> bool:
         """Run one query and record its outcome; returns whether the database answered it."""
+        if self.fence is not None and not await self.fence.confirm():
+            return False  # a follower: the leader runs the queries
         health = self.store.health
         started = time.perf_counter()
         try:

@@ -101,13 +101,17 @@ class SnapshotStore:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self.queries: dict[str, QueryState] = {name: QueryState() for name in QUERY_NAMES}
+        # An HA follower (see ``drop_business``); the leader and a lone exporter are not.
+        self.following = False
         self.current = self.render()
 
     # ------------------------------------------------------------ updates from the cycle
 
     def record_success(self, query: str, families: list[Metric], wall_time: float) -> None:
         """Replace ``query``'s series; every label value is bounded here, the one door
-        business families pass through (``exporter.labels``)."""
+        business families pass through (``exporter.labels``). An HA follower keeps none."""
+        if self.following:
+            return
         bounded = self.labels.bound(query, families)
         if bounded.shortened:
             self.health.label_values_truncated.labels(query=query).inc(bounded.shortened)
@@ -115,6 +119,18 @@ class SnapshotStore:
         state.families = bounded.families
         state.succeeded_at = self._clock()
         self.health.query_last_success.labels(query=query).set(wall_time)
+
+    def drop_business(self) -> None:
+        """This replica lost the HA lead: serve no business series at all (the new leader
+        serves them), and count as ready (a follower must stay in the Service, scrapeable)."""
+        for state in self.queries.values():
+            state.families = []
+            state.succeeded_at = None
+        self.following = True
+
+    def lead(self) -> None:
+        """This replica leads its HA group: record and serve results again."""
+        self.following = False
 
     def is_fresh(self, query: str) -> bool:
         succeeded_at = self.queries[query].succeeded_at
@@ -129,7 +145,7 @@ class SnapshotStore:
 
     @property
     def ready(self) -> bool:
-        return all(self.is_fresh(name) for name in self.queries)
+        return self.following or all(self.is_fresh(name) for name in self.queries)
 
     def stale_queries(self) -> list[str]:
         return [name for name in self.queries if not self.is_fresh(name)]
