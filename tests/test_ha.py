@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from exporter import dataset
 from exporter import settings as cfg
+from exporter.embedded import EmbeddedPostgres
 from exporter.leader import (
     LOCK_APPLICATION_PREFIX,
     QUERY_APPLICATION_PREFIX,
@@ -346,3 +348,55 @@ async def test_a_leader_that_loses_its_lock_session_steps_down_and_campaigns_aga
     assert not has_business(await scrape(leader))
     assert "no longer the leader" in leader.logs()
     assert sampler.worst == 1
+
+
+# ------------------------------------------------------------------ where the lock lives
+
+
+def test_a_standby_is_refused_with_one_line(
+    restartable_pg: EmbeddedPostgres, exporter_proc: StartExporter
+) -> None:
+    """A server in recovery cannot hold the leader's lock for the primary's replicas
+    (advisory locks are per server): the exporter stops with one line naming the fix."""
+    restartable_pg.stop()
+    (restartable_pg.pgdata / "standby.signal").touch()
+    restartable_pg.start()
+    replica = exporter_proc("--dsn", restartable_pg.dsn, *HA_FLAGS)
+    assert replica.proc.wait(15) == 1
+    errors = [line for line in replica.logs().splitlines() if " ERROR " in line]
+    assert len(errors) == 1, replica.logs()
+    assert "--ha-dsn reaches a standby (pg_is_in_recovery() is true)" in errors[0]
+    assert "target_session_attrs=read-write" in errors[0]
+
+
+async def test_a_follower_reports_its_lock_database_and_both_recover_after_an_outage(
+    restartable_pg: EmbeddedPostgres, exporter_proc: StartExporter
+) -> None:
+    """tw_up on a follower means its lock connection's database answered: 0 while the
+    server is down, 1 again after; the group elects a leader again without help."""
+    conn = await asyncpg.connect(restartable_pg.dsn)
+    try:
+        await dataset.create_schema(conn)
+    finally:
+        await conn.close()
+    leader, follower = await two_replicas(exporter_proc, restartable_pg.dsn)
+    restartable_pg.stop()
+
+    async def down(process: ExporterProcess) -> bool:
+        return value(await scrape(process), "tw_up") == 0
+
+    await wait_until(lambda: down(follower), timeout=10)
+    await wait_until(lambda: down(leader), timeout=10)
+    assert not has_business(await scrape(follower))
+    restartable_pg.start()
+
+    async def one_leader_again() -> bool:
+        roles = {await leader_of(leader), await leader_of(follower)}
+        return roles == {0.0, 1.0}
+
+    await wait_until(one_leader_again, timeout=15)
+    new_leader, new_follower = (
+        (leader, follower) if await leader_of(leader) == 1 else (follower, leader)
+    )
+    await wait_until(lambda: serves_fresh_data_as_leader(new_leader), timeout=10)
+    await wait_until(lambda: is_follower(new_follower), timeout=10)

@@ -44,6 +44,7 @@ from exporter.health import (
     FAILURE_REASONS,
     INTERVAL,
     LABEL_VALUES_TRUNCATED,
+    LEADER,
     QUERY_DURATION,
     QUERY_ERRORS,
     QUERY_LAST_SUCCESS,
@@ -338,6 +339,9 @@ WINDOW = label(HASHTAG_TWEETS, "window")
 QUERY = label(QUERY_LAST_SUCCESS, "query")
 REASON = label(QUERY_ERRORS, "reason")
 _TARGET = '{job=~"<<exporterJobRegex>>"}'
+# An HA follower runs no queries, so per-query alerts must not read its (absent or frozen)
+# query series; without --ha every exporter is its own leader (tw_exporter_leader 1).
+_UNLESS_FOLLOWER = f"unless on (job, instance)\n{LEADER.name} == 0"
 
 BUSINESS = Group(
     "tw-exporter.business",
@@ -520,6 +524,32 @@ and
     ),
 )
 
+NO_LEADER = Alert(
+    name="TwExporterNoLeader",
+    expr=f"max by (job) ({LEADER.name}{_TARGET}) == 0",
+    for_="5m",
+    severity="critical",
+    summary="No tw-exporter replica of job {{ $labels.job }} leads: no business metrics",
+    description=(
+        "Every scraped replica of job {{ $labels.job }} has been an HA follower "
+        "(tw_exporter_leader == 0) for 5 minutes: nobody runs the queries, so business metrics "
+        "are absent."
+    ),
+    runbook=(
+        "With `--ha`, only the replica holding the group's advisory lock runs the queries; "
+        "here every scraped replica is a follower.",
+        "The lock database is down or unreachable from every replica (then "
+        "TwExporterDatabaseDown fires too); the leader is running but not scraped (its "
+        "target is down or missing from the ServiceMonitor); another process holds the "
+        "advisory lock of the same `--ha-group` key.",
+        "Read the replicas' logs (`elected leader`, `no longer the leader`, lock errors); "
+        "find the lock holder with the query in "
+        "[docs/high-availability.md](docs/high-availability.md); check that every pod is "
+        "scraped.",
+    ),
+)
+
+
 HEALTH = Group(
     "tw-exporter.health",
     (
@@ -612,6 +642,7 @@ HEALTH = Group(
 )
 unless on (job, instance)
 {UP.name} == 0
+{_UNLESS_FOLLOWER}
 """,
             for_="5m",
             severity="warning",
@@ -646,6 +677,7 @@ rate({QUERY_ERRORS.name}{{{REASON}!="{_REASON_TIMEOUT}"}}[5m])
 > <<queryErrorRatio>>
 unless on (job, instance)
 {UP.name} == 0
+{_UNLESS_FOLLOWER}
 """,
             for_="10m",
             severity="warning",
@@ -676,6 +708,7 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
 * on (job, instance) group_left ()
 {INTERVAL.name}
 > <<queryErrorRatio>>
+{_UNLESS_FOLLOWER}
 """,
             for_="10m",
             severity="warning",
@@ -698,7 +731,10 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
         ),
         Alert(
             name="TwExporterCycleSlow",
-            expr=(f"{CYCLE_DURATION.name}\n> <<cycleDurationRatio>> * {INTERVAL.name}"),
+            expr=(
+                f"{CYCLE_DURATION.name}\n> <<cycleDurationRatio>> * {INTERVAL.name}\n"
+                f"{_UNLESS_FOLLOWER}"
+            ),
             for_="15m",
             severity="warning",
             summary="tw-exporter collection cycles on {{ $labels.instance }} are slow",
@@ -737,6 +773,7 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
                 "make the data older than the interval suggests.",
             ),
         ),
+        NO_LEADER,
     ),
 )
 
@@ -1183,6 +1220,29 @@ ROWS: tuple[Row, ...] = (
                 height=4,
                 unit="s",
                 options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
+            ),
+            Panel(
+                title="HA role",
+                kind="stat",
+                description=(
+                    f"{LEADER.name} per exporter: LEADER runs the queries (any exporter "
+                    "without --ha), FOLLOWER waits for the HA lock and serves health metrics "
+                    "only. With --ha exactly one replica should lead (TwExporterNoLeader)."
+                ),
+                targets=(Target(f"max by (instance) ({sel(LEADER)})", "{{instance}}"),),
+                width=6,
+                height=4,
+                steps=(("blue", None), ("green", 1.0)),
+                mappings=(
+                    {
+                        "type": "value",
+                        "options": {
+                            "0": {"text": "FOLLOWER", "color": "blue", "index": 0},
+                            "1": {"text": "LEADER", "color": "green", "index": 1},
+                        },
+                    },
+                ),
+                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
             ),
             Panel(
                 title="Data age per query",

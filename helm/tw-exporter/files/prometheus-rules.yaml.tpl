@@ -121,6 +121,8 @@ groups:
       )
       unless on (job, instance)
       tw_up == 0
+      unless on (job, instance)
+      tw_exporter_leader == 0
     for: 5m
     labels:
       severity: warning
@@ -136,6 +138,8 @@ groups:
       > {{ .Values.prometheusRule.thresholds.queryErrorRatio }}
       unless on (job, instance)
       tw_up == 0
+      unless on (job, instance)
+      tw_exporter_leader == 0
     for: 10m
     labels:
       severity: warning
@@ -149,6 +153,8 @@ groups:
       * on (job, instance) group_left ()
       tw_exporter_interval_seconds
       > {{ .Values.prometheusRule.thresholds.queryErrorRatio }}
+      unless on (job, instance)
+      tw_exporter_leader == 0
     for: 10m
     labels:
       severity: warning
@@ -160,6 +166,8 @@ groups:
     expr: |-
       tw_exporter_cycle_duration_seconds
       > {{ .Values.prometheusRule.thresholds.cycleDurationRatio }} * tw_exporter_interval_seconds
+      unless on (job, instance)
+      tw_exporter_leader == 0
     for: 15m
     labels:
       severity: warning
@@ -176,3 +184,12 @@ groups:
       summary: 'tw-exporter on {{`{{ $labels.instance }}`}} is skipping collection cycles'
       description: '{{`{{ $labels.instance }}`}} skipped {{`{{ $value | printf "%.0f" }}`}} collection cycles in the last 15 minutes (threshold {{ .Values.prometheusRule.thresholds.skippedCycles | int64 }}) because the previous cycle was still running; its data refreshes less often than --interval.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexportercyclesskipped'
+  - alert: TwExporterNoLeader
+    expr: 'max by (job) (tw_exporter_leader{job=~"{{ .Values.prometheusRule.thresholds.exporterJobRegex }}"}) == 0'
+    for: 5m
+    labels:
+      severity: critical
+    annotations:
+      summary: 'No tw-exporter replica of job {{`{{ $labels.job }}`}} leads: no business metrics'
+      description: 'Every scraped replica of job {{`{{ $labels.job }}`}} has been an HA follower (tw_exporter_leader == 0) for 5 minutes: nobody runs the queries, so business metrics are absent.'
+      runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexporternoleader'
