@@ -58,13 +58,51 @@ def load_http_security(settings: Settings) -> HTTPSecurity:
     )
 
 
-async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event) -> None:
-    """Run the exporter until ``stop`` is set; always closes the pool and the sockets."""
+@dataclass(frozen=True)
+class Listener:
+    """The HTTP server, already bound and serving ``store`` (readiness 503 until data)."""
+
+    store: SnapshotStore
+    server: MetricsServer
+    addresses: list[tuple[str, int]]
+
+
+async def listen(settings: Settings, security: HTTPSecurity) -> Listener:
+    """Bind the listening sockets and keep them: a taken port fails here, before anything else
+    is started, and nothing can take it between a check and the bind."""
     store = SnapshotStore(
         interval=settings.interval,
         max_staleness=settings.max_staleness,
         max_label_length=settings.max_label_length,
     )
+    server = MetricsServer(
+        store,
+        authenticator=security.authenticator,
+        extra_headers=security.headers,
+        ssl_context=security.ssl_context,
+    )
+    try:
+        addresses = await server.start(settings.listen_host, settings.listen_port)
+    except OSError as error:
+        await server.close()
+        raise StartupError(f"cannot listen on {settings.listen}: {error.strerror}") from None
+    return Listener(store, server, addresses)
+
+
+async def serve(
+    settings: Settings,
+    security: HTTPSecurity,
+    stop: asyncio.Event,
+    listener: Listener | None = None,
+) -> None:
+    """Run the exporter until ``stop`` is set; always closes the pool and the sockets.
+
+    ``listener`` is one :func:`listen` returned earlier (the demo binds before loading data);
+    without it the sockets are bound here, before the pool is created.
+    """
+    if listener is None:
+        listener = await listen(settings, security)
+    store, server = listener.store, listener.server
     replica = replica_name()
     database = Database(
         settings.dsn,
@@ -75,20 +113,13 @@ async def serve(settings: Settings, security: HTTPSecurity, stop: asyncio.Event)
         if settings.ha
         else APPLICATION_NAME,
     )
-    await database.open()
-    server = MetricsServer(
-        store,
-        authenticator=security.authenticator,
-        extra_headers=security.headers,
-        ssl_context=security.ssl_context,
-    )
     try:
-        addresses = await server.start(settings.listen_host, settings.listen_port)
-    except OSError as error:
-        await database.close()
-        raise StartupError(f"cannot listen on {settings.listen}: {error.strerror}") from None
+        await database.open()
+    except BaseException:
+        await server.close()
+        raise
     scheme = "https" if security.ssl_context else "http"
-    for host, port in addresses:
+    for host, port in listener.addresses:
         shown = f"[{host}]" if ":" in host else host
         log.info("listening on %s://%s:%d/metrics", scheme, shown, port)
     log.info(

@@ -27,6 +27,12 @@ FROM information_schema.columns c
 WHERE c.table_schema = ANY (current_schemas(false)) AND c.table_name = ANY ($1::text[])
 """
 
+SCHEMA_HINT = (
+    "schema: hint: create the tables with sql/schema.sql "
+    "(psql -v ON_ERROR_STOP=1 -f sql/schema.sql), or load the demo's sample data into an empty "
+    "database with: tw-exporter sample-data --dsn URI"
+)
+
 
 def required_columns() -> dict[str, set[str]]:
     needed: dict[str, set[str]] = {}
@@ -71,6 +77,8 @@ async def check(settings: Settings, out: Print = print) -> int:
                 problems.append(f"no SELECT privilege on table {table}")
         for problem in problems:
             out(f"schema: FAILED: {problem}")
+        if any(table not in present for table in needed):
+            out(SCHEMA_HINT)
         if not problems:
             out("schema: ok (" + ", ".join(sorted(needed)) + ")")
             # Plans and missing indexes: advice only, never a failure.
@@ -99,6 +107,8 @@ async def check(settings: Settings, out: Print = print) -> int:
                 f"query {collector.name}: ok, {len(result.rows)} rows in "
                 f"{result.seconds * 1000:.1f} ms"
             )
+            if collector.note:
+                out(f"query {collector.name}: note: {collector.note}")
     finally:
         await database.close()
     out("check: ok" if failures == 0 else f"check: FAILED ({failures} problem(s))")

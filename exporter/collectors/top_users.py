@@ -19,13 +19,20 @@ from prometheus_client.metrics_core import Metric
 
 from exporter.collectors.base import MetricSpec, QueryCollector, QueryParams, Row
 
+#: Said where someone comparing numbers by hand looks: the metric's help (so the README's
+#: metrics table and ``# HELP``) and ``tw-exporter check``'s output.
+NULL_NOTE = (
+    "Users with an unknown (NULL) follower count are skipped; the seed's SQL "
+    "(ORDER BY follower_count DESC) would list them first."
+)
+
 USER_FOLLOWERS = MetricSpec(
     name="tw_user_followers",
     kind="gauge",
     help=(
         "Followers of each of the top users by follower count (the top N is set by "
         "--top-users). Refreshed from the database every collection interval; a user who "
-        "leaves the top N disappears."
+        "leaves the top N disappears. " + NULL_NOTE
     ),
     labels=("username", "verified"),
 )
@@ -67,4 +74,5 @@ COLLECTOR = QueryCollector(
     metrics=(USER_FOLLOWERS,),
     params=_params,
     to_families=_to_families,
+    note=NULL_NOTE,
 )
