@@ -13,7 +13,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.collectors import COLLECTORS
 from exporter.database import APPLICATION_NAME, Database
-from exporter.http import Authenticator, MetricsServer
+from exporter.http import Authenticator, MetricsServer, ServerLimits
 from exporter.leader import (
     QUERY_APPLICATION_PREFIX,
     Leadership,
@@ -80,6 +80,11 @@ async def listen(settings: Settings, security: HTTPSecurity) -> Listener:
         authenticator=security.authenticator,
         extra_headers=security.headers,
         ssl_context=security.ssl_context,
+        limits=ServerLimits(
+            header_timeout=settings.web_header_timeout,
+            idle_timeout=settings.web_idle_timeout,
+            max_connections=settings.web_max_connections,
+        ),
     )
     try:
         addresses = await server.start(settings.listen_host, settings.listen_port)

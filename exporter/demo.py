@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 
 from exporter import settings as cfg
-from exporter.app import HTTPSecurity, Listener, StartupError, listen, serve
+from exporter.app import HTTPSecurity, Listener, StartupError, listen, load_http_security, serve
 from exporter.embedded import EmbeddedPostgres
 from exporter.extras import require
 from exporter.logs import configure_logging
@@ -76,10 +76,14 @@ def run_demo(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     settings = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
     configure_logging(settings.log_level, settings.log_format)
+    try:  # before the port is bound and the database starts, so a bad file costs nothing
+        security = load_http_security(settings)
+    except ValueError as error:  # WebConfigError
+        cfg.fail(f"--web-config-file: {error}")
     # Stopped after the event loop has finished, as before the listener moved first.
     with contextlib.ExitStack() as stack:
         try:
-            asyncio.run(_demo(settings, args.tweets, args.data_dir, stack))
+            asyncio.run(_demo(settings, security, args.tweets, args.data_dir, stack))
         except StartupError as error:
             log.error("%s", error)
             return 1
@@ -87,9 +91,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(
-    settings: cfg.Settings, tweets: int, data_dir: Path | None, stack: contextlib.ExitStack
+    settings: cfg.Settings,
+    security: HTTPSecurity,
+    tweets: int,
+    data_dir: Path | None,
+    stack: contextlib.ExitStack,
 ) -> None:
-    security = HTTPSecurity()
     listener = await listen(settings, security)
     try:
         if data_dir is None:
@@ -126,7 +133,8 @@ async def _run(
     activity = asyncio.create_task(keep_busy(settings.dsn, stop))
     port = listener.addresses[0][1] if listener.addresses else settings.listen_port
     print(
-        f"tw-exporter demo: open http://{_shown_host(settings)}:{port}/metrics (Ctrl-C to stop)",
+        f"tw-exporter demo: open {'https' if security.ssl_context else 'http'}://"
+        f"{_shown_host(settings)}:{port}/metrics (Ctrl-C to stop)",
         flush=True,
     )
     try:

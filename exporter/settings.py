@@ -34,6 +34,7 @@ MAX_INTERVAL = 86_400.0
 MIN_SECONDS = 0.05
 MAX_TOP_N = 1000
 MAX_DAYS = 3650
+MAX_CONNECTIONS = 65_535
 DSN_SCHEMES = ("postgresql", "postgres")
 MAX_GROUP_LENGTH = 200
 DEFAULT_HA_LEASE = 15.0
@@ -68,6 +69,9 @@ class Settings:
     ha_group: str = "tw-exporter"
     ha_dsn: str = ""
     ha_lease: float = 15.0
+    web_header_timeout: float = 10.0
+    web_idle_timeout: float = 75.0
+    web_max_connections: int = 256
 
     @property
     def redacted_dsn(self) -> str:
@@ -112,6 +116,7 @@ def _int_in_range(low: int, high: int, what: str) -> Callable[[str], int]:
 
 
 parse_top_n = _int_in_range(1, MAX_TOP_N, "rows")
+parse_connections = _int_in_range(1, MAX_CONNECTIONS, "connections")
 parse_days = _int_in_range(1, MAX_DAYS, "days")
 parse_label_length = _int_in_range(MIN_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH, "bytes")
 
@@ -316,6 +321,30 @@ SERVE_OPTIONS = (
         "PATH",
         "Prometheus exporter-toolkit web config (TLS, basic auth, headers) for the HTTP server.",
         parse_existing_file,
+    ),
+    Option(
+        "--web-header-timeout",
+        "SECONDS",
+        "A new connection must finish its TLS handshake and start a request within this, and "
+        "each request's headers must arrive within this of its first byte; also how long a "
+        "response may wait unread. Slower clients are disconnected (see docs/http-limits.md).",
+        parse_seconds,
+        default="10",
+    ),
+    Option(
+        "--web-idle-timeout",
+        "SECONDS",
+        "Keep-alive connections idle longer than this are closed.",
+        parse_seconds,
+        default="75",
+    ),
+    Option(
+        "--web-max-connections",
+        "N",
+        f"Open HTTP connections, TLS handshakes included (1-{MAX_CONNECTIONS}); when full, the "
+        "one that has made the least progress for the longest is closed to admit a new one.",
+        parse_connections,
+        default="256",
     ),
 )
 
@@ -526,6 +555,9 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         ha_group=merged["ha_group"],
         ha_dsn=ha_dsn,
         ha_lease=ha_lease,
+        web_header_timeout=merged["web_header_timeout"],
+        web_idle_timeout=merged["web_idle_timeout"],
+        web_max_connections=merged["web_max_connections"],
     )
 
 

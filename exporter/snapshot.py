@@ -36,7 +36,13 @@ from exporter.collectors import QUERY_NAMES
 from exporter.health import HealthMetrics
 from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, LabelBounder
 
-TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
+# What prometheus_client's own server answers: text version 0.0.4 unless the client asks for
+# text/plain version 1.0.0 (whose Content-Type is CONTENT_TYPE_LATEST from 0.22 on). Same bytes:
+# every name here is a legacy-valid one, so the two versions render identically.
+TEXT_CONTENT_TYPE: str = getattr(
+    text_format, "CONTENT_TYPE_PLAIN_0_0_4", text_format.CONTENT_TYPE_LATEST
+)
+TEXT_CONTENT_TYPE_V1: str = text_format.CONTENT_TYPE_LATEST
 OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 # ``*_created`` series double the health section and no dashboard or alert reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]

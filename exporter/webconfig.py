@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import hashlib
 import hmac
 import logging
@@ -736,6 +737,10 @@ class WebConfig:
     http2: bool = True  # accepted for compatibility; tw-exporter serves HTTP/1.1 only
 
     CACHE_SIZE: ClassVar[int] = 256
+    # Uncached checks admitted at once: one running on the bcrypt thread plus this many minus
+    # one queued behind it. A check that finds them all taken is refused at once (the server
+    # answers 503 with Retry-After), so an admitted login waits at most this many bcrypt times.
+    BCRYPT_SLOTS: ClassVar[int] = 4
 
     _decoy: bytes = field(init=False, repr=False, compare=False)
     _verified: OrderedDict[str, bytes] = field(
@@ -746,6 +751,22 @@ class WebConfig:
     )
     _bcrypt_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+    # bcrypt's own executor: one thread (checks are serialised anyway), never asyncio's default
+    # executor, which the database's host-name lookups share. Threads start on first use.
+    _bcrypt_executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="bcrypt"
+        ),
+        init=False,
+        repr=False,
+        compare=False,
+    )
+    _bcrypt_slots: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(WebConfig.BCRYPT_SLOTS),
+        init=False,
+        repr=False,
+        compare=False,
     )
 
     def __post_init__(self) -> None:
@@ -781,6 +802,21 @@ class WebConfig:
             return True
         return None
 
+    def submit(self, authorization: bytes | None) -> concurrent.futures.Future[bool] | None:
+        """Run :meth:`authorize` on the bcrypt thread; None when :attr:`BCRYPT_SLOTS` checks
+        are already admitted (a flood of wrong passwords), so the caller can refuse at once
+        instead of queueing without bound. Cached credentials never come here: the server
+        answers them from :meth:`check_cached` on the event loop, ahead of any flood."""
+        if not self._bcrypt_slots.acquire(blocking=False):
+            return None
+        try:
+            future = self._bcrypt_executor.submit(self.authorize, authorization)
+        except BaseException:
+            self._bcrypt_slots.release()
+            raise
+        future.add_done_callback(lambda _: self._bcrypt_slots.release())
+        return future
+
     def authorize(self, authorization: bytes | None) -> bool:
         """Check a raw ``Authorization`` header value; True when no users are configured.
 
@@ -790,7 +826,7 @@ class WebConfig:
         evicted) and compared with :func:`hmac.compare_digest`. Failures are never cached, and an
         unknown user is checked against a decoy hash of the same cost, so a miss always costs one
         bcrypt call. bcrypt calls are serialised (CPU-bound, as in exporter-toolkit); an uncached
-        check blocks for the bcrypt time, so the asyncio server runs it in a thread.
+        check blocks for the bcrypt time, so the asyncio server runs it through :meth:`submit`.
         """
         verdict = self.check_cached(authorization)
         if verdict is not None:

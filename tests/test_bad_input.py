@@ -535,6 +535,12 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--ha-group": (("", "x" * 201), "expected a name of 1 to 200 printable characters"),
     "--ha-dsn": (("mysql://tw@db/app", "db.example:5432"), "expected a PostgreSQL URI"),
     "--ha-lease": (("soon", "0", "inf"), "expected a number of seconds"),
+    "--web-header-timeout": (("0", "slow", "1e9"), "expected a number of seconds"),
+    "--web-idle-timeout": (("-1", "nan"), "expected a number of seconds"),
+    "--web-max-connections": (
+        ("0", "65536", "many", "1.5"),
+        "expected a whole number of connections from 1 to 65535",
+    ),
 }
 OPTIONS = {option.flag: option for option in cfg.ALL_OPTIONS}
 

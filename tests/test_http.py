@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -15,6 +17,7 @@ from exporter.settings import query_params
 from exporter.snapshot import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SnapshotStore
 from tests.conftest import wait_until
 from tests.helpers import series
+from tests.pki import PKI
 
 
 def users(*rows: tuple[str, int]) -> list:  # type: ignore[type-arg]
@@ -147,6 +150,7 @@ class FakeBcrypt:
     def __init__(self) -> None:
         self.slow_checks = 0
         self.cached = False
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
     def check_cached(self, authorization: bytes | None) -> bool | None:
         if authorization != b"Basic dTpw":
@@ -157,6 +161,9 @@ class FakeBcrypt:
         self.slow_checks += 1
         self.cached = authorization == b"Basic dTpw"
         return self.cached
+
+    def submit(self, authorization: bytes | None) -> concurrent.futures.Future[bool]:
+        return self.executor.submit(self.authorize, authorization)
 
 
 async def test_auth_hook_protects_everything_but_probes(serve: Callable[..., object]) -> None:
@@ -202,11 +209,13 @@ async def test_connection_limit_and_header_size(serve: Callable[..., object]) ->
         return len(server.connections) == 2
 
     await wait_until(both_accepted, timeout=5)
+    # Full: the newcomer is served and the connection idle the longest is closed for it.
     response = await request(address, get("/metrics"))
-    assert response.startswith(b"HTTP/1.1 503")
+    assert response.startswith(b"HTTP/1.1 200")
+    assert await asyncio.wait_for(idle[0][0].read(), 5) == b""
+    assert server.evictions == 1
     for _, writer in idle:
         writer.close()
-        await writer.wait_closed()
 
     address = await serve()  # type: ignore[misc]
     huge = get("/metrics", "X-Big: " + "a" * 40_000)
@@ -224,3 +233,162 @@ async def test_idle_keep_alive_connection_is_closed_without_a_408(
     assert first.startswith(b"HTTP/1.1 200 OK")
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing more sent
     writer.close()
+
+
+class Writes(asyncio.Transport):
+    """A transport whose client never reads: the first write crosses the high-water mark."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.writes: list[bytes] = []
+        self.reading = True
+        self.closed = False
+        self.eof = False
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.writes.append(bytes(data))
+        if len(self.writes) == 1:
+            self.protocol.pause_writing()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_one_read_of_thousands_of_requests_stops_at_the_pipelining_cap(
+    store: SnapshotStore,
+) -> None:
+    from exporter.http import MAX_PIPELINED, _Connection
+
+    server = MetricsServer(store)
+    connection = _Connection(server)
+    transport = Writes(connection)
+    connection.connection_made(transport)
+    connection.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 5000)
+    # One answer went out and filled the buffer; reading paused, MAX_PIPELINED queued, the
+    # rest of the read dropped with the parser stopped.
+    assert len(transport.writes) == 1
+    assert not transport.reading
+    assert len(connection.pending) == MAX_PIPELINED
+    assert connection.stopped and connection.final is not None
+    connection.resume_writing()  # the client reads at last: the queue, then one 503, then FIN
+    statuses = [w.split(b"\r\n", 1)[0] for w in transport.writes]
+    assert statuses == [b"HTTP/1.1 200 OK"] * (1 + MAX_PIPELINED) + [
+        b"HTTP/1.1 503 Service Unavailable"
+    ]
+    assert transport.eof and transport.reading  # lingering: FIN sent, reading to drain
+    connection.connection_lost(None)
+    assert connection not in server.connections
+
+
+class Broken(FakeBcrypt):
+    def submit(self, authorization: bytes | None) -> concurrent.futures.Future[bool]:
+        future: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        future.set_exception(RuntimeError("bcrypt exploded"))
+        return future
+
+
+class Busy(FakeBcrypt):
+    def submit(self, authorization: bytes | None) -> None:  # type: ignore[override]
+        return None
+
+
+async def test_authenticator_errors_are_logged_and_a_full_queue_is_a_fast_503(
+    serve: Callable[..., object], caplog: pytest.LogCaptureFixture
+) -> None:
+    address = await serve(authenticator=Broken())  # type: ignore[misc]
+    status, _, _ = split(await request(address, get("/metrics", "Authorization: Basic dTpw")))
+    assert status.endswith("503 Service Unavailable")
+    assert "basic-auth check failed" in caplog.text and "bcrypt exploded" in caplog.text
+
+    address = await serve(authenticator=Busy())  # type: ignore[misc]
+    status, headers, _ = split(await request(address, get("/metrics", "Authorization: Basic dTpw")))
+    assert status.endswith("503 Service Unavailable") and headers["retry-after"] == "1"
+
+
+async def test_password_checks_in_flight_are_referenced(serve: Callable[..., object]) -> None:
+    gate = concurrent.futures.Future[bool]()
+
+    class Slow(FakeBcrypt):
+        def submit(self, authorization: bytes | None) -> concurrent.futures.Future[bool]:
+            return gate
+
+    address = await serve(authenticator=Slow())  # type: ignore[misc]
+    server = serve.servers[-1]  # type: ignore[attr-defined]
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(get("/metrics", "Authorization: Basic dTpw"))
+
+    async def task_held() -> bool:
+        return len(server.tasks) == 1
+
+    await wait_until(task_held, timeout=5)
+    gate.set_result(True)
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 OK")
+    assert not server.tasks
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("accept", "encoding", "expected"),
+    [
+        (None, None, (False, False, False)),
+        (b"application/openmetrics-text", None, (True, False, False)),
+        (b"application/openmetrics-text;q=0", None, (False, False, False)),
+        (b"text/plain;q=0.9, application/openmetrics-text;q=0.5", None, (False, False, False)),
+        (b"text/plain;version=1.0.0", None, (False, True, False)),
+        (b"*/*", b"GZIP", (False, False, True)),
+        (None, b"gzip;q=0, *", (False, False, False)),
+        (None, b"gzip;q=bogus", (False, False, False)),
+        (None, b"x-gzip;q=0.1", (False, False, True)),
+    ],
+)
+def test_negotiation(
+    accept: bytes | None, encoding: bytes | None, expected: tuple[bool, ...]
+) -> None:
+    from exporter.negotiation import negotiate
+
+    got = negotiate(accept, encoding)
+    assert (got.openmetrics, got.text_v1, got.gzip) == expected
+
+
+async def test_tls_connect_storm_through_a_small_cap_leaves_no_handshake_behind(
+    serve: Callable[..., object], pki: PKI
+) -> None:
+    """A burst of silent TLS connections through a cap of 4: most are evicted mid-handshake,
+    some before their handshake task has run; every task and connection is gone afterwards."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server.cert, pki.server.key)
+    address = await serve(  # type: ignore[misc]
+        ssl_context=context, limits=ServerLimits(header_timeout=0.5, max_connections=4)
+    )
+    server = serve.servers[-1]  # type: ignore[attr-defined]
+    opened = [await asyncio.open_connection(*address) for _ in range(40)]
+
+    async def all_settled() -> bool:
+        return not server.tasks and not server.connections
+
+    await wait_until(all_settled, timeout=10)
+    assert server.evictions >= 40 - 4
+    for _, writer in opened:
+        writer.close()

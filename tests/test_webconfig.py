@@ -870,3 +870,32 @@ def test_promtool_accepts_the_valid_configs_we_accept(config_dir: Path, promtool
         load_web_config(path)
         result = promtool_check(promtool, path)
         assert result.returncode == 0, f"{text!r}: {result.stdout}{result.stderr}"
+
+
+def test_submit_runs_on_its_own_bounded_executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bcrypt runs on the config's own single thread, BCRYPT_SLOTS checks at most admitted at
+    once; the next is refused (None) instead of queueing, and a slot frees when a check ends."""
+    import threading
+
+    config = users_config(tmp_path, alice="s3cret")
+    gate = threading.Event()
+    threads: list[str] = []
+    real: Callable[[bytes, bytes], bool] = bcrypt.checkpw
+
+    def held(password: bytes, hashed: bytes) -> bool:
+        threads.append(threading.current_thread().name)
+        gate.wait(10)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", held)
+    admitted = [config.submit(basic("alice", f"wrong{i}")) for i in range(WebConfig.BCRYPT_SLOTS)]
+    assert all(future is not None for future in admitted)
+    assert config.submit(basic("alice", "s3cret")) is None  # full: refused at once
+    gate.set()
+    assert [future.result(10) for future in admitted if future] == [False] * len(admitted)
+    right = config.submit(basic("alice", "s3cret"))
+    assert right is not None and right.result(10) is True
+    assert set(threads) == {t for t in threads if t.startswith("bcrypt")}
+    assert config.check_cached(basic("alice", "s3cret")) is True  # cached: no submit needed
