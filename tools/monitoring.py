@@ -85,6 +85,16 @@ class Param:
 
 PARAMS: tuple[Param, ...] = (
     Param(
+        "haBridgeWindow",
+        "2m",
+        "duration",
+        "Business alerts read each series as its latest sample within this window, taken across "
+        "replicas (`instance`, `pod`), so an HA takeover, which moves the series to another "
+        "replica after a short gap, neither resolves nor restarts an alert. Keep it above "
+        "`--ha-lease` + `--interval` + the scrape interval; a row that leaves the top N keeps "
+        "alerting this much longer.",
+    ),
+    Param(
         "exporterJobRegex",
         ".*tw-exporter.*",
         "string",
@@ -339,6 +349,17 @@ WINDOW = label(HASHTAG_TWEETS, "window")
 QUERY = label(QUERY_LAST_SUCCESS, "query")
 REASON = label(QUERY_ERRORS, "reason")
 _TARGET = '{job=~"<<exporterJobRegex>>"}'
+# The labels that tell replicas apart (a static target's instance; the operator's pod too).
+REPLICA_LABELS = "instance, pod"
+
+
+def across_replicas(metric: str, offset: str = "") -> str:
+    """``metric`` as one series per row whichever replica exports it: the latest sample within
+    ``haBridgeWindow`` (bridging a takeover's gap), the highest across replicas."""
+    shifted = f" offset {offset}" if offset else ""
+    return f"max without ({REPLICA_LABELS}) (last_over_time({metric}[<<haBridgeWindow>>]{shifted}))"
+
+
 # An HA follower runs no queries, so per-query alerts must not read its (absent or frozen)
 # query series; without --ha every exporter is its own leader (tw_exporter_leader 1).
 _UNLESS_FOLLOWER = f"unless on (job, instance)\n{LEADER.name} == 0"
@@ -349,9 +370,10 @@ BUSINESS = Group(
         Alert(
             name="TwUserFollowersMilestone",
             expr=f"""
-{FOLLOWERS} >= <<followersMilestone>>
+{across_replicas(FOLLOWERS)} >= <<followersMilestone>>
 and
-min_over_time({FOLLOWERS}[<<followersMilestoneWindow>>]) < <<followersMilestone>>
+min without ({REPLICA_LABELS}) (min_over_time({FOLLOWERS}[<<followersMilestoneWindow>>]))
+< <<followersMilestone>>
 """,
             for_="5m",
             severity="info",
@@ -359,8 +381,8 @@ min_over_time({FOLLOWERS}[<<followersMilestoneWindow>>]) < <<followersMilestone>
             description=(
                 "Top user {{ $labels.username }} (verified={{ $labels.verified }}) now has "
                 '{{ $value | printf "%.0f" }} followers and had fewer than '
-                "<<followersMilestone>> within the last <<followersMilestoneWindow>>. "
-                "Reported by {{ $labels.instance }}; the alert resolves by itself "
+                "<<followersMilestone>> within the last <<followersMilestoneWindow>>; the alert "
+                "resolves by itself "
                 "<<followersMilestoneWindow>> after the crossing."
             ),
             runbook=(
@@ -378,13 +400,13 @@ min_over_time({FOLLOWERS}[<<followersMilestoneWindow>>]) < <<followersMilestone>
             name="TwUserFollowersDrop",
             expr=f"""
 (
-  {FOLLOWERS} offset <<followerDropWindow>>
-  - {FOLLOWERS}
+  {across_replicas(FOLLOWERS, "<<followerDropWindow>>")}
+  - {across_replicas(FOLLOWERS)}
 )
-/ {FOLLOWERS} offset <<followerDropWindow>>
+/ {across_replicas(FOLLOWERS, "<<followerDropWindow>>")}
 > <<followerDropRatio>>
 and
-{FOLLOWERS} offset <<followerDropWindow>> >= <<followerDropMinFollowers>>
+{across_replicas(FOLLOWERS, "<<followerDropWindow>>")} >= <<followerDropMinFollowers>>
 """,
             for_="10m",
             severity="warning",
@@ -396,7 +418,7 @@ and
                 "Top user {{ $labels.username }} has {{ $value | humanizePercentage }} fewer "
                 "followers than <<followerDropWindow>> ago (threshold: a fraction of "
                 "<<followerDropRatio>>, for users who had at least <<followerDropMinFollowers>> "
-                "followers). Reported by {{ $labels.instance }}."
+                "followers)."
             ),
             runbook=(
                 "A top user's follower count fell by more than `followerDropRatio` compared "
@@ -412,7 +434,7 @@ and
         ),
         Alert(
             name="TwHashtagTweetsHigh",
-            expr=f"{HASHTAGS} >= <<hashtagTweets>>",
+            expr=f"{across_replicas(HASHTAGS)} >= <<hashtagTweets>>",
             for_="15m",
             severity="info",
             summary=(
@@ -438,14 +460,20 @@ and
             name="TwHashtagSurge",
             expr=f"""
 (
-    {HASHTAGS}
-    / clamp_min({HASHTAGS} offset <<hashtagSurgeWindow>>, <<hashtagSurgeMinBase>>)
+    {across_replicas(HASHTAGS)}
+    / clamp_min(
+      {across_replicas(HASHTAGS, "<<hashtagSurgeWindow>>")},
+      <<hashtagSurgeMinBase>>
+    )
   or
     (
-      ({HASHTAGS} unless {HASHTAGS} offset <<hashtagSurgeWindow>>)
+      (
+        {across_replicas(HASHTAGS)}
+        unless {across_replicas(HASHTAGS, "<<hashtagSurgeWindow>>")}
+      )
       / <<hashtagSurgeMinBase>>
-      and on (job, instance)
-      count by (job, instance) ({HASHTAGS} offset <<hashtagSurgeWindow>>)
+      and on (job)
+      count by (job) ({HASHTAGS} offset <<hashtagSurgeWindow>>)
     )
 )
 > <<hashtagSurgeRatio>>
@@ -477,14 +505,13 @@ and
         ),
         Alert(
             name="TwPlatformTweetsLow",
-            expr=f"{PLATFORM_TWEETS.name} < <<platformTweetsMin>>",
+            expr=f"{across_replicas(PLATFORM_TWEETS.name)} < <<platformTweetsMin>>",
             for_="30m",
             severity="warning",
             summary=('Only {{ $value | printf "%.0f" }} tweets in the last {{ $labels.window }}'),
             description=(
                 'The platform saw {{ $value | printf "%.0f" }} tweets within the trailing '
-                "{{ $labels.window }} window, below the floor of <<platformTweetsMin>>. "
-                "Reported by {{ $labels.instance }}."
+                "{{ $labels.window }} window, below the floor of <<platformTweetsMin>>."
             ),
             runbook=(
                 "Fewer tweets than `platformTweetsMin` were created within the stats window "
@@ -500,7 +527,7 @@ and
         ),
         Alert(
             name="TwPlatformActiveUsersLow",
-            expr=f"{PLATFORM_ACTIVE_USERS.name} < <<platformActiveUsersMin>>",
+            expr=f"{across_replicas(PLATFORM_ACTIVE_USERS.name)} < <<platformActiveUsersMin>>",
             for_="30m",
             severity="warning",
             summary=(
@@ -508,8 +535,7 @@ and
             ),
             description=(
                 '{{ $value | printf "%.0f" }} distinct users tweeted within the trailing '
-                "{{ $labels.window }} window, below the floor of <<platformActiveUsersMin>>. "
-                "Reported by {{ $labels.instance }}."
+                "{{ $labels.window }} window, below the floor of <<platformActiveUsersMin>>."
             ),
             runbook=(
                 "Fewer distinct users than `platformActiveUsersMin` tweeted within the stats "
@@ -1249,14 +1275,15 @@ ROWS: tuple[Row, ...] = (
                 kind="timeseries",
                 description=(
                     f"Seconds since each query's last success (time() - "
-                    f"{QUERY_LAST_SUCCESS.name}). The red line is "
+                    f"{QUERY_LAST_SUCCESS.name}) on any replica: with --ha the freshest, so a "
+                    "takeover does not show as aging data. The red line is "
                     f"{format_value(PARAMS_BY_KEY['staleIntervals'], DEFAULTS['staleIntervals'])}"
                     f" x the default {DEFAULT_INTERVAL:g}s interval, where TwExporterQueryStale "
                     "starts counting."
                 ),
                 targets=(
                     Target(
-                        f"max by ({QUERY}) (time() - ({sel(QUERY_LAST_SUCCESS)} > 0))",
+                        f"min by ({QUERY}) (time() - ({sel(QUERY_LAST_SUCCESS)} > 0))",
                         f"{{{{{QUERY}}}}}",
                     ),
                 ),

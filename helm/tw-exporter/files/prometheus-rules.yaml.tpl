@@ -6,35 +6,36 @@ groups:
   rules:
   - alert: TwUserFollowersMilestone
     expr: |-
-      tw_user_followers >= {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }}
+      max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}])) >= {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }}
       and
-      min_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.followersMilestoneWindow }}]) < {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }}
+      min without (instance, pod) (min_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.followersMilestoneWindow }}]))
+      < {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }}
     for: 5m
     labels:
       severity: info
     annotations:
       summary: '{{`{{ $labels.username }}`}} crossed {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }} followers'
-      description: 'Top user {{`{{ $labels.username }}`}} (verified={{`{{ $labels.verified }}`}}) now has {{`{{ $value | printf "%.0f" }}`}} followers and had fewer than {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }} within the last {{ .Values.prometheusRule.thresholds.followersMilestoneWindow }}. Reported by {{`{{ $labels.instance }}`}}; the alert resolves by itself {{ .Values.prometheusRule.thresholds.followersMilestoneWindow }} after the crossing.'
+      description: 'Top user {{`{{ $labels.username }}`}} (verified={{`{{ $labels.verified }}`}}) now has {{`{{ $value | printf "%.0f" }}`}} followers and had fewer than {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }} within the last {{ .Values.prometheusRule.thresholds.followersMilestoneWindow }}; the alert resolves by itself {{ .Values.prometheusRule.thresholds.followersMilestoneWindow }} after the crossing.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twuserfollowersmilestone'
   - alert: TwUserFollowersDrop
     expr: |-
       (
-        tw_user_followers offset {{ .Values.prometheusRule.thresholds.followerDropWindow }}
-        - tw_user_followers
+        max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.followerDropWindow }}))
+        - max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}]))
       )
-      / tw_user_followers offset {{ .Values.prometheusRule.thresholds.followerDropWindow }}
+      / max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.followerDropWindow }}))
       > {{ .Values.prometheusRule.thresholds.followerDropRatio }}
       and
-      tw_user_followers offset {{ .Values.prometheusRule.thresholds.followerDropWindow }} >= {{ .Values.prometheusRule.thresholds.followerDropMinFollowers | int64 }}
+      max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.followerDropWindow }})) >= {{ .Values.prometheusRule.thresholds.followerDropMinFollowers | int64 }}
     for: 10m
     labels:
       severity: warning
     annotations:
       summary: '{{`{{ $labels.username }}`}} lost {{`{{ $value | humanizePercentage }}`}} of their followers in {{ .Values.prometheusRule.thresholds.followerDropWindow }}'
-      description: 'Top user {{`{{ $labels.username }}`}} has {{`{{ $value | humanizePercentage }}`}} fewer followers than {{ .Values.prometheusRule.thresholds.followerDropWindow }} ago (threshold: a fraction of {{ .Values.prometheusRule.thresholds.followerDropRatio }}, for users who had at least {{ .Values.prometheusRule.thresholds.followerDropMinFollowers | int64 }} followers). Reported by {{`{{ $labels.instance }}`}}.'
+      description: 'Top user {{`{{ $labels.username }}`}} has {{`{{ $value | humanizePercentage }}`}} fewer followers than {{ .Values.prometheusRule.thresholds.followerDropWindow }} ago (threshold: a fraction of {{ .Values.prometheusRule.thresholds.followerDropRatio }}, for users who had at least {{ .Values.prometheusRule.thresholds.followerDropMinFollowers | int64 }} followers).'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twuserfollowersdrop'
   - alert: TwHashtagTweetsHigh
-    expr: 'tw_hashtag_tweets >= {{ .Values.prometheusRule.thresholds.hashtagTweets | int64 }}'
+    expr: 'max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}])) >= {{ .Values.prometheusRule.thresholds.hashtagTweets | int64 }}'
     for: 15m
     labels:
       severity: info
@@ -45,14 +46,20 @@ groups:
   - alert: TwHashtagSurge
     expr: |-
       (
-          tw_hashtag_tweets
-          / clamp_min(tw_hashtag_tweets offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }}, {{ .Values.prometheusRule.thresholds.hashtagSurgeMinBase | int64 }})
+          max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}]))
+          / clamp_min(
+            max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }})),
+            {{ .Values.prometheusRule.thresholds.hashtagSurgeMinBase | int64 }}
+          )
         or
           (
-            (tw_hashtag_tweets unless tw_hashtag_tweets offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }})
+            (
+              max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}]))
+              unless max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }}))
+            )
             / {{ .Values.prometheusRule.thresholds.hashtagSurgeMinBase | int64 }}
-            and on (job, instance)
-            count by (job, instance) (tw_hashtag_tweets offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }})
+            and on (job)
+            count by (job) (tw_hashtag_tweets offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }})
           )
       )
       > {{ .Values.prometheusRule.thresholds.hashtagSurgeRatio }}
@@ -64,22 +71,22 @@ groups:
       description: 'Hashtag #{{`{{ $labels.tag }}`}} has grown {{`{{ $value | printf "%.1f" }}`}}x within {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }} (threshold {{ .Values.prometheusRule.thresholds.hashtagSurgeRatio }}x; counts over the trailing {{`{{ $labels.window }}`}} window). The earlier count is taken as at least {{ .Values.prometheusRule.thresholds.hashtagSurgeMinBase | int64 }}, also for tags that were not trending then.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twhashtagsurge'
   - alert: TwPlatformTweetsLow
-    expr: 'tw_platform_tweets < {{ .Values.prometheusRule.thresholds.platformTweetsMin | int64 }}'
+    expr: 'max without (instance, pod) (last_over_time(tw_platform_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}])) < {{ .Values.prometheusRule.thresholds.platformTweetsMin | int64 }}'
     for: 30m
     labels:
       severity: warning
     annotations:
       summary: 'Only {{`{{ $value | printf "%.0f" }}`}} tweets in the last {{`{{ $labels.window }}`}}'
-      description: 'The platform saw {{`{{ $value | printf "%.0f" }}`}} tweets within the trailing {{`{{ $labels.window }}`}} window, below the floor of {{ .Values.prometheusRule.thresholds.platformTweetsMin | int64 }}. Reported by {{`{{ $labels.instance }}`}}.'
+      description: 'The platform saw {{`{{ $value | printf "%.0f" }}`}} tweets within the trailing {{`{{ $labels.window }}`}} window, below the floor of {{ .Values.prometheusRule.thresholds.platformTweetsMin | int64 }}.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twplatformtweetslow'
   - alert: TwPlatformActiveUsersLow
-    expr: 'tw_platform_active_users < {{ .Values.prometheusRule.thresholds.platformActiveUsersMin | int64 }}'
+    expr: 'max without (instance, pod) (last_over_time(tw_platform_active_users[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}])) < {{ .Values.prometheusRule.thresholds.platformActiveUsersMin | int64 }}'
     for: 30m
     labels:
       severity: warning
     annotations:
       summary: 'Only {{`{{ $value | printf "%.0f" }}`}} users tweeted in the last {{`{{ $labels.window }}`}}'
-      description: '{{`{{ $value | printf "%.0f" }}`}} distinct users tweeted within the trailing {{`{{ $labels.window }}`}} window, below the floor of {{ .Values.prometheusRule.thresholds.platformActiveUsersMin | int64 }}. Reported by {{`{{ $labels.instance }}`}}.'
+      description: '{{`{{ $value | printf "%.0f" }}`}} distinct users tweeted within the trailing {{`{{ $labels.window }}`}} window, below the floor of {{ .Values.prometheusRule.thresholds.platformActiveUsersMin | int64 }}.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twplatformactiveuserslow'
 - name: tw-exporter.health
   rules:
