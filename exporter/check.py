@@ -1,9 +1,11 @@
 """``tw-exporter check``: is this database ready for the exporter? Usable as an init step.
 
 Validates the settings, connects with the exporter's own pool settings, verifies that the
-tables and columns each query reads exist and are readable, inspects each query's plan for
-full-table scans and missing recommended indexes (advice, never a failure), and runs each query
-once. Prints one line per step and exits 0 only when everything would work.
+tables and columns each query reads exist and are readable, says which query shape the schema
+gets (``exporter.schema``), inspects each query's plan for full-table scans and for recommended
+indexes that are missing or that the plan does not use (advice, never a failure), and runs each
+query once, in the shape detected. Prints one line per step and exits 0 only when everything
+would work.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 import asyncpg
 
+from exporter import schema
 from exporter.advice import advise
 from exporter.collectors import COLLECTORS
 from exporter.database import Database, QueryError, describe
@@ -79,11 +82,16 @@ async def check(settings: Settings, out: Print = print) -> int:
             out(f"schema: FAILED: {problem}")
         if any(table not in present for table in needed):
             out(SCHEMA_HINT)
+        ids = schema.TweetIds(type=None)
         if not problems:
             out("schema: ok (" + ", ".join(sorted(needed)) + ")")
             # Plans and missing indexes: advice only, never a failure.
             try:
-                for item in await advise(conn, settings):
+                ids = await schema.detect(conn)
+                for collector in COLLECTORS:
+                    if collector.shapes:
+                        out(f"shape {collector.name}: {ids.describe()}")
+                for item in await advise(conn, settings, ids=ids):
                     out(item.format())
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 out(f"advice: skipped ({describe(error)})")
@@ -98,7 +106,7 @@ async def check(settings: Settings, out: Print = print) -> int:
     try:
         for collector in COLLECTORS:
             try:
-                result = await database.fetch(collector.sql, collector.params(settings))
+                result = await database.fetch(collector.sql_for(ids), collector.params(settings))
             except QueryError as error:
                 failures += 1
                 out(f"query {collector.name}: FAILED ({error.reason}): {error}")

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,23 @@ MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
 # SQLSTATE classes that mean "the database could not be reached or went away".
 _CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "28", "3D000", "53300")
 _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available
+
+
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
+    """asyncpg's connection plus ``memo``, facts learned about this one connection (such as the
+    query shape its schema needs, ``exporter.schema``): they are worked out once per
+    connection, and again on the fresh connection a reconnect or failover brings."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.memo: dict[str, Any] = {}
+
+
+# A statement that depends on the connection it runs on: resolved there, inside the query's
+# read-only transaction and deadline, so a failure to resolve it is counted like the query's.
+Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 
 
 class QueryError(Exception):
@@ -122,6 +139,7 @@ class Database:
             command_timeout=None,
             init=self._tune_socket,
             max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
+            connection_class=PooledConnection,
             server_settings={
                 "application_name": self._application_name,
                 "statement_timeout": timeout_ms,
@@ -148,7 +166,7 @@ class Database:
         except Exception:  # shutdown must finish even if connections hang
             pool.terminate()
 
-    async def fetch(self, sql: str, args: Sequence[Any]) -> QueryResult:
+    async def fetch(self, sql: str | Resolve, args: Sequence[Any]) -> QueryResult:
         """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
@@ -198,7 +216,7 @@ class Database:
         return QueryResult(rows=rows, seconds=time.perf_counter() - started)
 
     async def _fetch_once(
-        self, sql: str, args: Sequence[Any], attempt: _Attempt
+        self, sql: str | Resolve, args: Sequence[Any], attempt: _Attempt
     ) -> Sequence[asyncpg.Record]:
         pool = self._pool  # close() may drop the attribute while this attempt unwinds
         attempt.phase = "connect"
@@ -209,7 +227,8 @@ class Database:
         attempt.conn = conn
         try:
             async with conn.transaction(readonly=True):
-                rows: Sequence[asyncpg.Record] = await conn.fetch(sql, *args)
+                text = sql if isinstance(sql, str) else await sql(conn)
+                rows: Sequence[asyncpg.Record] = await conn.fetch(text, *args)
                 return rows
         finally:
             # After the deadline the connection is terminated, which already gave its slot

@@ -26,7 +26,7 @@ import asyncpg
 from exporter import dataset
 from exporter import settings as cfg
 from exporter.database import describe
-from exporter.schema import create_tables_sql
+from exporter.schema_file import create_tables_sql
 from exporter.secrets import dsn_password, redact_dsn
 
 log = logging.getLogger(__name__)

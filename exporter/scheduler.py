@@ -89,7 +89,7 @@ class Collector:
         health = self.store.health
         started = time.perf_counter()
         try:
-            result = await self.database.fetch(collector.sql, collector.params(self.params))
+            result = await self.database.fetch(collector.statement, collector.params(self.params))
             families = collector.to_families(result.rows, self.params)
         except QueryError as error:
             health.query_duration.labels(query=collector.name).observe(

@@ -24,7 +24,7 @@ from exporter.collectors import COLLECTORS
 from exporter.collectors.top_users import NULL_NOTE, USER_FOLLOWERS
 from exporter.demo import DEMO_DEFAULTS
 from exporter.extras import EXTRAS
-from exporter.schema import SCHEMA_FILE, annotated_schema
+from exporter.schema_file import SCHEMA_FILE, annotated_schema
 from tests.conftest import REPO, MakeDb, PgServer, exporter_command, wait_until
 from tools.readme_tables import demo_table, metrics_table
 

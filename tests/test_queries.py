@@ -145,7 +145,7 @@ async def scrape(dsn: str, params: Settings) -> str:
             trending_hashtags.COLLECTOR,
             platform_stats.COLLECTOR,
         ):
-            result = await database.fetch(collector.sql, collector.params(params))
+            result = await database.fetch(collector.statement, collector.params(params))
             store.record_success(collector.name, collector.to_families(result.rows, params), 0)
     finally:
         await database.close()

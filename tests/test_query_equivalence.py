@@ -9,7 +9,11 @@ The reference is the seed's SQL, copied verbatim from the asyncpg dashboard the 
   rows with the same text, a NULL tag, a tweet with many tags, tweet ids that are *not* in
   ``created_at`` order, unicode, quotes and emoji;
 * on a random dataset from ``exporter.dataset``;
-* each without and with the recommended indexes (different plans, same answers).
+* each without and with the recommended indexes (different plans, same answers);
+* the trending query in both of its shapes (``exporter.schema``), whichever the data would pick.
+
+``tests/test_schema_variants.py`` runs the same comparisons on other schemas (UUID ids,
+``NOT NULL`` counts, another database collation).
 
 Exactly three differences are intended and documented in the collectors: users with a NULL
 follower count are not "top users", ties at the LIMIT boundary are broken by name (the seed
@@ -30,7 +34,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from exporter import dataset
+from exporter import dataset, schema
 from exporter.collectors import platform_stats, seed, top_users, trending_hashtags
 from exporter.settings import query_params
 
@@ -104,11 +108,14 @@ async def compare_top_users(conn: asyncpg.Connection, n: int) -> None:
     _tie_insensitive(seed, mine, f"top_users n={n}")
 
 
-async def compare_trending(conn: asyncpg.Connection, days: int, limit: int) -> None:
+async def compare_trending(
+    conn: asyncpg.Connection, days: int, limit: int, shape: schema.Shape = "id-range"
+) -> None:
     params = trending_hashtags.COLLECTOR.params(
         query_params(trending_days=days, trending_limit=limit)
     )
-    ours = [(r["tag"], r["tweet_count"]) for r in await conn.fetch(trending_hashtags.SQL, *params)]
+    sql = trending_hashtags.COLLECTOR.shapes[shape]
+    ours = [(r["tag"], r["tweet_count"]) for r in await conn.fetch(sql, *params)]
     full = [
         (r["tag"], r["tweet_count"])
         for r in await conn.fetch(_unlimited(SEED_TRENDING_HASHTAGS), str(days))
@@ -122,7 +129,7 @@ async def compare_trending(conn: asyncpg.Connection, days: int, limit: int) -> N
             limit,
         )
     ]
-    context = f"trending days={days} limit={limit}"
+    context = f"trending {shape} days={days} limit={limit}"
     assert ours == expected, context
     assert ours == sorted(ours, key=lambda r: (-r[1], r[0].encode())), context  # byte order
     assert all(isinstance(c, int) for _, c in ours)
@@ -152,12 +159,15 @@ async def compare_platform_stats(conn: asyncpg.Connection) -> None:
         assert ours["avg_likes"] == float(seed["avg_likes"])  # bit-for-bit, no tolerance
 
 
-async def compare_all(conn: asyncpg.Connection) -> None:
+async def compare_all(
+    conn: asyncpg.Connection, shapes: Sequence[schema.Shape] = schema.SHAPES
+) -> None:
     for n in (1, 3, 5, 10, 50):
         await compare_top_users(conn, n)
-    for days in (1, 7, 30):
-        for limit in (1, 3, 10, 25):
-            await compare_trending(conn, days, limit)
+    for shape in shapes:
+        for days in (1, 7, 30):
+            for limit in (1, 3, 10, 25):
+                await compare_trending(conn, days, limit, shape)
     await compare_platform_stats(conn)
 
 
@@ -182,8 +192,17 @@ TRICKY_TAGS = [
 ]  # fmt: skip
 
 
-async def load_tricky(conn: asyncpg.Connection) -> None:
-    """Hand-made rows, inserted in the caller's transaction so now() is the queries' now()."""
+async def load_tricky(
+    conn: asyncpg.Connection, *, uuid_ids: bool = False, not_null_counts: bool = False
+) -> None:
+    """Hand-made rows, inserted in the caller's transaction so now() is the queries' now().
+
+    ``uuid_ids``: tw_users.id, tw_tweets.id and the columns referring to them are UUIDs (each
+    integer id below maps to a fixed UUID, in no particular order). ``not_null_counts``:
+    follower_count is NOT NULL, so the users with an unknown count get 0 instead.
+    """
+    tweet_id = "md5($1::bigint::text)::uuid" if uuid_ids else "$1"
+    user_id = "md5('u' || $2::bigint::text)::uuid" if uuid_ids else "$2"
     # A platform schema need not have these constraints; the seed's queries then still work.
     await conn.execute("ALTER TABLE tw_hashtags DROP CONSTRAINT tw_hashtags_tag_key")
     await conn.execute("ALTER TABLE tw_hashtags ALTER COLUMN tag DROP NOT NULL")
@@ -192,6 +211,8 @@ async def load_tricky(conn: asyncpg.Connection) -> None:
         ("eve", None, False), ("frank", None, True), ('q"uote', 70, False), ("ba\\ck", 70, True),
         ("😎", 70, False), ("zoë", 10, False), ("Émile", 10, False), ("o'brien", 0, False),
     ]  # fmt: skip
+    if not_null_counts:
+        users = [(name, 0 if count is None else count, v) for name, count, v in users]
     await conn.executemany(
         "INSERT INTO tw_users (username, follower_count, verified) VALUES ($1, $2, $3)", users
     )
@@ -212,14 +233,16 @@ async def load_tricky(conn: asyncpg.Connection) -> None:
             tid = next_id
         await conn.execute(
             "INSERT INTO tw_tweets (id, user_id, like_count, created_at)"
-            f" VALUES ($1, $2, $3, now() - {age})",
+            f" VALUES ({tweet_id}, {user_id}, $3, now() - {age})",
             tid,
             user,
             likes,
         )
         for tag in tags:
             await conn.execute(
-                "INSERT INTO tw_tweet_hashtags (tweet_id, hashtag_id) VALUES ($1, $2)", tid, tag
+                f"INSERT INTO tw_tweet_hashtags (tweet_id, hashtag_id) VALUES ({tweet_id}, $2)",
+                tid,
+                tag,
             )
 
     t = {tag: ids[0] for tag, ids in tag_ids.items()}

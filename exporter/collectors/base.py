@@ -7,11 +7,18 @@ learn which tables and columns a query needs from the same object that runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import asyncpg
 from prometheus_client.metrics_core import Metric
+
+from exporter import schema
+
+# What ``Database.fetch`` accepts besides SQL text (the same alias as ``exporter.database``'s,
+# spelled out here because the database module imports the collectors through health).
+Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 
 MetricKind = Literal["gauge", "counter", "histogram"]
 
@@ -54,6 +61,25 @@ class QueryCollector:
     to_families: Callable[[Sequence[Row], QueryParams], list[Metric]]
     #: Where the query knowingly differs from the seed's SQL, for ``check`` to print.
     note: str = ""
+    # Statements by schema shape (exporter.schema) for a query whose fastest SQL only works on
+    # some schemas; ``sql`` runs wherever no shape is listed. Empty: one statement for all.
+    shapes: Mapping[schema.Shape, str] = field(default_factory=dict)
+
+    def sql_for(self, ids: schema.TweetIds) -> str:
+        """The statement to run on a database whose tweet ids are ``ids``."""
+        return self.shapes.get(ids.shape, self.sql)
+
+    @property
+    def statement(self) -> str | Resolve:
+        """What ``Database.fetch`` runs: the SQL, or for a query with shapes a resolver that
+        picks the shape for the connection it runs on (detected once per connection)."""
+        if not self.shapes:
+            return self.sql
+
+        async def resolve(conn: asyncpg.Connection) -> str:
+            return self.sql_for(await schema.for_connection(conn))
+
+        return resolve
 
     def metric(self, name: str) -> MetricSpec:
         for spec in self.metrics:

@@ -1,11 +1,19 @@
 """Trending hashtags over the last D days -> ``tw_hashtag_tweets{tag, window}``.
 
-Returns what the seed's query returns (tweets per tag name inside the window, most first), in a
-shape that stays cheap at 10M+ tweets (``benchmarks/results/RESULTS.md``): it first finds the
+Returns what the seed's query returns (tweets per tag name inside the window, most first), in one
+of two shapes, picked per connection by ``exporter.schema`` (docs/schema-variants.md).
+
+``SQL``, the "id-range" shape, runs where ``tw_tweets.id`` is an indexed integer that grows with
+``created_at`` (the shipped schema; sequence or snowflake ids). It stays cheap at 10M+ tweets
+(``benchmarks/results/RESULTS.md``): it first finds the
 smallest tweet id inside the window, reads only tweets and tweet-hashtag links from that id on
 (in id order, so they merge-join), counts by ``hashtag_id``, and joins the few thousand tag names
 last. The id bound is a pure pre-filter (every tweet in the window has an id >= it), so results
 never depend on ids being time-ordered; when they are, the query reads only the window's rows.
+``SQL_WINDOW_JOIN``, the "window-join" shape, runs everywhere else (UUID ids, integer ids in no
+time order): it reads the window's tweets off the ``created_at`` index and joins their links
+directly, without an id bound (which a UUID cannot have, and which would reach back to nearly
+the first tweet when ids do not follow time).
 Tags are grouped by name, as in the seed, so two hashtag rows with the same text count as one
 tag. Ties at the LIMIT boundary are broken by tag (byte order, ``COLLATE "C"``, independent of
 the database's collation) so the exported set is stable between cycles;
@@ -74,6 +82,26 @@ LIMIT $2
 """
 
 
+SQL_WINDOW_JOIN = """
+WITH in_window AS (
+    -- The window's tweets (an index-only scan of the created_at index) and their links,
+    -- counted per hashtag_id before the few thousand tag names are joined.
+    SELECT th.hashtag_id, count(*) AS tweet_count
+    FROM tw_tweets t
+    JOIN tw_tweet_hashtags th ON th.tweet_id = t.id
+    WHERE t.created_at >= now() - make_interval(days => $1::int)
+    GROUP BY th.hashtag_id
+)
+SELECT h.tag, sum(w.tweet_count)::bigint AS tweet_count
+FROM in_window w
+JOIN tw_hashtags h ON h.id = w.hashtag_id
+WHERE h.tag IS NOT NULL
+GROUP BY h.tag
+ORDER BY tweet_count DESC, h.tag COLLATE "C" ASC
+LIMIT $2
+"""
+
+
 def _params(settings: QueryParams) -> tuple[Any, ...]:
     return (settings.trending_days, settings.trending_limit)
 
@@ -99,4 +127,5 @@ COLLECTOR = QueryCollector(
     metrics=(HASHTAG_TWEETS,),
     params=_params,
     to_families=_to_families,
+    shapes={"id-range": SQL, "window-join": SQL_WINDOW_JOIN},
 )
