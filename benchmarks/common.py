@@ -39,9 +39,10 @@ def db_name(scale: str) -> str:
     return f"tw_bench_{scale}"
 
 
-async def ensure_dataset(scale: str, *, rebuild: bool = False) -> str:
-    """Create ``tw_bench_<scale>`` with the shared generator unless it already holds the data."""
-    name, tweets = db_name(scale), SCALES[scale]
+async def ensure_dataset(scale: str, *, rebuild: bool = False, database: str | None = None) -> str:
+    """Create ``tw_bench_<scale>`` (or ``database``) with the shared generator unless it already
+    holds the data."""
+    name, tweets = database or db_name(scale), SCALES[scale]
     admin = await asyncpg.connect(ADMIN_DSN)
     try:
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)

@@ -12,8 +12,13 @@ Recorded: the exporter's file descriptors and RSS (psutil) and its PostgreSQL ba
 (``pg_stat_activity``, ``application_name = 'tw-exporter'``) at start, every minute and at the
 end; every scheduled tick accounted for (cycles run, from each query's histogram count, plus
 ``tw_exporter_cycles_skipped_total``, vs elapsed / interval); errors by reason; scrape failures;
-``tw_up`` transitions and the time back to ``tw_up 1`` after each restart. Writes
-``results/SOAK.md`` and ``results/SOAK.json``.
+``tw_up`` transitions and the time back to ``tw_up 1`` after each restart; the RSS slope
+(least squares, MiB/min) over the samples after warm-up. Writes ``results/SOAK.md`` and
+``results/SOAK.json``.
+
+``--pgbouncer transaction`` (or ``session``) puts a real PgBouncer (Debian's, started as in
+``tests/pgbouncer.py``) between the exporter and the database for the whole soak; the restarts
+and locks still hit the database behind it.
 """
 
 from __future__ import annotations
@@ -269,6 +274,17 @@ def accounting(body: str, elapsed: float, interval: float) -> dict[str, Any]:
     }
 
 
+def rss_slope(samples: list[Sample], after: float) -> float | None:
+    """Least-squares slope of RSS in MiB per minute over the samples taken after ``after``."""
+    points = [(x.t / 60.0, x.rss_mb) for x in samples if x.t >= after]
+    if len(points) < 3:
+        return None
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_r = sum(r for _, r in points) / len(points)
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (r - mean_r) for t, r in points) / var if var else None
+
+
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     duration = args.minutes * 60.0
     pg = PrivatePostgres()
@@ -276,12 +292,18 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     proc: subprocess.Popen[bytes] | None = None
     scraper: Scraper | None = None
     lock_tasks: list[asyncio.Task[bool]] = []
+    pooler = contextlib.ExitStack()
     try:
         log(f"[soak] loading {SOAK_TWEETS:,} tweets into a private PostgreSQL")
         await load(pg)
-        proc, url = start_exporter(
-            pg.dsn, args.interval, args.query_timeout, workdir / "exporter.log"
-        )
+        dsn = pg.dsn
+        if args.pgbouncer:
+            from tests.pgbouncer import run_pgbouncer  # the tests' PgBouncer launcher
+
+            bouncer = pooler.enter_context(run_pgbouncer(pg.admin_dsn, args.pgbouncer))
+            dsn = bouncer.dsn_for(pg.dsn)
+            log(f"[soak] through PgBouncer ({args.pgbouncer} pooling) on port {bouncer.port}")
+        proc, url = start_exporter(dsn, args.interval, args.query_timeout, workdir / "exporter.log")
         started = time.monotonic()
         ps = psutil.Process(proc.pid)
         scraper = Scraper(url)
@@ -339,6 +361,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             task.cancel()
         if proc is not None:
             stop_process(proc)
+        pooler.close()
         pg.cleanup()
         exporter_log = await asyncio.to_thread(read_and_remove, workdir)
 
@@ -371,7 +394,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "lock_every_s": args.lock_every,
             "lock_s": args.lock_seconds,
             "tweets": SOAK_TWEETS,
+            "pgbouncer": args.pgbouncer,
         },
+        "rss_slope_mib_per_min": rss_slope(samples, args.warmup_minutes * 60.0),
+        "warmup_minutes": args.warmup_minutes,
         "samples": [asdict(s) for s in samples],
         "baseline_label": f"t={baseline.t}s",
         "restarts": restarts,
@@ -437,6 +463,15 @@ def markdown(r: dict[str, Any]) -> str:
         f"| RSS (MiB) | {first['rss_mb']:.1f} | {base['rss_mb']:.1f} | {last['rss_mb']:.1f} | "
         f"{'flat' if v['rss'] else 'GROWING'} |",
         "",
+        f"PgBouncer in the path: {s.get('pgbouncer') or 'no'}. RSS slope after minute "
+        f"{r.get('warmup_minutes', 0):g}: "
+        + (
+            f"{r['rss_slope_mib_per_min']:+.4f} MiB/min"
+            if r.get("rss_slope_mib_per_min") is not None
+            else "- (too few samples)"
+        )
+        + ".",
+        "",
         f"Warm-up sample: {r['baseline_label']} (the first after the first restart). Every sample:",
         "",
         "| t (s) | fds | backends | RSS (MiB) |",
@@ -484,6 +519,12 @@ def main() -> None:
     parser.add_argument("--fd-tolerance", type=int, default=2)
     parser.add_argument("--rss-tolerance", type=float, default=0.10, help="fraction, + 2 MiB")
     parser.add_argument("--out", type=Path, default=RESULTS / "SOAK.md", help="markdown path")
+    parser.add_argument(
+        "--pgbouncer", choices=("transaction", "session"), help="PgBouncer in the path"
+    )
+    parser.add_argument(
+        "--warmup-minutes", type=float, default=10.0, help="RSS slope from this minute on"
+    )
     args = parser.parse_args()
     result = asyncio.run(soak(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,15 @@
 """``tw-exporter check``: is this database ready for the exporter? Usable as an init step.
 
-Validates the settings, connects with the exporter's own pool settings, verifies that the
-tables and columns each query reads exist and are readable, says which query shape the schema
-gets (``exporter.schema``), inspects each query's plan for full-table scans and for recommended
-indexes that are missing or that the plan does not use (advice, never a failure), and runs each
-query once, in the shape detected. Prints one line per step and exits 0 only when everything
-would work.
+Validates the settings, connects with the exporter's own connection settings, says whether the
+server is a primary or a hot standby (and warns when a standby's settings let recovery
+conflicts cancel the queries), verifies that the tables and columns each query reads exist and
+are readable, says which query shape the schema gets (``exporter.schema``), inspects each
+query's plan for full-table scans and for recommended indexes that are missing or that the plan
+does not use (advice, never a failure), and runs each query once, in the shape detected. Prints
+one line per step and exits 0 only when everything would work.
+
+Like the exporter, it keeps no session state and runs unnamed statements inside one read-only
+transaction, so it gives the same answers through PgBouncer in transaction pooling mode.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ import asyncpg
 from exporter import schema
 from exporter.advice import advise
 from exporter.collectors import COLLECTORS
-from exporter.database import Database, QueryError, describe
+from exporter.database import (
+    APPLICATION_NAME,
+    STATEMENT_CACHE_SIZE,
+    Database,
+    QueryError,
+    describe,
+    local_timeouts,
+)
 from exporter.settings import Settings
 
 Print = Callable[[str], None]
@@ -35,6 +46,12 @@ SCHEMA_HINT = (
     "(psql -v ON_ERROR_STOP=1 -f sql/schema.sql), or load the demo's sample data into an empty "
     "database with: tw-exporter sample-data --dsn URI"
 )
+
+STANDBY_SQL = """
+SELECT pg_is_in_recovery() AS standby,
+       current_setting('hot_standby_feedback')::bool AS feedback,
+       (SELECT setting::int FROM pg_settings WHERE name = 'max_standby_streaming_delay') AS delay
+"""
 
 
 def required_columns() -> dict[str, set[str]]:
@@ -57,44 +74,93 @@ def missing_columns(needed: Mapping[str, set[str]], present: Mapping[str, set[st
     return problems
 
 
+def server_role(standby: bool, feedback: bool, delay_ms: int, query_timeout: float) -> str:
+    """The ``server:`` line: primary or hot standby, and whether a standby's recovery
+    conflicts can cancel queries that stay within --query-timeout.
+
+    A standby cancels a query that holds up WAL replay for longer than
+    ``max_standby_streaming_delay`` (-1: never) unless ``hot_standby_feedback`` keeps the
+    primary from removing rows the query still reads. A warning, not a failure: the exporter
+    works, and a cancelled query is counted under reason ``conflict`` and retried next cycle.
+    """
+    if not standby:
+        return "server: ok (primary)"
+    delay = "-1 (unlimited)" if delay_ms < 0 else f"{delay_ms}ms"
+    if feedback or delay_ms < 0 or delay_ms >= query_timeout * 1000:
+        return (
+            f"server: ok (hot standby; hot_standby_feedback {'on' if feedback else 'off'}, "
+            f"max_standby_streaming_delay {delay})"
+        )
+    return (
+        "server: WARNING: hot standby with hot_standby_feedback off and "
+        f"max_standby_streaming_delay {delay} below the query timeout "
+        f"({query_timeout:g}s): WAL replay may cancel queries (reason conflict); turn "
+        "hot_standby_feedback on or raise max_standby_streaming_delay"
+    )
+
+
+async def inspect(
+    conn: asyncpg.Connection, settings: Settings, out: Print
+) -> tuple[list[str], schema.TweetIds]:
+    """Server, schema, privileges, the query shape and plans; returns the problems found and
+    the tweet ids' kind (which decides the trending query's shape)."""
+    version = await conn.fetchval("SHOW server_version")
+    out(f"connect: ok (PostgreSQL {version})")
+    role = await conn.fetchrow(STANDBY_SQL)
+    assert role is not None
+    out(server_role(role["standby"], role["feedback"], role["delay"], settings.query_timeout))
+    needed = required_columns()
+    present: dict[str, set[str]] = {}
+    for row in await conn.fetch(COLUMNS_SQL, list(needed)):
+        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    problems = missing_columns(needed, present)
+    for table in sorted(set(needed) & set(present)):
+        if not await conn.fetchval("SELECT has_table_privilege($1, 'SELECT')", table):
+            problems.append(f"no SELECT privilege on table {table}")
+    for problem in problems:
+        out(f"schema: FAILED: {problem}")
+    if any(table not in present for table in needed):
+        out(SCHEMA_HINT)
+    ids = schema.TweetIds(type=None)
+    if not problems:
+        out("schema: ok (" + ", ".join(sorted(needed)) + ")")
+        # Plans and missing indexes: advice only, never a failure.
+        try:
+            ids = await schema.detect(conn)
+            for collector in COLLECTORS:
+                if collector.shapes:
+                    out(f"shape {collector.name}: {ids.describe()}")
+            for item in await advise(conn, settings, ids=ids):
+                out(item.format())
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            out(f"advice: skipped ({describe(error)})")
+    return problems, ids
+
+
 async def check(settings: Settings, out: Print = print) -> int:
     out(
         f"settings: ok (database {settings.redacted_dsn}, interval {settings.interval:g}s, "
         f"query timeout {settings.query_timeout:g}s)"
     )
     try:
-        conn = await asyncpg.connect(settings.dsn, timeout=settings.query_timeout)
+        conn = await asyncpg.connect(
+            settings.dsn,
+            timeout=settings.query_timeout,
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
     except Exception as error:
         out(f"connect: FAILED: {describe(error)}")
         return 1
     try:
-        version = await conn.fetchval("SHOW server_version")
-        out(f"connect: ok (PostgreSQL {version})")
-        needed = required_columns()
-        present: dict[str, set[str]] = {}
-        for row in await conn.fetch(COLUMNS_SQL, list(needed)):
-            present.setdefault(row["table_name"], set()).add(row["column_name"])
-        problems = missing_columns(needed, present)
-        for table in sorted(set(needed) & set(present)):
-            if not await conn.fetchval("SELECT has_table_privilege($1, 'SELECT')", table):
-                problems.append(f"no SELECT privilege on table {table}")
-        for problem in problems:
-            out(f"schema: FAILED: {problem}")
-        if any(table not in present for table in needed):
-            out(SCHEMA_HINT)
-        ids = schema.TweetIds(type=None)
-        if not problems:
-            out("schema: ok (" + ", ".join(sorted(needed)) + ")")
-            # Plans and missing indexes: advice only, never a failure.
-            try:
-                ids = await schema.detect(conn)
-                for collector in COLLECTORS:
-                    if collector.shapes:
-                        out(f"shape {collector.name}: {ids.describe()}")
-                for item in await advise(conn, settings, ids=ids):
-                    out(item.format())
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                out(f"advice: skipped ({describe(error)})")
+        # One read-only transaction under the exporter's timeouts: a transaction pooler keeps
+        # the same server connection for all of it (advice's EXPLAINs use savepoints).
+        async with conn.transaction(readonly=True):
+            await conn.execute(local_timeouts(settings.query_timeout))
+            problems, ids = await inspect(conn, settings, out)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        problems, ids = [describe(error)], schema.TweetIds(type=None)
+        out(f"schema: FAILED: {problems[0]}")
     finally:
         await conn.close()
 

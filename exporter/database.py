@@ -8,7 +8,25 @@ client-side deadline as backstop for a server that stops answering altogether (a
 hung volume, a path that drops packets): at the deadline the query's connection is closed from
 the client side at once, since every graceful step (cancel request, rollback, the pool's reset)
 would wait for that same server. Failures are classified into the reasons the error counter
-exports (timeout, connection, sql), and into whether the server answered at all (``tw_up``).
+exports (``FAILURE_REASONS``), and into whether the server answered at all (``tw_up``).
+
+Nothing depends on session state, so the exporter works unchanged behind a transaction pooler
+(PgBouncer ``pool_mode = transaction``), where consecutive transactions of one client may run on
+different server connections:
+
+* the timeouts and read-only mode are set *inside* each transaction (``BEGIN READ ONLY`` plus
+  ``SET LOCAL``, sent as one simple-protocol message: one round trip, like the plain ``BEGIN``
+  it replaces), never as startup parameters, which PgBouncer refuses ("unsupported startup
+  parameter"); only ``application_name`` travels at startup, and PgBouncer tracks that one
+  itself;
+* statements are unnamed (``statement_cache_size=0``) and always parsed inside the open
+  transaction, so no prepared statement outlives the server connection it was made on;
+* a released connection is not reset with ``RESET ALL``/``UNLISTEN *``: there is nothing to
+  reset, and on a transaction pooler that round trip would run on some other client's server.
+
+Each query's time is split where a pooler makes a client wait: ``wait`` is the pool acquire
+plus the transaction's first round trip (PgBouncer assigns a server connection when that
+message arrives), ``run`` is the statement and its commit.
 """
 
 from __future__ import annotations
@@ -36,10 +54,41 @@ CLIENT_GRACE_SECONDS = 1.0
 # Connections idle longer than this are closed, so a pool never holds sockets a database
 # restart or a NAT timeout has silently broken for long.
 MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
+# Pooled connections are replaced after this long even when busy: with a multi-host DSN
+# (``host1,host2`` and ``target_session_attrs``) a connection that fell back to another host
+# while the preferred one was down goes back to the preferred one within this time.
+MAX_CONNECTION_AGE = 300.0
 
 # SQLSTATE classes that mean "the database could not be reached or went away".
 _CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "28", "3D000", "53300")
 _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available
+# A read-only query at READ COMMITTED cannot fail serialization or deadlock on a primary; on a
+# hot standby these are how PostgreSQL cancels a query that blocks WAL replay (a recovery
+# conflict: 40001 for snapshot, lock, buffer-pin and tablespace conflicts, 40P01 for a
+# buffer-pin deadlock with the startup process). The next run usually succeeds.
+_CONFLICT_SQLSTATES = ("40001", "40P01")
+# Unnamed statements only: a named prepared statement lives on one server connection, which a
+# transaction pooler does not keep for the client ("prepared statement ... does not exist").
+STATEMENT_CACHE_SIZE = 0
+
+
+def local_timeouts(query_timeout: float) -> str:
+    """The exporter's timeouts for the current transaction only (milliseconds).
+
+    ``SET LOCAL`` ends with the transaction, so no setting leaks into a pooled server
+    connection another client gets next, and nothing depends on one surviving.
+    """
+    timeout_ms = max(1, round(query_timeout * 1000))
+    return (
+        f"SET LOCAL statement_timeout = {timeout_ms};"
+        f" SET LOCAL lock_timeout = {timeout_ms};"
+        f" SET LOCAL idle_in_transaction_session_timeout = {timeout_ms * 2}"
+    )
+
+
+def transaction_setup(query_timeout: float) -> str:
+    """The first message of every query's transaction: read-only, with the timeouts."""
+    return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}"
 
 
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
@@ -63,18 +112,35 @@ class QueryError(Exception):
     """A failed query, with the reason label it is counted under, a password-free message, and
     whether the server answered it (an error PostgreSQL sent about the query, such as a
     statement timeout or a missing table, is an answer; a refused or timed-out connect, a lost
-    connection and the client deadline are not)."""
+    connection and the client deadline are not).
 
-    def __init__(self, reason: FailureReason, message: str, *, answered: bool = False) -> None:
+    ``wait_seconds``/``run_seconds`` are the phases the query got through before failing
+    (None for a phase it never reached)."""
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        answered: bool = False,
+        wait_seconds: float | None = None,
+        run_seconds: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason: FailureReason = reason
         self.answered = answered
+        self.wait_seconds = wait_seconds
+        self.run_seconds = run_seconds
 
 
 @dataclass(frozen=True)
 class QueryResult:
     rows: Sequence[asyncpg.Record]
     seconds: float
+    wait_seconds: float = 0.0
+    """Pool acquire plus the transaction's first round trip (retries included)."""
+    run_seconds: float = 0.0
+    """The statement and its commit."""
 
 
 def classify(error: BaseException) -> FailureReason:
@@ -85,6 +151,8 @@ def classify(error: BaseException) -> FailureReason:
         state = getattr(error, "sqlstate", "") or ""
         if state in _TIMEOUT_SQLSTATES:
             return "timeout"
+        if state in _CONFLICT_SQLSTATES:
+            return "conflict"
         if state.startswith(_CONNECTION_SQLSTATE_PREFIXES):
             return "connection"
         return "sql"
@@ -119,6 +187,7 @@ class Database:
         pool_size: int,
         query_timeout: float,
         application_name: str = APPLICATION_NAME,
+        max_connection_age: float = MAX_CONNECTION_AGE,
     ) -> None:
         self._dsn = dsn
         self._application_name = application_name
@@ -127,9 +196,11 @@ class Database:
         self._deadline = query_timeout + CLIENT_GRACE_SECONDS
         self._tcp_timeouts = keepalive.TcpTimeouts.for_deadline(self._deadline)
         self._pool: asyncpg.Pool | None = None
+        self._max_connection_age = max_connection_age
+        self._generation_started = time.monotonic()
+        self._setup_sql = transaction_setup(query_timeout)
 
     async def open(self) -> None:
-        timeout_ms = str(max(1, round(self._query_timeout * 1000)))
         self._pool = await asyncpg.create_pool(
             self._dsn,
             min_size=0,
@@ -140,13 +211,9 @@ class Database:
             init=self._tune_socket,
             max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
             connection_class=PooledConnection,
-            server_settings={
-                "application_name": self._application_name,
-                "statement_timeout": timeout_ms,
-                "lock_timeout": timeout_ms,
-                "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2),
-                "default_transaction_read_only": "on",
-            },
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+            reset=_no_session_state,
+            server_settings={"application_name": self._application_name},
         )
 
     async def _tune_socket(self, conn: asyncpg.Connection) -> None:
@@ -171,20 +238,23 @@ class Database:
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
         that times out) count as ``connection``; a timeout while the query runs counts as
-        ``timeout``. A connection error *during* the query on a pooled connection is retried
+        ``timeout``. A connection error on a pooled connection after the connect is retried
         once on a fresh one: after a database restart every idle connection is dead, and the
         retry lets the first cycle after the restart succeed instead of reporting a failure
         that is already over.
 
-        The deadline (query timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server does:
-        when it passes, the connection the attempt holds is terminated (socket closed, pool
-        slot freed) *before* the task is cancelled, so nothing afterwards waits for the server.
+        The deadline (query timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server, or a
+        pooler in front of it, does: when it passes, the connection the attempt holds is
+        terminated (socket closed, pool slot freed) *before* the task is cancelled, so nothing
+        afterwards waits for the server. It counts as ``timeout``, not answered; when it hit
+        the transaction's first round trip (a pooler with no free server connection), the time
+        waited is still observed as wait time.
         """
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
+        await self._recycle_old_connections()
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        attempt = _Attempt()
+        attempt = _Attempt(started=time.perf_counter())
         try:
             async with asyncio.timeout(None) as deadline:
                 expiry = loop.call_at(loop.time() + self._deadline, attempt.expire, deadline)
@@ -194,7 +264,7 @@ class Database:
                     except Exception as error:
                         if (
                             attempt.expired
-                            or attempt.phase != "query"
+                            or attempt.phase == "connect"
                             or classify(error) != "connection"
                         ):
                             raise
@@ -203,49 +273,98 @@ class Database:
                 finally:
                     expiry.cancel()
         except Exception as error:
-            if attempt.phase == "connect":
-                raise QueryError("connection", describe(error)) from None
-            if attempt.expired:
-                raise QueryError(
-                    "timeout",
-                    f"no answer from the database within {self._deadline:g}s (client "
-                    "deadline); its connection was closed",
-                ) from None
-            reason = classify(error)
-            raise QueryError(reason, describe(error), answered=answered(error, reason)) from None
-        return QueryResult(rows=rows, seconds=time.perf_counter() - started)
+            raise attempt.failure(error, self._deadline) from None
+        assert attempt.wait_seconds is not None
+        seconds = attempt.elapsed()
+        return QueryResult(
+            rows=rows,
+            seconds=seconds,
+            wait_seconds=attempt.wait_seconds,
+            run_seconds=seconds - attempt.wait_seconds,
+        )
+
+    async def _recycle_old_connections(self) -> None:
+        """Every ``max_connection_age`` seconds, have the pool replace its connections (idle
+        ones on their next acquire, busy ones on release): a connection lifetime that asyncpg's
+        pool does not have, so a multi-host DSN drifts back to its preferred host."""
+        now = time.monotonic()
+        if self._pool is not None and now - self._generation_started >= self._max_connection_age:
+            self._generation_started = now
+            await self._pool.expire_connections()
 
     async def _fetch_once(
         self, sql: str | Resolve, args: Sequence[Any], attempt: _Attempt
     ) -> Sequence[asyncpg.Record]:
         pool = self._pool  # close() may drop the attribute while this attempt unwinds
         attempt.phase = "connect"
+        attempt.wait_seconds = None
         if pool is None:
             raise asyncpg.InterfaceError("the connection pool is closed")
         conn = await pool.acquire()
-        attempt.phase = "query"
         attempt.conn = conn
         try:
-            async with conn.transaction(readonly=True):
-                text = sql if isinstance(sql, str) else await sql(conn)
-                rows: Sequence[asyncpg.Record] = await conn.fetch(text, *args)
-                return rows
+            attempt.phase = "begin"
+            await conn.execute(self._setup_sql)
+            attempt.wait_seconds = attempt.elapsed()
+            attempt.phase = "query"
+            text = sql if isinstance(sql, str) else await sql(conn)
+            rows: Sequence[asyncpg.Record] = await conn.fetch(text, *args)
+            await conn.execute("COMMIT")
+            return rows
+        except BaseException:
+            # After the deadline the connection is already terminated: nothing to roll back.
+            if not attempt.expired:
+                await _rollback(conn)
+            raise
         finally:
-            # After the deadline the connection is terminated, which already gave its slot
-            # back to the pool; releasing it would wait for the server (reset) for nothing.
+            # A terminated connection already gave its slot back to the pool; releasing it
+            # would wait for the server (reset) for nothing.
             if not attempt.expired:
                 await pool.release(conn)
             attempt.conn = None
 
 
+async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+    """End a failed query's transaction, as ``Transaction.__aexit__`` would: the connection
+    goes back to the pool (and, on a pooler, its server to other clients) idle, not aborted.
+    A connection that is already broken is left to the pool, which discards it."""
+    try:
+        if conn.is_closed() or not conn.is_in_transaction():
+            return
+    except asyncpg.InterfaceError:  # lost: asyncpg already detached it from the pool
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception as error:
+        log.debug("rollback failed: %s", describe(error))
+
+
+async def _no_session_state(conn: asyncpg.Connection[Any]) -> None:
+    """The pool's reset hook: the exporter keeps no session state (timeouts are ``SET LOCAL``,
+    no LISTEN, cursors or advisory locks), so a released connection needs no reset query.
+    asyncpg still rolls back an open transaction before calling this."""
+
+
 @dataclass
 class _Attempt:
-    """Where a query attempt is and which connection it holds, so the deadline can blame
-    connecting or the query, and close the connection it finds."""
+    """Where a query attempt is, which connection it holds and how long it waited for a usable
+    server connection, so a failure is blamed on connecting or on the query, and the deadline
+    can close the connection it finds."""
 
-    phase: str = "connect"
+    started: float
+    phase: str = "connect"  # connect -> begin -> query
+    wait_seconds: float | None = None
     conn: Any = None  # the pooled connection while the attempt holds one
     expired: bool = False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def run_seconds(self) -> float | None:
+        """Time since the statement was sent, if it was."""
+        if self.phase != "query" or self.wait_seconds is None:
+            return None
+        return self.elapsed() - self.wait_seconds
 
     def expire(self, deadline: asyncio.Timeout) -> None:
         """The deadline passed: close the held connection from the client side (no cancel
@@ -256,3 +375,26 @@ class _Attempt:
             with contextlib.suppress(asyncpg.InterfaceError):  # released meanwhile
                 conn.terminate()
         deadline.reschedule(asyncio.get_running_loop().time())
+
+    def failure(self, error: BaseException, deadline: float) -> QueryError:
+        """The ``QueryError`` this attempt ended in."""
+        if self.phase == "connect":
+            return QueryError("connection", describe(error), wait_seconds=self.wait_seconds)
+        if self.expired:
+            # Stuck in the first round trip: all of it was waiting for a server connection.
+            wait = self.elapsed() if self.phase == "begin" else self.wait_seconds
+            return QueryError(
+                "timeout",
+                f"no answer from the database within {deadline:g}s (client deadline); its "
+                "connection was closed",
+                wait_seconds=wait,
+                run_seconds=self.run_seconds(),
+            )
+        reason = classify(error)
+        return QueryError(
+            reason,
+            describe(error),
+            answered=answered(error, reason),
+            wait_seconds=self.wait_seconds,
+            run_seconds=self.run_seconds(),
+        )

@@ -9,6 +9,7 @@ first scrape. Business series are *not* kept this way: they are rebuilt from eac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -17,8 +18,16 @@ from exporter import __version__
 from exporter.collectors import QUERY_NAMES
 from exporter.collectors.base import MetricSpec
 
-FailureReason = Literal["timeout", "connection", "sql"]
-FAILURE_REASONS: tuple[FailureReason, ...] = ("timeout", "connection", "sql")
+FailureReason = Literal["timeout", "connection", "conflict", "sql"]
+FAILURE_REASON_MEANINGS: Mapping[FailureReason, str] = {
+    "timeout": "statement_timeout, lock_timeout or client deadline",
+    "connection": "database or pooler unreachable, restarted or refused",
+    "conflict": "cancelled by a recovery conflict on a hot standby, SQLSTATE 40001/40P01",
+    "sql": "any other error, e.g. a missing table",
+}
+FAILURE_REASONS: tuple[FailureReason, ...] = tuple(FAILURE_REASON_MEANINGS)
+"""Every value of the ``reason`` label, each pre-created for every query. The metric help, the
+alerts, the dashboard and the docs take the list from here."""
 
 QUERY_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -39,10 +48,26 @@ QUERY_DURATION = MetricSpec(
 QUERY_ERRORS = MetricSpec(
     "tw_exporter_query_errors_total",
     "counter",
-    "Failed runs of each business query by reason: timeout (statement_timeout or client "
-    "deadline), connection (database unreachable, restarted or refused), sql (any other "
-    "error, e.g. a missing table).",
+    "Failed runs of each business query by reason: "
+    + ", ".join(f"{reason} ({meaning})" for reason, meaning in FAILURE_REASON_MEANINGS.items())
+    + ".",
     ("query", "reason"),
+)
+QUERY_WAIT = MetricSpec(
+    "tw_exporter_query_wait_seconds",
+    "histogram",
+    "Time each business query waited for a usable server connection: the pool acquire (and "
+    "connect) plus the transaction's first round trip, where a transaction pooler such as "
+    "PgBouncer queues a client until a server connection is free.",
+    ("query",),
+)
+QUERY_RUN = MetricSpec(
+    "tw_exporter_query_run_seconds",
+    "histogram",
+    "Time each business query's statement ran (with its commit) once it had a server "
+    "connection; with tw_exporter_query_wait_seconds it tells a saturated pool or pooler "
+    "apart from a slow query.",
+    ("query",),
 )
 QUERY_LAST_SUCCESS = MetricSpec(
     "tw_exporter_query_last_success_timestamp_seconds",
@@ -90,6 +115,8 @@ BUILD_INFO = MetricSpec(
 HEALTH_METRICS: tuple[MetricSpec, ...] = (
     UP,
     QUERY_DURATION,
+    QUERY_WAIT,
+    QUERY_RUN,
     QUERY_ERRORS,
     QUERY_LAST_SUCCESS,
     CYCLE_DURATION,
@@ -144,6 +171,20 @@ class HealthMetrics:
             buckets=QUERY_DURATION_BUCKETS,
             registry=registry,
         )
+        self.query_wait = Histogram(
+            _registered_name(QUERY_WAIT),
+            QUERY_WAIT.help,
+            labels(QUERY_WAIT),
+            buckets=QUERY_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.query_run = Histogram(
+            _registered_name(QUERY_RUN),
+            QUERY_RUN.help,
+            labels(QUERY_RUN),
+            buckets=QUERY_DURATION_BUCKETS,
+            registry=registry,
+        )
         self.query_errors = Counter(
             _registered_name(QUERY_ERRORS),
             QUERY_ERRORS.help,
@@ -180,6 +221,8 @@ class HealthMetrics:
         for query in QUERY_NAMES:
             self.label_values_truncated.labels(query=query)
             self.query_duration.labels(query=query)
+            self.query_wait.labels(query=query)
+            self.query_run.labels(query=query)
             self.query_last_success.labels(query=query)
             for reason in FAILURE_REASONS:
                 self.query_errors.labels(query=query, reason=reason)

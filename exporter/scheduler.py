@@ -95,6 +95,10 @@ class Collector:
             health.query_duration.labels(query=collector.name).observe(
                 time.perf_counter() - started
             )
+            if error.wait_seconds is not None:
+                health.query_wait.labels(query=collector.name).observe(error.wait_seconds)
+            if error.run_seconds is not None:
+                health.query_run.labels(query=collector.name).observe(error.run_seconds)
             health.query_errors.labels(query=collector.name, reason=error.reason).inc()
             health.record_attempt(collector.name, error.answered)
             log.warning("query %s failed (%s): %s", collector.name, error.reason, error)
@@ -106,6 +110,8 @@ class Collector:
             return True
         health.query_duration.labels(query=collector.name).observe(result.seconds)
         health.record_attempt(collector.name, True)
+        health.query_wait.labels(query=collector.name).observe(result.wait_seconds)
+        health.query_run.labels(query=collector.name).observe(result.run_seconds)
         self.store.record_success(collector.name, families, time.time())
         log.debug("query %s: %d rows in %.3fs", collector.name, len(result.rows), result.seconds)
         return True

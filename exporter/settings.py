@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -139,16 +140,25 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def parse_dsn(text: str) -> str:
+    """A PostgreSQL URI, with one host or libpq's comma-separated list of ``host[:port]``
+    (``postgresql://u@h1:5432,h2:5432/db?target_session_attrs=prefer-standby``), each port
+    a number from 1 to 65535."""
     dsn = text.strip()
     scheme, sep, rest = dsn.partition("://")
     if not sep or scheme not in DSN_SCHEMES or not rest:
         raise ValueError("expected a PostgreSQL URI such as postgresql://user@host:5432/dbname")
-    from urllib.parse import urlsplit
-
-    try:
-        urlsplit(dsn).port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError("expected a PostgreSQL URI with a valid host and a numeric port") from None
+    # The host list ends at the path or query; the user part (which may hold a password with
+    # any character) ends at the last "@" before that.
+    authority = re.split(r"[/?]", rest.rpartition("@")[2], maxsplit=1)[0]
+    for host in authority.split(",") if authority else []:
+        if not _HOST_PORT.fullmatch(host):
+            raise ValueError(
+                f"expected a PostgreSQL URI with valid hosts and numeric ports "
+                f"(host:port, or host1:port1,host2:port2), got host {host!r}"
+            )
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+        if port and not 1 <= int(port) <= 65535:
+            raise ValueError(f"expected a PostgreSQL URI with ports from 1 to 65535, got {port}")
     return dsn
 
 
@@ -171,11 +181,10 @@ def parse_group(text: str) -> str:
 
 
 def dsn_hosts(dsn: str) -> int:
-    """How many hosts a (possibly multi-host) PostgreSQL URI names."""
-    from urllib.parse import urlsplit
-
-    netloc = urlsplit(dsn).netloc.rpartition("@")[2]
-    return max(1, len([host for host in netloc.split(",") if host]))
+    """How many hosts a (possibly multi-host) PostgreSQL URI names (split as ``parse_dsn``
+    does)."""
+    authority = re.split(r"[/?]", dsn.partition("://")[2].rpartition("@")[2], maxsplit=1)[0]
+    return max(1, len(authority.split(",")))
 
 
 def requires_primary(dsn: str) -> bool:
@@ -184,6 +193,10 @@ def requires_primary(dsn: str) -> bool:
 
     attrs = parse_qs(urlsplit(dsn).query).get("target_session_attrs", [""])[-1]
     return attrs in ("read-write", "primary")
+
+
+# host, [IPv6], or empty (libpq's default host), then an optional numeric port
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.%\w]+\]|[^\s:/?#\[\],@]*)(?::[0-9]{1,5})?")
 
 
 def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:

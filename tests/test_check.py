@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import asyncpg
+import pytest
 
+from exporter.check import server_role
 from tests.conftest import exporter_command
 
 
@@ -21,6 +23,7 @@ async def test_check_passes_on_a_ready_database(seeded_db: str) -> None:
     out = result.stdout
     for line in (
         "connect: ok",
+        "server: ok (primary)",
         "schema: ok",
         # Empty tables: nothing contradicts time-ordered ids, so the fast shape.
         "shape trending_hashtags: id-range (tw_tweets.id is bigint and grows with created_at)",
@@ -55,3 +58,27 @@ def test_check_rejects_bad_settings_with_exit_2() -> None:
     result = check("--dsn", "postgresql://h/db", "--top-users", "0")
     assert result.returncode == 2
     assert result.stderr.startswith("tw-exporter: error: --top-users")
+
+
+@pytest.mark.parametrize(
+    ("feedback", "delay_ms", "query_timeout", "expected"),
+    [
+        (False, 30_000, 10.0, "server: ok (hot standby; hot_standby_feedback off, "
+         "max_standby_streaming_delay 30000ms)"),
+        (False, 10_000, 10.0, "server: ok (hot standby; hot_standby_feedback off, "
+         "max_standby_streaming_delay 10000ms)"),
+        (False, -1, 10.0, "server: ok (hot standby; hot_standby_feedback off, "
+         "max_standby_streaming_delay -1 (unlimited))"),
+        (True, 100, 10.0, "server: ok (hot standby; hot_standby_feedback on, "
+         "max_standby_streaming_delay 100ms)"),
+        (False, 9_999, 10.0, "server: WARNING: hot standby with hot_standby_feedback off and "
+         "max_standby_streaming_delay 9999ms below the query timeout (10s)"),
+    ],
+)  # fmt: skip
+def test_server_role_warns_only_when_replay_can_cancel_a_query_in_time(
+    feedback: bool, delay_ms: int, query_timeout: float, expected: str
+) -> None:
+    line = server_role(True, feedback, delay_ms, query_timeout)
+    assert line.startswith(expected), line
+    assert ("WARNING" in line) == line.startswith("server: WARNING")
+    assert server_role(False, feedback, delay_ms, query_timeout) == "server: ok (primary)"

@@ -13,7 +13,7 @@ import hashlib
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -29,8 +29,9 @@ from exporter.leader import (
     group_key,
     key_halves,
 )
-from tests.conftest import ExporterProcess, StartExporter, wait_until
+from tests.conftest import ExporterProcess, PgServer, StartExporter, wait_until
 from tests.helpers import ahttp_get, value
+from tests.pgbouncer import PgBouncer, run_pgbouncer
 
 INTERVAL = 1.0
 QUERY_TIMEOUT = 0.5
@@ -400,3 +401,51 @@ async def test_a_follower_reports_its_lock_database_and_both_recover_after_an_ou
     )
     await wait_until(lambda: serves_fresh_data_as_leader(new_leader), timeout=10)
     await wait_until(lambda: is_follower(new_follower), timeout=10)
+
+
+# ------------------------------------------------------------------ behind a pooler
+
+
+@pytest.fixture
+def round_robin_transaction_bouncer(pg_server: PgServer) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode handing out its server connections in turn (FIFO), so
+    two consecutive statements of one client land on different backends."""
+    with run_pgbouncer(
+        pg_server.dsn, "transaction", default_pool_size="4", server_round_robin="1"
+    ) as bouncer:
+        yield bouncer
+
+
+async def test_a_transaction_pooler_on_the_lock_path_is_refused_with_one_line(
+    round_robin_transaction_bouncer: PgBouncer, seeded_db: str, exporter_proc: StartExporter
+) -> None:
+    bouncer = round_robin_transaction_bouncer
+    ha_dsn = bouncer.dsn_for(seeded_db)
+    # Two server connections in the pool: two clients in a transaction at the same time.
+    first, second = await asyncpg.connect(ha_dsn), await asyncpg.connect(ha_dsn)
+    try:
+        for conn in (first, second):
+            await conn.execute("BEGIN")
+            await conn.execute("SELECT 1")
+        for conn in (first, second):
+            await conn.execute("COMMIT")
+    finally:
+        await first.close()
+        await second.close()
+    replica = exporter_proc("--dsn", seeded_db, "--ha-dsn", ha_dsn, *HA_FLAGS)
+    assert replica.proc.wait(15) == 1
+    errors = [line for line in replica.logs().splitlines() if " ERROR " in line]
+    assert len(errors) == 1, replica.logs()
+    assert "--ha-dsn goes through a transaction pooler" in errors[0]
+    assert "connect it to PostgreSQL directly or through a session pooler" in errors[0]
+
+
+async def test_a_session_pooler_on_the_lock_path_works(
+    pg_server: PgServer, seeded_db: str, exporter_proc: StartExporter
+) -> None:
+    with run_pgbouncer(pg_server.dsn, "session", server_round_robin="1") as bouncer:
+        replica = exporter_proc(
+            "--dsn", seeded_db, "--ha-dsn", bouncer.dsn_for(seeded_db), *HA_FLAGS
+        )
+        await wait_until(lambda: serves_fresh_data_as_leader(replica), timeout=15)
+        assert replica.proc.poll() is None

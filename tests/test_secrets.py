@@ -19,6 +19,11 @@ from exporter.secrets import dsn_password, redact_dsn
         ("postgresql://u:p%40ss%2Fw@h/db", "p@ss/w"),
         ("postgresql://u@h/db?password=qwerty&sslmode=require", "qwerty"),
         ("postgres://u:a:b@h/db", "a:b"),
+        # libpq multi-host URIs: the password sits before the host list.
+        ("postgresql://u:s3cret@h1:5432,h2:5433/db?target_session_attrs=prefer-standby", "s3cret"),
+        ("postgresql://u:p@ss,w0rd@h1,h2:5433/db", "p@ss,w0rd"),
+        ("postgresql://u:pw%2Cx@[::1]:5432,[::2]:5433/db", "pw,x"),
+        ("postgresql://u@h1:5432,h2:5433/db?password=qwerty&target_session_attrs=any", "qwerty"),
     ],
 )
 def test_redaction(dsn: str, password: str) -> None:
@@ -30,6 +35,11 @@ def test_redaction(dsn: str, password: str) -> None:
 
 def test_no_password_is_left_alone() -> None:
     assert redact_dsn("postgresql://u@h/db") == "postgresql://u@h/db"
+    multi = "postgresql://u@h1:5432,h2:5433/db?target_session_attrs=prefer-standby"
+    assert redact_dsn(multi) == multi
+    assert redact_dsn("postgresql://u:pw@h1:5432,h2:5433/db") == (
+        "postgresql://u:***@h1:5432,h2:5433/db"
+    )
     assert dsn_password("postgresql://u@h/db") is None
 
 

@@ -143,6 +143,30 @@ def test_missing_dsn_and_conflicting_dsn_sources(
     assert str(dsn_file) in line and "PostgreSQL URI" in line
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u@h1:5432,h2:5433/db?target_session_attrs=prefer-standby",
+        "postgresql://u:pw@db-a,db-b:6432/app?target_session_attrs=read-write",
+        "postgres://u@[::1]:5432,[fe80::1%25eth0]:5433,10.0.0.3/db",
+    ],
+)
+def test_multi_host_dsns_are_accepted(dsn: str) -> None:
+    assert parse(["--dsn", dsn]).dsn == dsn
+
+
+def test_a_bad_host_in_a_multi_host_dsn_is_named_without_the_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = error_line(
+        ["run", "--dsn", "postgresql://u:hunter2pw@h1:5432,h2:fivefour/db"], capsys, monkeypatch
+    )
+    assert "hunter2pw" not in line and "***" in line
+    assert "'h2:fivefour'" in line and "host1:port1,host2:port2" in line
+    line = error_line(["run", "--dsn", "postgresql://u:hunter2pw@h1:70000/db"], capsys, monkeypatch)
+    assert "hunter2pw" not in line and "65535" in line
+
+
 def test_password_is_masked_in_errors(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -48,6 +48,8 @@ from exporter.health import (
     QUERY_DURATION,
     QUERY_ERRORS,
     QUERY_LAST_SUCCESS,
+    QUERY_RUN,
+    QUERY_WAIT,
     UP,
 )
 from exporter.settings import DEFAULT_INTERVAL
@@ -274,6 +276,15 @@ def bucket(spec: MetricSpec) -> str:
 
 _REASON_TIMEOUT = "timeout"
 assert _REASON_TIMEOUT in FAILURE_REASONS
+# TwExporterQueryErrors covers every reason but timeout (TwExporterQueryTimeouts has that one).
+_ERROR_REASONS = tuple(r for r in FAILURE_REASONS if r != _REASON_TIMEOUT)
+
+
+def _reason_list(reasons: tuple[str, ...]) -> str:
+    """``a``, ``b`` or ``c``: the catalogue's reasons as Markdown code in a sentence."""
+    quoted = [f"`{r}`" for r in reasons]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
 
 _PROMQL_KEYWORDS = frozenset(
     {
@@ -717,14 +728,21 @@ unless on (job, instance)
             ),
             runbook=(
                 "A business query fails in more than `queryErrorRatio` of its cycles with "
-                "reason `sql` (the database rejected the query) or `connection` (some "
-                "connections fail while others work; total loss is TwExporterDatabaseDown).",
+                f"reason {_reason_list(_ERROR_REASONS)} (every reason but `timeout`; for "
+                "`connection`, some connections fail while others work: total loss is "
+                "TwExporterDatabaseDown).",
                 "`sql`: a table or column was renamed or dropped, or the exporter's role "
                 "lost SELECT permission. `connection`: `max_connections` or a pooler limit "
-                "reached, a failover in progress, flaky network.",
+                "reached, a failover in progress, flaky network. `conflict`: on a hot "
+                "standby, WAL replay cancelled the query (VACUUM on the primary removed rows "
+                "it still needed, or a lock it conflicts with) because "
+                "`max_standby_streaming_delay` is shorter than the query.",
                 "Read the exporter log for the PostgreSQL error; `tw-exporter check` lists "
                 "missing tables, columns and privileges; for `connection`, check the "
-                "database's connection count and failover status.",
+                "database's (or pooler's) connection count and failover status; for "
+                "`conflict`, `tw-exporter check` on the standby shows `hot_standby_feedback` "
+                "and `max_standby_streaming_delay`: turn the feedback on or raise the delay "
+                "above `--query-timeout`.",
             ),
         ),
         Alert(
@@ -1315,12 +1333,35 @@ ROWS: tuple[Row, ...] = (
                 min=0,
             ),
             Panel(
+                title="Where query time goes: waiting vs running (p90)",
+                kind="timeseries",
+                description=(
+                    "p90 of the time each query waited for a usable server connection "
+                    f"({QUERY_WAIT.name}: pool acquire plus the transaction's first round "
+                    "trip, where PgBouncer queues a client) and of the time its statement ran "
+                    f"({QUERY_RUN.name}). A high wait with a normal run is a saturated pool or "
+                    "pooler, not a slow query."
+                ),
+                targets=tuple(
+                    Target(
+                        f"histogram_quantile(0.9, sum by ({label(spec, 'query')}, le) "
+                        f"(rate({sel(bucket(spec))}[{RATE}])))",
+                        f"{phase} {{{{{QUERY}}}}}",
+                    )
+                    for phase, spec in (("wait", QUERY_WAIT), ("run", QUERY_RUN))
+                ),
+                width=12,
+                height=8,
+                unit="s",
+                min=0,
+            ),
+            Panel(
                 title="Query errors by reason",
                 kind="timeseries",
                 description=(
                     f"Failed query runs per second by query and reason ({QUERY_ERRORS.name}): "
-                    "timeout, connection or sql (TwExporterQueryErrors, "
-                    "TwExporterQueryTimeouts)."
+                    f"{_reason_list(FAILURE_REASONS).replace('`', '')} "
+                    "(TwExporterQueryErrors, TwExporterQueryTimeouts)."
                 ),
                 targets=(
                     Target(
