@@ -137,8 +137,8 @@ async def test_sigint_during_a_hung_query_stops_at_once_and_frees_the_backend(
             condition = "AND wait_event_type = 'Lock'" if waiting else ""
             return int(
                 await watcher.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    f"WHERE application_name = 'tw-exporter' {condition}"
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                    f"'tw-exporter' AND datname = current_database() {condition}"
                 )
             )
 
