@@ -32,12 +32,13 @@ import asyncpg
 import psutil
 
 from benchmarks.common import RESULTS, log, machine
-from benchmarks.soak import value
+from benchmarks.soak import total, value
 from exporter import dataset
 from exporter.app import HTTPSecurity, serve
 from exporter.collectors import QUERY_NAMES
 from exporter.database import APPLICATION_NAME
 from exporter.embedded import EmbeddedPostgres
+from exporter.health import FAILURE_REASONS
 from exporter.settings import query_params
 
 DATABASE = "tw_freeze"
@@ -180,9 +181,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 value(body, "tw_exporter_query_errors_total", query=q, reason=reason) or 0
                 for q in QUERY_NAMES
             )
-            for reason in ("timeout", "connection", "sql")
+            for reason in FAILURE_REASONS
         }
-        skipped = value(body, "tw_exporter_cycles_skipped_total")
+        skipped = total(body, "tw_exporter_cycles_skipped_total")  # summed over queries
         stop.set()
         await asyncio.wait_for(exporter, 10)
         return {

@@ -1,8 +1,8 @@
 """Servers the scrape benchmark runs as separate processes.
 
 * ``exporter``: the exporter's own wiring (``exporter.app.serve``'s components, unchanged),
-  with ``Collector.run_cycle`` wrapped to append each cycle's start/end (wall clock) to a file,
-  so a latency probe can tell which scrapes overlapped a cycle.
+  with ``Collector.run_query`` wrapped to append each query run's start/end (wall clock) to a
+  file, so a latency probe can tell which scrapes overlapped a run.
 * ``library``: ``prometheus_client.start_http_server`` serving a registry with the same number
   of static series as the exporter serves (the library's floor: it renders on every scrape).
 * ``physical``: an asyncio Protocol that answers every request with one response rendered
@@ -44,16 +44,16 @@ def run_exporter(args: argparse.Namespace) -> None:
         await server.start("127.0.0.1", args.port)
         collector = Collector(database, store, query_params())
         cycles: list[tuple[float, float]] = []
-        original = collector.run_cycle
+        original = collector.run_query
 
-        async def logged_cycle() -> bool:
+        async def logged_run(name: str) -> bool:
             started = time.time()
             try:
-                return await original()
+                return await original(name)
             finally:
                 cycles.append((started, time.time()))
 
-        collector.run_cycle = logged_cycle  # type: ignore[method-assign]
+        collector.run_query = logged_run  # type: ignore[method-assign]
         scheduler = start_scheduler(collector, args.interval)
         print("ready", flush=True)
         await stop.wait()

@@ -145,6 +145,11 @@ def value(body: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def total(body: str, name: str) -> float:
+    """The sum of every series of ``name`` (e.g. a per-query counter over all queries)."""
+    return sum((number for sample, _, number in parse(body) if sample == name), 0.0)
+
+
 @dataclass
 class Scraper:
     """Polls /metrics every second in a thread; remembers failures and tw_up over time."""
@@ -254,7 +259,7 @@ def accounting(body: str, elapsed: float, interval: float) -> dict[str, Any]:
         q: value(body, "tw_exporter_query_duration_seconds_count", query=q) or 0.0
         for q in QUERY_NAMES
     }
-    skipped = value(body, "tw_exporter_cycles_skipped_total") or 0.0
+    skipped = total(body, "tw_exporter_cycles_skipped_total")  # summed over queries
     ran = min(per_query.values())
     expected = int(elapsed // interval) + 1  # the first cycle runs at start
     errors: dict[str, float] = {}

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.collectors import COLLECTORS
-from exporter.database import APPLICATION_NAME, Database
+from exporter.custom import collectors_for
+from exporter.database import APPLICATION_NAME, MAX_POOL_SIZE, Database, pool_size_for
 from exporter.http import Authenticator, MetricsServer, ServerLimits
 from exporter.leader import (
     QUERY_APPLICATION_PREFIX,
@@ -20,6 +20,8 @@ from exporter.leader import (
     application_name,
     replica_name,
 )
+from exporter.queries_file import QueriesConfig, config_for
+from exporter.reload import Reloader
 from exporter.scheduler import Collector, start_scheduler
 from exporter.settings import Settings
 from exporter.snapshot import SnapshotStore
@@ -60,19 +62,28 @@ def load_http_security(settings: Settings) -> HTTPSecurity:
 
 @dataclass(frozen=True)
 class Listener:
-    """The HTTP server, already bound and serving ``store`` (readiness 503 until data)."""
+    """The HTTP server, already bound and serving ``store`` (readiness 503 until data), and
+    the queries configuration the store was made for."""
 
     store: SnapshotStore
     server: MetricsServer
     addresses: list[tuple[str, int]]
+    config: QueriesConfig
 
 
-async def listen(settings: Settings, security: HTTPSecurity) -> Listener:
+async def listen(
+    settings: Settings, security: HTTPSecurity, queries: QueriesConfig | None = None
+) -> Listener:
     """Bind the listening sockets and keep them: a taken port fails here, before anything else
-    is started, and nothing can take it between a check and the bind."""
+    is started, and nothing can take it between a check and the bind.
+
+    ``queries`` is the queries file already read (the CLI validates it first); without it the
+    file named by the settings, if any, is read here."""
+    config = queries if queries is not None else config_for(settings)
     store = SnapshotStore(
         interval=settings.interval,
         max_staleness=settings.max_staleness,
+        queries={name: (s.interval, s.max_staleness) for name, s in config.schedules.items()},
         max_label_length=settings.max_label_length,
     )
     server = MetricsServer(
@@ -91,7 +102,7 @@ async def listen(settings: Settings, security: HTTPSecurity) -> Listener:
     except OSError as error:
         await server.close()
         raise StartupError(f"cannot listen on {settings.listen}: {error.strerror}") from None
-    return Listener(store, server, addresses)
+    return Listener(store, server, addresses, config)
 
 
 async def serve(
@@ -99,19 +110,22 @@ async def serve(
     security: HTTPSecurity,
     stop: asyncio.Event,
     listener: Listener | None = None,
+    queries: QueriesConfig | None = None,
 ) -> None:
     """Run the exporter until ``stop`` is set; always closes the pool and the sockets.
 
     ``listener`` is one :func:`listen` returned earlier (the demo binds before loading data);
-    without it the sockets are bound here, before the pool is created.
+    without it the sockets are bound here (for ``queries``), before the pool is created.
     """
     if listener is None:
-        listener = await listen(settings, security)
-    store, server = listener.store, listener.server
+        listener = await listen(settings, security, queries)
+    store, server, config = listener.store, listener.server, listener.config
+    schedules = config.schedules
     replica = replica_name()
     database = Database(
         settings.dsn,
-        pool_size=len(COLLECTORS),
+        # With a queries file a reload may add queries: the bound, opened only on demand.
+        pool_size=pool_size_for(MAX_POOL_SIZE if config.path else len(schedules)),
         query_timeout=settings.query_timeout,
         # With --ha, pg_stat_activity shows which replica runs the queries.
         application_name=application_name(QUERY_APPLICATION_PREFIX, replica)
@@ -134,16 +148,29 @@ async def serve(
         settings.query_timeout,
         settings.max_staleness,
     )
-    collector = Collector(database, store, settings)
+    if config.path is not None:
+        log.info(
+            "queries file %s: %d built-in and %d custom queries",
+            config.path,
+            len(config.builtins),
+            len(config.custom),
+        )
+    collector = Collector(database, store, settings, collectors_for(config), schedules=schedules)
     leadership = _leadership(settings, replica, collector, store, stop) if settings.ha else None
     collector.fence = leadership
     scheduler = start_scheduler(collector, settings.interval)
     if leadership is not None:
         leadership.on_elected = lambda: _lead(store, scheduler)
         leadership.start()
+    reloader = Reloader(settings, config, collector, scheduler, server)
+    if settings.web_enable_lifecycle:
+        server.reload = reloader.reload
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     try:
         await stop.wait()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         log.info("shutting down")
         scheduler.shutdown(wait=False)
         await collector.cancel_running(SHUTDOWN_GRACE)
@@ -177,8 +204,11 @@ def _leadership(
         asyncio.get_running_loop().create_task(collector.cancel_running(SHUTDOWN_GRACE))
 
     def answer(answered: bool) -> None:
+        # A follower runs no queries, so no run renders for it: its ``tw_up`` (from the lock
+        # connection) is published here, once per lock answer (every lease/3).
         if not leadership.is_leader:
             store.health.follow(answered)
+            store.render()
 
     def fatal(line: str) -> None:
         stop.set()
@@ -214,7 +244,7 @@ def _lead(store: SnapshotStore, scheduler: AsyncIOScheduler) -> None:
         job.modify(next_run_time=now)
 
 
-def run(settings: Settings, security: HTTPSecurity) -> None:
+def run(settings: Settings, security: HTTPSecurity, queries: QueriesConfig | None = None) -> None:
     """Blocking entry point: SIGTERM/SIGINT stop the exporter cleanly."""
 
     async def main() -> None:
@@ -222,6 +252,6 @@ def run(settings: Settings, security: HTTPSecurity) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(settings, security, stop)
+        await serve(settings, security, stop, queries=queries)
 
     asyncio.run(main())

@@ -2,11 +2,13 @@
 
 Validates the settings, connects with the exporter's own connection settings, says whether the
 server is a primary or a hot standby (and warns when a standby's settings let recovery
-conflicts cancel the queries), verifies that the tables and columns each query reads exist and
-are readable, says which query shape the schema gets (``exporter.schema``), inspects each
-query's plan for full-table scans and for recommended indexes that are missing or that the plan
-does not use (advice, never a failure), and runs each query once, in the shape detected. Prints
-one line per step and exits 0 only when everything would work.
+conflicts cancel the queries), verifies that the tables and columns each built-in query reads
+exist and are readable, says which query shape the schema gets (``exporter.schema``), prepares
+each custom query from ``--queries-file`` (never running it) to check the columns the file
+names, inspects each query's plan for full-table scans and for recommended indexes that are
+missing or that the plan does not use (advice, never a failure), and runs each enabled built-in
+query once, in the shape detected; every query's effective schedule is printed with the source
+of each value. Prints one line per step and exits 0 only when everything would work.
 
 Like the exporter, it keeps no session state and runs unnamed statements inside one read-only
 transaction, so it gives the same answers through PgBouncer in transaction pooling mode.
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
 
 from exporter import schema
 from exporter.advice import advise
-from exporter.collectors import COLLECTORS
+from exporter.check_queries import prepare_custom, schedule_lines
+from exporter.collectors import COLLECTORS, QueryCollector
+from exporter.custom import collectors_for
 from exporter.database import (
     APPLICATION_NAME,
     STATEMENT_CACHE_SIZE,
@@ -30,7 +34,9 @@ from exporter.database import (
     QueryError,
     describe,
     local_timeouts,
+    pool_size_for,
 )
+from exporter.queries_file import QueriesConfig, config_for
 from exporter.settings import Settings
 
 Print = Callable[[str], None]
@@ -54,9 +60,9 @@ SELECT pg_is_in_recovery() AS standby,
 """
 
 
-def required_columns() -> dict[str, set[str]]:
+def required_columns(collectors: Sequence[QueryCollector] = COLLECTORS) -> dict[str, set[str]]:
     needed: dict[str, set[str]] = {}
-    for collector in COLLECTORS:
+    for collector in collectors:
         for table, columns in collector.tables.items():
             needed.setdefault(table, set()).update(columns)
     return needed
@@ -100,16 +106,19 @@ def server_role(standby: bool, feedback: bool, delay_ms: int, query_timeout: flo
 
 
 async def inspect(
-    conn: asyncpg.Connection, settings: Settings, out: Print
+    conn: asyncpg.Connection, settings: Settings, out: Print, config: QueriesConfig
 ) -> tuple[list[str], schema.TweetIds]:
-    """Server, schema, privileges, the query shape and plans; returns the problems found and
-    the tweet ids' kind (which decides the trending query's shape)."""
+    """Server, schema, privileges, the query shape, the custom queries' statements and the
+    plans; returns the problems found and the tweet ids' kind (which decides the trending
+    query's shape)."""
+    collectors = collectors_for(config)
+    builtins = [c for c in collectors if c.name in config.builtins]
     version = await conn.fetchval("SHOW server_version")
     out(f"connect: ok (PostgreSQL {version})")
     role = await conn.fetchrow(STANDBY_SQL)
     assert role is not None
     out(server_role(role["standby"], role["feedback"], role["delay"], settings.query_timeout))
-    needed = required_columns()
+    needed = required_columns(builtins)
     present: dict[str, set[str]] = {}
     for row in await conn.fetch(COLUMNS_SQL, list(needed)):
         present.setdefault(row["table_name"], set()).add(row["column_name"])
@@ -122,26 +131,44 @@ async def inspect(
     if any(table not in present for table in needed):
         out(SCHEMA_HINT)
     ids = schema.TweetIds(type=None)
-    if not problems:
+    builtins_ok = not problems
+    if builtins_ok:
         out("schema: ok (" + ", ".join(sorted(needed)) + ")")
-        # Plans and missing indexes: advice only, never a failure.
-        try:
+    prepared = await prepare_custom(conn, config)
+    for line in prepared.lines:
+        out(line)
+    problems += [line for line in prepared.lines if ": FAILED" in line]
+    # Plans and missing indexes: advice only, never a failure; for the queries that can be
+    # planned (the built-ins on a complete schema, the custom ones that prepared).
+    ready = [
+        c
+        for c in collectors
+        if (c.name in config.custom and c.name not in prepared.failed)
+        or (c.name in config.builtins and builtins_ok)
+    ]
+    try:
+        if builtins_ok and builtins:
             ids = await schema.detect(conn)
-            for collector in COLLECTORS:
+            for collector in builtins:
                 if collector.shapes:
                     out(f"shape {collector.name}: {ids.describe()}")
-            for item in await advise(conn, settings, ids=ids):
+        if ready:
+            for item in await advise(conn, settings, collectors=ready, ids=ids):
                 out(item.format())
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            out(f"advice: skipped ({describe(error)})")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        out(f"advice: skipped ({describe(error)})")
     return problems, ids
 
 
-async def check(settings: Settings, out: Print = print) -> int:
+async def check(settings: Settings, out: Print = print, config: QueriesConfig | None = None) -> int:
+    config = config if config is not None else config_for(settings)
+    builtins = [c for c in collectors_for(config) if c.name in config.builtins]
     out(
         f"settings: ok (database {settings.redacted_dsn}, interval {settings.interval:g}s, "
         f"query timeout {settings.query_timeout:g}s)"
     )
+    for line in schedule_lines(config):
+        out(line)
     try:
         conn = await asyncpg.connect(
             settings.dsn,
@@ -157,7 +184,7 @@ async def check(settings: Settings, out: Print = print) -> int:
         # the same server connection for all of it (advice's EXPLAINs use savepoints).
         async with conn.transaction(readonly=True):
             await conn.execute(local_timeouts(settings.query_timeout))
-            problems, ids = await inspect(conn, settings, out)
+            problems, ids = await inspect(conn, settings, out, config)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
         problems, ids = [describe(error)], schema.TweetIds(type=None)
         out(f"schema: FAILED: {problems[0]}")
@@ -165,14 +192,19 @@ async def check(settings: Settings, out: Print = print) -> int:
         await conn.close()
 
     database = Database(
-        settings.dsn, pool_size=len(COLLECTORS), query_timeout=settings.query_timeout
+        settings.dsn, pool_size=pool_size_for(len(builtins)), query_timeout=settings.query_timeout
     )
     await database.open()
     failures = len(problems)
+    schedules = config.schedules
     try:
-        for collector in COLLECTORS:
+        for collector in builtins:
             try:
-                result = await database.fetch(collector.sql_for(ids), collector.params(settings))
+                result = await database.fetch(
+                    collector.sql_for(ids),
+                    collector.params(settings),
+                    schedules[collector.name].timeout,
+                )
             except QueryError as error:
                 failures += 1
                 out(f"query {collector.name}: FAILED ({error.reason}): {error}")
@@ -189,5 +221,7 @@ async def check(settings: Settings, out: Print = print) -> int:
     return 0 if failures == 0 else 1
 
 
-def run_check(settings: Settings) -> int:
-    return asyncio.run(check(settings, lambda line: print(line, file=sys.stdout, flush=True)))
+def run_check(settings: Settings, config: QueriesConfig | None = None) -> int:
+    return asyncio.run(
+        check(settings, lambda line: print(line, file=sys.stdout, flush=True), config)
+    )

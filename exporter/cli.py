@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from exporter import settings as cfg
 from exporter.secrets import dsn_password
@@ -34,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="check settings, connection, schema and queries once; exit 0 when all is well",
     )
     cfg.add_options(check, cfg.CHECK_OPTIONS)
+
+    monitoring = commands.add_parser(
+        "monitoring",
+        help="write a Grafana dashboard and alert rules (with promtool tests) for the custom "
+        "metrics of a queries file",
+    )
+    monitoring.add_argument("--queries-file", required=True, metavar="PATH", type=Path)
+    monitoring.add_argument(
+        "--out", required=True, metavar="DIR", type=Path, help="directory to write the files to"
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -100,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "monitoring":
+            return _monitoring(args)
         if args.command == "sample-data":
             from exporter.sample_data import run_sample_data
 
@@ -121,11 +134,13 @@ def _secrets(*dsns: str) -> tuple[str, ...]:
 def _run(args: argparse.Namespace) -> int:
     from exporter.app import StartupError, load_http_security, run
     from exporter.logs import configure_logging
+    from exporter.queries_file import config_for
 
     settings = cfg.settings_from(args)
     configure_logging(
         settings.log_level, settings.log_format, _secrets(settings.dsn, settings.ha_dsn)
     )
+    config_for(settings)  # an invalid queries file: one line, exit 2, before anything starts
     try:
         security = load_http_security(settings)
     except ValueError as error:  # WebConfigError
@@ -141,10 +156,22 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from exporter.check import run_check
     from exporter.logs import configure_logging
+    from exporter.queries_file import config_for
 
     settings = cfg.settings_from(args, options=cfg.CHECK_OPTIONS)
     configure_logging(settings.log_level, settings.log_format, _secrets(settings.dsn))
+    config_for(settings)  # an invalid queries file: one line, exit 2
     return run_check(settings)
+
+
+def _monitoring(args: argparse.Namespace) -> int:
+    from exporter.queries_file import load
+    from tools.custom_monitoring import write
+
+    config = load(args.queries_file, cfg.query_params())  # an invalid file: exit 2
+    for path in write(config, args.out):
+        print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The asyncpg pool and the one way the exporter runs a query.
 
 One asyncpg connection cannot run queries concurrently ("another operation is in progress"),
-so the exporter owns a small pool sized to the number of queries: the three run at once, and a
-lock or a slow database can never pile up more connections than that (postgres_exporter #1228).
+so the exporter owns a small pool sized to the number of queries, at most ``MAX_POOL_SIZE``: the
+built-in three run at once, a file of 40 custom queries still opens at most five connections
+(the rest wait for a slot, which delays them but is not an error), and a lock or a slow
+database can never pile up more connections than that (postgres_exporter #1228).
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
 client-side deadline as backstop for a server that stops answering altogether (a paused VM, a
 hung volume, a path that drops packets): at the deadline the query's connection is closed from
@@ -51,6 +53,8 @@ APPLICATION_NAME = "tw-exporter"
 # first (reason "timeout" with a clean connection); the client only steps in when the server
 # itself stops answering.
 CLIENT_GRACE_SECONDS = 1.0
+# The most connections one exporter opens, however many queries it runs.
+MAX_POOL_SIZE = 5
 # Connections idle longer than this are closed, so a pool never holds sockets a database
 # restart or a NAT timeout has silently broken for long.
 MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
@@ -106,6 +110,11 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is 
 # A statement that depends on the connection it runs on: resolved there, inside the query's
 # read-only transaction and deadline, so a failure to resolve it is counted like the query's.
 Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
+
+
+def pool_size_for(queries: int) -> int:
+    """One connection per query, so queries do not wait on each other, up to the bound."""
+    return max(1, min(queries, MAX_POOL_SIZE))
 
 
 class QueryError(Exception):
@@ -196,6 +205,10 @@ class Database:
         self._deadline = query_timeout + CLIENT_GRACE_SECONDS
         self._tcp_timeouts = keepalive.TcpTimeouts.for_deadline(self._deadline)
         self._pool: asyncpg.Pool | None = None
+        # Queries beyond the pool's size wait here, outside their deadline: waiting for a slot
+        # delays a query's schedule (and counts as wait time) but is never a "connection" or
+        # "timeout" error.
+        self._slots = asyncio.Semaphore(pool_size)
         self._max_connection_age = max_connection_age
         self._generation_started = time.monotonic()
         self._setup_sql = transaction_setup(query_timeout)
@@ -233,8 +246,15 @@ class Database:
         except Exception:  # shutdown must finish even if connections hang
             pool.terminate()
 
-    async def fetch(self, sql: str | Resolve, args: Sequence[Any]) -> QueryResult:
+    async def fetch(
+        self, sql: str | Resolve, args: Sequence[Any], query_timeout: float | None = None
+    ) -> QueryResult:
         """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
+
+        ``query_timeout`` is this query's own timeout (default: the pool's ``query_timeout``): its
+        transaction's ``SET LOCAL`` timeouts and its client deadline are built from it. The
+        time spent waiting for a free pool slot is part of ``seconds`` and ``wait_seconds``
+        but not of the deadline.
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
         that times out) count as ``connection``; a timeout while the query runs counts as
@@ -243,7 +263,7 @@ class Database:
         retry lets the first cycle after the restart succeed instead of reporting a failure
         that is already over.
 
-        The deadline (query timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server, or a
+        The client deadline (timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server, or a
         pooler in front of it, does: when it passes, the connection the attempt holds is
         terminated (socket closed, pool slot freed) *before* the task is cancelled, so nothing
         afterwards waits for the server. It counts as ``timeout``, not answered; when it hit
@@ -252,28 +272,34 @@ class Database:
         """
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
-        await self._recycle_old_connections()
+        timeout = self._query_timeout if query_timeout is None else query_timeout
+        setup_sql = (
+            self._setup_sql if timeout == self._query_timeout else transaction_setup(timeout)
+        )
+        client_deadline = timeout + CLIENT_GRACE_SECONDS
         loop = asyncio.get_running_loop()
-        attempt = _Attempt(started=time.perf_counter())
-        try:
-            async with asyncio.timeout(None) as deadline:
-                expiry = loop.call_at(loop.time() + self._deadline, attempt.expire, deadline)
-                try:
+        attempt = _Attempt(started=time.perf_counter(), setup_sql=setup_sql)
+        async with self._slots:
+            await self._recycle_old_connections()
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    expiry = loop.call_at(loop.time() + client_deadline, attempt.expire, deadline)
                     try:
-                        rows = await self._fetch_once(sql, args, attempt)
-                    except Exception as error:
-                        if (
-                            attempt.expired
-                            or attempt.phase == "connect"
-                            or classify(error) != "connection"
-                        ):
-                            raise
-                        log.debug("retrying on a fresh connection after %s", describe(error))
-                        rows = await self._fetch_once(sql, args, attempt)
-                finally:
-                    expiry.cancel()
-        except Exception as error:
-            raise attempt.failure(error, self._deadline) from None
+                        try:
+                            rows = await self._fetch_once(sql, args, attempt)
+                        except Exception as error:
+                            if (
+                                attempt.expired
+                                or attempt.phase == "connect"
+                                or classify(error) != "connection"
+                            ):
+                                raise
+                            log.debug("retrying on a fresh connection after %s", describe(error))
+                            rows = await self._fetch_once(sql, args, attempt)
+                    finally:
+                        expiry.cancel()
+            except Exception as error:
+                raise attempt.failure(error, client_deadline) from None
         assert attempt.wait_seconds is not None
         seconds = attempt.elapsed()
         return QueryResult(
@@ -304,7 +330,7 @@ class Database:
         attempt.conn = conn
         try:
             attempt.phase = "begin"
-            await conn.execute(self._setup_sql)
+            await conn.execute(attempt.setup_sql)
             attempt.wait_seconds = attempt.elapsed()
             attempt.phase = "query"
             text = sql if isinstance(sql, str) else await sql(conn)
@@ -352,6 +378,7 @@ class _Attempt:
     can close the connection it finds."""
 
     started: float
+    setup_sql: str  # BEGIN READ ONLY plus this query's SET LOCAL timeouts
     phase: str = "connect"  # connect -> begin -> query
     wait_seconds: float | None = None
     conn: Any = None  # the pooled connection while the attempt holds one

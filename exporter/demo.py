@@ -25,6 +25,7 @@ from exporter.app import HTTPSecurity, Listener, StartupError, listen, load_http
 from exporter.embedded import EmbeddedPostgres
 from exporter.extras import require
 from exporter.logs import configure_logging
+from exporter.queries_file import QueriesConfig, config_for
 from exporter.sample_data import DEFAULT_TWEETS, add_tweets_option, keep_busy
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ def run_demo(args: argparse.Namespace) -> int:
             setattr(args, key, value)
     settings = cfg.settings_from(args, options=cfg.DEMO_OPTIONS, dsn_required=False)
     configure_logging(settings.log_level, settings.log_format)
+    # Validated before anything starts: an invalid queries file exits 2 at once.
+    queries = config_for(settings)
     try:  # before the port is bound and the database starts, so a bad file costs nothing
         security = load_http_security(settings)
     except ValueError as error:  # WebConfigError
@@ -83,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # Stopped after the event loop has finished, as before the listener moved first.
     with contextlib.ExitStack() as stack:
         try:
-            asyncio.run(_demo(settings, security, args.tweets, args.data_dir, stack))
+            asyncio.run(_demo(settings, security, args.tweets, args.data_dir, stack, queries))
         except StartupError as error:
             log.error("%s", error)
             return 1
@@ -96,8 +99,9 @@ async def _demo(
     tweets: int,
     data_dir: Path | None,
     stack: contextlib.ExitStack,
+    queries: QueriesConfig,
 ) -> None:
-    listener = await listen(settings, security)
+    listener = await listen(settings, security, queries)
     try:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))

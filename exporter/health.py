@@ -9,6 +9,7 @@ first scrape. Business series are *not* kept this way: they are rebuilt from eac
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Literal
 
@@ -18,12 +19,14 @@ from exporter import __version__
 from exporter.collectors import QUERY_NAMES
 from exporter.collectors.base import MetricSpec
 
-FailureReason = Literal["timeout", "connection", "conflict", "sql"]
+FailureReason = Literal["timeout", "connection", "conflict", "sql", "data"]
 FAILURE_REASON_MEANINGS: Mapping[FailureReason, str] = {
     "timeout": "statement_timeout, lock_timeout or client deadline",
     "connection": "database or pooler unreachable, restarted or refused",
     "conflict": "cancelled by a recovery conflict on a hot standby, SQLSTATE 40001/40P01",
     "sql": "any other error, e.g. a missing table",
+    "data": "a custom query returned rows that cannot be served: a value that is not a "
+    "number, a repeated label set, more rows than max_series; the valid rows are still served",
 }
 FAILURE_REASONS: tuple[FailureReason, ...] = tuple(FAILURE_REASON_MEANINGS)
 """Every value of the ``reason`` label, each pre-created for every query. The metric help, the
@@ -79,12 +82,32 @@ QUERY_LAST_SUCCESS = MetricSpec(
 CYCLE_DURATION = MetricSpec(
     "tw_exporter_cycle_duration_seconds",
     "gauge",
-    "Wall time of the last collection cycle (all queries, run concurrently).",
+    "Wall time of each query's last scheduled run (its cycle), including waiting for a "
+    "pooled connection; compare with tw_exporter_query_interval_seconds.",
+    ("query",),
 )
 CYCLES_SKIPPED = MetricSpec(
     "tw_exporter_cycles_skipped_total",
     "counter",
-    "Scheduled collection cycles skipped because the previous cycle was still running.",
+    "Scheduled runs of each query skipped because its previous run was still running.",
+    ("query",),
+)
+QUERY_INTERVAL = MetricSpec(
+    "tw_exporter_query_interval_seconds",
+    "gauge",
+    "Each query's own interval (queries file, else --interval): how often it runs.",
+    ("query",),
+)
+RELOAD_SUCCESSFUL = MetricSpec(
+    "tw_exporter_config_last_reload_successful",
+    "gauge",
+    "1 when the last reload of the queries file and web config (SIGHUP or POST /-/reload) "
+    "succeeded or none happened, 0 when the files were invalid and the old ones kept running.",
+)
+RELOAD_SUCCESS_TIMESTAMP = MetricSpec(
+    "tw_exporter_config_last_reload_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful configuration load (the start counts as one).",
 )
 INTERVAL = MetricSpec(
     "tw_exporter_interval_seconds",
@@ -122,6 +145,9 @@ HEALTH_METRICS: tuple[MetricSpec, ...] = (
     CYCLE_DURATION,
     CYCLES_SKIPPED,
     INTERVAL,
+    QUERY_INTERVAL,
+    RELOAD_SUCCESSFUL,
+    RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,
     LABEL_VALUES_TRUNCATED,
     LEADER,
@@ -150,6 +176,10 @@ class Answered:
     def clear(self) -> None:
         self._latest.clear()
 
+    def forget(self, query: str) -> None:
+        """A query removed by a reload no longer counts."""
+        self._latest.pop(query, None)
+
     @property
     def up(self) -> bool:
         return any(self._latest.values())
@@ -158,7 +188,12 @@ class Answered:
 class HealthMetrics:
     """Owns the health metric objects, registered in the exporter's private registry."""
 
-    def __init__(self, registry: CollectorRegistry, interval_seconds: float) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        interval_seconds: float,
+        queries: Mapping[str, float] | None = None,
+    ) -> None:
         def labels(spec: MetricSpec) -> list[str]:
             return list(spec.labels)
 
@@ -198,11 +233,33 @@ class HealthMetrics:
             registry=registry,
         )
         self.cycle_duration = Gauge(
-            _registered_name(CYCLE_DURATION), CYCLE_DURATION.help, registry=registry
+            _registered_name(CYCLE_DURATION),
+            CYCLE_DURATION.help,
+            labels(CYCLE_DURATION),
+            registry=registry,
         )
         self.cycles_skipped = Counter(
-            _registered_name(CYCLES_SKIPPED), CYCLES_SKIPPED.help, registry=registry
+            _registered_name(CYCLES_SKIPPED),
+            CYCLES_SKIPPED.help,
+            labels(CYCLES_SKIPPED),
+            registry=registry,
         )
+        self.query_interval = Gauge(
+            _registered_name(QUERY_INTERVAL),
+            QUERY_INTERVAL.help,
+            labels(QUERY_INTERVAL),
+            registry=registry,
+        )
+        self.reload_successful = Gauge(
+            _registered_name(RELOAD_SUCCESSFUL), RELOAD_SUCCESSFUL.help, registry=registry
+        )
+        self.reload_successful.set(1)
+        self.reload_success_timestamp = Gauge(
+            _registered_name(RELOAD_SUCCESS_TIMESTAMP),
+            RELOAD_SUCCESS_TIMESTAMP.help,
+            registry=registry,
+        )
+        self.reload_success_timestamp.set_to_current_time()
         interval = Gauge(_registered_name(INTERVAL), INTERVAL.help, registry=registry)
         interval.set(interval_seconds)
         build_info = Gauge(
@@ -218,14 +275,47 @@ class HealthMetrics:
         self.leader = Gauge(_registered_name(LEADER), LEADER.help, registry=registry)
         self.leader.set(1)
         self.leading = True
-        for query in QUERY_NAMES:
-            self.label_values_truncated.labels(query=query)
-            self.query_duration.labels(query=query)
-            self.query_wait.labels(query=query)
-            self.query_run.labels(query=query)
-            self.query_last_success.labels(query=query)
-            for reason in FAILURE_REASONS:
-                self.query_errors.labels(query=query, reason=reason)
+        for query, seconds in (queries or dict.fromkeys(QUERY_NAMES, interval_seconds)).items():
+            self.add_query(query, seconds)
+
+    def add_query(self, query: str, interval_seconds: float) -> None:
+        """Pre-create a query's series so ``rate()`` and absence alerts work from the start."""
+        self.label_values_truncated.labels(query=query)
+        self.query_duration.labels(query=query)
+        self.query_wait.labels(query=query)
+        self.query_run.labels(query=query)
+        self.query_last_success.labels(query=query)
+        self.cycle_duration.labels(query=query)
+        self.cycles_skipped.labels(query=query)
+        self.query_interval.labels(query=query).set(interval_seconds)
+        for reason in FAILURE_REASONS:
+            self.query_errors.labels(query=query, reason=reason)
+
+    def remove_query(self, query: str) -> None:
+        """A query removed by a reload: its health series go with it, and its latest attempt
+        no longer counts towards ``tw_up``."""
+        for metric in (
+            self.label_values_truncated,
+            self.query_duration,
+            self.query_wait,
+            self.query_run,
+            self.query_last_success,
+            self.cycle_duration,
+            self.cycles_skipped,
+            self.query_interval,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(query)
+        for reason in FAILURE_REASONS:
+            with contextlib.suppress(KeyError):
+                self.query_errors.remove(query, reason)
+        self.forget_attempts(query)
+
+    def forget_attempts(self, query: str) -> None:
+        """A query removed by a reload: its latest attempt no longer counts towards ``tw_up``."""
+        self.answered.forget(query)
+        if self.leading:  # a follower's tw_up follows its lock connection, not the queries
+            self.up.set(1 if self.answered.up else 0)
 
     def record_attempt(self, query: str, answered: bool) -> None:
         """One query attempt ended; ``tw_up`` follows the latest attempt of every query."""

@@ -23,7 +23,7 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, NoReturn, Protocol
@@ -59,6 +59,7 @@ _REASONS = {
     401: b"Unauthorized",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    500: b"Internal Server Error",
     408: b"Request Timeout",
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
@@ -73,6 +74,7 @@ _SINGLE_HEADERS = frozenset({b"accept-encoding", b"authorization"})
 
 # Request line plus header lines, counted on the wire (see ``_Connection.data_received``).
 MAX_HEADER_BYTES = 16 * 1024
+RELOAD_PATH = b"/-/reload"
 MAX_HEADER_LINES = 100
 # The fewest wire bytes a request line adds beyond its URL ("GET " + " HTTP/1.1" + CRLF, plus
 # the blank line ending the headers), and a header line beyond its name and value (":" + CRLF).
@@ -144,6 +146,11 @@ _NEGOTIATED_CACHE_SIZE = 64
 _PLAIN = Negotiated(openmetrics=False, text_v1=False, gzip=False)
 
 
+def encode_headers(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """Extra response headers (from the web config) as the bytes every response carries."""
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
+
+
 class MetricsServer:
     """Owns the listening sockets and the per-connection protocol instances."""
 
@@ -158,14 +165,14 @@ class MetricsServer:
     ) -> None:
         self.snapshot = snapshot
         self.authenticator = authenticator
-        self.extra_headers = b"".join(
-            f"{name}: {value}\r\n".encode("latin-1") for name, value in extra_headers
-        )
+        self.extra_headers = encode_headers(extra_headers)
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
         # Every open connection, TLS handshakes included: what the cap counts and the sweep
         # visits.
         self.connections: set[_Connection] = set()
+        # ``POST /-/reload`` (--web-enable-lifecycle): re-reads the configuration; True = ok.
+        self.reload: Callable[[], bool] | None = None
         # Handshakes and password checks in flight: referenced here so none is garbage
         # collected half-way, and cancelled on close.
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -235,8 +242,15 @@ class MetricsServer:
 
     # ------------------------------------------------------------ routing
 
+    def allows(self, method: bytes, path: bytes) -> bool:
+        """GET and HEAD everywhere; POST only on the reload endpoint, and only when
+        --web-enable-lifecycle wired a reload callback (it takes no body: 413 as anywhere)."""
+        return method in (b"GET", b"HEAD") or (
+            method == b"POST" and path == RELOAD_PATH and self.reload is not None
+        )
+
     def respond(
-        self, path: bytes, headers: dict[bytes, bytes]
+        self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET"
     ) -> Response | Coroutine[Any, Any, Response]:
         """The response, or a coroutine for it when credentials need a bcrypt check."""
         if path in (b"/healthz", b"/readyz"):
@@ -251,25 +265,35 @@ class MetricsServer:
                     future = self.authenticator.submit(authorization)
                     if future is None:
                         return AUTH_BUSY
-                    return self._respond_after_bcrypt(path, headers, future)
+                    return self._respond_after_bcrypt(path, headers, future, method)
             except Exception:
                 log.exception("the basic-auth check failed; answering 503")
                 return AUTH_FAILED
             if not verdict:
                 return UNAUTHORIZED
-        return self._route(path, headers)
+        return self._route(path, headers, method)
 
     async def _respond_after_bcrypt(
-        self, path: bytes, headers: dict[bytes, bytes], check: concurrent.futures.Future[bool]
+        self,
+        path: bytes,
+        headers: dict[bytes, bytes],
+        check: concurrent.futures.Future[bool],
+        method: bytes = b"GET",
     ) -> Response:
         # bcrypt takes ~100 ms of CPU: on the authenticator's own thread, so a flood of wrong
         # passwords can neither stall the event loop nor queue ahead of the database's host
         # name lookups in asyncio's default executor.
         if await asyncio.wrap_future(check):
-            return self._route(path, headers)
+            return self._route(path, headers, method)
         return UNAUTHORIZED
 
-    def _route(self, path: bytes, headers: dict[bytes, bytes]) -> Response:
+    def _route(self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET") -> Response:
+        if path == RELOAD_PATH and self.reload is not None:
+            if method != b"POST":
+                return Response(405, b"Method Not Allowed\n", extra=b"Allow: POST\r\n")
+            if self.reload():
+                return Response(200, b"reloaded\n")
+            return Response(500, b"reload failed: the old configuration keeps running\n")
         if path == b"/metrics":
             return self._metrics(headers)
         if path == b"/":
@@ -534,8 +558,8 @@ class _Connection(asyncio.Protocol):
                 return
             method, path, headers, keep_alive = self.pending.popleft()
             head = method == b"HEAD"
-            if head or method == b"GET":
-                response = self.server.respond(path, headers)
+            if self.server.allows(method, path):
+                response = self.server.respond(path, headers, method)
             else:
                 response = METHOD_NOT_ALLOWED
             if isinstance(response, Response):

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -70,6 +70,11 @@ class Settings:
     ha_group: str = "tw-exporter"
     ha_dsn: str = ""
     ha_lease: float = 15.0
+    queries_file: Path | None = None
+    web_enable_lifecycle: bool = False
+    # Where each explicitly given value came from (flag or env variable), by option dest:
+    # the queries file resolves per-query defaults and ``check`` reports them from it.
+    sources: Mapping[str, str] = field(default_factory=dict)
     web_header_timeout: float = 10.0
     web_idle_timeout: float = 75.0
     web_max_connections: int = 256
@@ -166,7 +171,7 @@ def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("true", "1", "yes", "on"):
         return True
-    if value in ("false", "0", "no", "off"):
+    if value in ("false", "0", "no", "off", ""):
         return False
     raise ValueError("expected true or false")
 
@@ -236,6 +241,7 @@ class Option:
     secret: bool = False
     # A switch may be given without a value (``--ha`` = ``--ha true``).
     switch: bool = False
+    takes_value: bool = True  # False: a bare switch (``--flag``); its env variable says true
 
     @property
     def dest(self) -> str:
@@ -399,6 +405,24 @@ HA_OPTIONS = (
     ),
 )
 
+
+LIFECYCLE_OPTION = Option(
+    "--web-enable-lifecycle",
+    "",
+    "Accept POST /-/reload (re-reads the queries file and the web config, like SIGHUP).",
+    parse_bool,
+    default="false",
+    takes_value=False,
+)
+
+QUERIES_FILE_OPTION = Option(
+    "--queries-file",
+    "PATH",
+    "YAML file of custom queries and per-query schedules (docs/custom-queries.md); its "
+    "settings win over the flags.",
+    parse_existing_file,
+)
+
 LOG_OPTIONS = (
     Option(
         "--log-level",
@@ -410,9 +434,23 @@ LOG_OPTIONS = (
     Option("--log-format", "FORMAT", "text or json.", parse_choice(LOG_FORMATS), default="text"),
 )
 
-RUN_OPTIONS = CONNECTION_OPTIONS + SERVE_OPTIONS + QUERY_OPTIONS + HA_OPTIONS + LOG_OPTIONS
-CHECK_OPTIONS = (*CONNECTION_OPTIONS, INTERVAL_OPTION, *QUERY_OPTIONS, *LOG_OPTIONS)
-DEMO_OPTIONS = SERVE_OPTIONS + QUERY_OPTIONS + LOG_OPTIONS
+RUN_OPTIONS = (
+    CONNECTION_OPTIONS
+    + SERVE_OPTIONS
+    + (LIFECYCLE_OPTION,)
+    + QUERY_OPTIONS
+    + (QUERIES_FILE_OPTION,)
+    + HA_OPTIONS
+    + LOG_OPTIONS
+)
+CHECK_OPTIONS = (
+    *CONNECTION_OPTIONS,
+    INTERVAL_OPTION,
+    *QUERY_OPTIONS,
+    QUERIES_FILE_OPTION,
+    *LOG_OPTIONS,
+)
+DEMO_OPTIONS = SERVE_OPTIONS + QUERY_OPTIONS + (QUERIES_FILE_OPTION,) + LOG_OPTIONS
 ALL_OPTIONS = RUN_OPTIONS
 
 DEFAULTS: Mapping[str, Any] = {
@@ -439,6 +477,16 @@ def fail(message: str) -> NoReturn:
 
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     for option in options:
+        if not option.takes_value:
+            parser.add_argument(
+                option.flag,
+                dest=option.dest,
+                action="store_const",
+                const="true",
+                default=None,
+                help=f"{option.help} [env: {option.env}=true]",
+            )
+            continue
         help_text = f"{option.help} Default: {option.shown_default}. [env: {option.env}]"
         if option.switch:
             parser.add_argument(
@@ -568,6 +616,9 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         ha_group=merged["ha_group"],
         ha_dsn=ha_dsn,
         ha_lease=ha_lease,
+        queries_file=merged.get("queries_file"),
+        web_enable_lifecycle=merged["web_enable_lifecycle"],
+        sources={k.removesuffix("__source"): v for k, v in values.items() if "__" in k},
         web_header_timeout=merged["web_header_timeout"],
         web_idle_timeout=merged["web_idle_timeout"],
         web_max_connections=merged["web_max_connections"],

@@ -535,6 +535,8 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--ha-group": (("", "x" * 201), "expected a name of 1 to 200 printable characters"),
     "--ha-dsn": (("mysql://tw@db/app", "db.example:5432"), "expected a PostgreSQL URI"),
     "--ha-lease": (("soon", "0", "inf"), "expected a number of seconds"),
+    "--queries-file": (("/nonexistent/queries.yml", "/"), "expected a path to a readable file"),
+    "--web-enable-lifecycle": (("maybe", "2"), "expected true or false"),  # env only: a switch
     "--web-header-timeout": (("0", "slow", "1e9"), "expected a number of seconds"),
     "--web-idle-timeout": (("-1", "nan"), "expected a number of seconds"),
     "--web-max-connections": (
@@ -555,7 +557,7 @@ def _bad_value_cases() -> Iterator[Any]:
             if OPTIONS[flag] not in options:
                 continue
             for bad in values:
-                for via in ("flag", "env"):
+                for via in ("flag", "env") if OPTIONS[flag].takes_value else ("env",):
                     yield pytest.param(
                         command, flag, bad, expected, via, id=f"{command}-{via}-{flag}-{bad}"
                     )

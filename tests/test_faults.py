@@ -234,24 +234,25 @@ async def test_cycles_never_overlap_and_skipped_ticks_are_counted(
     rigs.append(rig)
     running = 0
     most = 0
-    original = rig.collector.run_cycle
+    original = rig.collector.run_query
 
-    async def counting_cycle() -> bool:
+    async def counting_run(name: str) -> bool:
         nonlocal running, most
         running += 1
         most = max(most, running)
         try:
-            return await original()
+            return await original(name)
         finally:
             running -= 1
 
-    rig.collector.run_cycle = counting_cycle  # type: ignore[method-assign]
+    rig.collector.run_query = counting_run  # type: ignore[method-assign]
     scheduler = start_scheduler(rig.collector, interval=0.2)
     try:
 
         async def two_cycles_and_skips() -> bool:
-            skipped = value(rig.text, "tw_exporter_cycles_skipped_total") or 0
-            return rig.collector.cycles_completed >= 2 and skipped >= 2
+            skipped = value(rig.text, "tw_exporter_cycles_skipped_total", query="top_users")
+            runs = rig.collector.runs_completed.get("top_users", 0)
+            return runs >= 2 and (skipped or 0) >= 2
 
         await wait_until(two_cycles_and_skips, timeout=15)
     finally:

@@ -316,6 +316,8 @@ async def test_hostile_rows_give_a_valid_exposition_that_round_trips(
             value(text, "tw_up") == 1
             and value(text, "tw_platform_tweets", window="7d") == expected.tweets
             and text.count("tw_hashtag_tweets{") == len(expected.tags)
+            # Each query runs on its own job: /readyz says when every one of them is served.
+            and http_get(proc.url + "/readyz").status == 200
         )
 
     await asyncio.to_thread(wait_until_sync, collected)

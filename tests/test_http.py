@@ -124,6 +124,9 @@ async def test_probes_landing_and_errors(
     assert b"trending_hashtags" in body and b"platform_stats" in body
     store.record_success("trending_hashtags", [], 0)
     store.record_success("platform_stats", [], 0)
+    # Ready only once /metrics serves the data, i.e. after the render that follows a result.
+    assert split(await request(address, get("/readyz")))[0].endswith("503 Service Unavailable")
+    store.render()
     assert split(await request(address, get("/readyz")))[0].endswith("200 OK")
     status, headers, body = split(await request(address, get("/")))
     assert status.endswith("200 OK") and b'href="metrics"' in body

@@ -75,9 +75,16 @@ async def test_hostile_rows_are_exported_within_the_limit_as_distinct_series(
     proc = exporter_proc(*ARGS, env={"TW_EXPORTER_DSN": dsn})
 
     def two_cycles_done() -> bool:
+        # Each query runs on its own schedule (#12): wait for two runs of both of them.
         text = http_get(proc.url + "/metrics").text
-        truncated = value(text, "tw_exporter_label_values_truncated_total", query="top_users")
-        return truncated is not None and truncated >= 2 * len(hostile.LONG_USERS)
+        users = value(text, "tw_exporter_label_values_truncated_total", query="top_users")
+        tags = value(text, "tw_exporter_label_values_truncated_total", query="trending_hashtags")
+        return (
+            users is not None
+            and users >= 2 * len(hostile.LONG_USERS)
+            and tags is not None
+            and tags >= 2 * len(hostile.LONG_TAGS)
+        )
 
     await asyncio.to_thread(wait_until_sync, two_cycles_done)
     text = (await asyncio.to_thread(http_get, proc.url + "/metrics")).body

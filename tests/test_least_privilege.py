@@ -240,7 +240,13 @@ async def test_check_and_run_work_as_the_role(role: Role, exporter_proc: StartEx
 
     def collected() -> bool:
         text = http_get(proc.url + "/metrics").text
-        return value(text, "tw_up") == 1 and value(text, "tw_platform_tweets", window="7d") == 2
+        # Each query runs on its own job: wait until all three have been served.
+        return (
+            value(text, "tw_up") == 1
+            and value(text, "tw_platform_tweets", window="7d") == 2
+            and bool(series(text, "tw_hashtag_tweets"))
+            and bool(series(text, "tw_user_followers"))
+        )
 
     await asyncio.to_thread(wait_until_sync, collected)
     text = http_get(proc.url + "/metrics").text

@@ -229,7 +229,13 @@ def test_run_serves_data_over_verified_tls(
 
     def collected() -> bool:
         text = http_get(proc.url + "/metrics").text
-        return value(text, "tw_up") == 1 and value(text, "tw_platform_tweets", window="7d") == 1
+        # Each query runs on its own job: wait until all three have been served.
+        return (
+            value(text, "tw_up") == 1
+            and value(text, "tw_platform_tweets", window="7d") == 1
+            and bool(series(text, "tw_hashtag_tweets"))
+            and bool(series(text, "tw_user_followers"))
+        )
 
     wait_until_sync(collected)
     text = http_get(proc.url + "/metrics").text

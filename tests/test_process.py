@@ -43,7 +43,10 @@ async def test_run_scrape_and_sigterm(seeded_db: str, exporter_proc: StartExport
     proc = exporter_proc("--interval", "1", env={"TW_EXPORTER_DSN": dsn})
 
     def scraped_all() -> bool:
-        return value(http_get(proc.url + "/metrics").text, "tw_platform_tweets", window="7d") == 2
+        # Each query runs on its own job: /readyz says when every one of them is served.
+        text = http_get(proc.url + "/metrics").text
+        ready = http_get(proc.url + "/readyz").status == 200
+        return ready and value(text, "tw_platform_tweets", window="7d") == 2
 
     wait_until_sync(scraped_all)
     text = http_get(proc.url + "/metrics").text

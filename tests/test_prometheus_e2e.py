@@ -234,11 +234,19 @@ async def test_dashboard_and_alerts_against_real_prometheus(
     make_db: MakeDb,
     exporter_proc: StartExporter,
     start_prometheus: Callable[[str], Prometheus],
+    tmp_path: Path,
 ) -> None:
     promtool = helpers.promtool()
     dsn = await make_db()
     await load_known_dataset(dsn)
-    exporter = exporter_proc("--dsn", dsn, "--interval", "1")
+    # A custom query on its own, longer interval: the health panels must show it too, and its
+    # data age is measured in its own intervals.
+    queries = tmp_path / "queries.yml"
+    queries.write_text(
+        "queries:\n  users: {sql: 'SELECT count(*) AS tw_users_rows FROM tw_users', interval: 3,\n"
+        "          metrics: {tw_users_rows: {help: Rows in tw_users.}}}\n"
+    )
+    exporter = exporter_proc("--dsn", dsn, "--interval", "1", "--queries-file", str(queries))
     target = urllib.parse.urlsplit(exporter.url).netloc
     prometheus = start_prometheus(target)
 
@@ -295,12 +303,12 @@ async def test_dashboard_and_alerts_against_real_prometheus(
     assert panel("Scrape target up", "instance") == {target: 1.0}
     assert panel("Exporter version", "version") == {__version__: 1.0}
     assert panel("Collection interval", "instance") == {target: 1.0}
-    assert set(panel("Data age per query", "query")) == {
-        "top_users",
-        "trending_hashtags",
-        "platform_stats",
-    }
-    assert all(age < 10 for age in panel("Data age per query", "query").values())
+    age = "Data age per query, in its intervals"
+    queries_shown = {"top_users", "trending_hashtags", "platform_stats", "users"}
+    assert set(panel(age, "query")) == queries_shown
+    assert all(intervals < 10 for intervals in panel(age, "query").values())
+    assert set(panel("Run duration / interval per query", "query")) == queries_shown
+    assert panel("Last configuration reload", "instance") == {target: 1.0}
 
     # ---------------------------------------------------------------- a threshold alert fires
     assert prometheus.alerts("TwUserFollowersMilestone") == []

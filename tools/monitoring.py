@@ -47,12 +47,14 @@ from exporter.health import (
     LEADER,
     QUERY_DURATION,
     QUERY_ERRORS,
+    QUERY_INTERVAL,
     QUERY_LAST_SUCCESS,
     QUERY_RUN,
     QUERY_WAIT,
+    RELOAD_SUCCESS_TIMESTAMP,
+    RELOAD_SUCCESSFUL,
     UP,
 )
-from exporter.settings import DEFAULT_INTERVAL
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_PATH = Path("prometheus/tw-exporter.rules.yml")
@@ -192,27 +194,27 @@ PARAMS: tuple[Param, ...] = (
         3,
         "float",
         "TwExporterQueryStale: a query's data is stale when its last success is older than "
-        "this many collection intervals (`tw_exporter_interval_seconds`).",
+        "this many of its own intervals (`tw_exporter_query_interval_seconds`).",
     ),
     Param(
         "queryErrorRatio",
         0.1,
         "float",
         "TwExporterQueryErrors / TwExporterQueryTimeouts: fraction (0-1) of a query's "
-        "collection cycles failing (over 5 minutes) above which the alert fires.",
+        "runs failing (over 5 minutes) above which the alert fires.",
     ),
     Param(
         "cycleDurationRatio",
         0.8,
         "float",
-        "TwExporterCycleSlow: fires when a collection cycle takes longer than this fraction "
-        "of the collection interval (1 = the whole interval).",
+        "TwExporterCycleSlow: fires when a query's run takes longer than this fraction of its "
+        "own interval (1 = the whole interval).",
     ),
     Param(
         "skippedCycles",
         2,
         "int",
-        "TwExporterCyclesSkipped: more skipped collection cycles than this within 15 minutes "
+        "TwExporterCyclesSkipped: more skipped runs of one query than this within 15 minutes "
         "fires.",
     ),
 )
@@ -673,9 +675,9 @@ HEALTH = Group(
 (
   time() - {QUERY_LAST_SUCCESS.name}
 )
-> on (job, instance) group_left ()
+> on (job, instance, query)
 (
-  <<staleIntervals>> * {INTERVAL.name}
+  <<staleIntervals>> * {QUERY_INTERVAL.name}
 )
 unless on (job, instance)
 {UP.name} == 0
@@ -689,14 +691,15 @@ unless on (job, instance)
             ),
             description=(
                 "Query {{ $labels.query }} on {{ $labels.instance }} last succeeded "
-                "{{ $value | humanizeDuration }} ago, more than <<staleIntervals>> collection "
+                "{{ $value | humanizeDuration }} ago, more than <<staleIntervals>> of its "
                 "intervals, although the database is reachable: its business metrics are "
                 "stale or absent."
             ),
             runbook=(
-                "One business query has not succeeded for more than `staleIntervals` "
-                "collection intervals while the database is reachable (when it is not, only "
-                "TwExporterDatabaseDown fires).",
+                "One business query has not succeeded for more than `staleIntervals` of its "
+                "own intervals (`tw_exporter_query_interval_seconds`: a query run every 5 "
+                "minutes is stale after 15) while the database is reachable (when it is not, "
+                "only TwExporterDatabaseDown fires).",
                 "The query keeps timing out (slow plan, locks, a large table without "
                 "index); a schema change (missing table or column) makes it fail; "
                 "permissions revoked.",
@@ -709,8 +712,8 @@ unless on (job, instance)
             name="TwExporterQueryErrors",
             expr=f"""
 rate({QUERY_ERRORS.name}{{{REASON}!="{_REASON_TIMEOUT}"}}[5m])
-* on (job, instance) group_left ()
-{INTERVAL.name}
+* on (job, instance, query) group_left ()
+{QUERY_INTERVAL.name}
 > <<queryErrorRatio>>
 unless on (job, instance)
 {UP.name} == 0
@@ -723,34 +726,37 @@ unless on (job, instance)
             ),
             description=(
                 "Query {{ $labels.query }} on {{ $labels.instance }} failed with reason "
-                "{{ $labels.reason }} in {{ $value | humanizePercentage }} of its collection "
-                "cycles over the last 5 minutes (threshold <<queryErrorRatio>>)."
+                "{{ $labels.reason }} in {{ $value | humanizePercentage }} of its runs over "
+                "the last 5 minutes (threshold <<queryErrorRatio>>)."
             ),
             runbook=(
-                "A business query fails in more than `queryErrorRatio` of its cycles with "
+                "A business query fails in more than `queryErrorRatio` of its runs with "
                 f"reason {_reason_list(_ERROR_REASONS)} (every reason but `timeout`; for "
                 "`connection`, some connections fail while others work: total loss is "
-                "TwExporterDatabaseDown).",
+                "TwExporterDatabaseDown; `data`: a custom query returned rows that cannot be "
+                "served).",
                 "`sql`: a table or column was renamed or dropped, or the exporter's role "
                 "lost SELECT permission. `connection`: `max_connections` or a pooler limit "
                 "reached, a failover in progress, flaky network. `conflict`: on a hot "
                 "standby, WAL replay cancelled the query (VACUUM on the primary removed rows "
                 "it still needed, or a lock it conflicts with) because "
-                "`max_standby_streaming_delay` is shorter than the query.",
-                "Read the exporter log for the PostgreSQL error; `tw-exporter check` lists "
-                "missing tables, columns and privileges; for `connection`, check the "
-                "database's (or pooler's) connection count and failover status; for "
-                "`conflict`, `tw-exporter check` on the standby shows `hot_standby_feedback` "
-                "and `max_standby_streaming_delay`: turn the feedback on or raise the delay "
-                "above `--query-timeout`.",
+                "`max_standby_streaming_delay` is shorter than the query. `data`: a value "
+                "column that is not numeric, two rows with the same labels, more rows than "
+                "`max_series`.",
+                "Read the exporter log for the PostgreSQL error (or, for `data`, the rows it "
+                "could not serve); `tw-exporter check` lists missing tables, columns and "
+                "privileges; for `connection`, check the database's (or pooler's) connection "
+                "count and failover status; for `conflict`, `tw-exporter check` on the standby "
+                "shows `hot_standby_feedback` and `max_standby_streaming_delay`: turn the "
+                "feedback on or raise the delay above `--query-timeout`.",
             ),
         ),
         Alert(
             name="TwExporterQueryTimeouts",
             expr=f"""
 rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
-* on (job, instance) group_left ()
-{INTERVAL.name}
+* on (job, instance, query) group_left ()
+{QUERY_INTERVAL.name}
 > <<queryErrorRatio>>
 {_UNLESS_FOLLOWER}
 """,
@@ -759,8 +765,9 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
             summary="tw-exporter query {{ $labels.query }} is timing out",
             description=(
                 "Query {{ $labels.query }} on {{ $labels.instance }} hit its deadline "
-                "(--query-timeout) in {{ $value | humanizePercentage }} of its collection "
-                "cycles over the last 5 minutes (threshold <<queryErrorRatio>>)."
+                "(--query-timeout or its timeout in the queries file) in "
+                "{{ $value | humanizePercentage }} of its runs over the last 5 minutes "
+                "(threshold <<queryErrorRatio>>)."
             ),
             runbook=(
                 "A business query exceeds `--query-timeout` (PostgreSQL's statement_timeout "
@@ -776,25 +783,28 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
         Alert(
             name="TwExporterCycleSlow",
             expr=(
-                f"{CYCLE_DURATION.name}\n> <<cycleDurationRatio>> * {INTERVAL.name}\n"
+                f"{CYCLE_DURATION.name}\n> on (job, instance, query)\n"
+                f"<<cycleDurationRatio>> * {QUERY_INTERVAL.name}\n"
                 f"{_UNLESS_FOLLOWER}"
             ),
             for_="15m",
             severity="warning",
-            summary="tw-exporter collection cycles on {{ $labels.instance }} are slow",
+            summary=("tw-exporter query {{ $labels.query }} on {{ $labels.instance }} runs slowly"),
             description=(
-                "The last collection cycle of {{ $labels.instance }} took "
-                "{{ $value | humanizeDuration }}, more than <<cycleDurationRatio>> of the "
-                "collection interval; slower cycles will be skipped."
+                "The last run of query {{ $labels.query }} on {{ $labels.instance }} took "
+                "{{ $value | humanizeDuration }}, more than <<cycleDurationRatio>> of its "
+                "interval; slower runs will be skipped."
             ),
             runbook=(
-                "Collection cycles (all queries, run concurrently) take longer than "
-                "`cycleDurationRatio` of `--interval`; beyond the interval, cycles get "
+                "A query's scheduled runs (its cycles, including the wait for a pooled "
+                "connection) take longer than `cycleDurationRatio` of its own interval "
+                "(`tw_exporter_query_interval_seconds`); beyond the interval, runs get "
                 "skipped and data ages.",
                 "Slow queries (see the duration quantiles); waiting for a pooled "
                 "connection; an interval set too short for the dataset.",
                 "Find the slow query on the dashboard and fix it as for "
-                "TwExporterQueryTimeouts, or raise `--interval`.",
+                "TwExporterQueryTimeouts, or raise its interval (`--interval` or the queries "
+                "file).",
             ),
         ),
         Alert(
@@ -802,16 +812,19 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
             expr=f"increase({CYCLES_SKIPPED.name}[15m]) > <<skippedCycles>>",
             for_="5m",
             severity="warning",
-            summary="tw-exporter on {{ $labels.instance }} is skipping collection cycles",
+            summary=(
+                "tw-exporter on {{ $labels.instance }} is skipping runs of query "
+                "{{ $labels.query }}"
+            ),
             description=(
-                '{{ $labels.instance }} skipped {{ $value | printf "%.0f" }} collection '
-                "cycles in the last 15 minutes (threshold <<skippedCycles>>) because the "
-                "previous cycle was still running; its data refreshes less often than "
-                "--interval."
+                '{{ $labels.instance }} skipped {{ $value | printf "%.0f" }} scheduled runs '
+                "of query {{ $labels.query }} in the last 15 minutes (threshold "
+                "<<skippedCycles>>) because its previous run was still running; its data "
+                "refreshes less often than its interval."
             ),
             runbook=(
-                "Scheduled cycles were skipped because the previous one was still running "
-                "(the exporter never runs two at once).",
+                "Scheduled runs of one query were skipped because its previous run was still "
+                "running (the exporter never runs a query twice at once).",
                 "Same as TwExporterCycleSlow: slow queries or an interval too short.",
                 "As for TwExporterCycleSlow; skipped cycles are harmless for a while but "
                 "make the data older than the interval suggests.",
@@ -1010,7 +1023,7 @@ _STAT_OPTIONS: Mapping[str, Any] = {
     "wideLayout": True,
     "showPercentChange": False,
 }
-_STALE_AFTER = float(DEFAULTS["staleIntervals"]) * DEFAULT_INTERVAL
+_STALE_AFTER = float(DEFAULTS["staleIntervals"])
 
 # A 0/1 health value shown as DOWN/UP.
 _UP_DOWN_MAPPINGS: tuple[dict[str, Any], ...] = (
@@ -1289,25 +1302,68 @@ ROWS: tuple[Row, ...] = (
                 options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
             ),
             Panel(
-                title="Data age per query",
-                kind="timeseries",
+                title="Last configuration reload",
+                kind="stat",
                 description=(
-                    f"Seconds since each query's last success (time() - "
-                    f"{QUERY_LAST_SUCCESS.name}) on any replica: with --ha the freshest, so a "
-                    "takeover does not show as aging data. The red line is "
-                    f"{format_value(PARAMS_BY_KEY['staleIntervals'], DEFAULTS['staleIntervals'])}"
-                    f" x the default {DEFAULT_INTERVAL:g}s interval, where TwExporterQueryStale "
-                    "starts counting."
+                    f"{RELOAD_SUCCESSFUL.name}: FAILED when the last reload (SIGHUP or POST "
+                    "/-/reload) found an invalid queries file or web config and kept the old "
+                    "ones running; OK otherwise."
+                ),
+                targets=(Target(f"min by (instance) ({sel(RELOAD_SUCCESSFUL)})", "{{instance}}"),),
+                width=6,
+                height=4,
+                steps=(("red", None), ("green", 1.0)),
+                mappings=(
+                    {
+                        "type": "value",
+                        "options": {
+                            "0": {"text": "FAILED", "color": "red", "index": 0},
+                            "1": {"text": "OK", "color": "green", "index": 1},
+                        },
+                    },
+                ),
+                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
+            ),
+            Panel(
+                title="Configuration loaded",
+                kind="stat",
+                description=(
+                    "Time since each instance last loaded its configuration successfully "
+                    f"(time() - {RELOAD_SUCCESS_TIMESTAMP.name}; the start counts)."
                 ),
                 targets=(
                     Target(
-                        f"min by ({QUERY}) (time() - ({sel(QUERY_LAST_SUCCESS)} > 0))",
+                        f"time() - max by (instance) ({sel(RELOAD_SUCCESS_TIMESTAMP)})",
+                        "{{instance}}",
+                    ),
+                ),
+                width=6,
+                height=4,
+                unit="s",
+                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
+            ),
+            Panel(
+                title="Data age per query, in its intervals",
+                kind="timeseries",
+                description=(
+                    f"Time since each query's last success (time() - "
+                    f"{QUERY_LAST_SUCCESS.name}) divided by its own interval "
+                    f"({QUERY_INTERVAL.name}), so a query run every 5 minutes and one run "
+                    "every 15 seconds read alike; on any replica: with --ha the freshest, so a "
+                    "takeover does not show as aging data. The red line is "
+                    f"{format_value(PARAMS_BY_KEY['staleIntervals'], DEFAULTS['staleIntervals'])}"
+                    " intervals, where TwExporterQueryStale starts counting."
+                ),
+                targets=(
+                    Target(
+                        f"min by ({QUERY}) ((time() - ({sel(QUERY_LAST_SUCCESS)} > 0)) "
+                        f"/ on (job, instance, query) {sel(QUERY_INTERVAL)})",
                         f"{{{{{QUERY}}}}}",
                     ),
                 ),
                 width=12,
                 height=8,
-                unit="s",
+                unit="none",
                 min=0,
                 steps=(("green", None), ("red", _STALE_AFTER)),
                 custom={"thresholdsStyle": {"mode": "line"}},
@@ -1377,33 +1433,36 @@ ROWS: tuple[Row, ...] = (
                 steps=(("green", None), ("red", 0.001)),
             ),
             Panel(
-                title="Cycle duration vs interval",
+                title="Run duration / interval per query",
                 kind="timeseries",
                 description=(
-                    f"Wall time of the last collection cycle ({CYCLE_DURATION.name}) against "
-                    f"the configured interval ({INTERVAL.name}); cycles longer than the "
-                    "interval make the next one skip (TwExporterCycleSlow)."
+                    f"Wall time of each query's last run ({CYCLE_DURATION.name}) as a fraction "
+                    f"of its own interval ({QUERY_INTERVAL.name}); above 1 the next run is "
+                    "skipped (TwExporterCycleSlow fires above cycleDurationRatio)."
                 ),
                 targets=(
-                    Target(f"max by (instance) ({sel(CYCLE_DURATION)})", "cycle {{instance}}"),
-                    Target(f"max by (instance) ({sel(INTERVAL)})", "interval {{instance}}"),
+                    Target(
+                        f"max by ({QUERY}) ({sel(CYCLE_DURATION)} / on (job, instance, query) "
+                        f"{sel(QUERY_INTERVAL)})",
+                        f"{{{{{QUERY}}}}}",
+                    ),
                 ),
                 width=12,
                 height=8,
-                unit="s",
+                unit="percentunit",
                 min=0,
             ),
             Panel(
                 title="Skipped cycles",
                 kind="timeseries",
                 description=(
-                    "Collection cycles skipped because the previous one was still running "
-                    f"(increase of {CYCLES_SKIPPED.name}; TwExporterCyclesSkipped)."
+                    "Scheduled query runs skipped because the query's previous run was still "
+                    f"running (increase of {CYCLES_SKIPPED.name}; TwExporterCyclesSkipped)."
                 ),
                 targets=(
                     Target(
-                        f"sum by (instance) (increase({sel(CYCLES_SKIPPED)}[{RATE}]))",
-                        "{{instance}}",
+                        f"sum by ({QUERY}) (increase({sel(CYCLES_SKIPPED)}[{RATE}]))",
+                        f"{{{{{QUERY}}}}}",
                     ),
                 ),
                 width=12,
@@ -1538,11 +1597,25 @@ def _variable(name: str, label_text: str, query: str) -> dict[str, Any]:
     }
 
 
-def build_dashboard() -> dict[str, Any]:
+DASHBOARD_DESCRIPTION = (
+    "Business metrics of the Twitter-like platform (top users, trending hashtags, "
+    "activity) and the health of tw-exporter. Generated by tools/monitoring.py."
+)
+
+
+def build_dashboard(
+    rows: Sequence[Row] | None = None,
+    *,
+    uid: str = DASHBOARD_UID,
+    title: str = "tw-exporter",
+    description: str = DASHBOARD_DESCRIPTION,
+) -> dict[str, Any]:
+    """The dashboard JSON; other rows, uid and title make a companion dashboard with the same
+    variables (``tools.custom_monitoring`` builds one for a queries file)."""
     panels: list[dict[str, Any]] = []
     next_id = 1
     y = 0
-    for row in ROWS:
+    for row in ROWS if rows is None else rows:
         panels.append(
             {
                 "id": next_id,
@@ -1566,12 +1639,9 @@ def build_dashboard() -> dict[str, Any]:
         y += line_height
     return {
         "id": None,
-        "uid": DASHBOARD_UID,
-        "title": "tw-exporter",
-        "description": (
-            "Business metrics of the Twitter-like platform (top users, trending hashtags, "
-            "activity) and the health of tw-exporter. Generated by tools/monitoring.py."
-        ),
+        "uid": uid,
+        "title": title,
+        "description": description,
         "tags": ["tw-exporter", "postgresql", "prometheus"],
         "timezone": "browser",
         "editable": True,

@@ -17,7 +17,8 @@ def configuration_table() -> list[str]:
     rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
     for option in cfg.ALL_OPTIONS:
         rows.append(
-            f"| `{option.flag} {option.metavar}` | `{option.env}` | {option.shown_default} "
+            f"| `{f'{option.flag} {option.metavar}'.strip()}` | `{option.env}` "
+            f"| {option.shown_default} "
             f"| {option.help} |"
         )
     return rows

@@ -122,9 +122,9 @@ groups:
       (
         time() - tw_exporter_query_last_success_timestamp_seconds
       )
-      > on (job, instance) group_left ()
+      > on (job, instance, query)
       (
-        {{ .Values.prometheusRule.thresholds.staleIntervals }} * tw_exporter_interval_seconds
+        {{ .Values.prometheusRule.thresholds.staleIntervals }} * tw_exporter_query_interval_seconds
       )
       unless on (job, instance)
       tw_up == 0
@@ -135,13 +135,13 @@ groups:
       severity: warning
     annotations:
       summary: 'tw-exporter query {{`{{ $labels.query }}`}} has not succeeded for {{`{{ $value | humanizeDuration }}`}}'
-      description: 'Query {{`{{ $labels.query }}`}} on {{`{{ $labels.instance }}`}} last succeeded {{`{{ $value | humanizeDuration }}`}} ago, more than {{ .Values.prometheusRule.thresholds.staleIntervals }} collection intervals, although the database is reachable: its business metrics are stale or absent.'
+      description: 'Query {{`{{ $labels.query }}`}} on {{`{{ $labels.instance }}`}} last succeeded {{`{{ $value | humanizeDuration }}`}} ago, more than {{ .Values.prometheusRule.thresholds.staleIntervals }} of its intervals, although the database is reachable: its business metrics are stale or absent.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexporterquerystale'
   - alert: TwExporterQueryErrors
     expr: |-
       rate(tw_exporter_query_errors_total{reason!="timeout"}[5m])
-      * on (job, instance) group_left ()
-      tw_exporter_interval_seconds
+      * on (job, instance, query) group_left ()
+      tw_exporter_query_interval_seconds
       > {{ .Values.prometheusRule.thresholds.queryErrorRatio }}
       unless on (job, instance)
       tw_up == 0
@@ -152,13 +152,13 @@ groups:
       severity: warning
     annotations:
       summary: 'tw-exporter query {{`{{ $labels.query }}`}} is failing ({{`{{ $labels.reason }}`}} errors)'
-      description: 'Query {{`{{ $labels.query }}`}} on {{`{{ $labels.instance }}`}} failed with reason {{`{{ $labels.reason }}`}} in {{`{{ $value | humanizePercentage }}`}} of its collection cycles over the last 5 minutes (threshold {{ .Values.prometheusRule.thresholds.queryErrorRatio }}).'
+      description: 'Query {{`{{ $labels.query }}`}} on {{`{{ $labels.instance }}`}} failed with reason {{`{{ $labels.reason }}`}} in {{`{{ $value | humanizePercentage }}`}} of its runs over the last 5 minutes (threshold {{ .Values.prometheusRule.thresholds.queryErrorRatio }}).'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexporterqueryerrors'
   - alert: TwExporterQueryTimeouts
     expr: |-
       rate(tw_exporter_query_errors_total{reason="timeout"}[5m])
-      * on (job, instance) group_left ()
-      tw_exporter_interval_seconds
+      * on (job, instance, query) group_left ()
+      tw_exporter_query_interval_seconds
       > {{ .Values.prometheusRule.thresholds.queryErrorRatio }}
       unless on (job, instance)
       tw_exporter_leader == 0
@@ -167,20 +167,21 @@ groups:
       severity: warning
     annotations:
       summary: 'tw-exporter query {{`{{ $labels.query }}`}} is timing out'
-      description: 'Query {{`{{ $labels.query }}`}} on {{`{{ $labels.instance }}`}} hit its deadline (--query-timeout) in {{`{{ $value | humanizePercentage }}`}} of its collection cycles over the last 5 minutes (threshold {{ .Values.prometheusRule.thresholds.queryErrorRatio }}).'
+      description: 'Query {{`{{ $labels.query }}`}} on {{`{{ $labels.instance }}`}} hit its deadline (--query-timeout or its timeout in the queries file) in {{`{{ $value | humanizePercentage }}`}} of its runs over the last 5 minutes (threshold {{ .Values.prometheusRule.thresholds.queryErrorRatio }}).'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexporterquerytimeouts'
   - alert: TwExporterCycleSlow
     expr: |-
       tw_exporter_cycle_duration_seconds
-      > {{ .Values.prometheusRule.thresholds.cycleDurationRatio }} * tw_exporter_interval_seconds
+      > on (job, instance, query)
+      {{ .Values.prometheusRule.thresholds.cycleDurationRatio }} * tw_exporter_query_interval_seconds
       unless on (job, instance)
       tw_exporter_leader == 0
     for: 15m
     labels:
       severity: warning
     annotations:
-      summary: 'tw-exporter collection cycles on {{`{{ $labels.instance }}`}} are slow'
-      description: 'The last collection cycle of {{`{{ $labels.instance }}`}} took {{`{{ $value | humanizeDuration }}`}}, more than {{ .Values.prometheusRule.thresholds.cycleDurationRatio }} of the collection interval; slower cycles will be skipped.'
+      summary: 'tw-exporter query {{`{{ $labels.query }}`}} on {{`{{ $labels.instance }}`}} runs slowly'
+      description: 'The last run of query {{`{{ $labels.query }}`}} on {{`{{ $labels.instance }}`}} took {{`{{ $value | humanizeDuration }}`}}, more than {{ .Values.prometheusRule.thresholds.cycleDurationRatio }} of its interval; slower runs will be skipped.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexportercycleslow'
   - alert: TwExporterCyclesSkipped
     expr: 'increase(tw_exporter_cycles_skipped_total[15m]) > {{ .Values.prometheusRule.thresholds.skippedCycles | int64 }}'
@@ -188,8 +189,8 @@ groups:
     labels:
       severity: warning
     annotations:
-      summary: 'tw-exporter on {{`{{ $labels.instance }}`}} is skipping collection cycles'
-      description: '{{`{{ $labels.instance }}`}} skipped {{`{{ $value | printf "%.0f" }}`}} collection cycles in the last 15 minutes (threshold {{ .Values.prometheusRule.thresholds.skippedCycles | int64 }}) because the previous cycle was still running; its data refreshes less often than --interval.'
+      summary: 'tw-exporter on {{`{{ $labels.instance }}`}} is skipping runs of query {{`{{ $labels.query }}`}}'
+      description: '{{`{{ $labels.instance }}`}} skipped {{`{{ $value | printf "%.0f" }}`}} scheduled runs of query {{`{{ $labels.query }}`}} in the last 15 minutes (threshold {{ .Values.prometheusRule.thresholds.skippedCycles | int64 }}) because its previous run was still running; its data refreshes less often than its interval.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexportercyclesskipped'
   - alert: TwExporterNoLeader
     expr: 'max by (job) (tw_exporter_leader{job=~"{{ .Values.prometheusRule.thresholds.exporterJobRegex }}"}) == 0'

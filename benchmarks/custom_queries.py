@@ -1,0 +1,415 @@
+"""Custom queries at scale (issue #12): 50 queries x 100 series on the 1M dataset.
+
+Measures, in one run on one machine:
+
+1. **Burst**: all 50 queries start together (as at start-up); the event loop's longest stall
+   while they finish (a 1 ms ticker's worst lateness), the time until all have a result, RSS.
+2. **Render cost per query run**: ``SnapshotStore.render`` after one query's new result (its part
+   plus the health section) against re-rendering every part (what rendering the whole
+   exposition per run would cost); sizes of the exposition.
+3. **Scrape throughput**: ``wrk`` on the real ``tw-exporter run --queries-file`` vs nginx (one
+   worker) serving the same bytes from a file, plain and gzip, side by side; ratio = exporter /
+   nginx.
+4. **Fast beside slow**: a 1 s query beside a 30 s query that takes 3 s, then beside five such
+   slow queries (the pool's five connections all busy): gaps between the fast query's successes.
+
+``python -m benchmarks.custom_queries [--scale 1m] [--seconds 10]`` prints a JSON report and
+writes ``results/CUSTOM_QUERIES.json`` and ``results/CUSTOM_QUERIES.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.common import RESULTS, ensure_dataset, log
+from benchmarks.scrape import Server, free_port, get, measure_wrk, start, wait_for
+from exporter.custom import collectors_for
+from exporter.database import Database, pool_size_for
+from exporter.queries_file import QueriesConfig, parse
+from exporter.scheduler import Collector, start_scheduler
+from exporter.settings import query_params
+from exporter.snapshot import SnapshotStore
+
+QUERIES = 50
+SERIES = 100
+OFF = "builtins: {top_users: {enabled: false}, trending_hashtags: {enabled: false}, "
+OFF += "platform_stats: {enabled: false}}\n"
+
+
+def queries_file(queries: int = QUERIES, series: int = SERIES, builtins: bool = False) -> str:
+    """``queries`` custom queries, each exporting ``series`` users' follower counts."""
+    lines = ["" if builtins else OFF, "queries:"]
+    for i in range(queries):
+        lines.append(
+            f"  q{i:02d}:\n"
+            f"    interval: 15s\n"
+            f"    sql: SELECT username, coalesce(follower_count, 0) AS followers FROM tw_users\n"
+            f"         WHERE id > $1 ORDER BY id LIMIT $2\n"
+            f"    params: [{i * series}, {series}]\n"
+            f"    max_series: {series}\n"
+            f"    metrics:\n"
+            f"      tw_bench_q{i:02d}_followers:\n"
+            f"        help: Followers of {series} users (benchmark query {i}).\n"
+            f"        value: followers\n"
+            f"        labels: [username]"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def rig(dsn: str, config: QueriesConfig) -> tuple[Database, SnapshotStore, Collector]:
+    schedules = config.schedules
+    database = Database(dsn, pool_size=pool_size_for(len(schedules)), query_timeout=10.0)
+    await database.open()
+    store = SnapshotStore(
+        interval=15.0,
+        max_staleness=3600.0,
+        queries={n: (s.interval, s.max_staleness) for n, s in schedules.items()},
+    )
+    return (
+        database,
+        store,
+        Collector(database, store, query_params(), collectors_for(config), schedules),
+    )
+
+
+async def worst_stall(work: Any, settle: float = 0.3) -> tuple[float, float]:
+    """(seconds ``work`` took, the worst lateness of a 1 ms ticker meanwhile, in seconds)."""
+    worst = 0.0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        loop = asyncio.get_running_loop()
+        while not done.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            worst = max(worst, loop.time() - before - 0.001)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    await work()
+    took = time.perf_counter() - started
+    await asyncio.sleep(settle)  # the render after the last result
+    done.set()
+    await ticking
+    return took, worst
+
+
+async def burst_and_render(dsn: str) -> dict[str, Any]:
+    config = parse(queries_file(), query_params())
+    database, store, collector = await rig(dsn, config)
+    names = list(config.custom)
+
+    async def idle() -> None:
+        await asyncio.sleep(3.0)
+
+    # The machine is shared: the ticker's lateness with nothing to do is the floor.
+    _, idle_worst = await worst_stall(idle, settle=0)
+    scheduler = start_scheduler(collector, 15.0)  # the first runs, at start-up
+    while len(collector.runs_completed) < QUERIES:  # noqa: ASYNC110 - the jobs bump a counter
+        await asyncio.sleep(0.005)
+    scheduler.shutdown(wait=False)
+
+    async def burst() -> None:  # all 50 queries finishing together, as their jobs do
+        await asyncio.gather(*(collector.run_query(name) for name in names))
+
+    all_done, worst = await worst_stall(burst)
+    rss = psutil.Process().memory_info().rss / 2**20
+
+    # Render cost: one query's new result vs every part again.
+    incremental, full = [], []
+    names = list(store.queries)
+    for _ in range(3):
+        for name in names:
+            state = store.queries[name]
+            store.record_success(name, state.families, time.time())
+            t = time.perf_counter()
+            store.render()
+            incremental.append(time.perf_counter() - t)
+        for _ in range(5):
+            for state in store.queries.values():
+                state.part = None
+            t = time.perf_counter()
+            store.render()
+            full.append(time.perf_counter() - t)
+    body = store.current.text.body
+    await database.close()
+    return {
+        "queries": QUERIES,
+        "series_per_query": SERIES,
+        "business_series": sum(1 for line in body.splitlines() if line.startswith(b"tw_bench_")),
+        "burst_all_done_s": all_done,
+        "burst_worst_loop_stall_ms": worst * 1e3,
+        "idle_worst_loop_stall_ms": idle_worst * 1e3,
+        "rss_mb_after_burst": rss,
+        "render_per_query_run_ms": statistics.median(incremental) * 1e3,
+        "render_everything_ms": statistics.median(full) * 1e3,
+        "render_ratio_everything_over_per_query": statistics.median(full)
+        / statistics.median(incremental),
+        "exposition_bytes": len(body),
+        "exposition_gzip_bytes": len(store.current.text.gzipped),
+        "exposition_gzip_one_member_bytes": len(gzip.compress(body, 6)),
+    }
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /metrics {{
+            default_type "text/plain; version=0.0.4; charset=utf-8";
+            gzip_static on;
+            alias {dir}/metrics;
+        }}
+    }}
+}}
+"""
+
+
+def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="tw-bench-nginx-"))
+    os.chmod(workdir, 0o755)  # noqa: S103 - nginx's worker (user nobody) reads the bytes
+    path = workdir / "queries.yml"
+    path.write_text(queries_file(builtins=True))
+    port = free_port()
+    exporter = start(
+        ["-m", "exporter", "run", "--dsn", dsn, "--queries-file", str(path), "--interval", "15",
+         "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+        port,
+        "/readyz",
+    )  # fmt: skip
+    out: dict[str, Any] = {"wrk_seconds": seconds}
+    nginx: subprocess.Popen[bytes] | None = None
+    try:
+        _, body = get(exporter.url + "/metrics")  # /readyz: every query's data is served
+        assert body.count(b"# TYPE tw_bench_q") == QUERIES
+        (workdir / "metrics").write_bytes(body)
+        # The exporter's own gzip response (one gzip member per query part), byte for byte.
+        request = urllib.request.Request(
+            exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            (workdir / "metrics.gz").write_bytes(response.read())
+        out["body_bytes"] = len(body)
+        out["exporter_plain"] = measure_wrk(exporter, "/metrics", seconds)
+        out["exporter_gzip"] = measure_wrk_gzip(exporter, seconds)
+        nport = free_port()
+        conf = workdir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=workdir, port=nport))
+        nginx = subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(f"http://127.0.0.1:{nport}/metrics")
+        server = Server(nginx, f"http://127.0.0.1:{nport}")
+        worker = list(psutil.Process(nginx.pid).children())
+        out["nginx_plain"] = measure_wrk(server, "/metrics", seconds)
+        out["nginx_gzip"] = measure_wrk_gzip(server, seconds)
+        out["nginx_workers"] = len(worker)
+        for kind in ("plain", "gzip"):
+            out[f"ratio_{kind}"] = out[f"exporter_{kind}"]["rps"] / out[f"nginx_{kind}"]["rps"]
+    finally:
+        exporter.stop()
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def measure_wrk_gzip(server: Server, seconds: int) -> dict[str, float]:
+    import re
+
+    cpu0 = server.cpu()
+    result = subprocess.run(
+        ["wrk", "-t2", "-c8", f"-d{seconds}s", "-H", "Accept-Encoding: gzip",
+         server.url + "/metrics"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", result).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", result).group(1))  # type: ignore[union-attr]
+    cpu = server.cpu() - cpu0
+    return {"rps": rps, "requests": requests, "cpu_per_request_us": cpu / max(1, requests) * 1e6}
+
+
+async def fast_beside_slow(dsn: str, slow_queries: int, seconds: float) -> dict[str, Any]:
+    fast = "{sql: 'SELECT 1 AS tw_fast', interval: 1, metrics: {tw_fast: {help: h}}}"
+    text = OFF + f"queries:\n  fast: {fast}\n"
+    for i in range(slow_queries):
+        text += (
+            f"  slow{i}: {{sql: 'SELECT 1 AS tw_slow{i} FROM pg_sleep(3)', interval: 30,\n"
+            f"           timeout: 10, metrics: {{tw_slow{i}: {{help: h}}}}}}\n"
+        )
+    config = parse(text, query_params())
+    database, store, collector = await rig(dsn, config)
+    successes: list[float] = []
+    original = store.record_success
+
+    def record(query: str, families: list[Any], wall_time: float) -> None:
+        if query == "fast":
+            successes.append(wall_time)
+        original(query, families, wall_time)
+
+    store.record_success = record  # type: ignore[method-assign]
+    scheduler = start_scheduler(collector, 15.0)
+    await asyncio.sleep(seconds)
+    scheduler.shutdown(wait=False)
+    await collector.cancel_running(1.0)
+    await database.close()
+    gaps = [b - a for a, b in itertools.pairwise(successes)]
+    text_out = store.current.text.body.decode()
+    return {
+        "slow_queries": slow_queries,
+        "pool_size": pool_size_for(1 + slow_queries),
+        "fast_successes": len(successes),
+        "fast_gap_max_s": max(gaps) if gaps else None,
+        "fast_gap_median_s": statistics.median(gaps) if gaps else None,
+        "fast_skipped": _sample(text_out, 'tw_exporter_cycles_skipped_total{query="fast"}'),
+        "fast_connection_errors": _sample(
+            text_out, 'tw_exporter_query_errors_total{query="fast",reason="connection"}'
+        ),
+        "seconds": seconds,
+    }
+
+
+def _sample(text: str, key: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    b, s = report["burst"], report["scrape"]
+    ex, ng = s["exporter_plain"], s["nginx_plain"]
+    exg, ngg = s["exporter_gzip"], s["nginx_gzip"]
+    lines = [
+        "# Custom queries at scale",
+        "",
+        f"Command: `{report['command']}`. Dataset: {report['scale']} tweets. All numbers from "
+        "one run on one machine (server, PostgreSQL, wrk and nginx share its cores).",
+        "",
+        f"## {b['queries']} queries x {b['series_per_query']} series",
+        "",
+        row("measure", "value"),
+        row("---", "---"),
+        row("business series served", b["business_series"]),
+        row(
+            "all 50 run together (after start-up): time until every one has a result",
+            f"{b['burst_all_done_s']:.2f} s",
+        ),
+        row(
+            "longest event-loop stall meanwhile (1 ms ticker)",
+            f"{b['burst_worst_loop_stall_ms']:.1f} ms (idle, same ticker: "
+            f"{b['idle_worst_loop_stall_ms']:.1f} ms)",
+        ),
+        row(
+            "render after one query's run (its part + health)",
+            f"{b['render_per_query_run_ms']:.2f} ms",
+        ),
+        row("render of every part (whole exposition)", f"{b['render_everything_ms']:.2f} ms"),
+        row("ratio whole / per query", f"{b['render_ratio_everything_over_per_query']:.1f}x"),
+        row(
+            "exposition (text)",
+            f"{b['exposition_bytes']:,} bytes, gzip {b['exposition_gzip_bytes']:,} "
+            f"(one gzip member: {b['exposition_gzip_one_member_bytes']:,})",
+        ),
+        row("RSS after the burst (benchmark process)", f"{b['rss_mb_after_burst']:.0f} MB"),
+        "",
+        f"## Scrape throughput vs nginx (same {s['body_bytes']:,} bytes, "
+        f"wrk -t2 -c8 -d{s['wrk_seconds']}s)",
+        "",
+        row("server", "plain req/s", "gzip req/s"),
+        row("---", "---", "---"),
+        row("tw-exporter (1 process)", f"{ex['rps']:.0f}", f"{exg['rps']:.0f}"),
+        row("nginx (1 worker)", f"{ng['rps']:.0f}", f"{ngg['rps']:.0f}"),
+        row("ratio exporter / nginx", f"{s['ratio_plain']:.2f}", f"{s['ratio_gzip']:.2f}"),
+        "",
+        "## A 1 s query beside slow ones (30 s interval, 3 s each)",
+        "",
+        row(
+            "slow queries",
+            "pool",
+            "fast successes",
+            "median gap",
+            "max gap",
+            "fast skipped",
+            "fast connection errors",
+        ),
+        row(*["---"] * 7),
+    ]
+    for r in report["fast_beside_slow"]:
+        lines.append(
+            row(
+                r["slow_queries"],
+                r["pool_size"],
+                f"{r['fast_successes']} in {r['seconds']:.0f} s",
+                f"{r['fast_gap_median_s']:.3f} s",
+                f"{r['fast_gap_max_s']:.3f} s",
+                f"{r['fast_skipped']:.0f}",
+                f"{r['fast_connection_errors']:.0f}",
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="1m", choices=("100k", "1m", "10m"))
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per server")
+    args = parser.parse_args()
+    dsn = asyncio.run(ensure_dataset(args.scale))
+    report: dict[str, Any] = {
+        "command": f"python -m benchmarks.custom_queries --scale {args.scale} "
+        f"--seconds {args.seconds}",
+        "scale": args.scale,
+    }
+    report["burst"] = asyncio.run(burst_and_render(dsn))
+    log(f"[custom] burst/render: {report['burst']}")
+    report["scrape"] = scrape_vs_nginx(dsn, args.seconds)
+    log(f"[custom] scrape: ratio plain {report['scrape']['ratio_plain']:.2f}, "
+        f"gzip {report['scrape']['ratio_gzip']:.2f}")  # fmt: skip
+    report["fast_beside_slow"] = [asyncio.run(fast_beside_slow(dsn, slow, 12.0)) for slow in (1, 5)]
+    log(f"[custom] fast beside slow: {report['fast_beside_slow']}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "CUSTOM_QUERIES.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "CUSTOM_QUERIES.md").write_text(markdown(report))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

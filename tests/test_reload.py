@@ -1,0 +1,197 @@
+"""Reloading the queries file: SIGHUP and ``POST /-/reload`` (only with --web-enable-lifecycle);
+unchanged queries keep their series, an invalid file is ignored and reported."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import urllib.request
+from pathlib import Path
+
+from exporter.custom import collectors_for
+from exporter.database import Database
+from exporter.queries_file import load
+from exporter.reload import Reloader
+from exporter.scheduler import Collector, start_scheduler
+from exporter.settings import query_params
+from exporter.snapshot import SnapshotStore
+from tests.conftest import StartExporter, wait_until, wait_until_sync
+from tests.helpers import http_get, value
+
+RELOAD_OK = "tw_exporter_config_last_reload_successful"
+RELOAD_AT = "tw_exporter_config_last_reload_success_timestamp_seconds"
+
+FIRST = """
+builtins: {top_users: {enabled: false}, trending_hashtags: {enabled: false},
+           platform_stats: {enabled: false}}
+queries:
+  kept: {sql: 'SELECT 1 AS tw_kept', interval: 60, metrics: {tw_kept: {help: h}}}
+  changed: {sql: 'SELECT 2 AS tw_changed', interval: 60, metrics: {tw_changed: {help: h}}}
+  removed: {sql: 'SELECT 3 AS tw_removed', interval: 60, metrics: {tw_removed: {help: h}}}
+"""
+SECOND = FIRST.replace("SELECT 2 AS tw_changed", "SELECT 20 AS tw_changed").replace(
+    "  removed: {sql: 'SELECT 3 AS tw_removed', interval: 60, metrics: {tw_removed: {help: h}}}",
+    "  added: {sql: 'SELECT 4 AS tw_added', interval: 60, metrics: {tw_added: {help: h}}}",
+)
+
+
+async def test_a_valid_file_applies_the_difference_and_keeps_unchanged_series(
+    seeded_db: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "queries.yml"
+    path.write_text(FIRST)
+    settings = query_params(queries_file=path)
+    config = load(path, settings)
+    database = Database(seeded_db, pool_size=5, query_timeout=5)
+    await database.open()
+    store = SnapshotStore(
+        interval=30,
+        max_staleness=90,
+        process_metrics=False,
+        queries={n: (s.interval, s.max_staleness) for n, s in config.schedules.items()},
+    )
+    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
+    scheduler = start_scheduler(collector, 30)
+    reloader = Reloader(settings, config, collector, scheduler)
+    try:
+
+        def text() -> str:
+            return store.current.text.body.decode()
+
+        async def all_ran() -> bool:
+            return all(value(text(), f"tw_{n}") is not None for n in ("kept", "changed", "removed"))
+
+        await wait_until(all_ran)
+        kept_part = store.queries["kept"].part
+        kept_success = value(
+            text(), "tw_exporter_query_last_success_timestamp_seconds", query="kept"
+        )
+
+        path.write_text(SECOND)
+        assert reloader.reload() is True
+        assert store.queries["kept"].part is kept_part  # not re-run, not re-rendered
+        assert value(text(), "tw_kept") == 1
+        assert value(text(), "tw_removed") is None
+        assert value(text(), "tw_exporter_query_interval_seconds", query="removed") is None
+        assert value(text(), "tw_exporter_query_errors_total", query="added", reason="data") == 0
+
+        async def new_ones_ran() -> bool:
+            return value(text(), "tw_changed") == 20 and value(text(), "tw_added") == 4
+
+        await wait_until(new_ones_ran)
+        assert (
+            value(text(), "tw_exporter_query_last_success_timestamp_seconds", query="kept")
+            == kept_success
+        )
+        assert value(text(), RELOAD_OK) == 1
+        assert sorted(j.id for j in scheduler.get_jobs()) == [
+            "query:added",
+            "query:changed",
+            "query:kept",
+        ]
+
+        path.write_text(SECOND.replace("help: h}}}", "help: h, labels: [job]}}}", 1))
+        assert reloader.reload() is False
+        assert value(text(), RELOAD_OK) == 0
+        assert value(text(), "tw_kept") == 1 and value(text(), "tw_added") == 4
+        assert len(scheduler.get_jobs()) == 3
+    finally:
+        scheduler.shutdown(wait=False)
+        await collector.cancel_running(1.0)
+        await database.close()
+
+
+def post(url: str, body: bytes | None = None) -> int:
+    """POST ``body`` (default: none; the exporter refuses every request body with 413)."""
+    request = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_sighup_and_the_lifecycle_endpoint_reload_the_running_exporter(
+    seeded_db: str, exporter_proc: StartExporter, tmp_path: Path
+) -> None:
+    path = tmp_path / "queries.yml"
+    path.write_text(FIRST)
+    plain = exporter_proc("--dsn", seeded_db, "--queries-file", str(path))
+    assert post(plain.url + "/-/reload") == 405  # not without --web-enable-lifecycle
+
+    wait_until_sync(lambda: value(http_get(plain.url + "/metrics").text, "tw_kept") == 1)
+    started_at = value(http_get(plain.url + "/metrics").text, RELOAD_AT)
+    path.write_text(SECOND)
+    plain.proc.send_signal(signal.SIGHUP)
+    wait_until_sync(lambda: value(http_get(plain.url + "/metrics").text, "tw_added") == 4)
+    text = http_get(plain.url + "/metrics").text
+    assert value(text, RELOAD_OK) == 1
+    assert (value(text, RELOAD_AT) or 0) >= (started_at or 0)
+    assert value(text, "tw_removed") is None
+
+    path.write_text("queries: [")
+    plain.proc.send_signal(signal.SIGHUP)
+    wait_until_sync(lambda: value(http_get(plain.url + "/metrics").text, RELOAD_OK) == 0)
+    assert value(http_get(plain.url + "/metrics").text, "tw_added") == 4
+    assert "reload failed, the running configuration is kept" in plain.logs()
+    assert plain.stop() == 0
+
+    path.write_text(FIRST)
+    lifecycle = exporter_proc(
+        "--dsn", seeded_db, "--queries-file", str(path), "--web-enable-lifecycle"
+    )
+    wait_until_sync(lambda: value(http_get(lifecycle.url + "/metrics").text, "tw_kept") == 1)
+    assert http_get(lifecycle.url + "/-/reload").status == 405
+    path.write_text(SECOND)
+    assert post(lifecycle.url + "/-/reload", b"{}") == 413  # no body, as on every path (#10)
+    assert post(lifecycle.url + "/-/reload") == 200
+    wait_until_sync(lambda: value(http_get(lifecycle.url + "/metrics").text, "tw_added") == 4)
+    path.write_text("queries: [")
+    assert post(lifecycle.url + "/-/reload") == 500
+    assert value(http_get(lifecycle.url + "/metrics").text, RELOAD_OK) == 0
+    assert lifecycle.stop() == 0
+
+
+async def test_a_query_removed_while_it_runs_leaves_nothing_behind(
+    seeded_db: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "queries.yml"
+    path.write_text(
+        FIRST.replace("SELECT 3 AS tw_removed", "SELECT 3 AS tw_removed FROM pg_sleep(1)")
+    )
+    settings = query_params(queries_file=path)
+    config = load(path, settings)
+    database = Database(seeded_db, pool_size=5, query_timeout=5)
+    await database.open()
+    store = SnapshotStore(
+        interval=30,
+        max_staleness=90,
+        process_metrics=False,
+        queries={n: (s.interval, s.max_staleness) for n, s in config.schedules.items()},
+    )
+    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
+    scheduler = start_scheduler(collector, 30)
+    reloader = Reloader(settings, config, collector, scheduler)
+    try:
+
+        async def kept_ran() -> bool:
+            return collector.runs_completed.get("kept", 0) >= 1
+
+        await wait_until(kept_ran)
+        assert "removed" not in collector.runs_completed  # still sleeping
+        path.write_text(SECOND)
+        assert reloader.reload() is True
+        await asyncio.sleep(0)
+
+        async def removed_finished() -> bool:
+            return not any(not t.done() for t in collector._running)
+
+        await wait_until(removed_finished)
+        store.render()
+        text = store.current.text.body.decode()
+        assert 'query="removed"' not in text
+        assert value(text, "tw_removed") is None
+    finally:
+        scheduler.shutdown(wait=False)
+        await collector.cancel_running(1.0)
+        await database.close()
