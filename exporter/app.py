@@ -7,10 +7,19 @@ import logging
 import signal
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.custom import collectors_for
-from exporter.database import MAX_POOL_SIZE, Database, pool_size_for
+from exporter.database import APPLICATION_NAME, MAX_POOL_SIZE, Database, pool_size_for
 from exporter.http import Authenticator, MetricsServer, ServerLimits
+from exporter.leader import (
+    QUERY_APPLICATION_PREFIX,
+    Leadership,
+    application_name,
+    replica_name,
+)
 from exporter.queries_file import QueriesConfig, config_for
 from exporter.reload import Reloader
 from exporter.scheduler import Collector, start_scheduler
@@ -112,11 +121,16 @@ async def serve(
         listener = await listen(settings, security, queries)
     store, server, config = listener.store, listener.server, listener.config
     schedules = config.schedules
+    replica = replica_name()
     database = Database(
         settings.dsn,
         # With a queries file a reload may add queries: the bound, opened only on demand.
         pool_size=pool_size_for(MAX_POOL_SIZE if config.path else len(schedules)),
         query_timeout=settings.query_timeout,
+        # With --ha, pg_stat_activity shows which replica runs the queries.
+        application_name=application_name(QUERY_APPLICATION_PREFIX, replica)
+        if settings.ha
+        else APPLICATION_NAME,
     )
     try:
         await database.open()
@@ -141,8 +155,13 @@ async def serve(
             len(config.builtins),
             len(config.custom),
         )
-    collector = Collector(database, store, settings, collectors_for(config), schedules)
+    collector = Collector(database, store, settings, collectors_for(config), schedules=schedules)
+    leadership = _leadership(settings, replica, collector, store, stop) if settings.ha else None
+    collector.fence = leadership
     scheduler = start_scheduler(collector, settings.interval)
+    if leadership is not None:
+        leadership.on_elected = lambda: _lead(store, scheduler)
+        leadership.start()
     reloader = Reloader(settings, config, collector, scheduler, server)
     if settings.web_enable_lifecycle:
         server.reload = reloader.reload
@@ -155,8 +174,74 @@ async def serve(
         log.info("shutting down")
         scheduler.shutdown(wait=False)
         await collector.cancel_running(SHUTDOWN_GRACE)
+        if leadership is not None:
+            await leadership.close()  # releases the lock: a follower takes over at once
         await server.close()
         await database.close(SHUTDOWN_GRACE)
+    if leadership is not None and leadership.fatal:
+        raise StartupError(leadership.fatal)
+
+
+def _leadership(
+    settings: Settings,
+    replica: str,
+    collector: Collector,
+    store: SnapshotStore,
+    stop: asyncio.Event,
+) -> Leadership:
+    """The HA campaign, wired to the store and the collector (docs/high-availability.md).
+
+    A replica starts as a follower: no business series, ``tw_up`` from its lock connection.
+    Losing the lead cancels the queries in flight and drops the business series at once.
+    """
+    store.drop_business()
+    store.health.follow(False)
+
+    def lost() -> None:
+        store.drop_business()
+        store.health.follow(leadership.answered)
+        store.render()
+        asyncio.get_running_loop().create_task(collector.cancel_running(SHUTDOWN_GRACE))
+
+    def answer(answered: bool) -> None:
+        # A follower runs no queries, so no run renders for it: its ``tw_up`` (from the lock
+        # connection) is published here, once per lock answer (every lease/3).
+        if not leadership.is_leader:
+            store.health.follow(answered)
+            store.render()
+
+    def fatal(line: str) -> None:
+        stop.set()
+
+    leadership = Leadership(
+        settings.ha_dsn,
+        settings.ha_group,
+        lease=settings.ha_lease,
+        connect_timeout=settings.query_timeout,
+        replica=replica,
+        on_lost=lost,
+        on_answer=answer,
+        on_fatal=fatal,
+    )
+    log.info(
+        "HA: replica %s campaigning for the lead of group %r on %s (lease %gs)",
+        replica,
+        settings.ha_group,
+        settings.redacted_ha_dsn,
+        settings.ha_lease,
+    )
+    store.render()
+    return leadership
+
+
+def _lead(store: SnapshotStore, scheduler: AsyncIOScheduler) -> None:
+    """Elected: record results again and run every query job now, not at its next tick, so
+    fresh business series follow a takeover within seconds."""
+    store.lead()
+    store.health.lead()
+    now = datetime.now(UTC)
+    for job in scheduler.get_jobs():
+        job.modify(next_run_time=now)
 
 
 def run(settings: Settings, security: HTTPSecurity, queries: QueriesConfig | None = None) -> None:

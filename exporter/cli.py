@@ -126,9 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _secrets(dsn: str) -> tuple[str, ...]:
-    password = dsn_password(dsn) if dsn else None
-    return (password,) if password else ()
+def _secrets(*dsns: str) -> tuple[str, ...]:
+    passwords = (dsn_password(dsn) if dsn else None for dsn in dsns)
+    return tuple(dict.fromkeys(p for p in passwords if p))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -137,7 +137,9 @@ def _run(args: argparse.Namespace) -> int:
     from exporter.queries_file import config_for
 
     settings = cfg.settings_from(args)
-    configure_logging(settings.log_level, settings.log_format, _secrets(settings.dsn))
+    configure_logging(
+        settings.log_level, settings.log_format, _secrets(settings.dsn, settings.ha_dsn)
+    )
     config_for(settings)  # an invalid queries file: one line, exit 2, before anything starts
     try:
         security = load_http_security(settings)

@@ -195,9 +195,11 @@ class Database:
         *,
         pool_size: int,
         query_timeout: float,
+        application_name: str = APPLICATION_NAME,
         max_connection_age: float = MAX_CONNECTION_AGE,
     ) -> None:
         self._dsn = dsn
+        self._application_name = application_name
         self._pool_size = pool_size
         self._query_timeout = query_timeout
         self._deadline = query_timeout + CLIENT_GRACE_SECONDS
@@ -224,7 +226,7 @@ class Database:
             connection_class=PooledConnection,
             statement_cache_size=STATEMENT_CACHE_SIZE,
             reset=_no_session_state,
-            server_settings={"application_name": APPLICATION_NAME},
+            server_settings={"application_name": self._application_name},
         )
 
     async def _tune_socket(self, conn: asyncpg.Connection) -> None:

@@ -40,6 +40,11 @@ class EmbeddedPostgres:
         """The postmaster's process id (fault tests freeze it and its children)."""
         return int(self._server.get_pid())
 
+    @property
+    def pgdata(self) -> Path:
+        """The data directory (a test may drop a ``standby.signal`` there before a start)."""
+        return Path(self._server.pgdata)
+
     def dsn_for(self, database: str) -> str:
         return str(self._server.get_uri(database=database))
 

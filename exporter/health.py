@@ -121,6 +121,13 @@ LABEL_VALUES_TRUNCATED = MetricSpec(
     "shortened to a prefix plus a hash, counted once per value per run of the query.",
     ("query",),
 )
+LEADER = MetricSpec(
+    "tw_exporter_leader",
+    "gauge",
+    "1 on the replica that runs the queries: the leader of its --ha group (it holds the "
+    "group's advisory lock), or any exporter without --ha; 0 on a follower, which serves no "
+    "business series and whose tw_up means its lock connection's database answered.",
+)
 BUILD_INFO = MetricSpec(
     "tw_exporter_build_info",
     "gauge",
@@ -143,6 +150,7 @@ HEALTH_METRICS: tuple[MetricSpec, ...] = (
     RELOAD_SUCCESS_TIMESTAMP,
     BUILD_INFO,
     LABEL_VALUES_TRUNCATED,
+    LEADER,
 )
 
 
@@ -164,6 +172,9 @@ class Answered:
 
     def record(self, query: str, answered: bool) -> None:
         self._latest[query] = answered
+
+    def clear(self) -> None:
+        self._latest.clear()
 
     def forget(self, query: str) -> None:
         """A query removed by a reload no longer counts."""
@@ -261,6 +272,9 @@ class HealthMetrics:
             labels(LABEL_VALUES_TRUNCATED),
             registry=registry,
         )
+        self.leader = Gauge(_registered_name(LEADER), LEADER.help, registry=registry)
+        self.leader.set(1)
+        self.leading = True
         for query, seconds in (queries or dict.fromkeys(QUERY_NAMES, interval_seconds)).items():
             self.add_query(query, seconds)
 
@@ -300,9 +314,24 @@ class HealthMetrics:
     def forget_attempts(self, query: str) -> None:
         """A query removed by a reload: its latest attempt no longer counts towards ``tw_up``."""
         self.answered.forget(query)
-        self.up.set(1 if self.answered.up else 0)
+        if self.leading:  # a follower's tw_up follows its lock connection, not the queries
+            self.up.set(1 if self.answered.up else 0)
 
     def record_attempt(self, query: str, answered: bool) -> None:
         """One query attempt ended; ``tw_up`` follows the latest attempt of every query."""
+        if not self.leading:  # a run the fence stopped half-way: not counted
+            return
         self.answered.record(query, answered)
         self.up.set(1 if self.answered.up else 0)
+
+    def follow(self, lock_answered: bool) -> None:
+        """This replica became (or stays) an HA follower: it runs no queries, so ``tw_up``
+        follows its lock connection; the query flags start afresh when it leads again."""
+        self.leading = False
+        self.leader.set(0)
+        self.answered.clear()
+        self.up.set(1 if lock_answered else 0)
+
+    def lead(self) -> None:
+        self.leading = True
+        self.leader.set(1)

@@ -46,6 +46,7 @@ from pydantic import (
 from exporter.collectors import COLLECTORS
 from exporter.settings import (
     DEFAULT_QUERY_TIMEOUT_CAP,
+    HA_LEASE_MARGIN,
     MAX_INTERVAL,
     MIN_SECONDS,
     STALENESS_INTERVALS,
@@ -603,4 +604,23 @@ def config_for(settings: Settings) -> QueriesConfig:
     """The queries the exporter runs: the file's, or the built-ins' defaults without one."""
     if settings.queries_file is None:
         return default_config(settings)
-    return load(settings.queries_file, settings)
+    config = load(settings.queries_file, settings)
+    check_ha_lease(config, settings)
+    return config
+
+
+def check_ha_lease(config: QueriesConfig, settings: Settings) -> None:
+    """With --ha, the lease must outlast the *longest* query timeout (plus the margin), or a
+    frozen leader's query could still run when another replica takes the lock; checked
+    wherever the file is read (startup and every reload), since the file's timeouts win over
+    --query-timeout, which the settings alone checked."""
+    if not settings.ha or not config.schedules:
+        return
+    name, longest = max(config.schedules.items(), key=lambda item: item[1].timeout)
+    floor = longest.timeout + HA_LEASE_MARGIN
+    if settings.ha_lease < floor:
+        raise QueriesFileError(
+            f"{config.path}: query {name}, field timeout: {longest.timeout:g}s needs "
+            f"--ha-lease >= {floor:g} (the timeout + {HA_LEASE_MARGIN:g}), but the lease is "
+            f"{settings.ha_lease:g}: raise --ha-lease or shorten the timeout"
+        )

@@ -29,6 +29,7 @@ from exporter.collectors import COLLECTORS, QueryCollector
 from exporter.collectors.base import QueryParams
 from exporter.custom import PartialData
 from exporter.database import Database, QueryError
+from exporter.leader import Fence
 from exporter.queries_file import Schedule
 from exporter.snapshot import SnapshotStore
 
@@ -49,11 +50,14 @@ class Collector:
         params: QueryParams,
         collectors: Sequence[QueryCollector] = COLLECTORS,
         schedules: Mapping[str, Schedule] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.database = database
         self.store = store
         self.params = params
         self.collectors = tuple(collectors)
+        # With --ha, no query starts unless the fence confirms this replica still leads.
+        self.fence = fence
         # Per-query deadlines; a query without one uses the pool's --query-timeout.
         self.schedules: dict[str, Schedule] = dict(schedules or {})
         self.cycles_completed = 0
@@ -89,6 +93,8 @@ class Collector:
         self._running.add(task)
         started = time.perf_counter()
         try:
+            if not await self._leading():
+                return False  # a follower: no run, no per-query health touched
             answered = await self._run_query(collector)
         finally:
             self._running.discard(task)
@@ -98,6 +104,11 @@ class Collector:
         self.runs_completed[name] = self.runs_completed.get(name, 0) + 1
         await self._render_soon()
         return answered
+
+    async def _leading(self) -> bool:
+        """With --ha, no query starts unless the fence confirms (by a round trip that started
+        now) that this replica still holds the lock; without --ha, always."""
+        return self.fence is None or await self.fence.confirm()
 
     async def _render_soon(self) -> None:
         """Render once for all runs that finish close together: at once after a quiet spell,
@@ -143,6 +154,8 @@ class Collector:
     async def _cycle(self) -> bool:
         async def timed(collector: QueryCollector) -> bool:
             started = time.perf_counter()
+            if not await self._leading():
+                return False  # a follower: the leader runs the queries
             answered = await self._run_query(collector)
             self.store.health.cycle_duration.labels(query=collector.name).set(
                 time.perf_counter() - started

@@ -37,6 +37,11 @@ MAX_TOP_N = 1000
 MAX_DAYS = 3650
 MAX_CONNECTIONS = 65_535
 DSN_SCHEMES = ("postgresql", "postgres")
+MAX_GROUP_LENGTH = 200
+DEFAULT_HA_LEASE = 15.0
+# The lease must outlast a query a frozen leader started just before it froze (query timeout
+# plus the client's grace), so that query has ended before the lock can pass on.
+HA_LEASE_MARGIN = 2.0
 
 T = TypeVar("T")
 
@@ -61,6 +66,10 @@ class Settings:
     log_level: str
     log_format: str
     web_config_file: Path | None
+    ha: bool = False
+    ha_group: str = "tw-exporter"
+    ha_dsn: str = ""
+    ha_lease: float = 15.0
     queries_file: Path | None = None
     web_enable_lifecycle: bool = False
     # Where each explicitly given value came from (flag or env variable), by option dest:
@@ -73,6 +82,10 @@ class Settings:
     @property
     def redacted_dsn(self) -> str:
         return redact_dsn(self.dsn)
+
+    @property
+    def redacted_ha_dsn(self) -> str:
+        return redact_dsn(self.ha_dsn)
 
     @property
     def listen(self) -> str:
@@ -154,6 +167,39 @@ def parse_dsn(text: str) -> str:
     return dsn
 
 
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_group(text: str) -> str:
+    value = text.strip()
+    if not 1 <= len(value) <= MAX_GROUP_LENGTH or not value.isprintable():
+        raise ValueError(
+            f"expected a name of 1 to {MAX_GROUP_LENGTH} printable characters, e.g. prod-db"
+        )
+    return value
+
+
+def dsn_hosts(dsn: str) -> int:
+    """How many hosts a (possibly multi-host) PostgreSQL URI names (split as ``parse_dsn``
+    does)."""
+    authority = re.split(r"[/?]", dsn.partition("://")[2].rpartition("@")[2], maxsplit=1)[0]
+    return max(1, len(authority.split(",")))
+
+
+def requires_primary(dsn: str) -> bool:
+    """Whether a multi-host DSN is pinned to the primary (``target_session_attrs``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    attrs = parse_qs(urlsplit(dsn).query).get("target_session_attrs", [""])[-1]
+    return attrs in ("read-write", "primary")
+
+
 # host, [IPv6], or empty (libpq's default host), then an optional numeric port
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.%\w]+\]|[^\s:/?#\[\],@]*)(?::[0-9]{1,5})?")
 
@@ -193,6 +239,8 @@ class Option:
     default: str | None = None
     default_doc: str | None = None
     secret: bool = False
+    # A switch may be given without a value (``--ha`` = ``--ha true``).
+    switch: bool = False
     takes_value: bool = True  # False: a bare switch (``--flag``); its env variable says true
 
     @property
@@ -319,14 +367,43 @@ SERVE_OPTIONS = (
     ),
 )
 
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off", ""):
-        return False
-    raise ValueError("expected true or false")
+HA_OPTIONS = (
+    Option(
+        "--ha",
+        "BOOL",
+        "High availability: replicas elect one leader through a PostgreSQL advisory lock; "
+        "only the leader runs the queries (docs/high-availability.md).",
+        parse_bool,
+        default="false",
+        switch=True,
+    ),
+    Option(
+        "--ha-group",
+        "NAME",
+        "Replicas with the same group name and lock database elect one leader; the lock key "
+        "is the first 8 bytes of sha256('tw-exporter:' + NAME) as a bigint.",
+        parse_group,
+        default="tw-exporter",
+    ),
+    Option(
+        "--ha-dsn",
+        "URI",
+        "PostgreSQL URI of the primary that holds the leader's lock (not a standby, not a "
+        "transaction pooler; a multi-host URI needs target_session_attrs=read-write).",
+        parse_dsn,
+        default_doc="the --dsn value",
+        secret=True,
+    ),
+    Option(
+        "--ha-lease",
+        "SECONDS",
+        "A leader silent this long (frozen, cut off) loses the lock: PostgreSQL ends its lock "
+        f"session; must exceed the query timeout by at least {HA_LEASE_MARGIN:g}.",
+        parse_seconds,
+        default_doc=f"{DEFAULT_HA_LEASE:g}, or the query timeout + {2 * HA_LEASE_MARGIN:g} if "
+        "longer",
+    ),
+)
 
 
 LIFECYCLE_OPTION = Option(
@@ -363,6 +440,7 @@ RUN_OPTIONS = (
     + (LIFECYCLE_OPTION,)
     + QUERY_OPTIONS
     + (QUERIES_FILE_OPTION,)
+    + HA_OPTIONS
     + LOG_OPTIONS
 )
 CHECK_OPTIONS = (
@@ -409,13 +487,21 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
                 help=f"{option.help} [env: {option.env}=true]",
             )
             continue
-        parser.add_argument(
-            option.flag,
-            metavar=option.metavar,
-            dest=option.dest,
-            default=None,
-            help=f"{option.help} Default: {option.shown_default}. [env: {option.env}]",
-        )
+        help_text = f"{option.help} Default: {option.shown_default}. [env: {option.env}]"
+        if option.switch:
+            parser.add_argument(
+                option.flag,
+                metavar=option.metavar,
+                dest=option.dest,
+                default=None,
+                nargs="?",
+                const="true",
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                option.flag, metavar=option.metavar, dest=option.dest, default=None, help=help_text
+            )
 
 
 def _shown(option: Option, raw: str) -> str:
@@ -501,8 +587,18 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
     else:
         max_staleness = STALENESS_INTERVALS * interval
     host, port = merged["listen"]
+    dsn = _read_dsn(values, dsn_required)
+    ha_dsn: str = values.get("ha_dsn", dsn)
+    ha_lease = _ha_lease(values, query_timeout)
+    if merged["ha"] and ha_dsn and dsn_hosts(ha_dsn) > 1 and not requires_primary(ha_dsn):
+        source = values.get("ha_dsn__source") or values.get("dsn__source") or "--dsn"
+        raise SettingsError(
+            f"{source}: invalid value {redact_dsn(ha_dsn)!r} for the HA lock: expected a "
+            "multi-host URI with target_session_attrs=read-write, so the lock is taken on the "
+            "primary (advisory locks are per server)"
+        )
     return Settings(
-        dsn=_read_dsn(values, dsn_required),
+        dsn=dsn,
         listen_host=host,
         listen_port=port,
         interval=interval,
@@ -516,6 +612,10 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         log_level=merged["log_level"],
         log_format=merged["log_format"],
         web_config_file=merged.get("web_config_file"),
+        ha=merged["ha"],
+        ha_group=merged["ha_group"],
+        ha_dsn=ha_dsn,
+        ha_lease=ha_lease,
         queries_file=merged.get("queries_file"),
         web_enable_lifecycle=merged["web_enable_lifecycle"],
         sources={k.removesuffix("__source"): v for k, v in values.items() if "__" in k},
@@ -523,6 +623,20 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         web_idle_timeout=merged["web_idle_timeout"],
         web_max_connections=merged["web_max_connections"],
     )
+
+
+def _ha_lease(values: Mapping[str, Any], query_timeout: float) -> float:
+    floor = query_timeout + HA_LEASE_MARGIN
+    if "ha_lease" not in values:
+        return max(DEFAULT_HA_LEASE, query_timeout + 2 * HA_LEASE_MARGIN)
+    lease: float = values["ha_lease"]
+    if lease < floor:
+        raise SettingsError(
+            f"{values['ha_lease__source']}: invalid value {lease:g}: expected a number of "
+            f"seconds >= the query timeout + {HA_LEASE_MARGIN:g} ({floor:g}), so a query a "
+            "frozen leader started has ended before another replica can take the lock"
+        )
+    return lease
 
 
 def settings_from(

@@ -219,6 +219,8 @@ class SnapshotStore:
         self.queries: dict[str, QueryState] = {
             name: QueryState(max_staleness=staleness) for name, (_, staleness) in queries.items()
         }
+        # An HA follower (see ``drop_business``); the leader and a lone exporter are not.
+        self.following = False
         self._generation = self._published = 0
         self._served: frozenset[str] = frozenset()
         self._health = SectionCache()
@@ -239,7 +241,10 @@ class SnapshotStore:
 
     def record_success(self, query: str, families: list[Metric], wall_time: float) -> None:
         """Replace ``query``'s series; every label value is bounded here, the one door
-        business families, built-in and custom, pass through (``exporter.labels``)."""
+        business families, built-in and custom, pass through (``exporter.labels``). An HA
+        follower keeps none."""
+        if self.following:
+            return
         state = self.queries.get(query)
         if state is None:
             return  # removed by a reload while it ran
@@ -250,6 +255,18 @@ class SnapshotStore:
         state.part = None
         state.succeeded_at = self._clock()
         self.health.query_last_success.labels(query=query).set(wall_time)
+
+    def drop_business(self) -> None:
+        """This replica lost the HA lead: serve no business series at all (the new leader
+        serves them), and count as ready (a follower must stay in the Service, scrapeable)."""
+        for state in self.queries.values():
+            state.families, state.part = [], None
+            state.succeeded_at = None
+        self.following = True
+
+    def lead(self) -> None:
+        """This replica leads its HA group: record and serve results again."""
+        self.following = False
 
     def is_fresh(self, query: str) -> bool:
         state = self.queries[query]
@@ -284,7 +301,7 @@ class SnapshotStore:
 
     @property
     def ready(self) -> bool:
-        return all(self._served_fresh(name) for name in self.queries)
+        return self.following or all(self._served_fresh(name) for name in self.queries)
 
     def stale_queries(self) -> list[str]:
         return [name for name in self.queries if not self._served_fresh(name)]

@@ -26,6 +26,13 @@ DSN = f"postgresql://tw_exporter:{DSN_PASSWORD}@db.example.internal:5432/app?ssl
 # The least a user must give: a database.
 MINIMAL_VALUES: dict[str, Any] = {"database": {"dsn": DSN}}
 
+# High availability with the monitoring objects, so the HA pods' scrape path is checked too.
+HA_VALUES: dict[str, Any] = {
+    "database": {"dsn": DSN},
+    "ha": {"enabled": True, "group": "prod-db", "lease": 20},
+    "serviceMonitor": {"enabled": True},
+}
+
 # Every optional feature switched on.
 ALL_FEATURES_VALUES: dict[str, Any] = {
     "database": {"dsn": DSN},

@@ -531,6 +531,10 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--log-level": (("verbose", "trace"), "expected one of debug, info, warning, error"),
     "--log-format": (("xml", "logfmt"), "expected one of text, json"),
     "--web-config-file": (("/nonexistent/web.yml", "/"), "expected a path to a readable file"),
+    "--ha": (("maybe", "2"), "expected true or false"),
+    "--ha-group": (("", "x" * 201), "expected a name of 1 to 200 printable characters"),
+    "--ha-dsn": (("mysql://tw@db/app", "db.example:5432"), "expected a PostgreSQL URI"),
+    "--ha-lease": (("soon", "0", "inf"), "expected a number of seconds"),
     "--queries-file": (("/nonexistent/queries.yml", "/"), "expected a path to a readable file"),
     "--web-enable-lifecycle": (("maybe", "2"), "expected true or false"),  # env only: a switch
     "--web-header-timeout": (("0", "slow", "1e9"), "expected a number of seconds"),
@@ -836,3 +840,35 @@ def test_real_process_exits_2_with_one_line(files: Files) -> None:
         if not ok:
             problems.append(f"{argv}: exit {proc.returncode}, stderr {stderr!r}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "name"),
+    [
+        (["--ha", "--query-timeout", "10", "--ha-lease", "11"], {}, "--ha-lease"),
+        (
+            [],
+            {"TW_EXPORTER_QUERY_TIMEOUT": "10", "TW_EXPORTER_HA_LEASE": "11"},
+            "TW_EXPORTER_HA_LEASE",
+        ),
+    ],
+)
+def test_ha_lease_must_outlast_the_query_timeout(
+    argv: list[str], env: dict[str, str], name: str
+) -> None:
+    outcome = invoke(["run", "--dsn", GOOD_DSN, *argv], env)
+    assert_clean(outcome)
+    assert outcome.code == 2
+    assert outcome.line.startswith(
+        f"{PREFIX}{name}: invalid value 11: expected a number of seconds >= the query "
+        "timeout + 2 (12)"
+    ), outcome.line
+
+
+def test_ha_dsn_password_is_redacted_and_the_lock_uses_the_main_dsn_by_default() -> None:
+    default = invoke(["run", "--dsn", GOOD_DSN, "--ha"])
+    assert_clean(default)
+    assert default.settings[0].ha and default.settings[0].ha_dsn == GOOD_DSN
+    bad = invoke(["run", "--dsn", GOOD_DSN, "--ha-dsn", "mysql://tw:hunter2@db/app"])
+    assert_clean(bad)
+    assert "hunter2" not in bad.line and bad.line.startswith(f"{PREFIX}--ha-dsn: invalid value")

@@ -31,6 +31,7 @@ from tests.helm_support import (
     CRD_SCHEMAS,
     DSN,
     DSN_PASSWORD,
+    HA_VALUES,
     MINIMAL_VALUES,
     NAMESPACE,
     RELEASE,
@@ -54,7 +55,7 @@ FULLNAME = f"{RELEASE}-tw-exporter"
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the offline
 # schemas of kubernetes-validate cover.
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
-RENDERINGS = {"minimal": MINIMAL_VALUES, "all-features": ALL_FEATURES_VALUES}
+RENDERINGS = {"minimal": MINIMAL_VALUES, "all-features": ALL_FEATURES_VALUES, "ha": HA_VALUES}
 CONFIG_FLAGS = {  # chart config key -> exporter flag
     "interval": "--interval",
     "queryTimeout": "--query-timeout",
@@ -567,3 +568,53 @@ def test_pods_meet_the_restricted_pod_security_standard(
             seccomp = security.get("seccompProfile", pod_security.get("seccompProfile"))
             assert seccomp == {"type": "RuntimeDefault"}
             assert "ports" not in box or all("hostPort" not in p for p in box["ports"])
+
+
+def test_ha_rendering(objects: dict[str, list[Manifest]]) -> None:
+    """ha.enabled: two pods with --ha and the group, a PodDisruptionBudget over the same pods,
+    anti-affinity across nodes, followers kept ready (the /readyz probe, which a follower
+    passes, see tests/test_ha.py) and a ServiceMonitor over the Service's endpoints, i.e. every
+    pod."""
+    found = objects["ha"]
+    deployment = one(found, "Deployment").doc
+    assert deployment["spec"]["replicas"] == 2
+    env = {name: item.get("value") for name, item in env_of(found).items()}
+    assert env["TW_EXPORTER_HA"] == "true"
+    assert env["TW_EXPORTER_HA_GROUP"] == "prod-db"
+    assert env["TW_EXPORTER_HA_LEASE"] == "20"
+    values = exporter_settings.resolve(
+        argparse.Namespace(), exporter_settings.HA_OPTIONS, {k: v for k, v in env.items() if v}
+    )
+    assert values["ha"] is True and values["ha_lease"] == 20
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pdb = one(found, "PodDisruptionBudget").doc
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    pod = deployment["spec"]["template"]["spec"]
+    (preferred,) = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    term = preferred["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == selector
+    assert container(found)["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    monitor = one(found, "ServiceMonitor").doc
+    assert (
+        monitor["spec"]["selector"]["matchLabels"] == one(found, "Service").doc["spec"]["selector"]
+    )
+    assert one(found, "Service").doc["spec"]["selector"] == selector
+    assert "publishNotReadyAddresses" not in one(found, "Service").doc["spec"]
+
+
+def test_ha_hard_anti_affinity_and_defaults() -> None:
+    found = manifests(render({**MINIMAL_VALUES, "ha": {"enabled": True, "antiAffinity": "hard"}}))
+    pod = one(found, "Deployment").doc["spec"]["template"]["spec"]
+    (required,) = pod["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert required["topologyKey"] == "kubernetes.io/hostname"
+    env = {name: item.get("value") for name, item in env_of(found).items()}
+    assert env["TW_EXPORTER_HA_GROUP"] == FULLNAME
+    assert "TW_EXPORTER_HA_LEASE" not in env
+    without = manifests(render(MINIMAL_VALUES))
+    assert not [m for m in without if m.kind == "PodDisruptionBudget"]
+    assert "TW_EXPORTER_HA" not in env_of(without)

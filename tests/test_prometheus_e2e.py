@@ -4,13 +4,16 @@ rules (with lowered thresholds) -> the dashboard's own queries through Prometheu
 Proves that every dashboard panel returns data and that business panels show what the database
 holds, that a follower milestone alert fires once a user crosses it, that tw_up drops to 0 and
 TwExporterDatabaseDown goes off when the database stops accepting connections and when it stops
-answering altogether (frozen), and that a live scrape passes ``promtool check metrics``.
+answering altogether (frozen), that a live scrape passes ``promtool check metrics``, and that an
+HA takeover between two replicas neither restarts a business alert's ``for:`` nor splits a
+dashboard panel's series.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -116,13 +119,18 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
+def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     binary = require_tool("prometheus", hint="Debian package prometheus")
     started: list[Prometheus] = []
 
-    def start(target: str) -> Prometheus:
+    def start(
+        target: str,
+        *more_targets: str,
+        thresholds: dict[str, monitoring.ParamValue] = THRESHOLDS,
+        for_override: str = "0s",
+    ) -> Prometheus:
         (tmp_path / "rules.yml").write_text(
-            monitoring.render_rules(THRESHOLDS, for_override="0s"), encoding="utf-8"
+            monitoring.render_rules(thresholds, for_override=for_override), encoding="utf-8"
         )
         config = {
             "global": {
@@ -131,7 +139,9 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
                 "evaluation_interval": "1s",
             },
             "rule_files": ["rules.yml"],
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+            "scrape_configs": [
+                {"job_name": JOB, "static_configs": [{"targets": [target, *more_targets]}]}
+            ],
         }
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
         port = free_port()
@@ -399,3 +409,79 @@ async def test_database_down_fires_while_the_database_is_frozen(
 
     await poll(lambda: up() == {target: 1.0}, "tw_up to be 1 again after the thaw")
     await poll(lambda: not prometheus.alerts("TwExporterDatabaseDown"), "the alert to resolve")
+
+
+async def test_ha_takeover_keeps_a_firing_business_alert_and_one_series_per_row(
+    make_db: MakeDb,
+    exporter_proc: StartExporter,
+    start_prometheus: Callable[..., Prometheus],
+) -> None:
+    """Two --ha replicas scraped by one Prometheus; the leader is SIGKILLed. A business alert
+    with a for: of five collection intervals, firing before, keeps firing with the same start
+    through the takeover, and every business panel still returns one series per user/tag
+    (over the whole range, before and after the takeover) with the database's values."""
+    dsn = await make_db()
+    await load_known_dataset(dsn)
+    flags = ("--dsn", dsn, "--ha", "--interval", "1", "--query-timeout", "0.5", "--ha-lease", "3")
+    replicas = [exporter_proc(*flags), exporter_proc(*flags)]
+    targets = [urllib.parse.urlsplit(r.url).netloc for r in replicas]
+    prometheus = start_prometheus(
+        *targets,
+        # 5 tweets in the window, below this floor: TwPlatformTweetsLow holds all along.
+        thresholds={**THRESHOLDS, "platformTweetsMin": 1000, "haBridgeWindow": "15s"},
+        for_override="5s",
+    )
+
+    def firing() -> list[dict[str, Any]]:
+        return [a for a in prometheus.alerts("TwPlatformTweetsLow") if a["state"] == "firing"]
+
+    (before,) = await poll(firing, "TwPlatformTweetsLow to fire", timeout=30)
+    assert "instance" not in before["labels"]
+    leaders = by_label(prometheus.query(f'tw_exporter_leader{{job="{JOB}"}}'), "instance")
+    assert sorted(leaders.values()) == [0.0, 1.0], leaders
+    leader_target = next(t for t, v in leaders.items() if v == 1.0)
+    follower_target = next(t for t in targets if t != leader_target)
+    leader = replicas[targets.index(leader_target)]
+
+    killed = time.time()
+    leader.stop(signal.SIGKILL)
+    seen = 0
+
+    def taken_over_and_checked() -> bool:
+        nonlocal seen
+        alerts = firing()
+        assert len(alerts) == 1, prometheus.alerts("TwPlatformTweetsLow")
+        assert alerts[0]["activeAt"] == before["activeAt"], (alerts[0], before)
+        seen += 1
+        fresh = prometheus.query(f'tw_platform_tweets{{instance="{follower_target}"}}')
+        return bool(fresh) and time.time() - killed > 8
+
+    await poll(taken_over_and_checked, "the follower's business series in Prometheus", timeout=30)
+    assert seen >= 10  # the alert was checked all through the takeover, not once
+    print(f"TwPlatformTweetsLow kept firing since {before['activeAt']} ({seen} checks)")
+
+    variables = {"job": JOB, "instance": ".+", "__rate_interval": RATE_INTERVAL}
+    dashboard = json.loads((monitoring.ROOT / monitoring.DASHBOARD_PATH).read_text())
+    expected = {
+        "Top users: followers now": ("username", FOLLOWERS),
+        "Follower trends": ("username", FOLLOWERS),
+        "Trending hashtags": ("tag", HASHTAGS),
+        "Hashtag tweets over time": ("tag", HASHTAGS),
+        **{title: ("window", {"7d": value}) for title, value in PLATFORM.items()},
+    }
+    span = int(time.time() - killed) + 8  # from before the kill to now
+    checked = 0
+    for panel in monitoring.iter_panels(dashboard):
+        if panel["title"] not in expected or not panel.get("targets"):
+            continue
+        label, values = expected[panel["title"]]
+        expr = monitoring.expand_variables(panel["targets"][0]["expr"], variables)
+        result = prometheus.query_range(expr, seconds=span)
+        rows = [item["metric"].get(label, "") for item in result]
+        assert sorted(rows) == sorted(values), (panel["title"], rows)
+        assert by_label(result, label) == values, panel["title"]
+        for item in result:
+            times = [float(t) for t, _ in item["values"]]
+            assert min(times) < killed < max(times), (panel["title"], item["metric"])
+        checked += 1
+    assert checked == len(expected)

@@ -250,3 +250,37 @@ def test_the_docs_page_files_are_valid() -> None:
     for block in blocks:
         parse(block, SETTINGS)
     assert "docs/custom-queries.md" in (REPO / "README.md").read_text()
+
+
+def test_ha_lease_must_outlast_the_longest_query_timeout_of_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --ha, a queries file's timeouts win over --query-timeout, so the lease is checked
+    against the longest of them wherever the file is read: at startup (exit 2, one line) and
+    on every reload (``config_for``, which the Reloader calls; an error keeps the old set)."""
+    from exporter import settings as cfg
+    from exporter.queries_file import config_for
+
+    path = tmp_path / "queries.yml"
+    path.write_text(q("sql: 'SELECT 1 AS m', interval: 60s, timeout: 20s, metrics: {m: {help: h}}"))
+    argv = ["run", "--dsn", "postgresql://u:secret@127.0.0.1:1/db", "--queries-file", str(path)]
+    ha = [*argv, "--ha", "--query-timeout", "5", "--ha-lease", "9"]
+    with pytest.raises(SystemExit) as caught:
+        cli.main(ha)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err == (
+        f"tw-exporter: error: {path}: query q, field timeout: 20s needs --ha-lease >= 22 "
+        "(the timeout + 2), but the lease is 9: raise --ha-lease or shorten the timeout"
+    )
+    assert "secret" not in err
+    # A lease long enough, or no --ha at all, loads the same file.
+    ok = cfg.settings_from(cli.build_parser().parse_args([*ha[:-1], "22"]), environ={})
+    assert config_for(ok).custom["q"][1].timeout == 20
+    lone = cfg.settings_from(cli.build_parser().parse_args(argv), environ={})
+    assert config_for(lone).custom["q"][1].timeout == 20
+    # A reload that lengthens a timeout past the lease is refused the same way.
+    path.write_text(q("sql: 'SELECT 1 AS m', interval: 60s, timeout: 30s, metrics: {m: {help: h}}"))
+    with pytest.raises(QueriesFileError, match="30s needs --ha-lease >= 32"):
+        config_for(ok)

@@ -131,10 +131,15 @@ def test_thresholds_file_lists_every_parameter_default() -> None:
 
 def test_render_rules_overrides_thresholds(promtool: str, tmp_path: Path) -> None:
     text = monitoring.render_rules(
-        {"followersMilestone": 5, "hashtagSurgeWindow": "5m", "exporterJobRegex": "demo"},
+        {
+            "followersMilestone": 5,
+            "hashtagSurgeWindow": "5m",
+            "exporterJobRegex": "demo",
+            "haBridgeWindow": "7m",
+        },
         for_override="0s",
     )
-    assert "tw_user_followers >= 5\n" in text
+    assert "(last_over_time(tw_user_followers[7m])) >= 5\n" in text
     assert "offset 5m" in text
     assert 'up{job=~"demo"} == 0' in text
     assert set(re.findall(r"^    for: (\S+)$", text, re.MULTILINE)) == {"0s"}

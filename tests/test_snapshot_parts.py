@@ -36,3 +36,40 @@ def test_cached_health_section_equals_the_librarys_rendering() -> None:
         assert (rendered.text.body, rendered.openmetrics.body) == library(store)
     assert b'query="q2"' not in store.current.text.body
     assert b'tw_exporter_query_interval_seconds{query="q9"} 60.0' in store.current.text.body
+
+
+async def test_losing_the_ha_lead_drops_every_rendered_part() -> None:
+    """An HA step-down (``drop_business``) must clear each query's already rendered part too,
+    or the next render would serve the old leader's business series from the cached part;
+    leading again serves only what is recorded after it."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    queries = {"q1": (15.0, 45.0), "q2": (60.0, 180.0)}
+    store = SnapshotStore(interval=15, max_staleness=45, queries=queries, process_metrics=False)
+
+    def family(name: str, value: float) -> GaugeMetricFamily:
+        metric = GaugeMetricFamily(name, "help")
+        metric.add_metric([], value)
+        return metric
+
+    store.record_success("q1", [family("custom_one", 1)], 1.0)
+    store.record_success("q2", [family("custom_two", 2)], 1.0)
+    await store.render_async()
+    assert b"custom_one 1.0" in store.current.text.body
+    assert b"custom_two 2.0" in store.current.text.body
+    assert all(state.part is not None for state in store.queries.values())
+
+    store.drop_business()
+    assert all(state.part is None and not state.families for state in store.queries.values())
+    store.record_success("q1", [family("custom_one", 3)], 2.0)  # a run the fence let finish
+    for rendered in (store.render(), await store.render_async()):
+        for body in (rendered.text.body, rendered.openmetrics.body):
+            assert b"custom_" not in body
+    assert all(state.part is None for state in store.queries.values())
+    assert store.ready  # a follower stays in the Service
+
+    store.lead()
+    store.record_success("q2", [family("custom_two", 4)], 3.0)
+    await store.render_async()
+    assert b"custom_two 4.0" in store.current.text.body
+    assert b"custom_one" not in store.current.text.body

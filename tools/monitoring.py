@@ -44,6 +44,7 @@ from exporter.health import (
     FAILURE_REASONS,
     INTERVAL,
     LABEL_VALUES_TRUNCATED,
+    LEADER,
     QUERY_DURATION,
     QUERY_ERRORS,
     QUERY_INTERVAL,
@@ -87,6 +88,16 @@ class Param:
 
 
 PARAMS: tuple[Param, ...] = (
+    Param(
+        "haBridgeWindow",
+        "2m",
+        "duration",
+        "Business alerts read each series as its latest sample within this window, taken across "
+        "replicas (`instance`, `pod`), so an HA takeover, which moves the series to another "
+        "replica after a short gap, neither resolves nor restarts an alert. Keep it above "
+        "`--ha-lease` + `--interval` + the scrape interval; a row that leaves the top N keeps "
+        "alerting this much longer.",
+    ),
     Param(
         "exporterJobRegex",
         ".*tw-exporter.*",
@@ -351,6 +362,20 @@ WINDOW = label(HASHTAG_TWEETS, "window")
 QUERY = label(QUERY_LAST_SUCCESS, "query")
 REASON = label(QUERY_ERRORS, "reason")
 _TARGET = '{job=~"<<exporterJobRegex>>"}'
+# The labels that tell replicas apart (a static target's instance; the operator's pod too).
+REPLICA_LABELS = "instance, pod"
+
+
+def across_replicas(metric: str, offset: str = "") -> str:
+    """``metric`` as one series per row whichever replica exports it: the latest sample within
+    ``haBridgeWindow`` (bridging a takeover's gap), the highest across replicas."""
+    shifted = f" offset {offset}" if offset else ""
+    return f"max without ({REPLICA_LABELS}) (last_over_time({metric}[<<haBridgeWindow>>]{shifted}))"
+
+
+# An HA follower runs no queries, so per-query alerts must not read its (absent or frozen)
+# query series; without --ha every exporter is its own leader (tw_exporter_leader 1).
+_UNLESS_FOLLOWER = f"unless on (job, instance)\n{LEADER.name} == 0"
 
 BUSINESS = Group(
     "tw-exporter.business",
@@ -358,9 +383,10 @@ BUSINESS = Group(
         Alert(
             name="TwUserFollowersMilestone",
             expr=f"""
-{FOLLOWERS} >= <<followersMilestone>>
+{across_replicas(FOLLOWERS)} >= <<followersMilestone>>
 and
-min_over_time({FOLLOWERS}[<<followersMilestoneWindow>>]) < <<followersMilestone>>
+min without ({REPLICA_LABELS}) (min_over_time({FOLLOWERS}[<<followersMilestoneWindow>>]))
+< <<followersMilestone>>
 """,
             for_="5m",
             severity="info",
@@ -368,8 +394,8 @@ min_over_time({FOLLOWERS}[<<followersMilestoneWindow>>]) < <<followersMilestone>
             description=(
                 "Top user {{ $labels.username }} (verified={{ $labels.verified }}) now has "
                 '{{ $value | printf "%.0f" }} followers and had fewer than '
-                "<<followersMilestone>> within the last <<followersMilestoneWindow>>. "
-                "Reported by {{ $labels.instance }}; the alert resolves by itself "
+                "<<followersMilestone>> within the last <<followersMilestoneWindow>>; the alert "
+                "resolves by itself "
                 "<<followersMilestoneWindow>> after the crossing."
             ),
             runbook=(
@@ -387,13 +413,13 @@ min_over_time({FOLLOWERS}[<<followersMilestoneWindow>>]) < <<followersMilestone>
             name="TwUserFollowersDrop",
             expr=f"""
 (
-  {FOLLOWERS} offset <<followerDropWindow>>
-  - {FOLLOWERS}
+  {across_replicas(FOLLOWERS, "<<followerDropWindow>>")}
+  - {across_replicas(FOLLOWERS)}
 )
-/ {FOLLOWERS} offset <<followerDropWindow>>
+/ {across_replicas(FOLLOWERS, "<<followerDropWindow>>")}
 > <<followerDropRatio>>
 and
-{FOLLOWERS} offset <<followerDropWindow>> >= <<followerDropMinFollowers>>
+{across_replicas(FOLLOWERS, "<<followerDropWindow>>")} >= <<followerDropMinFollowers>>
 """,
             for_="10m",
             severity="warning",
@@ -405,7 +431,7 @@ and
                 "Top user {{ $labels.username }} has {{ $value | humanizePercentage }} fewer "
                 "followers than <<followerDropWindow>> ago (threshold: a fraction of "
                 "<<followerDropRatio>>, for users who had at least <<followerDropMinFollowers>> "
-                "followers). Reported by {{ $labels.instance }}."
+                "followers)."
             ),
             runbook=(
                 "A top user's follower count fell by more than `followerDropRatio` compared "
@@ -421,7 +447,7 @@ and
         ),
         Alert(
             name="TwHashtagTweetsHigh",
-            expr=f"{HASHTAGS} >= <<hashtagTweets>>",
+            expr=f"{across_replicas(HASHTAGS)} >= <<hashtagTweets>>",
             for_="15m",
             severity="info",
             summary=(
@@ -447,14 +473,20 @@ and
             name="TwHashtagSurge",
             expr=f"""
 (
-    {HASHTAGS}
-    / clamp_min({HASHTAGS} offset <<hashtagSurgeWindow>>, <<hashtagSurgeMinBase>>)
+    {across_replicas(HASHTAGS)}
+    / clamp_min(
+      {across_replicas(HASHTAGS, "<<hashtagSurgeWindow>>")},
+      <<hashtagSurgeMinBase>>
+    )
   or
     (
-      ({HASHTAGS} unless {HASHTAGS} offset <<hashtagSurgeWindow>>)
+      (
+        {across_replicas(HASHTAGS)}
+        unless {across_replicas(HASHTAGS, "<<hashtagSurgeWindow>>")}
+      )
       / <<hashtagSurgeMinBase>>
-      and on (job, instance)
-      count by (job, instance) ({HASHTAGS} offset <<hashtagSurgeWindow>>)
+      and on (job)
+      count by (job) ({HASHTAGS} offset <<hashtagSurgeWindow>>)
     )
 )
 > <<hashtagSurgeRatio>>
@@ -486,14 +518,13 @@ and
         ),
         Alert(
             name="TwPlatformTweetsLow",
-            expr=f"{PLATFORM_TWEETS.name} < <<platformTweetsMin>>",
+            expr=f"{across_replicas(PLATFORM_TWEETS.name)} < <<platformTweetsMin>>",
             for_="30m",
             severity="warning",
             summary=('Only {{ $value | printf "%.0f" }} tweets in the last {{ $labels.window }}'),
             description=(
                 'The platform saw {{ $value | printf "%.0f" }} tweets within the trailing '
-                "{{ $labels.window }} window, below the floor of <<platformTweetsMin>>. "
-                "Reported by {{ $labels.instance }}."
+                "{{ $labels.window }} window, below the floor of <<platformTweetsMin>>."
             ),
             runbook=(
                 "Fewer tweets than `platformTweetsMin` were created within the stats window "
@@ -509,7 +540,7 @@ and
         ),
         Alert(
             name="TwPlatformActiveUsersLow",
-            expr=f"{PLATFORM_ACTIVE_USERS.name} < <<platformActiveUsersMin>>",
+            expr=f"{across_replicas(PLATFORM_ACTIVE_USERS.name)} < <<platformActiveUsersMin>>",
             for_="30m",
             severity="warning",
             summary=(
@@ -517,8 +548,7 @@ and
             ),
             description=(
                 '{{ $value | printf "%.0f" }} distinct users tweeted within the trailing '
-                "{{ $labels.window }} window, below the floor of <<platformActiveUsersMin>>. "
-                "Reported by {{ $labels.instance }}."
+                "{{ $labels.window }} window, below the floor of <<platformActiveUsersMin>>."
             ),
             runbook=(
                 "Fewer distinct users than `platformActiveUsersMin` tweeted within the stats "
@@ -532,6 +562,32 @@ and
         ),
     ),
 )
+
+NO_LEADER = Alert(
+    name="TwExporterNoLeader",
+    expr=f"max by (job) ({LEADER.name}{_TARGET}) == 0",
+    for_="5m",
+    severity="critical",
+    summary="No tw-exporter replica of job {{ $labels.job }} leads: no business metrics",
+    description=(
+        "Every scraped replica of job {{ $labels.job }} has been an HA follower "
+        "(tw_exporter_leader == 0) for 5 minutes: nobody runs the queries, so business metrics "
+        "are absent."
+    ),
+    runbook=(
+        "With `--ha`, only the replica holding the group's advisory lock runs the queries; "
+        "here every scraped replica is a follower.",
+        "The lock database is down or unreachable from every replica (then "
+        "TwExporterDatabaseDown fires too); the leader is running but not scraped (its "
+        "target is down or missing from the ServiceMonitor); another process holds the "
+        "advisory lock of the same `--ha-group` key.",
+        "Read the replicas' logs (`elected leader`, `no longer the leader`, lock errors); "
+        "find the lock holder with the query in "
+        "[docs/high-availability.md](docs/high-availability.md); check that every pod is "
+        "scraped.",
+    ),
+)
+
 
 HEALTH = Group(
     "tw-exporter.health",
@@ -625,6 +681,7 @@ HEALTH = Group(
 )
 unless on (job, instance)
 {UP.name} == 0
+{_UNLESS_FOLLOWER}
 """,
             for_="5m",
             severity="warning",
@@ -660,6 +717,7 @@ rate({QUERY_ERRORS.name}{{{REASON}!="{_REASON_TIMEOUT}"}}[5m])
 > <<queryErrorRatio>>
 unless on (job, instance)
 {UP.name} == 0
+{_UNLESS_FOLLOWER}
 """,
             for_="10m",
             severity="warning",
@@ -700,6 +758,7 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
 * on (job, instance, query) group_left ()
 {QUERY_INTERVAL.name}
 > <<queryErrorRatio>>
+{_UNLESS_FOLLOWER}
 """,
             for_="10m",
             severity="warning",
@@ -725,7 +784,8 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
             name="TwExporterCycleSlow",
             expr=(
                 f"{CYCLE_DURATION.name}\n> on (job, instance, query)\n"
-                f"<<cycleDurationRatio>> * {QUERY_INTERVAL.name}"
+                f"<<cycleDurationRatio>> * {QUERY_INTERVAL.name}\n"
+                f"{_UNLESS_FOLLOWER}"
             ),
             for_="15m",
             severity="warning",
@@ -770,6 +830,7 @@ rate({QUERY_ERRORS.name}{{{REASON}="{_REASON_TIMEOUT}"}}[5m])
                 "make the data older than the interval suggests.",
             ),
         ),
+        NO_LEADER,
     ),
 )
 
@@ -1239,6 +1300,29 @@ ROWS: tuple[Row, ...] = (
                 options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
             ),
             Panel(
+                title="HA role",
+                kind="stat",
+                description=(
+                    f"{LEADER.name} per exporter: LEADER runs the queries (any exporter "
+                    "without --ha), FOLLOWER waits for the HA lock and serves health metrics "
+                    "only. With --ha exactly one replica should lead (TwExporterNoLeader)."
+                ),
+                targets=(Target(f"max by (instance) ({sel(LEADER)})", "{{instance}}"),),
+                width=6,
+                height=4,
+                steps=(("blue", None), ("green", 1.0)),
+                mappings=(
+                    {
+                        "type": "value",
+                        "options": {
+                            "0": {"text": "FOLLOWER", "color": "blue", "index": 0},
+                            "1": {"text": "LEADER", "color": "green", "index": 1},
+                        },
+                    },
+                ),
+                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "background"},
+            ),
+            Panel(
                 title="Last configuration reload",
                 kind="stat",
                 description=(
@@ -1286,13 +1370,14 @@ ROWS: tuple[Row, ...] = (
                     f"Time since each query's last success (time() - "
                     f"{QUERY_LAST_SUCCESS.name}) divided by its own interval "
                     f"({QUERY_INTERVAL.name}), so a query run every 5 minutes and one run "
-                    "every 15 seconds read alike. The red line is "
+                    "every 15 seconds read alike; on any replica: with --ha the freshest, so a "
+                    "takeover does not show as aging data. The red line is "
                     f"{format_value(PARAMS_BY_KEY['staleIntervals'], DEFAULTS['staleIntervals'])}"
                     " intervals, where TwExporterQueryStale starts counting."
                 ),
                 targets=(
                     Target(
-                        f"max by ({QUERY}) ((time() - ({sel(QUERY_LAST_SUCCESS)} > 0)) "
+                        f"min by ({QUERY}) ((time() - ({sel(QUERY_LAST_SUCCESS)} > 0)) "
                         f"/ on (job, instance, query) {sel(QUERY_INTERVAL)})",
                         f"{{{{{QUERY}}}}}",
                     ),

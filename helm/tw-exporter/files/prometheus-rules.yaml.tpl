@@ -6,35 +6,36 @@ groups:
   rules:
   - alert: TwUserFollowersMilestone
     expr: |-
-      tw_user_followers >= {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }}
+      max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}])) >= {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }}
       and
-      min_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.followersMilestoneWindow }}]) < {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }}
+      min without (instance, pod) (min_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.followersMilestoneWindow }}]))
+      < {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }}
     for: 5m
     labels:
       severity: info
     annotations:
       summary: '{{`{{ $labels.username }}`}} crossed {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }} followers'
-      description: 'Top user {{`{{ $labels.username }}`}} (verified={{`{{ $labels.verified }}`}}) now has {{`{{ $value | printf "%.0f" }}`}} followers and had fewer than {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }} within the last {{ .Values.prometheusRule.thresholds.followersMilestoneWindow }}. Reported by {{`{{ $labels.instance }}`}}; the alert resolves by itself {{ .Values.prometheusRule.thresholds.followersMilestoneWindow }} after the crossing.'
+      description: 'Top user {{`{{ $labels.username }}`}} (verified={{`{{ $labels.verified }}`}}) now has {{`{{ $value | printf "%.0f" }}`}} followers and had fewer than {{ .Values.prometheusRule.thresholds.followersMilestone | int64 }} within the last {{ .Values.prometheusRule.thresholds.followersMilestoneWindow }}; the alert resolves by itself {{ .Values.prometheusRule.thresholds.followersMilestoneWindow }} after the crossing.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twuserfollowersmilestone'
   - alert: TwUserFollowersDrop
     expr: |-
       (
-        tw_user_followers offset {{ .Values.prometheusRule.thresholds.followerDropWindow }}
-        - tw_user_followers
+        max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.followerDropWindow }}))
+        - max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}]))
       )
-      / tw_user_followers offset {{ .Values.prometheusRule.thresholds.followerDropWindow }}
+      / max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.followerDropWindow }}))
       > {{ .Values.prometheusRule.thresholds.followerDropRatio }}
       and
-      tw_user_followers offset {{ .Values.prometheusRule.thresholds.followerDropWindow }} >= {{ .Values.prometheusRule.thresholds.followerDropMinFollowers | int64 }}
+      max without (instance, pod) (last_over_time(tw_user_followers[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.followerDropWindow }})) >= {{ .Values.prometheusRule.thresholds.followerDropMinFollowers | int64 }}
     for: 10m
     labels:
       severity: warning
     annotations:
       summary: '{{`{{ $labels.username }}`}} lost {{`{{ $value | humanizePercentage }}`}} of their followers in {{ .Values.prometheusRule.thresholds.followerDropWindow }}'
-      description: 'Top user {{`{{ $labels.username }}`}} has {{`{{ $value | humanizePercentage }}`}} fewer followers than {{ .Values.prometheusRule.thresholds.followerDropWindow }} ago (threshold: a fraction of {{ .Values.prometheusRule.thresholds.followerDropRatio }}, for users who had at least {{ .Values.prometheusRule.thresholds.followerDropMinFollowers | int64 }} followers). Reported by {{`{{ $labels.instance }}`}}.'
+      description: 'Top user {{`{{ $labels.username }}`}} has {{`{{ $value | humanizePercentage }}`}} fewer followers than {{ .Values.prometheusRule.thresholds.followerDropWindow }} ago (threshold: a fraction of {{ .Values.prometheusRule.thresholds.followerDropRatio }}, for users who had at least {{ .Values.prometheusRule.thresholds.followerDropMinFollowers | int64 }} followers).'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twuserfollowersdrop'
   - alert: TwHashtagTweetsHigh
-    expr: 'tw_hashtag_tweets >= {{ .Values.prometheusRule.thresholds.hashtagTweets | int64 }}'
+    expr: 'max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}])) >= {{ .Values.prometheusRule.thresholds.hashtagTweets | int64 }}'
     for: 15m
     labels:
       severity: info
@@ -45,14 +46,20 @@ groups:
   - alert: TwHashtagSurge
     expr: |-
       (
-          tw_hashtag_tweets
-          / clamp_min(tw_hashtag_tweets offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }}, {{ .Values.prometheusRule.thresholds.hashtagSurgeMinBase | int64 }})
+          max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}]))
+          / clamp_min(
+            max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }})),
+            {{ .Values.prometheusRule.thresholds.hashtagSurgeMinBase | int64 }}
+          )
         or
           (
-            (tw_hashtag_tweets unless tw_hashtag_tweets offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }})
+            (
+              max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}]))
+              unless max without (instance, pod) (last_over_time(tw_hashtag_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}] offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }}))
+            )
             / {{ .Values.prometheusRule.thresholds.hashtagSurgeMinBase | int64 }}
-            and on (job, instance)
-            count by (job, instance) (tw_hashtag_tweets offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }})
+            and on (job)
+            count by (job) (tw_hashtag_tweets offset {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }})
           )
       )
       > {{ .Values.prometheusRule.thresholds.hashtagSurgeRatio }}
@@ -64,22 +71,22 @@ groups:
       description: 'Hashtag #{{`{{ $labels.tag }}`}} has grown {{`{{ $value | printf "%.1f" }}`}}x within {{ .Values.prometheusRule.thresholds.hashtagSurgeWindow }} (threshold {{ .Values.prometheusRule.thresholds.hashtagSurgeRatio }}x; counts over the trailing {{`{{ $labels.window }}`}} window). The earlier count is taken as at least {{ .Values.prometheusRule.thresholds.hashtagSurgeMinBase | int64 }}, also for tags that were not trending then.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twhashtagsurge'
   - alert: TwPlatformTweetsLow
-    expr: 'tw_platform_tweets < {{ .Values.prometheusRule.thresholds.platformTweetsMin | int64 }}'
+    expr: 'max without (instance, pod) (last_over_time(tw_platform_tweets[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}])) < {{ .Values.prometheusRule.thresholds.platformTweetsMin | int64 }}'
     for: 30m
     labels:
       severity: warning
     annotations:
       summary: 'Only {{`{{ $value | printf "%.0f" }}`}} tweets in the last {{`{{ $labels.window }}`}}'
-      description: 'The platform saw {{`{{ $value | printf "%.0f" }}`}} tweets within the trailing {{`{{ $labels.window }}`}} window, below the floor of {{ .Values.prometheusRule.thresholds.platformTweetsMin | int64 }}. Reported by {{`{{ $labels.instance }}`}}.'
+      description: 'The platform saw {{`{{ $value | printf "%.0f" }}`}} tweets within the trailing {{`{{ $labels.window }}`}} window, below the floor of {{ .Values.prometheusRule.thresholds.platformTweetsMin | int64 }}.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twplatformtweetslow'
   - alert: TwPlatformActiveUsersLow
-    expr: 'tw_platform_active_users < {{ .Values.prometheusRule.thresholds.platformActiveUsersMin | int64 }}'
+    expr: 'max without (instance, pod) (last_over_time(tw_platform_active_users[{{ .Values.prometheusRule.thresholds.haBridgeWindow }}])) < {{ .Values.prometheusRule.thresholds.platformActiveUsersMin | int64 }}'
     for: 30m
     labels:
       severity: warning
     annotations:
       summary: 'Only {{`{{ $value | printf "%.0f" }}`}} users tweeted in the last {{`{{ $labels.window }}`}}'
-      description: '{{`{{ $value | printf "%.0f" }}`}} distinct users tweeted within the trailing {{`{{ $labels.window }}`}} window, below the floor of {{ .Values.prometheusRule.thresholds.platformActiveUsersMin | int64 }}. Reported by {{`{{ $labels.instance }}`}}.'
+      description: '{{`{{ $value | printf "%.0f" }}`}} distinct users tweeted within the trailing {{`{{ $labels.window }}`}} window, below the floor of {{ .Values.prometheusRule.thresholds.platformActiveUsersMin | int64 }}.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twplatformactiveuserslow'
 - name: tw-exporter.health
   rules:
@@ -121,6 +128,8 @@ groups:
       )
       unless on (job, instance)
       tw_up == 0
+      unless on (job, instance)
+      tw_exporter_leader == 0
     for: 5m
     labels:
       severity: warning
@@ -136,6 +145,8 @@ groups:
       > {{ .Values.prometheusRule.thresholds.queryErrorRatio }}
       unless on (job, instance)
       tw_up == 0
+      unless on (job, instance)
+      tw_exporter_leader == 0
     for: 10m
     labels:
       severity: warning
@@ -149,6 +160,8 @@ groups:
       * on (job, instance, query) group_left ()
       tw_exporter_query_interval_seconds
       > {{ .Values.prometheusRule.thresholds.queryErrorRatio }}
+      unless on (job, instance)
+      tw_exporter_leader == 0
     for: 10m
     labels:
       severity: warning
@@ -161,6 +174,8 @@ groups:
       tw_exporter_cycle_duration_seconds
       > on (job, instance, query)
       {{ .Values.prometheusRule.thresholds.cycleDurationRatio }} * tw_exporter_query_interval_seconds
+      unless on (job, instance)
+      tw_exporter_leader == 0
     for: 15m
     labels:
       severity: warning
@@ -177,3 +192,12 @@ groups:
       summary: 'tw-exporter on {{`{{ $labels.instance }}`}} is skipping runs of query {{`{{ $labels.query }}`}}'
       description: '{{`{{ $labels.instance }}`}} skipped {{`{{ $value | printf "%.0f" }}`}} scheduled runs of query {{`{{ $labels.query }}`}} in the last 15 minutes (threshold {{ .Values.prometheusRule.thresholds.skippedCycles | int64 }}) because its previous run was still running; its data refreshes less often than its interval.'
       runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexportercyclesskipped'
+  - alert: TwExporterNoLeader
+    expr: 'max by (job) (tw_exporter_leader{job=~"{{ .Values.prometheusRule.thresholds.exporterJobRegex }}"}) == 0'
+    for: 5m
+    labels:
+      severity: critical
+    annotations:
+      summary: 'No tw-exporter replica of job {{`{{ $labels.job }}`}} leads: no business metrics'
+      description: 'Every scraped replica of job {{`{{ $labels.job }}`}} has been an HA follower (tw_exporter_leader == 0) for 5 minutes: nobody runs the queries, so business metrics are absent.'
+      runbook_url: '{{ .Values.prometheusRule.thresholds.runbookBaseUrl }}#runbook-twexporternoleader'
