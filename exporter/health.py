@@ -159,6 +159,25 @@ def _registered_name(spec: MetricSpec) -> str:
     return spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name
 
 
+# Name, help and labels of each health metric come from its catalogue entry, never retyped.
+def _gauge(spec: MetricSpec, registry: CollectorRegistry) -> Gauge:
+    return Gauge(_registered_name(spec), spec.help, list(spec.labels), registry=registry)
+
+
+def _counter(spec: MetricSpec, registry: CollectorRegistry) -> Counter:
+    return Counter(_registered_name(spec), spec.help, list(spec.labels), registry=registry)
+
+
+def _histogram(spec: MetricSpec, registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        _registered_name(spec),
+        spec.help,
+        list(spec.labels),
+        buckets=QUERY_DURATION_BUCKETS,
+        registry=registry,
+    )
+
+
 class Answered:
     """Whether the most recent attempt of each query got an answer from the server.
 
@@ -194,85 +213,26 @@ class HealthMetrics:
         interval_seconds: float,
         queries: Mapping[str, float] | None = None,
     ) -> None:
-        def labels(spec: MetricSpec) -> list[str]:
-            return list(spec.labels)
-
-        self.up = Gauge(_registered_name(UP), UP.help, registry=registry)
+        self.up = _gauge(UP, registry)
         self.answered = Answered()
-        self.query_duration = Histogram(
-            _registered_name(QUERY_DURATION),
-            QUERY_DURATION.help,
-            labels(QUERY_DURATION),
-            buckets=QUERY_DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.query_wait = Histogram(
-            _registered_name(QUERY_WAIT),
-            QUERY_WAIT.help,
-            labels(QUERY_WAIT),
-            buckets=QUERY_DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.query_run = Histogram(
-            _registered_name(QUERY_RUN),
-            QUERY_RUN.help,
-            labels(QUERY_RUN),
-            buckets=QUERY_DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.query_errors = Counter(
-            _registered_name(QUERY_ERRORS),
-            QUERY_ERRORS.help,
-            labels(QUERY_ERRORS),
-            registry=registry,
-        )
-        self.query_last_success = Gauge(
-            _registered_name(QUERY_LAST_SUCCESS),
-            QUERY_LAST_SUCCESS.help,
-            labels(QUERY_LAST_SUCCESS),
-            registry=registry,
-        )
-        self.cycle_duration = Gauge(
-            _registered_name(CYCLE_DURATION),
-            CYCLE_DURATION.help,
-            labels(CYCLE_DURATION),
-            registry=registry,
-        )
-        self.cycles_skipped = Counter(
-            _registered_name(CYCLES_SKIPPED),
-            CYCLES_SKIPPED.help,
-            labels(CYCLES_SKIPPED),
-            registry=registry,
-        )
-        self.query_interval = Gauge(
-            _registered_name(QUERY_INTERVAL),
-            QUERY_INTERVAL.help,
-            labels(QUERY_INTERVAL),
-            registry=registry,
-        )
-        self.reload_successful = Gauge(
-            _registered_name(RELOAD_SUCCESSFUL), RELOAD_SUCCESSFUL.help, registry=registry
-        )
+        self.query_duration = _histogram(QUERY_DURATION, registry)
+        self.query_wait = _histogram(QUERY_WAIT, registry)
+        self.query_run = _histogram(QUERY_RUN, registry)
+        self.query_errors = _counter(QUERY_ERRORS, registry)
+        self.query_last_success = _gauge(QUERY_LAST_SUCCESS, registry)
+        self.cycle_duration = _gauge(CYCLE_DURATION, registry)
+        self.cycles_skipped = _counter(CYCLES_SKIPPED, registry)
+        self.query_interval = _gauge(QUERY_INTERVAL, registry)
+        self.reload_successful = _gauge(RELOAD_SUCCESSFUL, registry)
         self.reload_successful.set(1)
-        self.reload_success_timestamp = Gauge(
-            _registered_name(RELOAD_SUCCESS_TIMESTAMP),
-            RELOAD_SUCCESS_TIMESTAMP.help,
-            registry=registry,
-        )
+        self.reload_success_timestamp = _gauge(RELOAD_SUCCESS_TIMESTAMP, registry)
         self.reload_success_timestamp.set_to_current_time()
-        interval = Gauge(_registered_name(INTERVAL), INTERVAL.help, registry=registry)
+        interval = _gauge(INTERVAL, registry)
         interval.set(interval_seconds)
-        build_info = Gauge(
-            _registered_name(BUILD_INFO), BUILD_INFO.help, labels(BUILD_INFO), registry=registry
-        )
+        build_info = _gauge(BUILD_INFO, registry)
         build_info.labels(version=__version__).set(1)
-        self.label_values_truncated = Counter(
-            _registered_name(LABEL_VALUES_TRUNCATED),
-            LABEL_VALUES_TRUNCATED.help,
-            labels(LABEL_VALUES_TRUNCATED),
-            registry=registry,
-        )
-        self.leader = Gauge(_registered_name(LEADER), LEADER.help, registry=registry)
+        self.label_values_truncated = _counter(LABEL_VALUES_TRUNCATED, registry)
+        self.leader = _gauge(LEADER, registry)
         self.leader.set(1)
         self.leading = True
         for query, seconds in (queries or dict.fromkeys(QUERY_NAMES, interval_seconds)).items():
