@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.allocator import pin_mmap_threshold
 from exporter.custom import collectors_for
 from exporter.database import APPLICATION_NAME, MAX_POOL_SIZE, Database, pool_size_for
 from exporter.http import Authenticator, MetricsServer, ServerLimits
@@ -247,7 +246,6 @@ def _lead(store: SnapshotStore, scheduler: AsyncIOScheduler) -> None:
 
 def run(settings: Settings, security: HTTPSecurity, queries: QueriesConfig | None = None) -> None:
     """Blocking entry point: SIGTERM/SIGINT stop the exporter cleanly."""
-    pin_mmap_threshold()  # RSS flat over days: exporter.allocator
 
     async def main() -> None:
         stop = asyncio.Event()
