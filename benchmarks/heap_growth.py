@@ -30,6 +30,7 @@ import gc
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     for arm in ARMS:
         path = workdir / f"{arm}.jsonl"
         stats[arm] = [json.loads(line) for line in path.read_text().splitlines()]
+    shutil.rmtree(workdir, ignore_errors=True)
     return {
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
