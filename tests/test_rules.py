@@ -14,9 +14,11 @@ import pytest
 import yaml
 
 from exporter.catalog import ALL_METRICS, all_sample_names, sample_names
+from exporter.health import FAILURE_REASONS
 from tests import helpers
 from tests.helpers import unavailable
 from tools import monitoring
+from tools.monitoring.promql import REASON_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / monitoring.RULES_PATH
@@ -67,6 +69,34 @@ def test_every_alert_is_unit_tested_firing_and_quiet(rules: list[dict[str, Any]]
     assert names - firing == set(), "alerts without a firing unit test"
     assert names - quiet == set(), "alerts without a quiet unit test"
     assert (firing | quiet) - names == set(), "unit tests for alerts that do not exist"
+
+
+def test_every_failure_reason_fires_its_own_alert_and_not_the_other() -> None:
+    """For each reason of the catalogue a promtool case (run by test_promtool_unit_tests_pass)
+    expects a rising count of it to fire the alert that owns it, TwExporterQueryTimeouts for
+    ``timeout`` and TwExporterQueryErrors for every other reason (``conflict`` on a hot standby
+    included), while the other alert, evaluated at the same time, has no alert for it."""
+    errors, timeouts = "TwExporterQueryErrors", "TwExporterQueryTimeouts"
+    owner = {r: timeouts if r == REASON_TIMEOUT else errors for r in FAILURE_REASONS}
+    tests = yaml.safe_load(RULES_TESTS.read_text(encoding="utf-8"))
+    proven: dict[str, str] = {}
+    for group in tests["tests"]:
+        fired = {
+            (case["eval_time"], case["alertname"]): {
+                alert["exp_labels"].get("reason") for alert in case.get("exp_alerts") or []
+            }
+            for case in group.get("alert_rule_test", [])
+        }
+        for (time, name), reasons in fired.items():
+            other = timeouts if name == errors else errors
+            for reason in reasons:
+                if owner.get(reason) == name and reason not in fired.get((time, other), {reason}):
+                    proven[reason] = group["name"]
+    assert set(proven) == set(FAILURE_REASONS), (
+        f"reasons without a case that fires their own alert only: "
+        f"{set(FAILURE_REASONS) - set(proven)}"
+    )
+    assert "conflict" in proven["conflict"]
 
 
 def test_rules_use_only_catalogue_metrics(rules: list[dict[str, Any]]) -> None:
