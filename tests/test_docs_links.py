@@ -265,6 +265,14 @@ def test_every_alert_has_its_runbook_entry() -> None:
     assert not missing, f"alerts without an entry in docs/runbook.md: {missing}"
 
 
+def test_runbook_links_of_earlier_versions_still_land_on_the_front_page() -> None:
+    """Rules deployed from earlier versions link to README.md#runbook-<alert>: the anchor is
+    still there, next to a link to the entry's new place."""
+    present = anchors(FRONT_PAGE)
+    missing = [alert for alert in _runbook_urls() if f"runbook-{alert.lower()}" not in present]
+    assert not missing, f"README.md lost the old runbook anchors of: {missing}"
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="runbookBaseUrl still points at README.md; tools.monitoring's default must become "

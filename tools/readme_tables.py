@@ -1,6 +1,6 @@
 """The documentation's generated tables, from the code (their one source).
 
-Each table lives in a page of ``docs/`` between two markers::
+Each table lives in a page of ``docs/`` (or in README.md) between two markers::
 
     <!-- generated: NAME (python -m tools.readme_tables --write) -->
     ...
@@ -119,6 +119,19 @@ def runbook_sections() -> str:
     return _from_docs(monitoring.runbook_markdown().removeprefix("## Runbook\n").lstrip("\n"))
 
 
+def runbook_redirects() -> str:
+    """For the README: an anchor per alert where the runbook used to be, linking to its entry
+    in docs/runbook.md, so ``runbook_url``s of rules deployed from earlier versions still land
+    next to the right link."""
+    from tools import monitoring
+
+    entries = re.findall(r'<a id="(runbook-[^"]+)"></a>\s+### (\S+)', monitoring.runbook_markdown())
+    return "".join(
+        f'- <a id="{anchor}"></a>[{name}](docs/{RUNBOOK_PAGE}#{anchor})\n'
+        for anchor, name in entries
+    )
+
+
 # ---------------------------------------------------------------- generated blocks in the docs
 
 
@@ -151,6 +164,7 @@ BLOCKS: tuple[Block, ...] = (
     Block("alerts", Path("docs/prometheus-and-alerts.md"), alerts_table),
     Block("dashboard-panels", Path("docs/grafana.md"), panels_table),
     Block("runbook", Path("docs/runbook.md"), runbook_sections),
+    Block("runbook-redirects", Path("README.md"), runbook_redirects),
 )
 
 
