@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from exporter.catalog import ALL_METRICS, all_sample_names, sample_names
 from exporter.health import FAILURE_REASONS
 from tests import helpers
 from tests.helpers import unavailable
-from tools import monitoring
+from tools import monitoring, readme_tables
 from tools.monitoring.promql import REASON_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,15 +227,24 @@ def test_helm_template_renders_to_the_rules_file(tmp_path: Path) -> None:
     assert "e+" not in texts
 
 
-def test_readme_alert_parameter_and_panel_tables_are_generated() -> None:
-    """The README's tables of alerts (expressions with the defaults filled in), of their
+@pytest.mark.parametrize(
+    ("page", "table"),
+    [
+        ("docs/prometheus-and-alerts.md", readme_tables.alerts_table),
+        ("docs/prometheus-and-alerts.md", readme_tables.alert_parameters_table),
+        ("docs/grafana.md", readme_tables.panels_table),
+    ],
+)
+def test_docs_alert_parameter_and_panel_tables_are_generated(
+    page: str, table: Callable[[], str]
+) -> None:
+    """The docs' tables of alerts (expressions with the defaults filled in), of their
     parameters and of the dashboard's panels are the generator's, so they cannot drift from
     the shipped rules and dashboard."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    tables = (
-        monitoring.alerts_markdown()
-        + monitoring.thresholds_markdown()
-        + monitoring.panels_markdown()
-    )
-    for row in (line for line in tables.splitlines() if line.startswith("|")):
-        assert row in readme, f"README table row out of date (python -m tools.monitoring):\n{row}"
+    text = (ROOT / page).read_text(encoding="utf-8")
+    rows = [line for line in table().splitlines() if line.startswith("|")]
+    assert len(rows) > 3
+    for row in rows:
+        assert row in text, (
+            f"{page} row out of date (python -m tools.readme_tables --write):\n{row}"
+        )
