@@ -273,11 +273,6 @@ def test_runbook_links_of_earlier_versions_still_land_on_the_front_page() -> Non
     assert not missing, f"README.md lost the old runbook anchors of: {missing}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runbookBaseUrl still points at README.md; tools.monitoring's default must become "
-    ".../blob/main/docs/runbook.md (then delete this marker)",
-)
 def test_every_runbook_url_lands_on_its_entry() -> None:
     """The URL in each alert is ``<repository>/blob/<branch>/<path>#runbook-<alert>``; the path
     must be the runbook page and the anchor one of its entries."""

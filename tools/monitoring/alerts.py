@@ -479,8 +479,9 @@ HEALTH = Group(
                 "lock contention; an overloaded database; a timeout set too low for the "
                 "window (`--trending-days`, `--stats-days`).",
                 "Look at the query duration quantiles on the dashboard; `EXPLAIN ANALYZE` "
-                "the query (it is in the README) on the database; add the missing index, "
-                "or raise `--query-timeout` and `--interval` together.",
+                "the query (built-ins: `exporter/collectors/`; custom ones: your queries "
+                "file) on the database; `tw-exporter check` gives index advice; add the "
+                "missing index, or raise `--query-timeout` and `--interval` together.",
             ),
         ),
         Alert(

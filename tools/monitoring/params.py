@@ -50,9 +50,10 @@ PARAMS: tuple[Param, ...] = (
     ),
     Param(
         "runbookBaseUrl",
-        "https://github.com/tw-exporter/tw-exporter/blob/main/README.md",
+        "https://github.com/tw-exporter/tw-exporter/blob/main/docs/runbook.md",
         "string",
-        "Where the README is published; every alert's `runbook_url` is this plus "
+        "Where the runbook page (docs/runbook.md) is published; every alert's `runbook_url` is "
+        "this plus "
         "`#runbook-<alertname in lower case>`.",
     ),
     Param(
