@@ -53,7 +53,7 @@ from exporter.settings import (
     Settings,
     SettingsError,
 )
-from exporter.webconfig import StrictLoader
+from exporter.webconfig import _StrictLoader as StrictLoader
 
 DEFAULT_MAX_SERIES = 500
 MAX_MAX_SERIES = 100_000

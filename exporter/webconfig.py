@@ -3,10 +3,10 @@
 Operators of node_exporter, postgres_exporter & co. already describe TLS and basic auth in one
 YAML file (the exporter-toolkit "web configuration", checked by ``promtool check web-config``).
 This module accepts the same file so that tw-exporter can be deployed with the same file, the
-same secrets and the same tooling. It validates the file against pydantic models of its
-sections (:func:`load_web_config`), authorizes ``Authorization`` headers against bcrypt hashes
-(:meth:`WebConfig.authorize`) and builds the server's :class:`ssl.SSLContext`, re-reading
-certificates when they are rotated (:class:`TLSContextProvider`). It does not serve HTTP.
+same secrets and the same tooling. It parses and validates the file (:func:`load_web_config`),
+authorizes ``Authorization`` headers against bcrypt hashes (:meth:`WebConfig.authorize`) and
+builds the server's :class:`ssl.SSLContext`, re-reading certificates when they are rotated
+(:class:`TLSContextProvider`). It does not serve HTTP itself.
 
 Compatibility with exporter-toolkit
 -----------------------------------
@@ -84,33 +84,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 import bcrypt
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    StrictBool,
-    StrictStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
 
 __all__ = [
-    "StrictLoader",
     "TLSConfig",
     "TLSContextProvider",
     "WebConfig",
     "WebConfigError",
     "load_web_config",
-    "load_yaml",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,6 +117,22 @@ class WebConfigError(ValueError):
 
 # --- vocabulary, taken from exporter-toolkit's web/tls_config.go and web/handler.go -------------
 
+_TOP_LEVEL_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
+_TLS_KEYS = (
+    "cert",
+    "key",
+    "client_ca",
+    "cert_file",
+    "key_file",
+    "client_auth_type",
+    "client_ca_file",
+    "min_version",
+    "max_version",
+    "cipher_suites",
+    "prefer_server_cipher_suites",
+    "curve_preferences",
+)
+_HTTP_KEYS = ("http2", "headers")
 # Known to (newer) exporter-toolkit but not implemented: rejected with a specific message.
 _UNSUPPORTED_KEYS = {
     "rate_limit": "request rate limiting is not implemented by tw-exporter",
@@ -215,10 +215,10 @@ _BCRYPT_MIN_COST, _BCRYPT_MAX_COST = 4, 31
 _BCRYPT_MAX_PASSWORD = 72
 
 
-# --- YAML, shared with the queries file ------------------------------------------------------
+# --- YAML ------------------------------------------------------------------------------------
 
 
-class StrictLoader(yaml.SafeLoader):
+class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate mapping keys, like Go's yaml.UnmarshalStrict.
 
     PyYAML silently keeps the last duplicate, which would let a second ``admin:`` entry
@@ -242,32 +242,87 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(text: str) -> object:
-    """Parse a configuration file's text; raise ValueError with one safe line if it is not YAML.
-
-    Only the problem and its position are kept: PyYAML's full message quotes the offending line,
-    which may hold a password hash or an inline private key.
-    """
+def _parse_yaml(text: str) -> object:
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
+        # Only the problem and its position: PyYAML's full message quotes the offending line,
+        # which may hold a password hash or an inline private key.
         where = ""
         if exc.problem_mark is not None:
             where = f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
-        raise ValueError(f"invalid YAML{where}: {exc.problem or 'syntax error'}") from None
+        raise WebConfigError(f"invalid YAML{where}: {exc.problem or 'syntax error'}") from None
     except yaml.YAMLError:
-        raise ValueError("invalid YAML") from None
+        raise WebConfigError("invalid YAML") from None
 
 
-# --- the file's shape, as pydantic models ----------------------------------------------------
+# --- small typed accessors over the parsed YAML ----------------------------------------------
 
 
-class _At(ValueError):
-    """A validator's error about a key below the value it checks (``key``, relative to it)."""
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
+
+def _mapping(value: object, key: str) -> dict[str, object]:
+    """A YAML mapping with string keys; ``null`` counts as empty, like a missing section."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise WebConfigError(f"expected a mapping, got {_kind(value)}", key)
+    for k in value:
+        if not isinstance(k, str):
+            raise WebConfigError(
+                f"keys must be strings, got {_kind(k)} {k!r} (quote it in YAML)", key
+            )
+    return value
+
+
+def _check_keys(section: Mapping[str, object], allowed: tuple[str, ...], parent: str) -> None:
+    for k in section:
+        path = _join(parent, k)
+        if path in _UNSUPPORTED_KEYS:
+            raise WebConfigError(_UNSUPPORTED_KEYS[path], path)
+        if k not in allowed:
+            raise WebConfigError(f"unknown key (expected one of: {', '.join(allowed)})", path)
+
+
+def _str(section: Mapping[str, object], name: str, parent: str) -> str | None:
+    """An optional string; empty strings count as unset, as in exporter-toolkit."""
+    value = section.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise WebConfigError(f"expected a string, got {_kind(value)}", _join(parent, name))
+    return value
+
+
+def _bool(section: Mapping[str, object], name: str, parent: str, default: bool) -> bool:
+    value = section.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise WebConfigError(f"expected true or false, got {_kind(value)}", _join(parent, name))
+    return value
+
+
+def _str_list(section: Mapping[str, object], name: str, parent: str) -> list[str]:
+    value = section.get(name)
+    key = _join(parent, name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise WebConfigError(f"expected a list of strings, got {_kind(value)}", key)
+    for item in value:
+        if not isinstance(item, str):
+            raise WebConfigError(f"expected a list of strings, found {_kind(item)}", key)
+    return value
+
+
+def _choice(value: str, choices: Mapping[str, object], key: str) -> None:
+    if value not in choices:
+        raise WebConfigError(
+            f"unknown value {value!r} (expected one of: {', '.join(choices)})", key
+        )
 
 
 def _kind(value: object) -> str:
@@ -279,94 +334,6 @@ def _kind(value: object) -> str:
         list: "a list",
         dict: "a mapping",
     }.get(type(value), type(value).__name__)
-
-
-def _unset_if_blank(value: object) -> object:
-    return None if value == "" else value  # an empty string is unset in exporter-toolkit
-
-
-def _choice(table: Mapping[str, Any], default: str) -> BeforeValidator:
-    """A name from ``table``, kept as its value there; blank means ``default``."""
-
-    def parse(value: object) -> object:
-        value = default if value == "" else value
-        if isinstance(value, str):
-            if value not in table:
-                raise ValueError(f"unknown value {value!r} (expected one of: {', '.join(table)})")
-            return table[value]
-        if any(value is known for known in table.values()):
-            return value  # a TLSConfig built in code
-        raise ValueError(f"expected a string, got {_kind(value)}")
-
-    return BeforeValidator(parse)
-
-
-def _known(table: Mapping[str, object], what: str, expected: str) -> AfterValidator:
-    """A list whose names are all in ``table``."""
-
-    def check(names: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [name for name in names if name not in table]
-        if unknown:
-            raise ValueError(
-                f"unknown {what} {', '.join(unknown)} (expected {expected}: {', '.join(table)})"
-            )
-        return names
-
-    return AfterValidator(check)
-
-
-def _header_value(value: object) -> object:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)  # Go's YAML decoder turns scalars into strings as well
-    return "" if value is None else value
-
-
-def _check_headers(headers: dict[str, str]) -> dict[str, str]:
-    for name, value in headers.items():
-        allowed = _HEADERS.get(name)
-        if allowed is None:
-            raise _At(name, f"this header cannot be configured (allowed: {', '.join(_HEADERS)})")
-        if allowed and value not in allowed:
-            raise _At(name, f"invalid value {value!r} (expected one of: {', '.join(allowed)})")
-        if any(c in value for c in "\r\n\0"):
-            raise _At(name, "header values cannot contain line breaks or NUL")
-    return headers
-
-
-def _user_name(name: str) -> str:
-    if ":" in name:
-        raise ValueError("user names cannot contain ':' (HTTP basic auth separator)")
-    return name
-
-
-def _bcrypt_hash(value: object) -> bytes:
-    encoded = value.encode() if isinstance(value, str) else b""
-    match = _BCRYPT_HASH.match(encoded)
-    if not match or not _BCRYPT_MIN_COST <= int(match.group(1)) <= _BCRYPT_MAX_COST:
-        # No echo of the value: it may be a plaintext password put there by mistake.
-        raise ValueError(
-            "expected a bcrypt hash ($2a$, $2b$ or $2y$, cost 04-31, 60 characters), e.g. from "
-            "`htpasswd -nBC 10 \"\" | tr -d ':\\n'`"
-        )
-    return encoded
-
-
-Pem = Annotated[StrictStr | None, BeforeValidator(_unset_if_blank)]
-File = Annotated[Path | None, BeforeValidator(_unset_if_blank)]
-
-
-class _Section(BaseModel):
-    """One mapping of the file. Unknown keys are errors, as with Go's ``yaml.UnmarshalStrict``;
-    a key left empty (null, or ``{}``) is unset, as Go's decoder leaves the zero value."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_is_unset(cls, data: object) -> object:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None and v != {}}
-        return data
 
 
 # --- TLS -------------------------------------------------------------------------------------
@@ -415,66 +382,27 @@ def _check_readable(path: Path, key: str) -> None:
         raise WebConfigError(f"cannot read {path}: {exc.strerror or exc}", key) from None
 
 
-class TLSConfig(_Section):
-    """The ``tls_server_config`` section, checked; once loaded, file paths are absolute.
+@dataclass(frozen=True)
+class TLSConfig:
+    """The parsed ``tls_server_config`` section; file paths are absolute.
 
     Exactly one of ``cert_file``/``cert`` and one of ``key_file``/``key`` is set;
     ``client_auth_type`` is the exporter-toolkit name (see the module docstring for how it maps
     onto :class:`ssl.VerifyMode`).
     """
 
-    cert: Pem = None
-    key: Pem = Field(None, repr=False)
-    client_ca: Pem = None
-    cert_file: File = None
-    key_file: File = None
-    client_auth_type: Annotated[str, _choice({n: n for n in _CLIENT_AUTH}, "NoClientCert")] = (
-        "NoClientCert"
-    )
-    client_ca_file: File = None
-    min_version: Annotated[ssl.TLSVersion, _choice(_TLS_VERSIONS, "TLS12")] = ssl.TLSVersion.TLSv1_2
-    max_version: Annotated[ssl.TLSVersion, _choice(_TLS_VERSIONS, "TLS13")] = ssl.TLSVersion.TLSv1_3
-    cipher_suites: Annotated[
-        tuple[StrictStr, ...],
-        _known(_CIPHER_SUITES, "cipher suite(s)", "Go tls.CipherSuites() names"),
-    ] = ()
-    prefer_server_cipher_suites: StrictBool = True
-    curve_preferences: Annotated[tuple[StrictStr, ...], _known(_CURVES, "curve(s)", "one of")] = ()
-
-    @field_validator("cert_file", "key_file", "client_ca_file")
-    @classmethod
-    def _relative_to_the_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
-        """Relative to the web-config file's directory (``base_dir``), as exporter-toolkit."""
-        base = (info.context or {}).get("base_dir")
-        return path if path is None or base is None else Path(os.path.abspath(base / path))
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TLSConfig:
-        for name in ("cert", "key", "client_ca"):
-            if getattr(self, name) is not None and getattr(self, f"{name}_file") is not None:
-                raise _At(name, f"set either {name} (inline PEM) or {name}_file, not both")
-        for name in ("cert", "key"):
-            if getattr(self, name) is None and getattr(self, f"{name}_file") is None:
-                raise _At(
-                    f"{name}_file",
-                    f"required when tls_server_config is set (or an inline PEM '{name}')",
-                )
-        has_ca = self.client_ca is not None or self.client_ca_file is not None
-        if self.client_auth_type == "NoClientCert" and has_ca:
-            raise _At(
-                "client_auth_type",
-                "a client CA is configured but client_auth_type is NoClientCert; set "
-                "client_auth_type: RequireAndVerifyClientCert (or remove the CA)",
-            )
-        if self.client_auth_type in _CLIENT_AUTH_NEEDING_CA and not has_ca:
-            raise _At(
-                "client_ca_file",
-                f"required when client_auth_type is {self.client_auth_type} (the CA that signs "
-                "client certificates)",
-            )
-        if self.min_version > self.max_version:
-            raise _At("min_version", "must not be above max_version")
-        return self
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    cert: str | None = None
+    key: str | None = field(default=None, repr=False)
+    client_auth_type: str = "NoClientCert"
+    client_ca_file: Path | None = None
+    client_ca: str | None = None
+    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+    cipher_suites: tuple[str, ...] = ()
+    prefer_server_cipher_suites: bool = True
+    curve_preferences: tuple[str, ...] = ()
 
     @property
     def verify_mode(self) -> ssl.VerifyMode:
@@ -566,72 +494,91 @@ class TLSConfig(_Section):
             ) from None
 
 
-class _HTTPServerConfig(_Section):
-    http2: StrictBool = True  # accepted for compatibility; tw-exporter serves HTTP/1.1 only
-    headers: Annotated[
-        dict[StrictStr, Annotated[StrictStr, BeforeValidator(_header_value)]],
-        AfterValidator(_check_headers),
-    ] = Field(default_factory=dict)
+def _parse_tls(raw: object, base_dir: Path) -> TLSConfig | None:
+    parent = "tls_server_config"
+    section = _mapping(raw, parent)
+    if not section:
+        return None
+    _check_keys(section, _TLS_KEYS, parent)
 
+    def path(name: str) -> Path | None:
+        value = _str(section, name, parent)
+        return None if value is None else Path(os.path.abspath(base_dir / value))
 
-class _File(_Section):
-    tls_server_config: TLSConfig | None = None
-    http_server_config: _HTTPServerConfig = _HTTPServerConfig()
-    basic_auth_users: dict[
-        Annotated[StrictStr, AfterValidator(_user_name)],
-        Annotated[bytes, PlainValidator(_bcrypt_hash)],
-    ] = Field(default_factory=dict)
-
-
-_SECTIONS: dict[str, type[_Section]] = {
-    "": _File,
-    "tls_server_config": TLSConfig,
-    "http_server_config": _HTTPServerConfig,
-}
-# pydantic's error types for a value of the wrong type -> what the file should hold there
-_EXPECTED = {
-    "string_type": "a string",
-    "path_type": "a string",
-    "bool_type": "true or false",
-    "tuple_type": "a list of strings",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-}
-
-
-def _one_line(error: ValidationError) -> WebConfigError:
-    """pydantic's first error as the dotted key and what was expected, in the file's terms.
-
-    An unknown key comes first: a misspelt key explains the other errors. Only messages
-    written in this module are shown, never pydantic's ``input_value``, which may be a
-    password, a bcrypt hash or a private key.
-    """
-    errors = error.errors(include_url=False)
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc, kind, value = list(first["loc"]), first["type"], first["input"]
-    cause = (first.get("ctx") or {}).get("error")
-    if kind == "invalid_key" or (loc[-1:] == ["[key]"] and kind == "string_type"):
-        loc = loc[:-2] if loc[-1:] == ["[key]"] else loc[:-1]
-        message = f"keys must be strings, got {_kind(value)} {value!r} (quote it in YAML)"
-    elif loc[-1:] == ["[key]"]:
-        loc.pop()  # the key itself is named in the path
-        message = str(cause)
-    elif loc and isinstance(loc[-1], int):
-        loc.pop()
-        message = f"expected a list of strings, found {_kind(value)}"
-    elif kind == "extra_forbidden":
-        path, fields = ".".join(map(str, loc)), _SECTIONS[".".join(map(str, loc[:-1]))]
-        message = _UNSUPPORTED_KEYS.get(path) or (
-            f"unknown key (expected one of: {', '.join(fields.model_fields)})"
+    cert_file, key_file, ca_file = path("cert_file"), path("key_file"), path("client_ca_file")
+    cert, key, ca = (_str(section, n, parent) for n in ("cert", "key", "client_ca"))
+    for inline, file_, name in (
+        (cert, cert_file, "cert"),
+        (key, key_file, "key"),
+        (ca, ca_file, "client_ca"),
+    ):
+        if inline is not None and file_ is not None:
+            raise WebConfigError(
+                f"set either {name} (inline PEM) or {name}_file, not both", f"{parent}.{name}"
+            )
+    if cert is None and cert_file is None:
+        raise WebConfigError(
+            "required when tls_server_config is set (or an inline PEM 'cert')",
+            f"{parent}.cert_file",
         )
-    elif kind in _EXPECTED:
-        where = "the top level must be" if not loc else "expected"
-        message = f"{where} {_EXPECTED[kind]}, got {_kind(value)}"
-    else:
-        if isinstance(cause, _At):
-            loc.append(cause.key)
-        message = str(cause) if cause is not None else first["msg"]
-    return WebConfigError(message, ".".join(map(str, loc)) or None)
+    if key is None and key_file is None:
+        raise WebConfigError(
+            "required when tls_server_config is set (or an inline PEM 'key')", f"{parent}.key_file"
+        )
+
+    auth = _str(section, "client_auth_type", parent) or "NoClientCert"
+    _choice(auth, _CLIENT_AUTH, f"{parent}.client_auth_type")
+    has_ca = ca is not None or ca_file is not None
+    if auth == "NoClientCert" and has_ca:
+        raise WebConfigError(
+            "a client CA is configured but client_auth_type is NoClientCert; set "
+            "client_auth_type: RequireAndVerifyClientCert (or remove the CA)",
+            f"{parent}.client_auth_type",
+        )
+    if auth in _CLIENT_AUTH_NEEDING_CA and not has_ca:
+        raise WebConfigError(
+            f"required when client_auth_type is {auth} (the CA that signs client certificates)",
+            f"{parent}.client_ca_file",
+        )
+
+    versions: dict[str, ssl.TLSVersion] = {}
+    for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        value = _str(section, name, parent) or default
+        _choice(value, _TLS_VERSIONS, f"{parent}.{name}")
+        versions[name] = _TLS_VERSIONS[value]
+    if versions["min_version"] > versions["max_version"]:
+        raise WebConfigError("must not be above max_version", f"{parent}.min_version")
+
+    ciphers = _str_list(section, "cipher_suites", parent)
+    unknown = [c for c in ciphers if c not in _CIPHER_SUITES]
+    if unknown:
+        raise WebConfigError(
+            f"unknown cipher suite(s) {', '.join(unknown)} (expected Go tls.CipherSuites() names: "
+            f"{', '.join(_CIPHER_SUITES)})",
+            f"{parent}.cipher_suites",
+        )
+    curves = _str_list(section, "curve_preferences", parent)
+    unknown = [c for c in curves if c not in _CURVES]
+    if unknown:
+        raise WebConfigError(
+            f"unknown curve(s) {', '.join(unknown)} (expected: {', '.join(_CURVES)})",
+            f"{parent}.curve_preferences",
+        )
+
+    return TLSConfig(
+        cert_file=cert_file,
+        key_file=key_file,
+        cert=cert,
+        key=key,
+        client_auth_type=auth,
+        client_ca_file=ca_file,
+        client_ca=ca,
+        min_version=versions["min_version"],
+        max_version=versions["max_version"],
+        cipher_suites=tuple(ciphers),
+        prefer_server_cipher_suites=_bool(section, "prefer_server_cipher_suites", parent, True),
+        curve_preferences=tuple(curves),
+    )
 
 
 class TLSContextProvider:
@@ -718,6 +665,27 @@ class TLSContextProvider:
 
 
 # --- basic auth ------------------------------------------------------------------------------
+
+
+def _parse_users(raw: object) -> dict[str, bytes]:
+    users = _mapping(raw, "basic_auth_users")
+    out: dict[str, bytes] = {}
+    for user, hashed in users.items():
+        key = f"basic_auth_users.{user}"
+        if ":" in user:
+            raise WebConfigError("user names cannot contain ':' (HTTP basic auth separator)", key)
+        encoded = hashed.encode() if isinstance(hashed, str) else b""
+        match = _BCRYPT_HASH.match(encoded)
+        cost = int(match.group(1)) if match else 0
+        if not _BCRYPT_MIN_COST <= cost <= _BCRYPT_MAX_COST:
+            # No echo of the value: it may be a plaintext password put there by mistake.
+            raise WebConfigError(
+                "expected a bcrypt hash ($2a$, $2b$ or $2y$, cost 04-31, 60 characters), e.g. from "
+                "`htpasswd -nBC 10 \"\" | tr -d ':\\n'`",
+                key,
+            )
+        out[user] = encoded
+    return out
 
 
 def _parse_basic_authorization(authorization: bytes | None) -> tuple[str, bytes] | None:
@@ -883,6 +851,39 @@ class WebConfig:
         return True
 
 
+# --- http_server_config ----------------------------------------------------------------------
+
+
+def _parse_http(raw: object) -> tuple[tuple[tuple[str, str], ...], bool]:
+    parent = "http_server_config"
+    section = _mapping(raw, parent)
+    _check_keys(section, _HTTP_KEYS, parent)
+    http2 = _bool(section, "http2", parent, True)
+    headers: list[tuple[str, str]] = []
+    for name, value in _mapping(section.get("headers"), f"{parent}.headers").items():
+        key = f"{parent}.headers.{name}"
+        if name not in _HEADERS:
+            raise WebConfigError(
+                f"this header cannot be configured (allowed: {', '.join(_HEADERS)})", key
+            )
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)  # Go's YAML decoder turns scalars into strings as well
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise WebConfigError(f"expected a string, got {_kind(value)}", key)
+        allowed = _HEADERS[name]
+        if allowed and value not in allowed:
+            raise WebConfigError(
+                f"invalid value {value!r} (expected one of: {', '.join(allowed)})", key
+            )
+        if any(c in value for c in "\r\n\0"):
+            raise WebConfigError("header values cannot contain line breaks or NUL", key)
+        if value:  # blank means "not set", per exporter-toolkit's documentation
+            headers.append((name, value))
+    return tuple(headers), http2
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -903,26 +904,23 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     except UnicodeDecodeError:
         raise WebConfigError(f"web config file {config_path} is not valid UTF-8") from None
     try:
-        document = load_yaml(text)
-        parsed = _File.model_validate(
-            {} if document is None else document, context={"base_dir": config_path.parent}
-        )
-        if parsed.tls_server_config is not None:
-            parsed.tls_server_config.build_context()  # validate the files now
-    except ValidationError as exc:
-        error = _one_line(exc)
+        return _from_document(_parse_yaml(text), config_path.parent)
     except WebConfigError as exc:
-        error = exc
-    except ValueError as exc:  # not YAML
-        error = WebConfigError(str(exc))
-    else:
-        http = parsed.http_server_config
-        return WebConfig(
-            tls=parsed.tls_server_config,
-            basic_auth_users=MappingProxyType(parsed.basic_auth_users),
-            headers=tuple((name, value) for name, value in http.headers.items() if value),
-            http2=http.http2,
-        )
-    located = WebConfigError(f"web config file {config_path}: {error}")
-    located.key = error.key
-    raise located from None
+        located = WebConfigError(f"web config file {config_path}: {exc}")
+        located.key = exc.key
+        raise located from None
+
+
+def _from_document(document: object, base_dir: Path) -> WebConfig:
+    if document is not None and not isinstance(document, dict):
+        raise WebConfigError(f"the top level must be a mapping, got {_kind(document)}")
+    top = _mapping(document, "")
+    _check_keys(top, _TOP_LEVEL_KEYS, "")
+    tls = _parse_tls(top.get("tls_server_config"), base_dir)
+    if tls is not None:
+        tls.build_context()  # validate files now
+    headers, http2 = _parse_http(top.get("http_server_config"))
+    users = _parse_users(top.get("basic_auth_users"))
+    return WebConfig(
+        tls=tls, basic_auth_users=MappingProxyType(users), headers=headers, http2=http2
+    )
