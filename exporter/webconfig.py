@@ -24,7 +24,7 @@ Compatibility with exporter-toolkit
   plain HTTP); verifying client-auth types need ``client_ca_file``/``client_ca`` (Go would use
   the system roots); ``min_version`` above ``max_version`` is an error (Go fails every
   handshake); user names containing ``:`` are an error (they can never log in); bcrypt hashes
-  are checked fully (Go only checks the prefix, length and cost).
+  are checked fully (Go only checks the prefix, length and cost); header values must be ASCII.
 * ``http_server_config.http2`` is accepted (``WebConfig.http2``) but tw-exporter speaks HTTP/1.1
   only; the TLS context advertises ``http/1.1`` through ALPN.
 * ``headers`` accepts the exporter-toolkit list only: Content-Security-Policy, X-Frame-Options
@@ -883,6 +883,8 @@ def _parse_http(raw: object) -> tuple[tuple[tuple[str, str], ...], bool]:
             )
         if any(c in value for c in "\r\n\0"):
             raise WebConfigError("header values cannot contain line breaks or NUL", key)
+        if not value.isascii():  # the server sends headers as bytes: it would fail at start-up
+            raise WebConfigError(f"invalid value {value!r}: header values must be ASCII", key)
         if value:  # blank means "not set", per exporter-toolkit's documentation
             headers.append((name, value))
     return tuple(headers), http2
