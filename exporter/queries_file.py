@@ -29,7 +29,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -53,7 +52,7 @@ from exporter.settings import (
     Settings,
     SettingsError,
 )
-from exporter.webconfig import _StrictLoader as StrictLoader
+from exporter.webconfig import load_yaml
 
 DEFAULT_MAX_SERIES = 500
 MAX_MAX_SERIES = 100_000
@@ -569,17 +568,9 @@ def parse(text: str, settings: Settings, path: Path | None = None) -> QueriesCon
     """Validate a file's text; raise ``QueriesFileError`` with the first problem's line."""
     shown = str(path) if path else "queries file"
     try:
-        raw = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as error:
-        where = ""
-        if error.problem_mark is not None:
-            mark = error.problem_mark
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        raise QueriesFileError(
-            f"{shown}: invalid YAML{where}: {error.problem or 'syntax error'}"
-        ) from None
-    except yaml.YAMLError:
-        raise QueriesFileError(f"{shown}: invalid YAML") from None
+        raw = load_yaml(text)
+    except ValueError as error:
+        raise QueriesFileError(f"{shown}: {error}") from None
     if raw is None:
         raw = {}
     try:

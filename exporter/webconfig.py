@@ -24,7 +24,7 @@ Compatibility with exporter-toolkit
   plain HTTP); verifying client-auth types need ``client_ca_file``/``client_ca`` (Go would use
   the system roots); ``min_version`` above ``max_version`` is an error (Go fails every
   handshake); user names containing ``:`` are an error (they can never log in); bcrypt hashes
-  are checked fully (Go only checks the prefix, length and cost).
+  are checked fully (Go only checks the prefix, length and cost); header values must be ASCII.
 * ``http_server_config.http2`` is accepted (``WebConfig.http2``) but tw-exporter speaks HTTP/1.1
   only; the TLS context advertises ``http/1.1`` through ALPN.
 * ``headers`` accepts the exporter-toolkit list only: Content-Security-Policy, X-Frame-Options
@@ -95,6 +95,7 @@ __all__ = [
     "WebConfig",
     "WebConfigError",
     "load_web_config",
+    "load_yaml",
 ]
 
 log = logging.getLogger(__name__)
@@ -215,10 +216,10 @@ _BCRYPT_MIN_COST, _BCRYPT_MAX_COST = 4, 31
 _BCRYPT_MAX_PASSWORD = 72
 
 
-# --- YAML ------------------------------------------------------------------------------------
+# --- YAML, shared with the queries file ------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
+class StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate mapping keys, like Go's yaml.UnmarshalStrict.
 
     PyYAML silently keeps the last duplicate, which would let a second ``admin:`` entry
@@ -242,18 +243,21 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _parse_yaml(text: str) -> object:
+def load_yaml(text: str) -> object:
+    """A configuration file's YAML, duplicate keys refused; ValueError with one safe line.
+
+    Only the problem and its position are kept: PyYAML's full message quotes the offending
+    line, which may hold a password hash, an inline private key or a DSN.
+    """
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
-        # Only the problem and its position: PyYAML's full message quotes the offending line,
-        # which may hold a password hash or an inline private key.
         where = ""
         if exc.problem_mark is not None:
             where = f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}"
-        raise WebConfigError(f"invalid YAML{where}: {exc.problem or 'syntax error'}") from None
+        raise ValueError(f"invalid YAML{where}: {exc.problem or 'syntax error'}") from None
     except yaml.YAMLError:
-        raise WebConfigError("invalid YAML") from None
+        raise ValueError("invalid YAML") from None
 
 
 # --- small typed accessors over the parsed YAML ----------------------------------------------
@@ -879,6 +883,8 @@ def _parse_http(raw: object) -> tuple[tuple[tuple[str, str], ...], bool]:
             )
         if any(c in value for c in "\r\n\0"):
             raise WebConfigError("header values cannot contain line breaks or NUL", key)
+        if not value.isascii():  # the server sends headers as bytes: it would fail at start-up
+            raise WebConfigError(f"invalid value {value!r}: header values must be ASCII", key)
         if value:  # blank means "not set", per exporter-toolkit's documentation
             headers.append((name, value))
     return tuple(headers), http2
@@ -904,7 +910,11 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
     except UnicodeDecodeError:
         raise WebConfigError(f"web config file {config_path} is not valid UTF-8") from None
     try:
-        return _from_document(_parse_yaml(text), config_path.parent)
+        document = load_yaml(text)
+    except ValueError as exc:
+        raise WebConfigError(f"web config file {config_path}: {exc}") from None
+    try:
+        return _from_document(document, config_path.parent)
     except WebConfigError as exc:
         located = WebConfigError(f"web config file {config_path}: {exc}")
         located.key = exc.key
