@@ -471,7 +471,10 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> NoReturn:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    # A value the user typed may hold a line break or another control character (argparse
+    # quotes unknown arguments raw): escape them, so the error stays one line.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    sys.stderr.write(f"{PROG}: error: {shown}\n")
     raise SystemExit(2)
 
 
