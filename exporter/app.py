@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.custom import collectors_for
-from exporter.database import APPLICATION_NAME, MAX_POOL_SIZE, Database, pool_size_for
+from exporter.database import APPLICATION_NAME, Database
 from exporter.http import Authenticator, MetricsServer, ServerLimits
 from exporter.leader import (
     QUERY_APPLICATION_PREFIX,
@@ -124,8 +124,9 @@ async def serve(
     replica = replica_name()
     database = Database(
         settings.dsn,
-        # With a queries file a reload may add queries: the bound, opened only on demand.
-        pool_size=pool_size_for(MAX_POOL_SIZE if config.path else len(schedules)),
+        # The bound; the collector fits it to the enabled queries (again at each reload), and
+        # connections open only on demand.
+        pool_size=settings.max_connections,
         query_timeout=settings.query_timeout,
         # With --ha, pg_stat_activity shows which replica runs the queries.
         application_name=application_name(QUERY_APPLICATION_PREFIX, replica)

@@ -192,7 +192,9 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
         await conn.close()
 
     database = Database(
-        settings.dsn, pool_size=pool_size_for(len(builtins)), query_timeout=settings.query_timeout
+        settings.dsn,
+        pool_size=pool_size_for(len(builtins), settings.max_connections),
+        query_timeout=settings.query_timeout,
     )
     await database.open()
     failures = len(problems)

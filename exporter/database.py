@@ -1,10 +1,32 @@
 """The asyncpg pool and the one way the exporter runs a query.
 
 One asyncpg connection cannot run queries concurrently ("another operation is in progress"),
-so the exporter owns a small pool sized to the number of queries, at most ``MAX_POOL_SIZE``: the
+so the exporter owns a small pool: at most ``--max-connections`` connections (default 5), and
+never more than the enabled queries (a reload that adds or removes queries resizes it). The
 built-in three run at once, a file of 40 custom queries still opens at most five connections
 (the rest wait for a slot, which delays them but is not an error), and a lock or a slow
 database can never pile up more connections than that (postgres_exporter #1228).
+
+Fairness: a slow query must not starve the others of their schedule. Every query's slot goes
+through ``Slots``, which keeps one connection out of reach of *long* runs, so however many
+queries are stuck (on a lock, a slow plan, ``pg_sleep``), a quick query still gets a connection
+within its own interval. With ``N`` connections:
+
+* a run is *long* when it holds its connection for longer than the shortest interval among the
+  enabled queries (``long_after``): long enough for the most frequent query to miss a tick;
+* a query *expects* to be long when its previous run was (before its first run: when its
+  ``timeout`` is longer than ``long_after``, as it may legitimately run that long), and such a
+  query is admitted only while fewer than ``N - 1`` connections are held by long runs (those
+  that expected it and those that have been running longer than ``long_after`` so far);
+* a query that expects to be quick takes any free connection;
+* otherwise first come, first served; a long query waiting for room does not hold up the quick
+  ones queued behind it.
+
+So long runs together hold at most ``N - 1`` connections, except when a query expected to be
+quick turns out long (a table locked for the first time): it is long from its next run on, so
+that costs at most one run of its. With ``N = 1`` there is nothing to reserve. When every query
+has the same interval no run can be long (a timeout never exceeds its interval) and the rule is
+plain first come, first served.
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
 client-side deadline as backstop for a server that stops answering altogether (a paused VM, a
 hung volume, a path that drops packets): at the deadline the query's connection is closed from
@@ -36,15 +58,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from exporter import keepalive
 from exporter.health import FailureReason
+from exporter.settings import DEFAULT_MAX_CONNECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +78,8 @@ APPLICATION_NAME = "tw-exporter"
 # first (reason "timeout" with a clean connection); the client only steps in when the server
 # itself stops answering.
 CLIENT_GRACE_SECONDS = 1.0
-# The most connections one exporter opens, however many queries it runs.
-MAX_POOL_SIZE = 5
+# The most connections one exporter opens by default, however many queries it runs.
+MAX_POOL_SIZE = DEFAULT_MAX_CONNECTIONS
 # Connections idle longer than this are closed, so a pool never holds sockets a database
 # restart or a NAT timeout has silently broken for long.
 MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
@@ -112,9 +137,114 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is 
 Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 
 
-def pool_size_for(queries: int) -> int:
-    """One connection per query, so queries do not wait on each other, up to the bound."""
-    return max(1, min(queries, MAX_POOL_SIZE))
+def pool_size_for(queries: int, max_connections: int = MAX_POOL_SIZE) -> int:
+    """One connection per query, so queries do not wait on each other, up to the bound (a
+    query never overlaps itself, so more would never be used)."""
+    return max(1, min(queries, max_connections))
+
+
+@dataclass(eq=False)
+class Hold:
+    """One query's claim on a connection, from admission to release."""
+
+    query: str | None
+    long: bool  # admitted as a query expected to run long
+    since: float = 0.0  # time.monotonic() at admission
+
+
+@dataclass(eq=False)
+class Slots:
+    """Admission to the pool: at most ``capacity`` connections in use, of which at most
+    ``capacity - 1`` by long runs (the rule in the module docstring).
+
+    A slot is held from admission to release, connecting included; that time, per query, is
+    what tells whether its next run is expected to be long. ``fair = False`` turns the rule off
+    (plain first come, first served), for the benchmark's before/after comparison only.
+    """
+
+    capacity: int
+    long_after: float = math.inf
+    fair: bool = True
+    _held: set[Hold] = field(default_factory=set)
+    _waiting: deque[tuple[Hold, asyncio.Future[None]]] = field(default_factory=deque)
+    _last_hold: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._held)
+
+    @property
+    def long_lane(self) -> int:
+        """How many connections long runs may hold together."""
+        return max(1, self.capacity - 1)
+
+    def expects_long(self, query: str | None, query_timeout: float) -> bool:
+        """Its previous run was long; before its first (or without a name): its timeout is."""
+        last = self._last_hold.get(query) if query is not None else None
+        return (query_timeout if last is None else last) > self.long_after
+
+    def long_runs(self, now: float) -> int:
+        """Connections held by long runs: expected long, or running past ``long_after``."""
+        return sum(1 for h in self._held if h.long or now - h.since > self.long_after)
+
+    def _admissible(self, hold: Hold, now: float) -> bool:
+        if len(self._held) >= self.capacity:
+            return False
+        return not (self.fair and hold.long) or self.long_runs(now) < self.long_lane
+
+    def _grant(self, hold: Hold, now: float) -> None:
+        hold.since = now
+        self._held.add(hold)
+
+    async def acquire(self, query: str | None, query_timeout: float) -> Hold:
+        """Wait for a connection slot (no deadline: the wait delays the query's schedule and
+        is counted as its wait time, never as an error)."""
+        hold = Hold(query, self.expects_long(query, query_timeout))
+        now = time.monotonic()
+        # Whoever waits could not be admitted, and only time has passed since (which admits
+        # no one): a newcomer that fits jumps no queue.
+        if self._admissible(hold, now):
+            self._grant(hold, now)
+            return hold
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (hold, admitted)
+        self._waiting.append(entry)
+        try:
+            await admitted
+        except asyncio.CancelledError:
+            if admitted.cancelled():
+                self._waiting.remove(entry)
+            else:  # admitted just before the cancellation: give the slot back
+                self.release(hold, record=False)
+            raise
+        return hold
+
+    def release(self, hold: Hold, *, record: bool = True) -> None:
+        now = time.monotonic()
+        self._held.discard(hold)
+        if record and hold.query is not None:
+            self._last_hold[hold.query] = now - hold.since
+        self._wake(now)
+
+    def resize(self, capacity: int, long_after: float) -> None:
+        self.capacity, self.long_after = capacity, long_after
+        self._wake(time.monotonic())
+
+    def forget(self, query: str) -> None:
+        """A query removed or changed by a reload: its next run is judged afresh."""
+        self._last_hold.pop(query, None)
+
+    def _wake(self, now: float) -> None:
+        """Admit waiters in arrival order, each one that fits (a long one that does not fit
+        lets the quick ones behind it through)."""
+        for entry in list(self._waiting):
+            hold, admitted = entry
+            if admitted.done():  # cancelled; its task removes the entry when it resumes
+                continue
+            if self._admissible(hold, now):
+                self._waiting.remove(entry)
+                self._grant(hold, now)
+                admitted.set_result(None)
 
 
 class QueryError(Exception):
@@ -187,7 +317,11 @@ def describe(error: BaseException) -> str:
 
 class Database:
     """Owns the pool. Creating it never touches the database: connections open on demand, so
-    the exporter starts (and serves ``tw_up 0``) while the database is down."""
+    the exporter starts (and serves ``tw_up 0``) while the database is down.
+
+    ``pool_size`` is the most connections it ever opens (``--max-connections``); ``fit`` lowers
+    the number in use to the queries enabled and sets the fairness threshold, at start and at
+    every reload."""
 
     def __init__(
         self,
@@ -207,8 +341,9 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         # Queries beyond the pool's size wait here, outside their deadline: waiting for a slot
         # delays a query's schedule (and counts as wait time) but is never a "connection" or
-        # "timeout" error.
-        self._slots = asyncio.Semaphore(pool_size)
+        # "timeout" error. asyncpg's pool hands out live connections first, so it opens a new
+        # one only when every open one is in use: never more than the slots admit.
+        self._slots = Slots(pool_size)
         self._max_connection_age = max_connection_age
         self._generation_started = time.monotonic()
         self._setup_sql = transaction_setup(query_timeout)
@@ -229,6 +364,40 @@ class Database:
             server_settings={"application_name": self._application_name},
         )
 
+    @property
+    def slots(self) -> Slots:
+        return self._slots
+
+    def fit(self, queries: int, long_after: float = math.inf) -> None:
+        """Use at most one connection per enabled query, up to ``pool_size``, and count a run
+        as long past ``long_after`` seconds (the shortest interval among the queries). Called at
+        start and by a reload; connections beyond a lowered bound close as soon as they are
+        idle."""
+        self._slots.resize(pool_size_for(queries, self._pool_size), long_after)
+        self._close_idle_beyond_capacity()
+
+    def forget(self, query: str) -> None:
+        self._slots.forget(query)
+
+    def connections(self) -> int:
+        """Connections open now (in use or idle)."""
+        return 0 if self._pool is None else int(self._pool.get_size())
+
+    def _close_idle_beyond_capacity(self) -> None:
+        """Close idle connections while more are open than the slots now admit (after a reload
+        lowered the bound). asyncpg has no public call for it; this is what its own inactivity
+        timer does to an idle connection. Busy ones are closed here when released."""
+        pool = self._pool
+        if pool is None:
+            return
+        excess = pool.get_size() - self._slots.capacity
+        for holder in getattr(pool, "_holders", ()):
+            if excess <= 0:
+                return
+            if holder.is_connected() and holder.is_idle():
+                holder.terminate()
+                excess -= 1
+
     async def _tune_socket(self, conn: asyncpg.Connection) -> None:
         """Pool ``init`` hook, run once per new connection: keepalive and TCP_USER_TIMEOUT on
         its socket (see ``exporter.keepalive``). asyncpg exposes no public accessor for the
@@ -247,14 +416,20 @@ class Database:
             pool.terminate()
 
     async def fetch(
-        self, sql: str | Resolve, args: Sequence[Any], query_timeout: float | None = None
+        self,
+        sql: str | Resolve,
+        args: Sequence[Any],
+        query_timeout: float | None = None,
+        *,
+        query: str | None = None,
     ) -> QueryResult:
         """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
 
         ``query_timeout`` is this query's own timeout (default: the pool's ``query_timeout``): its
         transaction's ``SET LOCAL`` timeouts and its client deadline are built from it. The
         time spent waiting for a free pool slot is part of ``seconds`` and ``wait_seconds``
-        but not of the deadline.
+        but not of the deadline. ``query`` names the scheduled query, whose previous runs tell
+        the pool whether this one is expected to be long (see ``Slots``).
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
         that times out) count as ``connection``; a timeout while the query runs counts as
@@ -279,7 +454,8 @@ class Database:
         client_deadline = timeout + CLIENT_GRACE_SECONDS
         loop = asyncio.get_running_loop()
         attempt = _Attempt(started=time.perf_counter(), setup_sql=setup_sql)
-        async with self._slots:
+        hold = await self._slots.acquire(query, timeout)
+        try:
             await self._recycle_old_connections()
             try:
                 async with asyncio.timeout(None) as deadline:
@@ -300,6 +476,9 @@ class Database:
                         expiry.cancel()
             except Exception as error:
                 raise attempt.failure(error, client_deadline) from None
+        finally:
+            self._slots.release(hold)
+            self._close_idle_beyond_capacity()
         assert attempt.wait_seconds is not None
         seconds = attempt.elapsed()
         return QueryResult(

@@ -99,6 +99,9 @@ class Reloader:
                 collector.forget(name)
             store.add_query(name, schedule.interval, schedule.max_staleness)
             add_query_job(self.scheduler, collector, name, schedule.interval)
+        # The pool follows the new set: as many connections as queries (up to
+        # --max-connections; extra idle ones close now), and their shortest interval.
+        collector.fit_pool(self.settings.interval)
         self.config = config
         return f"{len(added)} added, {len(changed)} changed, {len(removed)} removed"
 

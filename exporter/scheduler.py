@@ -6,8 +6,10 @@ query's scheduled run is its *cycle*: the job runs it at start and then every in
 ``max_instances=1`` APScheduler itself refuses to start a run while that query's previous one is
 still going; those refused ticks are counted per query in
 ``tw_exporter_cycles_skipped_total{query}`` instead of silently piling up. A slow query only
-delays itself: the others keep their own schedules (the pool's slots are shared fairly, and
-waiting for one counts against the waiting query's schedule, never as an error).
+delays itself: the others keep their own schedules (the pool's slots are shared fairly, see
+``exporter.database``: long runs never hold every connection; ``Collector.fit_pool`` gives the
+pool the number of queries and their shortest interval), and waiting for one counts against
+the waiting query's schedule, never as an error.
 
 ``run_cycle`` runs every query once, concurrently: what tests, benchmarks and ``check`` use.
 After each run the snapshot is re-rendered; runs that finish together share one render.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -65,6 +68,17 @@ class Collector:
         self._running: set[asyncio.Task[Any]] = set()
         self._render_pending = False
         self._last_render = -MIN_RENDER_GAP
+        self.fit_pool()
+
+    def fit_pool(self, default_interval: float = math.inf) -> None:
+        """Size the pool's use to the queries enabled now and tell it their shortest interval
+        (``default_interval`` for a query without a schedule): at start, and after a reload
+        added or removed queries or changed an interval."""
+        intervals = [
+            self.schedules[c.name].interval if c.name in self.schedules else default_interval
+            for c in self.collectors
+        ]
+        self.database.fit(len(self.collectors), min(intervals, default=math.inf))
 
     def by_name(self, name: str) -> QueryCollector | None:
         return next((c for c in self.collectors if c.name == name), None)
@@ -131,8 +145,10 @@ class Collector:
         )
 
     def forget(self, name: str) -> None:
-        """A query removed by a reload no longer counts towards ``tw_up``."""
+        """A query removed (or changed) by a reload no longer counts towards ``tw_up``, and
+        the pool forgets how long its runs took."""
         self.store.health.forget_attempts(name)
+        self.database.forget(name)
 
     async def cancel_running(self, grace: float) -> None:
         """Shutdown: cancel a cycle in flight so its connections are released at once
@@ -178,6 +194,7 @@ class Collector:
                 collector.statement,
                 collector.params(self.params),
                 schedule.timeout if schedule else None,
+                query=collector.name,
             )
             try:
                 families = collector.to_families(result.rows, self.params)
@@ -254,6 +271,7 @@ def add_query_job(
 
 def start_scheduler(collector: Collector, interval: float) -> AsyncIOScheduler:
     """Every query's job: on its schedule's interval, or ``interval`` without one."""
+    collector.fit_pool(interval)
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_listener(collector.count_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
     for query in collector.collectors:

@@ -36,6 +36,7 @@ MIN_SECONDS = 0.05
 MAX_TOP_N = 1000
 MAX_DAYS = 3650
 MAX_CONNECTIONS = 65_535
+DEFAULT_MAX_CONNECTIONS = 5
 DSN_SCHEMES = ("postgresql", "postgres")
 MAX_GROUP_LENGTH = 200
 DEFAULT_HA_LEASE = 15.0
@@ -78,6 +79,7 @@ class Settings:
     web_header_timeout: float = 10.0
     web_idle_timeout: float = 75.0
     web_max_connections: int = 256
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def redacted_dsn(self) -> str:
@@ -274,6 +276,18 @@ CONNECTION_OPTIONS = (
     ),
 )
 
+POOL_OPTIONS = (
+    Option(
+        "--max-connections",
+        "N",
+        f"Most connections the exporter opens to the database (1-{MAX_CONNECTIONS}), however "
+        "many queries run, and never more than the enabled queries; queries that hold theirs "
+        "long never take the last one (docs/custom-queries.md).",
+        parse_connections,
+        default=str(DEFAULT_MAX_CONNECTIONS),
+    ),
+)
+
 QUERY_OPTIONS = (
     Option(
         "--query-timeout",
@@ -436,6 +450,7 @@ LOG_OPTIONS = (
 
 RUN_OPTIONS = (
     CONNECTION_OPTIONS
+    + POOL_OPTIONS
     + SERVE_OPTIONS
     + (LIFECYCLE_OPTION,)
     + QUERY_OPTIONS
@@ -445,6 +460,7 @@ RUN_OPTIONS = (
 )
 CHECK_OPTIONS = (
     *CONNECTION_OPTIONS,
+    *POOL_OPTIONS,
     INTERVAL_OPTION,
     *QUERY_OPTIONS,
     QUERIES_FILE_OPTION,
@@ -625,6 +641,7 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         web_header_timeout=merged["web_header_timeout"],
         web_idle_timeout=merged["web_idle_timeout"],
         web_max_connections=merged["web_max_connections"],
+        max_connections=merged["max_connections"],
     )
 
 

@@ -543,6 +543,10 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
         ("0", "65536", "many", "1.5"),
         "expected a whole number of connections from 1 to 65535",
     ),
+    "--max-connections": (
+        ("0", "-1", "65536", "many", "1.5"),
+        "expected a whole number of connections from 1 to 65535",
+    ),
 }
 OPTIONS = {option.flag: option for option in cfg.ALL_OPTIONS}
 
