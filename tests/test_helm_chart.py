@@ -65,6 +65,7 @@ CONFIG_FLAGS = {  # chart config key -> exporter flag
     "statsDays": "--stats-days",
     "maxLabelLength": "--max-label-length",
     "maxStaleness": "--max-staleness",
+    "maxConnections": "--max-connections",
     "logLevel": "--log-level",
     "logFormat": "--log-format",
 }
