@@ -4,6 +4,7 @@ Prometheus for the end-to-end tests."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -14,9 +15,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import pytest
@@ -48,24 +50,35 @@ async def ahttp_get(url: str, headers: dict[str, str] | None = None) -> HTTPResu
     return await asyncio.to_thread(http_get, url, headers)
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample as {(name, sorted labels): value}, via prometheus_client's parser."""
-    result: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(text: str) -> Mapping[SampleKey, float]:
+    """One parse per distinct exposition: tests ask ``value``/``series`` many questions of
+    the same scrape, and re-parsing a large one for each (40 queries' health series, say)
+    cost seconds of CPU. Read-only, since it is shared between callers."""
+    result: dict[SampleKey, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = (sample.name, tuple(sorted(sample.labels.items())))
             assert key not in result, f"duplicate sample {key}"
             result[key] = sample.value
-    return result
+    return MappingProxyType(result)
+
+
+def samples(text: str) -> dict[SampleKey, float]:
+    """Every sample as {(name, sorted labels): value}, via prometheus_client's parser."""
+    return dict(_parsed(text))
 
 
 def value(text: str, name: str, **labels: str) -> float | None:
     wanted = tuple(sorted(labels.items()))
-    return samples(text).get((name, wanted))
+    return _parsed(text).get((name, wanted))
 
 
 def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {labels: v for (n, labels), v in samples(text).items() if n == name}
+    return {labels: v for (n, labels), v in _parsed(text).items() if n == name}
 
 
 def unavailable(reason: str) -> NoReturn:
