@@ -29,7 +29,7 @@ DEADLINE = QUERY_TIMEOUT + CLIENT_GRACE_SECONDS
 # good numbers are past --max-staleness; FREEZE_SECONDS is the deadline for that.
 FREEZE_SECONDS = 10.0
 FAILED_RUNS = 2
-# Slack for a 2-core machine shared with other work: still far below the 10 s freeze.
+# Slack for a 2-core machine shared with other work: still far below FREEZE_SECONDS.
 SLACK = 1.5
 LAST_SUCCESS = "tw_exporter_query_last_success_timestamp_seconds"
 
