@@ -12,7 +12,7 @@ Measures, in one run on one machine:
    nginx.
 4. **Fast beside slow**: a 1 s query beside a 30 s query that takes 3 s, then beside five such
    slow queries (as many as the pool's five connections), each with the pool's fairness rule
-   (``exporter.database.Slots``) and without it (first come, first served, through the rule's
+   (``exporter.db.database.Slots``) and without it (first come, first served, through the rule's
    private switch), in the same run: gaps between the fast query's successes, its skipped
    ticks, connection errors, and the most server backends the exporter had at once.
 
@@ -44,12 +44,12 @@ import psutil
 
 from benchmarks.common import ADMIN_DSN, RESULTS, ensure_dataset, log
 from benchmarks.scrape import Server, free_port, get, measure_wrk, start, wait_for
-from exporter.custom import collectors_for
-from exporter.database import MAX_POOL_SIZE, Database, pool_size_for
-from exporter.queries_file import QueriesConfig, parse
-from exporter.scheduler import Collector, start_scheduler
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.collect.custom import collectors_for
+from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.config.queries_file import QueriesConfig, parse
+from exporter.config.settings import query_params
+from exporter.db.database import MAX_POOL_SIZE, Database, pool_size_for
+from exporter.expose.snapshot import SnapshotStore
 
 QUERIES = 50
 SERIES = 100

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from exporter import dataset
-from exporter.embedded import EmbeddedPostgres
-from exporter.secrets import redact_dsn
+from exporter.config.secrets import redact_dsn
+from exporter.ops import dataset
+from exporter.ops.embedded import EmbeddedPostgres
 from tests.pki import pki  # noqa: F401 - the shared certificate fixture
 
 REPO = Path(__file__).resolve().parent.parent

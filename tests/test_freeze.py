@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 
 from exporter.collectors import COLLECTORS, QUERY_NAMES
-from exporter.database import APPLICATION_NAME, CLIENT_GRACE_SECONDS
-from exporter.embedded import EmbeddedPostgres
+from exporter.db.database import APPLICATION_NAME, CLIENT_GRACE_SECONDS
+from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import http_get, series, value
 from tests.test_faults import Rig, fill, make_rig

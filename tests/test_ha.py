@@ -21,15 +21,15 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from exporter import dataset
-from exporter import settings as cfg
-from exporter.embedded import EmbeddedPostgres
-from exporter.leader import (
+from exporter.config import settings as cfg
+from exporter.db.leader import (
     LOCK_APPLICATION_PREFIX,
     QUERY_APPLICATION_PREFIX,
     group_key,
     key_halves,
 )
+from exporter.ops import dataset
+from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import ExporterProcess, PgServer, StartExporter, wait_until, wait_until_sync
 from tests.helpers import ahttp_get, value
 from tests.pgbouncer import PgBouncer, run_pgbouncer

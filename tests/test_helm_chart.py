@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import exporter
-from exporter import settings as exporter_settings
+from exporter.config import settings as exporter_settings
 from tests import helpers
 from tests.helm_support import (
     ALL_FEATURES_VALUES,

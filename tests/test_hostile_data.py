@@ -36,9 +36,9 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.collectors import platform_stats, top_users, trending_hashtags
-from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, fits, rewrite
-from exporter.settings import query_params
-from exporter.snapshot import OPENMETRICS_CONTENT_TYPE, SnapshotStore
+from exporter.config.settings import query_params
+from exporter.expose.labels import DEFAULT_MAX_LABEL_LENGTH, fits, rewrite
+from exporter.expose.snapshot import OPENMETRICS_CONTENT_TYPE, SnapshotStore
 from tests import helpers
 from tests.conftest import StartExporter, wait_until_sync
 from tests.helpers import http_get, value

@@ -25,7 +25,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.labels import (
+from exporter.expose.labels import (
     DEFAULT_MAX_LABEL_LENGTH,
     EMPTY,
     MAX_MAX_LABEL_LENGTH,

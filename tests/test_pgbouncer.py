@@ -19,10 +19,10 @@ import asyncpg
 import pytest
 
 from exporter.collectors import COLLECTORS
-from exporter.database import Database, QueryError
-from exporter.embedded import EmbeddedPostgres
-from exporter.health import FAILURE_REASONS
-from exporter.settings import query_params
+from exporter.config.settings import query_params
+from exporter.db.database import Database, QueryError
+from exporter.expose.health import FAILURE_REASONS
+from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import (
     REPO,
     PgServer,

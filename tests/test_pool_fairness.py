@@ -17,13 +17,13 @@ import asyncpg
 import pytest
 
 from exporter.cli import main
-from exporter.custom import collectors_for
-from exporter.database import Database, Slots
-from exporter.queries_file import QueriesConfig, load, parse
-from exporter.reload import Reloader
-from exporter.scheduler import Collector, start_scheduler
-from exporter.settings import ENV_PREFIX, query_params
-from exporter.snapshot import SnapshotStore
+from exporter.collect.custom import collectors_for
+from exporter.collect.reload import Reloader
+from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.config.queries_file import QueriesConfig, load, parse
+from exporter.config.settings import ENV_PREFIX, query_params
+from exporter.db.database import Database, Slots
+from exporter.expose.snapshot import SnapshotStore
 from tests.conftest import StartExporter, wait_until
 from tests.helpers import http_get, value
 

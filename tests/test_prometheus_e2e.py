@@ -24,8 +24,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from exporter import __version__, dataset
-from exporter.embedded import EmbeddedPostgres
+from exporter import __version__
+from exporter.ops import dataset
+from exporter.ops.embedded import EmbeddedPostgres
 from tests import helpers
 from tests.conftest import MakeDb, PgServer, StartExporter
 from tests.helpers import Prometheus, by_label, http_get, poll

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter import settings as cfg
-from exporter.catalog import ALL_METRICS, all_sample_names
+from exporter.config import settings as cfg
+from exporter.expose.catalog import ALL_METRICS, all_sample_names
 from tests.pki import PKI
 from tools.readme_tables import BLOCKS, Block, configuration_table, fill, metrics_table
 
@@ -92,7 +92,7 @@ def test_web_config_examples_in_the_docs_pass_promtool_and_load(tmp_path: Path, 
     import shutil
     import subprocess
 
-    from exporter.webconfig import load_web_config
+    from exporter.config.webconfig import load_web_config
     from tests.helpers import promtool
 
     blocks = [

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.catalog import ALL_METRICS, all_sample_names, sample_names
-from exporter.health import FAILURE_REASONS
+from exporter.expose.catalog import ALL_METRICS, all_sample_names, sample_names
+from exporter.expose.health import FAILURE_REASONS
 from tests import helpers
 from tests.helpers import unavailable
 from tools import monitoring, readme_tables

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import exposition
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from exporter.snapshot import SnapshotStore
+from exporter.expose.snapshot import SnapshotStore
 
 
 def library(store: SnapshotStore) -> tuple[bytes, bytes]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.queries_file import AlertDef, MetricDef, QueriesConfig
+from exporter.config.queries_file import AlertDef, MetricDef, QueriesConfig
 from tools.monitoring.dashboard import build_dashboard
 from tools.monitoring.grafana import Panel, Row, Target, sel
 from tools.monitoring.render import dump_yaml

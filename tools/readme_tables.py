@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter import settings as cfg
-from exporter.catalog import ALL_METRICS
+from exporter.config import settings as cfg
+from exporter.expose.catalog import ALL_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,13 +60,13 @@ def _command_table(add_options: Callable[[argparse.ArgumentParser], None]) -> li
 
 
 def demo_table() -> list[str]:
-    from exporter.demo import add_demo_options
+    from exporter.ops.demo import add_demo_options
 
     return _command_table(add_demo_options)
 
 
 def sample_data_table() -> list[str]:
-    from exporter.sample_data import add_sample_data_options
+    from exporter.ops.sample_data import add_sample_data_options
 
     return _command_table(add_sample_data_options)
 

@@ -1,8 +1,8 @@
 """The one source of tw-exporter's alert rules and Grafana dashboard.
 
 Alerts, their tunable parameters and the dashboard panels are defined here in Python, naming
-metrics only through the ``MetricSpec`` constants of ``exporter.catalog``'s families, and this
-package writes every file that ships them:
+metrics only through the ``MetricSpec`` constants of ``exporter.expose.catalog``'s families, and
+this package writes every file that ships them:
 
 - ``prometheus/tw-exporter.rules.yml``: the rules with default parameters (``promtool``-tested),
 - ``helm/tw-exporter/files/prometheus-rules.yaml.tpl``: the same rules with each parameter as

@@ -1,6 +1,6 @@
 """The alert rules: each alert's PromQL, ``for:``, severity, annotations and runbook text.
 
-Expressions name metrics only through the catalogue (``exporter.health`` and the collectors'
+Expressions name metrics only through the catalogue (``exporter.expose.health`` and the collectors'
 ``MetricSpec`` constants) and parameters only as ``<<key>>`` (``params.PARAMS``);
 ``render`` turns them into the rules file, the Helm template and the README's tables.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exporter.collectors.platform_stats import PLATFORM_ACTIVE_USERS, PLATFORM_TWEETS
-from exporter.health import (
+from exporter.expose.health import (
     CYCLE_DURATION,
     CYCLES_SKIPPED,
     LEADER,

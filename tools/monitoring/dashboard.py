@@ -19,7 +19,7 @@ from exporter.collectors.platform_stats import (
 )
 from exporter.collectors.top_users import USER_FOLLOWERS
 from exporter.collectors.trending_hashtags import HASHTAG_TWEETS
-from exporter.health import (
+from exporter.expose.health import (
     BUILD_INFO,
     CYCLE_DURATION,
     CYCLES_SKIPPED,

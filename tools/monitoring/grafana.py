@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from exporter.collectors.base import MetricSpec
-from exporter.health import UP
+from exporter.expose.health import UP
 
 DASHBOARD_SCHEMA_VERSION = 39
 

@@ -8,7 +8,7 @@ import re
 from exporter.collectors.base import MetricSpec
 from exporter.collectors.top_users import USER_FOLLOWERS
 from exporter.collectors.trending_hashtags import HASHTAG_TWEETS
-from exporter.health import FAILURE_REASONS, QUERY_ERRORS, QUERY_LAST_SUCCESS
+from exporter.expose.health import FAILURE_REASONS, QUERY_ERRORS, QUERY_LAST_SUCCESS
 
 
 def label(spec: MetricSpec, name: str) -> str:

@@ -37,8 +37,8 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.registry import Collector
 
 from exporter.collectors import QUERY_NAMES
-from exporter.health import HealthMetrics
-from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, LabelBounder
+from exporter.expose.health import HealthMetrics
+from exporter.expose.labels import DEFAULT_MAX_LABEL_LENGTH, LabelBounder
 
 # What prometheus_client's own server answers: text version 0.0.4 unless the client asks for
 # text/plain version 1.0.0 (whose Content-Type is CONTENT_TYPE_LATEST from 0.22 on). Same bytes:
@@ -241,7 +241,7 @@ class SnapshotStore:
 
     def record_success(self, query: str, families: list[Metric], wall_time: float) -> None:
         """Replace ``query``'s series; every label value is bounded here, the one door
-        business families, built-in and custom, pass through (``exporter.labels``). An HA
+        business families, built-in and custom, pass through (``exporter.expose.labels``). An HA
         follower keeps none."""
         if self.following:
             return

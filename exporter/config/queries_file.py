@@ -43,7 +43,7 @@ from pydantic import (
 )
 
 from exporter.collectors import COLLECTORS
-from exporter.settings import (
+from exporter.config.settings import (
     DEFAULT_QUERY_TIMEOUT_CAP,
     HA_LEASE_MARGIN,
     MAX_INTERVAL,
@@ -52,7 +52,7 @@ from exporter.settings import (
     Settings,
     SettingsError,
 )
-from exporter.webconfig import load_yaml
+from exporter.config.webconfig import load_yaml
 
 DEFAULT_MAX_SERIES = 500
 MAX_MAX_SERIES = 100_000

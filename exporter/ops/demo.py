@@ -20,13 +20,14 @@ from pathlib import Path
 
 import asyncpg
 
-from exporter import settings as cfg
-from exporter.app import HTTPSecurity, Listener, StartupError, listen, load_http_security, serve
-from exporter.embedded import EmbeddedPostgres
-from exporter.extras import require
+from exporter.app import Listener, StartupError, listen, serve
+from exporter.config import settings as cfg
+from exporter.config.http_security import HTTPSecurity, load_http_security
+from exporter.config.queries_file import QueriesConfig, config_for
 from exporter.logs import configure_logging
-from exporter.queries_file import QueriesConfig, config_for
-from exporter.sample_data import DEFAULT_TWEETS, add_tweets_option, keep_busy
+from exporter.ops.embedded import EmbeddedPostgres
+from exporter.ops.extras import require
+from exporter.ops.sample_data import DEFAULT_TWEETS, add_tweets_option, keep_busy
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ async def _demo(
 async def _run(
     settings: cfg.Settings, security: HTTPSecurity, listener: Listener, tweets: int
 ) -> None:
-    from exporter import dataset
+    from exporter.ops import dataset
 
     conn = await asyncpg.connect(settings.dsn)
     try:
@@ -158,7 +159,7 @@ def _shown_host(settings: cfg.Settings) -> str:
 async def _load(conn: asyncpg.Connection, tweets: int) -> None:
     from tqdm import tqdm
 
-    from exporter import dataset
+    from exporter.ops import dataset
 
     with tqdm(total=tweets, unit="tweets", desc="loading synthetic data") as bar:
 

@@ -3,8 +3,8 @@
 Validates the settings, connects with the exporter's own connection settings, says whether the
 server is a primary or a hot standby (and warns when a standby's settings let recovery
 conflicts cancel the queries), verifies that the tables and columns each built-in query reads
-exist and are readable, says which query shape the schema gets (``exporter.schema``), prepares
-each custom query from ``--queries-file`` (never running it) to check the columns the file
+exist and are readable, says which query shape the schema gets (``exporter.collectors.schema``),
+prepares each custom query from ``--queries-file`` (never running it) to check the columns the file
 names, inspects each query's plan for full-table scans and for recommended indexes that are
 missing or that the plan does not use (advice, never a failure), and runs each enabled built-in
 query once, in the shape detected; every query's effective schedule is printed with the source
@@ -22,12 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
 
-from exporter import schema
-from exporter.advice import advise
-from exporter.check_queries import prepare_custom, schedule_lines
-from exporter.collectors import COLLECTORS, QueryCollector
-from exporter.custom import collectors_for
-from exporter.database import (
+from exporter.collect.custom import collectors_for
+from exporter.collectors import COLLECTORS, QueryCollector, schema
+from exporter.config.queries_file import QueriesConfig, config_for
+from exporter.config.settings import Settings
+from exporter.db.database import (
     APPLICATION_NAME,
     STATEMENT_CACHE_SIZE,
     Database,
@@ -36,8 +35,8 @@ from exporter.database import (
     local_timeouts,
     pool_size_for,
 )
-from exporter.queries_file import QueriesConfig, config_for
-from exporter.settings import Settings
+from exporter.ops.advice import advise
+from exporter.ops.check_queries import prepare_custom, schedule_lines
 
 Print = Callable[[str], None]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from exporter.settings import PROG, SettingsError
+from exporter.config.settings import PROG, SettingsError
 
 #: extra -> the modules it provides (import names, not distribution names).
 EXTRAS: dict[str, tuple[str, ...]] = {

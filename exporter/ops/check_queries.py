@@ -4,7 +4,7 @@ where each value came from, and, for custom queries, whether the database agrees
 Each custom query is *prepared* (parsed, analysed and planned by PostgreSQL, never run), which
 tells which columns it returns and their types without touching the data: a value column the
 file names must exist and be numeric, a label column must exist. Problems are lines to print;
-advice about plans comes from :mod:`exporter.advice` like for the built-ins.
+advice about plans comes from :mod:`exporter.ops.advice` like for the built-ins.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from exporter.queries_file import QueriesConfig, QueryDef, Schedule, bind
+from exporter.config.queries_file import QueriesConfig, QueryDef, Schedule, bind
 
 # PostgreSQL types a sample value can come from (asyncpg returns int, float or Decimal).
 NUMERIC_TYPES = frozenset({"int2", "int4", "int8", "float4", "float8", "numeric", "oid", "money"})

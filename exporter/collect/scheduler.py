@@ -7,7 +7,7 @@ query's scheduled run is its *cycle*: the job runs it at start and then every in
 still going; those refused ticks are counted per query in
 ``tw_exporter_cycles_skipped_total{query}`` instead of silently piling up. A slow query only
 delays itself: the others keep their own schedules (the pool's slots are shared fairly, see
-``exporter.database``: long runs never hold every connection; ``Collector.fit_pool`` gives the
+``exporter.db.database``: long runs never hold every connection; ``Collector.fit_pool`` gives the
 pool the number of queries and their shortest interval), and waiting for one counts against
 the waiting query's schedule, never as an error.
 
@@ -28,13 +28,13 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from exporter.collect.custom import PartialData
 from exporter.collectors import COLLECTORS, QueryCollector
 from exporter.collectors.base import QueryParams
-from exporter.custom import PartialData
-from exporter.database import Database, QueryError
-from exporter.leader import Fence
-from exporter.queries_file import Schedule
-from exporter.snapshot import SnapshotStore
+from exporter.config.queries_file import Schedule
+from exporter.db.database import Database, QueryError
+from exporter.db.leader import Fence
+from exporter.expose.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 

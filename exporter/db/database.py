@@ -67,9 +67,9 @@ from typing import Any
 
 import asyncpg
 
-from exporter import keepalive
-from exporter.health import FailureReason
-from exporter.settings import DEFAULT_MAX_CONNECTIONS
+from exporter.config.settings import DEFAULT_MAX_CONNECTIONS
+from exporter.db import keepalive
+from exporter.expose.health import FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def transaction_setup(query_timeout: float) -> str:
 
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
     """asyncpg's connection plus ``memo``, facts learned about this one connection (such as the
-    query shape its schema needs, ``exporter.schema``): they are worked out once per
+    query shape its schema needs, ``exporter.collectors.schema``): they are worked out once per
     connection, and again on the fresh connection a reconnect or failover brings."""
 
     __slots__ = ("memo",)
@@ -400,7 +400,7 @@ class Database:
 
     async def _tune_socket(self, conn: asyncpg.Connection) -> None:
         """Pool ``init`` hook, run once per new connection: keepalive and TCP_USER_TIMEOUT on
-        its socket (see ``exporter.keepalive``). asyncpg exposes no public accessor for the
+        its socket (see ``exporter.db.keepalive``). asyncpg exposes no public accessor for the
         transport, hence the private attribute; without it the connection still works."""
         transport = getattr(conn, "_transport", None)
         if transport is not None:

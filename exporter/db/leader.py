@@ -37,8 +37,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from exporter import keepalive
-from exporter.database import describe
+from exporter.db import keepalive
+from exporter.db.database import describe
 
 log = logging.getLogger(__name__)
 

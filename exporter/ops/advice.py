@@ -1,9 +1,9 @@
 """Plan advice for ``tw-exporter check``: does each query's plan use the recommended indexes?
 
 For each business query this runs ``EXPLAIN (FORMAT JSON)`` of the statement the exporter would
-run on this database (the shape ``exporter.schema`` picks) with the query's real parameters
-(plain EXPLAIN plans without running anything; ``analyze=True`` also runs it, read-only, to
-report its time). The verdict comes from the plan, not from the index definitions: a query is
+run on this database (the shape ``exporter.collectors.schema`` picks) with the query's real
+parameters (plain EXPLAIN plans without running anything; ``analyze=True`` also runs it, read-only,
+to report its time). The verdict comes from the plan, not from the index definitions: a query is
 "ok" when its plan reads no large table sequentially (size from ``pg_class.reltuples``) and
 uses an index serving each recommended index of ``sql/recommended-indexes.sql`` that applies to
 it. For a recommended index the plan does not use, the advice says why it may be:
@@ -29,8 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from exporter import schema
-from exporter.collectors import COLLECTORS, QueryCollector
+from exporter.collectors import COLLECTORS, QueryCollector, schema
 from exporter.collectors.base import QueryParams
 
 # Below this many rows (pg_class.reltuples) a table is "small": a sequential scan of it costs

@@ -23,11 +23,11 @@ import time
 
 import asyncpg
 
-from exporter import dataset
-from exporter import settings as cfg
-from exporter.database import describe
-from exporter.schema_file import create_tables_sql
-from exporter.secrets import dsn_password, redact_dsn
+from exporter.config import settings as cfg
+from exporter.config.secrets import dsn_password, redact_dsn
+from exporter.db.database import describe
+from exporter.ops import dataset
+from exporter.ops.schema_file import create_tables_sql
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from typing import Any, NoReturn, Protocol
 import httptools
 
 from exporter import __version__
-from exporter.negotiation import Negotiated, negotiate
-from exporter.snapshot import (
+from exporter.expose.negotiation import Negotiated, negotiate
+from exporter.expose.snapshot import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     TEXT_CONTENT_TYPE_V1,

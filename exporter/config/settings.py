@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from exporter import __version__
-from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH, MIN_MAX_LABEL_LENGTH
-from exporter.secrets import redact_dsn
+from exporter.config.secrets import redact_dsn
+from exporter.expose.labels import (
+    DEFAULT_MAX_LABEL_LENGTH,
+    MAX_MAX_LABEL_LENGTH,
+    MIN_MAX_LABEL_LENGTH,
+)
 
 PROG = "tw-exporter"
 ENV_PREFIX = "TW_EXPORTER_"

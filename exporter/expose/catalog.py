@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from exporter.collectors import COLLECTORS
 from exporter.collectors.base import MetricSpec
-from exporter.health import HEALTH_METRICS
+from exporter.expose.health import HEALTH_METRICS
 
 BUSINESS_METRICS: tuple[MetricSpec, ...] = tuple(m for c in COLLECTORS for m in c.metrics)
 ALL_METRICS: tuple[MetricSpec, ...] = BUSINESS_METRICS + HEALTH_METRICS

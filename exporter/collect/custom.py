@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import Metric
 
 from exporter.collectors import COLLECTORS
 from exporter.collectors.base import MetricSpec, QueryCollector, QueryParams, Row
-from exporter.queries_file import MetricDef, QueriesConfig, QueryDef, bind
+from exporter.config.queries_file import MetricDef, QueriesConfig, QueryDef, bind
 
 
 class PartialData(Exception):

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.custom import collectors_for
-from exporter.http import MetricsServer, encode_headers
-from exporter.queries_file import QueriesConfig, Schedule, config_for
-from exporter.scheduler import JOB_PREFIX, Collector, add_query_job
-from exporter.settings import Settings, SettingsError
+from exporter.collect.custom import collectors_for
+from exporter.collect.scheduler import JOB_PREFIX, Collector, add_query_job
+from exporter.config.queries_file import QueriesConfig, Schedule, config_for
+from exporter.config.settings import Settings, SettingsError
+from exporter.expose.http import MetricsServer, encode_headers
 
 if TYPE_CHECKING:
-    from exporter.app import HTTPSecurity
+    from exporter.config.http_security import HTTPSecurity
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Reloader:
     def _web_security(self) -> HTTPSecurity | None:
         if self.settings.web_config_file is None:
             return None
-        from exporter.app import load_http_security
+        from exporter.config.http_security import load_http_security
 
         return load_http_security(self.settings)
 
