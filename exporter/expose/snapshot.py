@@ -329,9 +329,13 @@ class SnapshotStore:
                 if state.families is families:  # not replaced meanwhile
                     state.part = part
                 await asyncio.sleep(0)
-        parts, names = self._fresh_parts()
         generation = self._next_generation()
         text, openmetrics = await asyncio.to_thread(self._render_health)
+        # The parts are gathered after the health section: a run that lands while the worker
+        # thread renders may already show in the health section (its last-success timestamp
+        # is a live gauge), so its series must be in this snapshot too. Gathered before, a
+        # scrape could see a new last success next to no series (found by test_freeze).
+        parts, names = self._fresh_parts()
         return self._publish(parts, names, text, openmetrics, generation)
 
     def _render_health(self) -> tuple[Encoded, Encoded]:
