@@ -17,10 +17,10 @@ import asyncpg
 
 from benchmarks.common import db_name, dsn_for, ensure_dataset, median_time
 from benchmarks.db_cycle import PARAMS, QUERY_TIMEOUT
+from exporter.collect.scheduler import Collector
 from exporter.collectors import COLLECTORS
-from exporter.database import Database
-from exporter.scheduler import Collector
-from exporter.snapshot import SnapshotStore
+from exporter.db.database import Database
+from exporter.expose.snapshot import SnapshotStore
 
 
 async def cycle(dsn: str, label: str) -> None:

@@ -11,10 +11,15 @@ Measures, in one run on one machine:
    worker) serving the same bytes from a file, plain and gzip, side by side; ratio = exporter /
    nginx.
 4. **Fast beside slow**: a 1 s query beside a 30 s query that takes 3 s, then beside five such
-   slow queries (the pool's five connections all busy): gaps between the fast query's successes.
+   slow queries (as many as the pool's five connections), each with the pool's fairness rule
+   (``exporter.db.database.Slots``) and without it (first come, first served, through the rule's
+   private switch), in the same run: gaps between the fast query's successes, its skipped
+   ticks, connection errors, and the most server backends the exporter had at once.
 
 ``python -m benchmarks.custom_queries [--scale 1m] [--seconds 10]`` prints a JSON report and
 writes ``results/CUSTOM_QUERIES.json`` and ``results/CUSTOM_QUERIES.md``.
+``python -m benchmarks.custom_queries --only fairness [--window 35]`` runs part 4 alone (it needs
+no dataset) and writes ``results/POOL_FAIRNESS.{json,md}``.
 """
 
 from __future__ import annotations
@@ -34,16 +39,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 
-from benchmarks.common import RESULTS, ensure_dataset, log
+from benchmarks.common import ADMIN_DSN, RESULTS, ensure_dataset, log
 from benchmarks.scrape import Server, free_port, get, measure_wrk, start, wait_for
-from exporter.custom import collectors_for
-from exporter.database import Database, pool_size_for
-from exporter.queries_file import QueriesConfig, parse
-from exporter.scheduler import Collector, start_scheduler
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.collect.custom import collectors_for
+from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.config.queries_file import QueriesConfig, parse
+from exporter.config.settings import query_params
+from exporter.db.database import MAX_POOL_SIZE, Database, pool_size_for
+from exporter.expose.snapshot import SnapshotStore
 
 QUERIES = 50
 SERIES = 100
@@ -262,16 +268,33 @@ def measure_wrk_gzip(server: Server, seconds: int) -> dict[str, float]:
     return {"rps": rps, "requests": requests, "cpu_per_request_us": cpu / max(1, requests) * 1e6}
 
 
-async def fast_beside_slow(dsn: str, slow_queries: int, seconds: float) -> dict[str, Any]:
-    fast = "{sql: 'SELECT 1 AS tw_fast', interval: 1, metrics: {tw_fast: {help: h}}}"
-    text = OFF + f"queries:\n  fast: {fast}\n"
+async def fast_beside_slow(
+    dsn: str, slow_queries: int, seconds: float, *, fair: bool = True
+) -> dict[str, Any]:
+    """A 1 s query listed after ``slow_queries`` queries that take 3 s every 30 s (so at start
+    every slow one is ahead of it), on a pool bounded at the default five connections, for
+    ``seconds`` (35 covers the slow queries' start-up run and their next one at 30 s)."""
+    text = OFF + "queries:\n"
     for i in range(slow_queries):
         text += (
             f"  slow{i}: {{sql: 'SELECT 1 AS tw_slow{i} FROM pg_sleep(3)', interval: 30,\n"
             f"           timeout: 10, metrics: {{tw_slow{i}: {{help: h}}}}}}\n"
         )
+    text += "  fast: {sql: 'SELECT 1 AS tw_fast', interval: 1, metrics: {tw_fast: {help: h}}}\n"
     config = parse(text, query_params())
-    database, store, collector = await rig(dsn, config)
+    schedules = config.schedules
+    application_name = f"tw-bench-fair-{os.getpid()}-{slow_queries}-{int(fair)}"
+    database = Database(
+        dsn, pool_size=MAX_POOL_SIZE, query_timeout=10.0, application_name=application_name
+    )
+    await database.open()
+    store = SnapshotStore(
+        interval=15.0,
+        max_staleness=3600.0,
+        queries={n: (s.interval, s.max_staleness) for n, s in schedules.items()},
+    )
+    collector = Collector(database, store, query_params(), collectors_for(config), schedules)
+    database.slots.fair = fair  # the private switch: False is plain first come, first served
     successes: list[float] = []
     original = store.record_success
 
@@ -281,25 +304,56 @@ async def fast_beside_slow(dsn: str, slow_queries: int, seconds: float) -> dict[
         original(query, families, wall_time)
 
     store.record_success = record  # type: ignore[method-assign]
+    admin = await asyncpg.connect(dsn)
+    backends: list[int] = []
+    started = time.time()
     scheduler = start_scheduler(collector, 15.0)
-    await asyncio.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        backends.append(
+            await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                application_name,
+            )
+        )
+        await asyncio.sleep(0.1)
     scheduler.shutdown(wait=False)
     await collector.cancel_running(1.0)
     await database.close()
+    await admin.close()
+    store.render()
     gaps = [b - a for a, b in itertools.pairwise(successes)]
     text_out = store.current.text.body.decode()
+    names = ["fast", *(f"slow{i}" for i in range(slow_queries))]
     return {
         "slow_queries": slow_queries,
-        "pool_size": pool_size_for(1 + slow_queries),
+        "fair": fair,
+        "pool_size": database.slots.capacity,
         "fast_successes": len(successes),
+        "fast_first_success_s": successes[0] - started if successes else None,
         "fast_gap_max_s": max(gaps) if gaps else None,
         "fast_gap_median_s": statistics.median(gaps) if gaps else None,
         "fast_skipped": _sample(text_out, 'tw_exporter_cycles_skipped_total{query="fast"}'),
-        "fast_connection_errors": _sample(
-            text_out, 'tw_exporter_query_errors_total{query="fast",reason="connection"}'
+        "connection_errors_all_queries": sum(
+            _sample(text_out, f'tw_exporter_query_errors_total{{query="{n}",reason="connection"}}')
+            or 0
+            for n in names
         ),
+        "slow_runs": sum(collector.runs_completed.get(n, 0) for n in names[1:]),
+        "max_backends": max(backends),
         "seconds": seconds,
     }
+
+
+async def fairness(dsn: str, seconds: float) -> list[dict[str, Any]]:
+    """Part 4: each case with the fairness rule and without it, in the same run."""
+    rows = []
+    for slow in (1, 5):
+        for fair in (False, True):
+            row_ = await fast_beside_slow(dsn, slow, seconds, fair=fair)
+            log(f"[custom] fast beside {slow} slow, fair={fair}: {row_}")
+            rows.append(row_)
+    return rows
 
 
 def _sample(text: str, key: str) -> float | None:
@@ -359,43 +413,93 @@ def markdown(report: dict[str, Any]) -> str:
         row("nginx (1 worker)", f"{ng['rps']:.0f}", f"{ngg['rps']:.0f}"),
         row("ratio exporter / nginx", f"{s['ratio_plain']:.2f}", f"{s['ratio_gzip']:.2f}"),
         "",
-        "## A 1 s query beside slow ones (30 s interval, 3 s each)",
+    ]
+    lines += fairness_markdown(report["fast_beside_slow"])
+    return "\n".join(lines) + "\n"
+
+
+def fairness_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## A 1 s query beside slow ones (30 s interval, 3 s each), pool bound 5",
+        "",
+        "The fast query is listed after the slow ones. *fairness off* is plain first come, "
+        "first served (the pool before the rule), measured in the same run.",
         "",
         row(
             "slow queries",
             "pool",
+            "fairness",
             "fast successes",
+            "first success",
             "median gap",
             "max gap",
             "fast skipped",
-            "fast connection errors",
+            "connection errors (all)",
+            "slow runs",
+            "most backends",
         ),
-        row(*["---"] * 7),
+        row(*["---"] * 11),
     ]
-    for r in report["fast_beside_slow"]:
+    for r in rows:
         lines.append(
             row(
                 r["slow_queries"],
                 r["pool_size"],
+                "on" if r["fair"] else "off",
                 f"{r['fast_successes']} in {r['seconds']:.0f} s",
+                f"{r['fast_first_success_s']:.2f} s",
                 f"{r['fast_gap_median_s']:.3f} s",
                 f"{r['fast_gap_max_s']:.3f} s",
                 f"{r['fast_skipped']:.0f}",
-                f"{r['fast_connection_errors']:.0f}",
+                f"{r['connection_errors_all_queries']:.0f}",
+                r["slow_runs"],
+                r["max_backends"],
             )
         )
-    return "\n".join(lines) + "\n"
+    by_case = {(r["slow_queries"], r["fair"]): r for r in rows}
+    lines.append("")
+    for slow in sorted({r["slow_queries"] for r in rows}):
+        on, off = by_case.get((slow, True)), by_case.get((slow, False))
+        if on and off:
+            lines.append(
+                f"- {slow} slow: fast query's max gap {off['fast_gap_max_s']:.2f} s -> "
+                f"{on['fast_gap_max_s']:.2f} s (ratio off/on "
+                f"{off['fast_gap_max_s'] / on['fast_gap_max_s']:.1f}x)"
+            )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="1m", choices=("100k", "1m", "10m"))
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per server")
+    parser.add_argument(
+        "--only",
+        choices=("all", "fairness"),
+        default="all",
+        help="fairness: part 4 alone, on the admin database (no dataset needed)",
+    )
+    parser.add_argument(
+        "--window", type=float, default=35.0, help="seconds per fast-beside-slow case"
+    )
     args = parser.parse_args()
+    if args.only == "fairness":
+        rows = asyncio.run(fairness(ADMIN_DSN, args.window))
+        out = {
+            "command": "python -m benchmarks.custom_queries --only fairness "
+            f"--window {args.window:g}",
+            "fast_beside_slow": rows,
+        }
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "POOL_FAIRNESS.json").write_text(json.dumps(out, indent=2) + "\n")
+        head = ["# Pool fairness", "", f"Command: `{out['command']}`.", ""]
+        (RESULTS / "POOL_FAIRNESS.md").write_text("\n".join(head + fairness_markdown(rows)) + "\n")
+        print(json.dumps(out, indent=2))
+        return
     dsn = asyncio.run(ensure_dataset(args.scale))
     report: dict[str, Any] = {
         "command": f"python -m benchmarks.custom_queries --scale {args.scale} "
-        f"--seconds {args.seconds}",
+        f"--seconds {args.seconds} --window {args.window:g}",
         "scale": args.scale,
     }
     report["burst"] = asyncio.run(burst_and_render(dsn))
@@ -403,8 +507,7 @@ def main() -> None:
     report["scrape"] = scrape_vs_nginx(dsn, args.seconds)
     log(f"[custom] scrape: ratio plain {report['scrape']['ratio_plain']:.2f}, "
         f"gzip {report['scrape']['ratio_gzip']:.2f}")  # fmt: skip
-    report["fast_beside_slow"] = [asyncio.run(fast_beside_slow(dsn, slow, 12.0)) for slow in (1, 5)]
-    log(f"[custom] fast beside slow: {report['fast_beside_slow']}")
+    report["fast_beside_slow"] = asyncio.run(fairness(dsn, args.window))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "CUSTOM_QUERIES.json").write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / "CUSTOM_QUERIES.md").write_text(markdown(report))

@@ -4,7 +4,7 @@ For each scale and index state it measures, in one run and on the same connectio
 
 * ``seed``: the seed dashboard's original three statements (the "before" numbers);
 * ``bare``: the exporter's three statements through a bare ``asyncpg`` pool (``conn.fetch``);
-* ``exporter``: the same statements through ``exporter.database.Database`` (read-only
+* ``exporter``: the same statements through ``exporter.db.database.Database`` (read-only
   transaction, timeouts, error classification) and a full ``Collector.run_cycle`` (concurrent
   queries, row -> metric mapping, snapshot render), exactly as the scheduler runs it;
 * sequential vs concurrent: the bare statements one after another vs ``asyncio.gather``.
@@ -25,11 +25,11 @@ from benchmarks.common import (
     log,
     median_time,
 )
+from exporter.collect.scheduler import Collector
 from exporter.collectors import COLLECTORS, seed
-from exporter.database import Database
-from exporter.scheduler import Collector
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.config.settings import query_params
+from exporter.db.database import Database
+from exporter.expose.snapshot import SnapshotStore
 
 SEED_SQL: dict[str, tuple[str, tuple[Any, ...]]] = {
     "top_users": (seed.TOP_USERS, (10,)),

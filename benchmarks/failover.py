@@ -44,8 +44,8 @@ from typing import Any
 import asyncpg
 
 from benchmarks.common import ADMIN_DSN, RESULTS, ROOT, dsn_for, log, machine
-from exporter import dataset
-from exporter.leader import LOCK_APPLICATION_PREFIX, QUERY_APPLICATION_PREFIX
+from exporter.db.leader import LOCK_APPLICATION_PREFIX, QUERY_APPLICATION_PREFIX
+from exporter.ops import dataset
 
 DATABASE = "tw_bench_failover"
 FLAGS = ("--interval", "1", "--query-timeout", "0.5")

@@ -33,13 +33,14 @@ import psutil
 
 from benchmarks.common import RESULTS, log, machine
 from benchmarks.soak import total, value
-from exporter import dataset
-from exporter.app import HTTPSecurity, serve
+from exporter.app import serve
 from exporter.collectors import QUERY_NAMES
-from exporter.database import APPLICATION_NAME
-from exporter.embedded import EmbeddedPostgres
-from exporter.health import FAILURE_REASONS
-from exporter.settings import query_params
+from exporter.config.http_security import HTTPSecurity
+from exporter.config.settings import query_params
+from exporter.db.database import APPLICATION_NAME
+from exporter.expose.health import FAILURE_REASONS
+from exporter.ops import dataset
+from exporter.ops.embedded import EmbeddedPostgres
 
 DATABASE = "tw_freeze"
 TWEETS = 5_000

@@ -137,7 +137,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "HTTP_AB.md")
     args = parser.parse_args()
     if not (args.baseline / "exporter" / "http.py").is_file():
-        parser.error(f"--baseline {args.baseline}: expected a tree containing exporter/http.py")
+        parser.error(
+            f"--baseline {args.baseline}: expected a tree containing exporter/expose/http.py"
+        )
     SCALES.setdefault(SCALE, TWEETS)
     try:
         dsn = asyncio.run(ensure_dataset(SCALE))

@@ -1,10 +1,10 @@
-"""Where the exporter's per-scrape CPU goes: the real ``exporter.http._Connection`` fed GET
+"""Where the exporter's per-scrape CPU goes: the real ``exporter.expose.http._Connection`` fed GET
 requests through a fake transport (no sockets, no wrk), in one process.
 
     python -m benchmarks.http_hotpath [--requests 200000]
 
 Prints µs per request for the full path and with single pieces stubbed out, so a change to
-``exporter/http.py`` can be judged by numbers. Not part of ``run_all`` (it is a diagnosis).
+``exporter/expose/http.py`` can be judged by numbers. Not part of ``run_all`` (it is a diagnosis).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import asyncio
 import time
 from typing import Any
 
-from exporter import http
-from exporter.snapshot import SnapshotStore
+from exporter.expose import http
+from exporter.expose.snapshot import SnapshotStore
 
 REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:10093\r\n\r\n"
 

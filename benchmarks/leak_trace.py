@@ -26,10 +26,10 @@ import tracemalloc
 
 from benchmarks.common import log
 from benchmarks.soak import PrivatePostgres, hold_lock, load
-from exporter.database import Database
-from exporter.scheduler import Collector
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.collect.scheduler import Collector
+from exporter.config.settings import query_params
+from exporter.db.database import Database
+from exporter.expose.snapshot import SnapshotStore
 
 HARNESS = (__file__, tracemalloc.__file__, "*/tests/pgbouncer.py", "*/benchmarks/soak.py")
 

@@ -1,6 +1,6 @@
 """Load with TLS and basic auth on: ``/metrics`` under wrk, next to the same load in plain HTTP.
 
-``python -m benchmarks.load_auth`` loads ``tw_bench_auth`` (100k tweets, ``exporter.dataset``)
+``python -m benchmarks.load_auth`` loads ``tw_bench_auth`` (100k tweets, ``exporter.ops.dataset``)
 on ``TW_BENCH_DSN``, makes a self-signed certificate with the openssl CLI and a web-config file
 (``tls_server_config`` + one bcrypt ``basic_auth_users`` entry), and starts two real
 ``tw-exporter run --interval 1`` processes on 127.0.0.1: one with ``--web-config-file``, one

@@ -4,7 +4,7 @@ Issue #11 moved the timeouts from startup parameters into each transaction (``BE
 SET LOCAL ...`` in one round trip), made statements unnamed (``statement_cache_size=0``: one
 more round trip per query, Parse/Describe then Bind/Execute) and dropped the pool's reset
 query on release (one round trip less). This measures what that costs per query, on the same
-datasets and in the same run: ``old`` is ``exporter/database.py`` as of a git revision
+datasets and in the same run: ``old`` is ``exporter/db/database.py`` as of a git revision
 (default ``main``, read with ``git show``), ``new`` is the working tree's. The two ``Database``
 objects alternate call by call (ABAB...), so drift in a machine shared with other work hits
 both alike; each figure is the median of ``--repeat`` calls.
@@ -33,18 +33,18 @@ from typing import Any
 import asyncpg
 
 from benchmarks.common import ROOT, create_recommended, drop_recommended, ensure_dataset, log
-from exporter import database as new_database
 from exporter.collectors import COLLECTORS
-from exporter.settings import query_params
+from exporter.config.settings import query_params
+from exporter.db import database as new_database
 
 QUERY_TIMEOUT = 120.0
 PARAMS = query_params()
 
 
 def load_old(revision: str) -> ModuleType:
-    """``exporter/database.py`` at ``revision``, imported under another module name."""
+    """``exporter/db/database.py`` at ``revision``, imported under another module name."""
     source = subprocess.run(
-        ["git", "show", f"{revision}:exporter/database.py"],
+        ["git", "show", f"{revision}:exporter/db/database.py"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -130,7 +130,7 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     old = load_old(args.revision)
     lines = [
-        f"old = {args.revision}:exporter/database.py, new = working tree; median of "
+        f"old = {args.revision}:exporter/db/database.py, new = working tree; median of "
         f"{args.repeat} alternating calls per query",
         "",
         "| scale | indexes | query | old ms | new ms | new - old ms | new / old |",

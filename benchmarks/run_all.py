@@ -4,7 +4,7 @@
 
 Needs a PostgreSQL it may create databases on (``TW_BENCH_DSN``, default
 ``postgresql://postgres@127.0.0.1:5432/postgres``), ``wrk`` on the PATH, and the ``bench``
-extra (matplotlib, psutil). Datasets are generated once with ``exporter.dataset`` into
+extra (matplotlib, psutil). Datasets are generated once with ``exporter.ops.dataset`` into
 ``tw_bench_<scale>`` and reused by later runs (``--drop`` removes them at the end).
 """
 

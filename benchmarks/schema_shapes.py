@@ -1,11 +1,11 @@
 """What the schema-dependent query shapes cost on the shipped (bigint, time-ordered ids) schema.
 
-All numbers come from one run on one dataset (``exporter.dataset``, 60 days of tweets, the
+All numbers come from one run on one dataset (``exporter.ops.dataset``, 60 days of tweets, the
 recommended indexes built), so every ratio compares like with like:
 
 * the collection cycle as the exporter runs it now (the trending statement resolved per
-  connection by ``exporter.schema``) against the same cycle with the statement fixed to the
-  id-range SQL (what the exporter ran before the shapes existed): the cost of detection;
+  connection by ``exporter.collectors.schema``) against the same cycle with the statement fixed to
+  the id-range SQL (what the exporter ran before the shapes existed): the cost of detection;
 * trending_hashtags in its two shapes: why the id-range shape is kept where the schema allows it;
 * top_users with the earlier partial index ``(follower_count DESC, username) WHERE
   follower_count IS NOT NULL`` against the current full ``(follower_count DESC, username
@@ -27,12 +27,12 @@ import time
 import asyncpg
 
 from benchmarks.common import ADMIN_DSN, create_recommended, dsn_for, log, median_time
-from exporter import advice, dataset, schema
-from exporter.collectors import COLLECTORS, top_users, trending_hashtags
-from exporter.database import Database
-from exporter.scheduler import Collector
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.collect.scheduler import Collector
+from exporter.collectors import COLLECTORS, schema, top_users, trending_hashtags
+from exporter.config.settings import query_params
+from exporter.db.database import Database
+from exporter.expose.snapshot import SnapshotStore
+from exporter.ops import advice, dataset
 
 PARAMS = query_params()
 OLD_TOP_INDEX = (

@@ -23,12 +23,12 @@ from typing import Any
 
 
 def run_exporter(args: argparse.Namespace) -> None:
+    from exporter.collect.scheduler import Collector, start_scheduler
     from exporter.collectors import COLLECTORS
-    from exporter.database import Database
-    from exporter.http import MetricsServer
-    from exporter.scheduler import Collector, start_scheduler
-    from exporter.settings import query_params
-    from exporter.snapshot import SnapshotStore
+    from exporter.config.settings import query_params
+    from exporter.db.database import Database
+    from exporter.expose.http import MetricsServer
+    from exporter.expose.snapshot import SnapshotStore
 
     cycle_log = Path(args.cycle_log) if args.cycle_log else None
 

@@ -46,10 +46,10 @@ import asyncpg
 import psutil
 
 from benchmarks.common import RESULTS, ROOT, log, machine
-from exporter import dataset
 from exporter.collectors import QUERY_NAMES
-from exporter.database import APPLICATION_NAME
-from exporter.embedded import EmbeddedPostgres
+from exporter.db.database import APPLICATION_NAME
+from exporter.ops import dataset
+from exporter.ops.embedded import EmbeddedPostgres
 
 LISTEN_RE = re.compile(r"listening on (https?://\S+?)/metrics")
 SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", re.M)

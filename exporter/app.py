@@ -5,26 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.custom import collectors_for
-from exporter.database import APPLICATION_NAME, MAX_POOL_SIZE, Database, pool_size_for
-from exporter.http import Authenticator, MetricsServer, ServerLimits
-from exporter.leader import (
+from exporter.collect.custom import collectors_for
+from exporter.collect.reload import Reloader
+from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.config.http_security import HTTPSecurity
+from exporter.config.queries_file import QueriesConfig, config_for
+from exporter.config.settings import Settings
+from exporter.db.database import APPLICATION_NAME, Database
+from exporter.db.leader import (
     QUERY_APPLICATION_PREFIX,
     Leadership,
     application_name,
     replica_name,
 )
-from exporter.queries_file import QueriesConfig, config_for
-from exporter.reload import Reloader
-from exporter.scheduler import Collector, start_scheduler
-from exporter.settings import Settings
-from exporter.snapshot import SnapshotStore
+from exporter.expose.http import MetricsServer, ServerLimits
+from exporter.expose.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +36,6 @@ SHUTDOWN_GRACE = 1.0
 
 class StartupError(Exception):
     """The exporter cannot start (e.g. the listen address is taken); one line for the user."""
-
-
-@dataclass(frozen=True)
-class HTTPSecurity:
-    """What the web config file contributes to the server (TLS, auth, headers)."""
-
-    ssl_context: ssl.SSLContext | None = None
-    authenticator: Authenticator | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def load_http_security(settings: Settings) -> HTTPSecurity:
-    if settings.web_config_file is None:
-        return HTTPSecurity()
-    from exporter.webconfig import TLSContextProvider, load_web_config
-
-    config = load_web_config(settings.web_config_file)
-    return HTTPSecurity(
-        ssl_context=TLSContextProvider(config.tls).server_context if config.tls else None,
-        authenticator=config if config.auth_required else None,
-        headers=config.headers,
-    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +102,9 @@ async def serve(
     replica = replica_name()
     database = Database(
         settings.dsn,
-        # With a queries file a reload may add queries: the bound, opened only on demand.
-        pool_size=pool_size_for(MAX_POOL_SIZE if config.path else len(schedules)),
+        # The bound; the collector fits it to the enabled queries (again at each reload), and
+        # connections open only on demand.
+        pool_size=settings.max_connections,
         query_timeout=settings.query_timeout,
         # With --ha, pg_stat_activity shows which replica runs the queries.
         application_name=application_name(QUERY_APPLICATION_PREFIX, replica)

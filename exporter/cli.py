@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter import settings as cfg
-from exporter.secrets import dsn_password
+from exporter.config import settings as cfg
+from exporter.config.secrets import dsn_password
 
 log = logging.getLogger("exporter")
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the exporter on an embedded PostgreSQL with live synthetic data",
     )
-    from exporter.demo import add_demo_options
+    from exporter.ops.demo import add_demo_options
 
     add_demo_options(demo)
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the tables in an empty database of yours and load the demo's data into it",
         description=SAMPLE_DATA_DESCRIPTION,
     )
-    from exporter.sample_data import add_sample_data_options
+    from exporter.ops.sample_data import add_sample_data_options
 
     add_sample_data_options(sample)
     return parser
@@ -114,10 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "monitoring":
             return _monitoring(args)
         if args.command == "sample-data":
-            from exporter.sample_data import run_sample_data
+            from exporter.ops.sample_data import run_sample_data
 
             return run_sample_data(args)
-        from exporter.demo import run_demo
+        from exporter.ops.demo import run_demo
 
         return run_demo(args)
     except cfg.SettingsError as error:
@@ -132,9 +132,10 @@ def _secrets(*dsns: str) -> tuple[str, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from exporter.app import StartupError, load_http_security, run
+    from exporter.app import StartupError, run
+    from exporter.config.http_security import load_http_security
+    from exporter.config.queries_file import config_for
     from exporter.logs import configure_logging
-    from exporter.queries_file import config_for
 
     settings = cfg.settings_from(args)
     configure_logging(
@@ -154,9 +155,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from exporter.check import run_check
+    from exporter.config.queries_file import config_for
     from exporter.logs import configure_logging
-    from exporter.queries_file import config_for
+    from exporter.ops.check import run_check
 
     settings = cfg.settings_from(args, options=cfg.CHECK_OPTIONS)
     configure_logging(settings.log_level, settings.log_format, _secrets(settings.dsn))
@@ -165,7 +166,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _monitoring(args: argparse.Namespace) -> int:
-    from exporter.queries_file import load
+    from exporter.config.queries_file import load
     from tools.custom_monitoring import write
 
     config = load(args.queries_file, cfg.query_params())  # an invalid file: exit 2

@@ -7,7 +7,7 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-from exporter.secrets import SecretScrubbingFilter
+from exporter.config.secrets import SecretScrubbingFilter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

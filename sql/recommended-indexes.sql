@@ -5,7 +5,7 @@
 -- IF NOT EXISTS makes the file re-runnable. If a CONCURRENTLY build fails it leaves an
 -- INVALID index: DROP INDEX CONCURRENTLY it and run the statement again.
 -- `tw-exporter check` reports, from each query's plan, which of these a database lacks or does
--- not use, and why (exporter/advice.py).
+-- not use, and why (exporter/ops/advice.py).
 --
 -- Schemas covered (docs/schema-variants.md): bigint or UUID ids, follower_count nullable or
 -- NOT NULL, any database collation (libc C / C.UTF-8 and ICU tested), PostgreSQL 15 and 18;

@@ -1,18 +1,28 @@
-"""Small test helpers: HTTP requests and exposition parsing with the real parser."""
+"""Small test helpers: HTTP requests, exposition parsing with the real parser, and a real
+Prometheus for the end-to-end tests."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from types import MappingProxyType
+from typing import Any, NoReturn
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -40,24 +50,35 @@ async def ahttp_get(url: str, headers: dict[str, str] | None = None) -> HTTPResu
     return await asyncio.to_thread(http_get, url, headers)
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample as {(name, sorted labels): value}, via prometheus_client's parser."""
-    result: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(text: str) -> Mapping[SampleKey, float]:
+    """One parse per distinct exposition: tests ask ``value``/``series`` many questions of
+    the same scrape, and re-parsing a large one for each (40 queries' health series, say)
+    cost seconds of CPU. Read-only, since it is shared between callers."""
+    result: dict[SampleKey, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = (sample.name, tuple(sorted(sample.labels.items())))
             assert key not in result, f"duplicate sample {key}"
             result[key] = sample.value
-    return result
+    return MappingProxyType(result)
+
+
+def samples(text: str) -> dict[SampleKey, float]:
+    """Every sample as {(name, sorted labels): value}, via prometheus_client's parser."""
+    return dict(_parsed(text))
 
 
 def value(text: str, name: str, **labels: str) -> float | None:
     wanted = tuple(sorted(labels.items()))
-    return samples(text).get((name, wanted))
+    return _parsed(text).get((name, wanted))
 
 
 def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {labels: v for (n, labels), v in samples(text).items() if n == name}
+    return {labels: v for (n, labels), v in _parsed(text).items() if n == name}
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -84,3 +105,121 @@ def require_tool(name: str, *candidates: Path, hint: str = "") -> str:
 
 def promtool() -> str:
     return require_tool("promtool", hint="Debian package prometheus")
+
+
+# ------------------------------------------------------------------ a real Prometheus
+
+
+def poll_sync(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    """Return the first truthy result of ``condition`` before the deadline, else fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+async def poll(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    """``poll_sync`` off the event loop (the conditions make blocking HTTP calls)."""
+    return await asyncio.to_thread(poll_sync, condition, what, timeout)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Prometheus:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        result = http_get(f"{self.url}/api/v1/{path}?{query}")
+        body = json.loads(result.body)
+        assert result.status == 200 and body["status"] == "success", (path, params, body)
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", data
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def query_range(self, expr: str, seconds: int = 10) -> list[dict[str, Any]]:
+        end = time.time()
+        data = self.api(
+            "query_range", query=expr, start=f"{end - seconds:.3f}", end=f"{end:.3f}", step="1"
+        )
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def alerts(self, name: str) -> list[dict[str, Any]]:
+        return [a for a in self.api("alerts")["alerts"] if a["labels"]["alertname"] == name]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def prometheus_binary() -> str:
+    return require_tool("prometheus", hint="Debian package prometheus")
+
+
+def start_prometheus(binary: str, directory: Path, config: dict[str, Any]) -> Prometheus:
+    """A real Prometheus on a free port with ``config`` (written to ``directory``, where its
+    TSDB and log go too), ready to answer queries. Its first scrape comes ~5 s after the
+    start: Prometheus applies discovered targets on a 5 s tick. Stop it with ``stop()``."""
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    port = free_port()
+    log = directory / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={directory / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=directory,
+        )
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", proc, log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"prometheus exited:\n{log.read_text()}")
+        try:
+            return http_get(f"{prometheus.url}/-/ready", timeout=1).status == 200
+        except OSError:
+            return False
+
+    try:
+        poll_sync(ready, "prometheus to be ready")
+    except BaseException:
+        prometheus.stop()
+        raise
+    return prometheus
+
+
+def by_label(result: list[dict[str, Any]], label: str) -> dict[str, float]:
+    """``{label value: latest value}`` of an instant or range query result."""
+    values: dict[str, float] = {}
+    for item in result:
+        point = item["value"] if "value" in item else item["values"][-1]
+        values[item["metric"].get(label, "")] = float(point[1])
+    return values

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from benchmarks.common import recommended_statements
-from exporter import dataset
-from exporter.labels import DEFAULT_MAX_LABEL_LENGTH, rewrite
+from exporter.expose.labels import DEFAULT_MAX_LABEL_LENGTH, rewrite
+from exporter.ops import dataset
 
 BIG_TAG = "spam" * 25_000  # 100,000 bytes, the most used tag
 BIG_USER = "whale" * 10_000  # 50,000 bytes, the most followed user

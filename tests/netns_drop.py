@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 
 from exporter.collectors import QUERY_NAMES
-from exporter.database import CLIENT_GRACE_SECONDS
-from exporter.embedded import EmbeddedPostgres
-from exporter.keepalive import TcpTimeouts
+from exporter.db.database import CLIENT_GRACE_SECONDS
+from exporter.db.keepalive import TcpTimeouts
+from exporter.ops.embedded import EmbeddedPostgres
 from tests.helpers import series, value
 from tests.test_faults import fill, make_rig
 

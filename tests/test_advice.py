@@ -1,4 +1,5 @@
-"""``exporter.advice``: plan inspection names exactly the recommended indexes that are missing."""
+"""``exporter.ops.advice``: plan inspection names exactly the recommended indexes that are
+missing."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from exporter import advice, dataset
-from exporter.advice import RECOMMENDED, ExistingIndex, RecommendedIndex, advise, satisfies
-from exporter.settings import query_params
+from exporter.config.settings import query_params
+from exporter.ops import advice, dataset
+from exporter.ops.advice import RECOMMENDED, ExistingIndex, RecommendedIndex, advise, satisfies
 
 SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "recommended-indexes.sql"
 MIN_ROWS = 1_000  # the test dataset is small; production uses advice.DEFAULT_MIN_ROWS

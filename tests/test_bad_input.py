@@ -1,8 +1,8 @@
 """Bad flags, ``TW_EXPORTER_*`` variables and web-config files: one clear line, never a traceback.
 
-The contract (exporter/settings.py): any input either yields ``Settings`` or exits with status 2
-and exactly one line on stderr, ``tw-exporter: error: ...``, naming the flag (or variable), the
-value and what is expected — and never the database password.
+The contract (exporter/config/settings.py): any input either yields ``Settings`` or exits with
+status 2 and exactly one line on stderr, ``tw-exporter: error: ...``, naming the flag (or variable),
+the value and what is expected — and never the database password.
 
 Most cases run ``exporter.cli.main`` in-process, with the server, ``check`` and the logging
 set-up stubbed out (so a *valid* input stops at its ``Settings``); a handful run the real
@@ -29,12 +29,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from exporter import cli
-from exporter import settings as cfg
-from exporter.settings import Settings
+from exporter.config import settings as cfg
+from exporter.config.settings import Settings
 from tests.conftest import exporter_command
 
 try:
-    from exporter.webconfig import load_web_config
+    from exporter.config.webconfig import load_web_config
 except ImportError:  # pragma: no cover - the web-config module is optional for this file
     load_web_config = None  # type: ignore[assignment]
 
@@ -86,7 +86,7 @@ def invoke(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Outcome
     with (
         mock.patch.dict(os.environ, environ, clear=True),
         mock.patch("exporter.app.run", fake_run),
-        mock.patch("exporter.check.run_check", fake_check),
+        mock.patch("exporter.ops.check.run_check", fake_check),
         mock.patch("exporter.logs.configure_logging", return_value=None),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
@@ -470,7 +470,7 @@ def web_config_texts(draw: st.DrawFn) -> str:
 
 
 needs_webconfig = pytest.mark.skipif(
-    load_web_config is None, reason="exporter/webconfig.py has no load_web_config"
+    load_web_config is None, reason="exporter/config/webconfig.py has no load_web_config"
 )
 
 
@@ -541,6 +541,10 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--web-idle-timeout": (("-1", "nan"), "expected a number of seconds"),
     "--web-max-connections": (
         ("0", "65536", "many", "1.5"),
+        "expected a whole number of connections from 1 to 65535",
+    ),
+    "--max-connections": (
+        ("0", "-1", "65536", "many", "1.5"),
         "expected a whole number of connections from 1 to 65535",
     ),
 }

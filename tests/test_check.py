@@ -7,7 +7,7 @@ import subprocess
 import asyncpg
 import pytest
 
-from exporter.check import server_role
+from exporter.ops.check import server_role
 from tests.conftest import exporter_command
 
 

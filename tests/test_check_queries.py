@@ -8,11 +8,11 @@ from pathlib import Path
 
 import asyncpg
 
-from exporter import dataset
-from exporter.advice import advise
-from exporter.custom import collectors_for
-from exporter.queries_file import parse
-from exporter.settings import query_params
+from exporter.collect.custom import collectors_for
+from exporter.config.queries_file import parse
+from exporter.config.settings import query_params
+from exporter.ops import dataset
+from exporter.ops.advice import advise
 from tests.conftest import exporter_command
 
 REPO = Path(__file__).resolve().parent.parent

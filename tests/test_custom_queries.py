@@ -15,12 +15,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from exporter.custom import collectors_for
-from exporter.database import MAX_POOL_SIZE, Database, pool_size_for
-from exporter.queries_file import QueriesConfig, load, parse
-from exporter.scheduler import Collector, start_scheduler
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.collect.custom import collectors_for
+from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.config.queries_file import QueriesConfig, load, parse
+from exporter.config.settings import query_params
+from exporter.db.database import MAX_POOL_SIZE, Database, pool_size_for
+from exporter.expose.snapshot import SnapshotStore
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import http_get, samples, series, value
 

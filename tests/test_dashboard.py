@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.catalog import ALL_METRICS, all_sample_names, sample_names
+from exporter.expose.catalog import ALL_METRICS, all_sample_names, sample_names
 from tests import helpers
 from tools import monitoring
 

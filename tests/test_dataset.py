@@ -1,4 +1,4 @@
-"""The synthetic-dataset generator (exporter/dataset.py) against a real PostgreSQL.
+"""The synthetic-dataset generator (exporter/ops/dataset.py) against a real PostgreSQL.
 
 Server: the suite's ``pg_server`` fixture (``TW_TEST_DSN``, testcontainers or embedded).
 One scratch database per module; every load gets its own schema
@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from exporter import dataset
-from exporter.dataset import DatasetSpec
+from exporter.ops import dataset
+from exporter.ops.dataset import DatasetSpec
 from tests.conftest import PgServer
 
 TWEETS = 20_000

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import exporter
-from exporter.settings import DEFAULT_PORT
+from exporter.config.settings import DEFAULT_PORT
 from tests.helm_support import REPO
 from tests.helpers import require_tool
 

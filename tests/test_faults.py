@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
+from exporter.collect.scheduler import Collector, start_scheduler
 from exporter.collectors import COLLECTORS
 from exporter.collectors.base import QueryCollector
-from exporter.database import Database
-from exporter.embedded import EmbeddedPostgres
-from exporter.http import MetricsServer
-from exporter.scheduler import Collector, start_scheduler
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.config.settings import query_params
+from exporter.db.database import Database
+from exporter.expose.http import MetricsServer
+from exporter.expose.snapshot import SnapshotStore
+from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import ahttp_get, http_get, samples, series, value
 
@@ -60,7 +60,7 @@ async def rigs() -> AsyncIterator[list[Rig]]:
 
 async def fill(dsn: str) -> None:
     """Schema and rows, for a fresh server (the shared ones come with the schema)."""
-    from exporter import dataset
+    from exporter.ops import dataset
 
     conn = await asyncpg.connect(dsn)
     try:

@@ -17,16 +17,19 @@ import asyncpg
 import pytest
 
 from exporter.collectors import COLLECTORS, QUERY_NAMES
-from exporter.database import APPLICATION_NAME, CLIENT_GRACE_SECONDS
-from exporter.embedded import EmbeddedPostgres
+from exporter.db.database import APPLICATION_NAME, CLIENT_GRACE_SECONDS
+from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import http_get, series, value
 from tests.test_faults import Rig, fill, make_rig
 
 QUERY_TIMEOUT = 1.0
 DEADLINE = QUERY_TIMEOUT + CLIENT_GRACE_SECONDS
+# The real exporter's freeze ends once every query has failed FAILED_RUNS times and the last
+# good numbers are past --max-staleness; FREEZE_SECONDS is the deadline for that.
 FREEZE_SECONDS = 10.0
-# Slack for a 2-core machine shared with other work: still far below the 10 s freeze.
+FAILED_RUNS = 2
+# Slack for a 2-core machine shared with other work: still far below FREEZE_SECONDS.
 SLACK = 1.5
 LAST_SUCCESS = "tw_exporter_query_last_success_timestamp_seconds"
 
@@ -149,11 +152,19 @@ def test_real_exporter_reports_a_freeze_within_seconds_and_recovers(
     wait_until_sync(lambda: series(scrape(), "tw_user_followers") == FOLLOWERS)
     assert value(scrape(), "tw_up") == 1
 
+    def failed_runs(text: str, name: str) -> float:
+        return sum(
+            value(text, "tw_exporter_query_errors_total", query=name, reason=reason) or 0
+            for reason in ("timeout", "connection")
+        )
+
     frozen_at = time.monotonic()
     frozen_pg.freeze()
     down_after: float | None = None
     scrapes = 0
-    while time.monotonic() - frozen_at < FREEZE_SECONDS:
+    # Frozen until every query has failed FAILED_RUNS times (tw_up is seen held at 0 across
+    # runs, not only after the first) and the last good numbers are past --max-staleness.
+    while True:
         text = scrape()
         scrapes += 1
         up = value(text, "tw_up")
@@ -161,14 +172,21 @@ def test_real_exporter_reports_a_freeze_within_seconds_and_recovers(
             down_after = time.monotonic() - frozen_at
         elif down_after is not None:
             assert up == 0, "tw_up went back to 1 while the database was frozen"
+        if (
+            down_after is not None
+            and all(failed_runs(text, name) >= FAILED_RUNS for name in QUERY_NAMES)
+            and not series(text, "tw_user_followers")
+        ):
+            break
+        failed = {name: failed_runs(text, name) for name in QUERY_NAMES}
+        assert time.monotonic() - frozen_at < FREEZE_SECONDS, (up, failed, scrapes)
         time.sleep(0.1)  # a scrape cadence, not synchronisation
     assert down_after is not None, "tw_up stayed 1 during the freeze"
     # At most one interval until the next run, then the deadline.
     assert down_after < 1.0 + DEADLINE + SLACK, down_after
-    text = scrape()
     for name in QUERY_NAMES:
         assert value(text, "tw_exporter_query_errors_total", query=name, reason="timeout") >= 1
-    # 10 s without a success is past --max-staleness (3 x interval): no stale numbers served.
+    # Past --max-staleness (3 x interval) without a success: no stale numbers served.
     assert not series(text, "tw_user_followers")
     last_success = {name: value(text, LAST_SUCCESS, query=name) for name in QUERY_NAMES}
 

@@ -12,8 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from exporter.queries_file import parse
-from exporter.settings import query_params
+from exporter.config.queries_file import parse
+from exporter.config.settings import query_params
 from tests.helm_support import MINIMAL_VALUES, RELEASE, Manifest, manifests, one, render
 
 try:

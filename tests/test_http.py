@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
 from exporter.collectors import top_users
-from exporter.http import MetricsServer, ServerLimits
-from exporter.settings import query_params
-from exporter.snapshot import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SnapshotStore
+from exporter.config.settings import query_params
+from exporter.expose.http import MetricsServer, ServerLimits
+from exporter.expose.snapshot import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SnapshotStore
 from tests.conftest import wait_until
 from tests.helpers import series
 from tests.pki import PKI
@@ -282,7 +282,7 @@ class Writes(asyncio.Transport):
 async def test_one_read_of_thousands_of_requests_stops_at_the_pipelining_cap(
     store: SnapshotStore,
 ) -> None:
-    from exporter.http import MAX_PIPELINED, _Connection
+    from exporter.expose.http import MAX_PIPELINED, _Connection
 
     server = MetricsServer(store)
     connection = _Connection(server)
@@ -369,7 +369,7 @@ async def test_password_checks_in_flight_are_referenced(serve: Callable[..., obj
 def test_negotiation(
     accept: bytes | None, encoding: bytes | None, expected: tuple[bool, ...]
 ) -> None:
-    from exporter.negotiation import negotiate
+    from exporter.expose.negotiation import negotiate
 
     got = negotiate(accept, encoding)
     assert (got.openmetrics, got.text_v1, got.gzip) == expected

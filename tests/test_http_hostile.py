@@ -28,7 +28,7 @@ import psutil
 import pytest
 from prometheus_client.exposition import choose_encoder
 
-from exporter.webconfig import WebConfig
+from exporter.config.webconfig import WebConfig
 from tests.conftest import StartExporter, wait_until_sync
 from tests.helpers import HTTPResult, http_get
 from tests.pki import PKI

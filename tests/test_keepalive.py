@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from exporter.keepalive import TcpTimeouts, apply
+from exporter.db.keepalive import TcpTimeouts, apply
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-import yaml
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.labels import (
+from exporter.expose.labels import (
     DEFAULT_MAX_LABEL_LENGTH,
     EMPTY,
     MAX_MAX_LABEL_LENGTH,
@@ -37,9 +35,8 @@ from exporter.labels import (
 )
 from tests import hostile_labels as hostile
 from tests.conftest import MakeDb, StartExporter, wait_until_sync
-from tests.helpers import http_get, require_tool, value
+from tests.helpers import by_label, http_get, poll, prometheus_binary, start_prometheus, value
 from tests.test_hostile_data import both_formats, promtool_check
-from tests.test_prometheus_e2e import Prometheus, by_label, free_port, poll, poll_sync
 
 pytestmark = pytest.mark.slow
 
@@ -146,48 +143,10 @@ async def test_the_documented_sql_finds_the_original_of_a_shortened_value(make_d
         await conn.close()
 
 
-def start_prometheus(binary: str, directory: Path, config: dict[str, Any]) -> Prometheus:
-    """A real Prometheus with ``config``, ready to answer queries."""
-    (directory / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = free_port()
-    log = directory / "prometheus.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={directory / 'prometheus.yml'}",
-                f"--storage.tsdb.path={directory / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=directory,
-        )
-    prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"prometheus exited:\n{log.read_text()}")
-        try:
-            return http_get(f"{prometheus.url}/-/ready", timeout=1).status == 200
-        except OSError:
-            return False
-
-    try:
-        poll_sync(ready, "prometheus to be ready")
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return prometheus
-
-
 async def test_prometheus_with_the_documented_label_limit_keeps_up_and_every_series(
     make_db: MakeDb, exporter_proc: StartExporter, tmp_path: Path
 ) -> None:
-    binary = require_tool("prometheus", hint="Debian package prometheus")
+    binary = prometheus_binary()
     dsn = await make_db()
     await hostile.load_hostile_labels(dsn)
     bounded = exporter_proc(*ARGS, env={"TW_EXPORTER_DSN": dsn})
@@ -243,9 +202,4 @@ async def test_prometheus_with_the_documented_label_limit_keeps_up_and_every_ser
         # Meanwhile the bounded target is still up, scrape after scrape.
         assert up("bounded") == {"bounded": 1.0}
     finally:
-        prometheus.proc.terminate()
-        try:
-            prometheus.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            prometheus.proc.kill()
-            prometheus.proc.wait()
+        prometheus.stop()

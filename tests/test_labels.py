@@ -1,4 +1,4 @@
-"""The label-value bound (exporter.labels): byte limit, code-point safety, stability,
+"""The label-value bound (exporter.expose.labels): byte limit, code-point safety, stability,
 distinctness, the collision rule, the empty-value rule, and logging once per value and run."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporter import labels
 from exporter.cli import build_parser
 from exporter.collectors import top_users, trending_hashtags
-from exporter.labels import (
+from exporter.config.settings import query_params, settings_from
+from exporter.expose import labels
+from exporter.expose.labels import (
     DEFAULT_MAX_LABEL_LENGTH,
     EMPTY,
     MARKER,
@@ -28,8 +29,7 @@ from exporter.labels import (
     rewrite,
     shorten,
 )
-from exporter.settings import query_params, settings_from
-from exporter.snapshot import SnapshotStore
+from exporter.expose.snapshot import SnapshotStore
 
 # Any text PostgreSQL can store (no NUL, no lone surrogates), long enough to cross any limit.
 TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=400)
@@ -210,7 +210,7 @@ def test_the_store_counts_and_logs_each_shortened_value_once_per_run(
     store = SnapshotStore(interval=1, max_staleness=3, process_metrics=False, max_label_length=64)
     tags = [{"tag": "t" * 100, "tweet_count": 3}, {"tag": "ok", "tweet_count": 2}]
     users = [{"username": "u" * 100, "follower_count": 9, "verified": True}]
-    caplog.set_level(logging.WARNING, logger="exporter.labels")
+    caplog.set_level(logging.WARNING, logger="exporter.expose.labels")
     for _ in range(3):
         store.record_success(
             "trending_hashtags", trending_hashtags.COLLECTOR.to_families(tags, params), 0
@@ -234,7 +234,7 @@ def test_the_log_memory_is_bounded(
 ) -> None:
     monkeypatch.setattr(labels, "MAX_REMEMBERED", 3)
     bounder = LabelBounder(32)
-    caplog.set_level(logging.WARNING, logger="exporter.labels")
+    caplog.set_level(logging.WARNING, logger="exporter.expose.labels")
     result = bounder.bound("q", [gauge("tag", *(f"{i:02}" + "v" * 40 for i in range(6)))])
     assert result.shortened == 6
     assert len(caplog.records) == 3 + 1  # three values, then one "not logged any more" line

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from exporter import dataset
+from exporter.ops import dataset
 from tests.conftest import REPO, StartExporter, exporter_command, wait_until_sync
 from tests.helpers import http_get, series, value
 

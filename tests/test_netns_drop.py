@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from exporter.keepalive import TcpTimeouts
+from exporter.db.keepalive import TcpTimeouts
 from tests.conftest import REPO
 from tests.helpers import require_tool, unavailable
 from tests.netns_drop import QUERY_TIMEOUT

@@ -17,14 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from exporter import dataset
-from exporter import settings as cfg
-from exporter.check import check
 from exporter.collectors import COLLECTORS
 from exporter.collectors.top_users import NULL_NOTE, USER_FOLLOWERS
-from exporter.demo import DEMO_DEFAULTS
-from exporter.extras import EXTRAS
-from exporter.schema_file import SCHEMA_FILE, annotated_schema
+from exporter.config import settings as cfg
+from exporter.ops import dataset
+from exporter.ops.check import check
+from exporter.ops.demo import DEMO_DEFAULTS
+from exporter.ops.extras import EXTRAS
+from exporter.ops.schema_file import SCHEMA_FILE, annotated_schema
 from tests.conftest import REPO, MakeDb, PgServer, exporter_command, wait_until
 from tools.readme_tables import demo_table, metrics_table
 
@@ -333,7 +333,7 @@ def test_every_optional_import_is_listed_with_its_extra() -> None:
         if owners & core:
             continue
         extras = [extra for extra, modules in EXTRAS.items() if module in modules]
-        assert extras, f"{module} is neither a core dependency nor listed in exporter.extras"
+        assert extras, f"{module} is neither a core dependency nor listed in exporter.ops.extras"
         wanted = {_normalise(r) for r in project["optional-dependencies"][extras[0]]}
         assert owners & wanted, f"{module} is not provided by the [{extras[0]}] extra"
 

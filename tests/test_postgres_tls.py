@@ -25,7 +25,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from exporter import dataset
+from exporter.ops import dataset
 from tests.conftest import StartExporter, exporter_command, wait_until_sync
 from tests.helpers import http_get, require_tool, series, unavailable, value
 from tests.pki import issue, make_ca

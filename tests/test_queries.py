@@ -12,9 +12,9 @@ from datetime import timedelta
 import asyncpg
 
 from exporter.collectors import platform_stats, top_users, trending_hashtags
-from exporter.database import Database
-from exporter.settings import Settings, query_params
-from exporter.snapshot import SnapshotStore
+from exporter.config.settings import Settings, query_params
+from exporter.db.database import Database
+from exporter.expose.snapshot import SnapshotStore
 from tests.helpers import series, value
 
 NAMES = [

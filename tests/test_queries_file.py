@@ -12,14 +12,14 @@ import pytest
 import yaml
 
 from exporter import cli
-from exporter.queries_file import (
+from exporter.config.queries_file import (
     QueriesFileError,
     bind,
     json_schema,
     parse,
     parse_duration,
 )
-from exporter.settings import query_params
+from exporter.config.settings import query_params
 from tools.schemas import QUERIES_SCHEMA, render_queries_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,8 +193,8 @@ def test_file_wins_over_flags_and_builtins_can_be_disabled(tmp_path: Path) -> No
             str(path),
         ]
     )
-    from exporter import settings as cfg
-    from exporter.queries_file import config_for
+    from exporter.config import settings as cfg
+    from exporter.config.queries_file import config_for
 
     settings = cfg.settings_from(args, environ={})
     config = config_for(settings)
@@ -208,7 +208,7 @@ def test_file_wins_over_flags_and_builtins_can_be_disabled(tmp_path: Path) -> No
 
 
 def test_env_variable_names_the_file(tmp_path: Path) -> None:
-    from exporter import settings as cfg
+    from exporter.config import settings as cfg
 
     path = tmp_path / "q.yml"
     path.write_text("queries: {}")
@@ -258,8 +258,8 @@ def test_ha_lease_must_outlast_the_longest_query_timeout_of_the_file(
     """With --ha, a queries file's timeouts win over --query-timeout, so the lease is checked
     against the longest of them wherever the file is read: at startup (exit 2, one line) and
     on every reload (``config_for``, which the Reloader calls; an error keeps the old set)."""
-    from exporter import settings as cfg
-    from exporter.queries_file import config_for
+    from exporter.config import settings as cfg
+    from exporter.config.queries_file import config_for
 
     path = tmp_path / "queries.yml"
     path.write_text(q("sql: 'SELECT 1 AS m', interval: 60s, timeout: 20s, metrics: {m: {help: h}}"))

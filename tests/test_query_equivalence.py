@@ -8,9 +8,10 @@ The reference is the seed's SQL, copied verbatim from the asyncpg dashboard the 
   exactly at and one microsecond outside the window edge, tweets from the future, two hashtag
   rows with the same text, a NULL tag, a tweet with many tags, tweet ids that are *not* in
   ``created_at`` order, unicode, quotes and emoji;
-* on a random dataset from ``exporter.dataset``;
+* on a random dataset from ``exporter.ops.dataset``;
 * each without and with the recommended indexes (different plans, same answers);
-* the trending query in both of its shapes (``exporter.schema``), whichever the data would pick.
+* the trending query in both of its shapes (``exporter.collectors.schema``), whichever the data
+  would pick.
 
 ``tests/test_schema_variants.py`` runs the same comparisons on other schemas (UUID ids,
 ``NOT NULL`` counts, another database collation).
@@ -34,9 +35,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from exporter import dataset, schema
-from exporter.collectors import platform_stats, seed, top_users, trending_hashtags
-from exporter.settings import query_params
+from exporter.collectors import platform_stats, schema, seed, top_users, trending_hashtags
+from exporter.config.settings import query_params
+from exporter.ops import dataset
 
 # The seed's SQL, verbatim, lives in exporter.collectors.seed.
 SEED_TOP_USERS = seed.TOP_USERS

@@ -1,39 +1,66 @@
-"""The README agrees with the code: flags, defaults, metrics, port, commands."""
+"""The README and the docs agree with the code: flags, defaults, metrics, port, commands, the
+runbook and the web-config examples. The generated tables live in docs/ pages between markers
+(tools/readme_tables.py); the README keeps the quick start."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from exporter import settings as cfg
-from exporter.catalog import ALL_METRICS, all_sample_names
-from tests.pki import PKI
-from tools.readme_tables import configuration_table, metrics_table
+import pytest
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+from exporter.config import settings as cfg
+from exporter.expose.catalog import ALL_METRICS, all_sample_names
+from tests.pki import PKI
+from tools.readme_tables import BLOCKS, Block, configuration_table, fill, metrics_table
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+DOCS = {path: path.read_text() for path in sorted((ROOT / "docs").rglob("*.md"))}
 METRIC_PREFIXES = ("tw_up", "tw_exporter_", "tw_user_followers", "tw_hashtag_", "tw_platform_")
 
 
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda block: block.name)
+def test_generated_block_is_up_to_date(block: Block) -> None:
+    text = (ROOT / block.page).read_text()
+    assert fill(block, text) == text, (
+        f"{block.page}: the {block.name} block is out of date: "
+        "run python -m tools.readme_tables --write"
+    )
+
+
 def test_configuration_table_is_generated_from_the_options() -> None:
+    page = DOCS[ROOT / "docs" / "configuration.md"]
     for row in configuration_table():
-        assert row in README, f"README lacks or differs in: {row}"
+        assert row in page, f"docs/configuration.md lacks or differs in: {row}"
 
 
 def test_metrics_table_is_generated_from_the_catalogue() -> None:
+    page = DOCS[ROOT / "docs" / "metrics.md"]
     for row in metrics_table():
-        assert row in README, f"README lacks or differs in: {row}"
+        assert row in page, f"docs/metrics.md lacks or differs in: {row}"
 
 
-def test_every_metric_named_in_the_readme_exists() -> None:
+def test_every_metric_named_in_the_readme_and_docs_exists() -> None:
     known = all_sample_names() | {spec.name for spec in ALL_METRICS}
-    mentioned = {
-        name
-        for name in re.findall(r"\btw_[a-z_]+", README)
-        if name.startswith(METRIC_PREFIXES) and not name.endswith("_")
-    }
-    assert mentioned, "the README names no metric at all?"
-    unknown = {name for name in mentioned if name not in known}
-    assert not unknown, f"README names metrics the exporter does not serve: {unknown}"
+    for name, text in [("README.md", README), *((str(p), t) for p, t in DOCS.items())]:
+        mentioned = {
+            metric
+            for metric in re.findall(r"\btw_[a-z_]+", text)
+            if metric.startswith(METRIC_PREFIXES) and not metric.endswith("_")
+        }
+        unknown = {metric for metric in mentioned if metric not in known}
+        assert not unknown, f"{name} names metrics the exporter does not serve: {unknown}"
+    assert "tw_up" in README, "the README names no metric at all?"
+
+
+def test_example_exposition_help_lines_are_the_catalogues() -> None:
+    """The example scrape in docs/metrics.md shows the help texts the exporter serves now."""
+    helps = {spec.name: spec.help for spec in ALL_METRICS}
+    shown = re.findall(r"^# HELP (\w+) (.*)$", DOCS[ROOT / "docs" / "metrics.md"], re.M)
+    assert len(shown) >= 5
+    for name, text in shown:
+        assert helps.get(name) == text, f"docs/metrics.md example: # HELP {name} is out of date"
 
 
 def test_default_port_and_quick_start() -> None:
@@ -43,31 +70,37 @@ def test_default_port_and_quick_start() -> None:
     assert "pip install -e '.[test]' && .venv/bin/pytest" in README
 
 
+def test_the_front_page_stays_short() -> None:
+    """Issue 14: the README is the front door; the reference lives in docs/."""
+    assert len(README.splitlines()) <= 250
+
+
 def test_every_alert_has_a_runbook_section() -> None:
     import yaml
 
-    rules_file = Path(__file__).resolve().parent.parent / "prometheus" / "tw-exporter.rules.yml"
+    runbook = DOCS[ROOT / "docs" / "runbook.md"]
+    rules_file = ROOT / "prometheus" / "tw-exporter.rules.yml"
     groups = yaml.safe_load(rules_file.read_text())["groups"]
     alerts = [rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule]
     assert alerts
     for alert in alerts:
-        assert f'<a id="runbook-{alert.lower()}"></a>' in README, alert
-        assert f"### {alert}" in README, alert
+        assert f'<a id="runbook-{alert.lower()}"></a>' in runbook, alert
+        assert f"### {alert}" in runbook, alert
 
 
-def test_web_config_examples_in_the_readme_pass_promtool_and_load(tmp_path: Path, pki: PKI) -> None:
+def test_web_config_examples_in_the_docs_pass_promtool_and_load(tmp_path: Path, pki: PKI) -> None:
     import shutil
     import subprocess
 
-    from exporter.webconfig import load_web_config
+    from exporter.config.webconfig import load_web_config
     from tests.helpers import promtool
 
     blocks = [
         block
-        for block in re.findall(r"```yaml\n(.*?)```", README, re.S)
+        for block in re.findall(r"```yaml\n(.*?)```", DOCS[ROOT / "docs" / "security.md"], re.S)
         if "tls_server_config" in block or "basic_auth_users" in block
     ]
-    assert blocks, "the README shows no web-config example?"
+    assert blocks, "docs/security.md shows no web-config example?"
     for index, block in enumerate(blocks):
         directory = tmp_path / f"example{index}"
         for relative in re.findall(r"(?:cert_file|key_file|client_ca_file): (\S+)", block):

@@ -8,13 +8,13 @@ import signal
 import urllib.request
 from pathlib import Path
 
-from exporter.custom import collectors_for
-from exporter.database import Database
-from exporter.queries_file import load
-from exporter.reload import Reloader
-from exporter.scheduler import Collector, start_scheduler
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.collect.custom import collectors_for
+from exporter.collect.reload import Reloader
+from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.config.queries_file import load
+from exporter.config.settings import query_params
+from exporter.db.database import Database
+from exporter.expose.snapshot import SnapshotStore
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import http_get, value
 

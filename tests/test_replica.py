@@ -24,8 +24,8 @@ import asyncpg
 import pytest
 
 from exporter.collectors import COLLECTORS
-from exporter.database import Database
-from exporter.settings import query_params
+from exporter.config.settings import query_params
+from exporter.db.database import Database
 from tests.conftest import REPO, exporter_command, wait_until
 from tests.helpers import unavailable, value
 from tests.test_faults import Rig, fill, make_rig, rigs  # noqa: F401

@@ -7,16 +7,19 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from exporter.catalog import ALL_METRICS, all_sample_names, sample_names
+from exporter.expose.catalog import ALL_METRICS, all_sample_names, sample_names
+from exporter.expose.health import FAILURE_REASONS
 from tests import helpers
 from tests.helpers import unavailable
-from tools import monitoring
+from tools import monitoring, readme_tables
+from tools.monitoring.promql import REASON_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / monitoring.RULES_PATH
@@ -67,6 +70,34 @@ def test_every_alert_is_unit_tested_firing_and_quiet(rules: list[dict[str, Any]]
     assert names - firing == set(), "alerts without a firing unit test"
     assert names - quiet == set(), "alerts without a quiet unit test"
     assert (firing | quiet) - names == set(), "unit tests for alerts that do not exist"
+
+
+def test_every_failure_reason_fires_its_own_alert_and_not_the_other() -> None:
+    """For each reason of the catalogue a promtool case (run by test_promtool_unit_tests_pass)
+    expects a rising count of it to fire the alert that owns it, TwExporterQueryTimeouts for
+    ``timeout`` and TwExporterQueryErrors for every other reason (``conflict`` on a hot standby
+    included), while the other alert, evaluated at the same time, has no alert for it."""
+    errors, timeouts = "TwExporterQueryErrors", "TwExporterQueryTimeouts"
+    owner = {r: timeouts if r == REASON_TIMEOUT else errors for r in FAILURE_REASONS}
+    tests = yaml.safe_load(RULES_TESTS.read_text(encoding="utf-8"))
+    proven: dict[str, str] = {}
+    for group in tests["tests"]:
+        fired = {
+            (case["eval_time"], case["alertname"]): {
+                alert["exp_labels"].get("reason") for alert in case.get("exp_alerts") or []
+            }
+            for case in group.get("alert_rule_test", [])
+        }
+        for (time, name), reasons in fired.items():
+            other = timeouts if name == errors else errors
+            for reason in reasons:
+                if owner.get(reason) == name and reason not in fired.get((time, other), {reason}):
+                    proven[reason] = group["name"]
+    assert set(proven) == set(FAILURE_REASONS), (
+        f"reasons without a case that fires their own alert only: "
+        f"{set(FAILURE_REASONS) - set(proven)}"
+    )
+    assert "conflict" in proven["conflict"]
 
 
 def test_rules_use_only_catalogue_metrics(rules: list[dict[str, Any]]) -> None:
@@ -196,15 +227,24 @@ def test_helm_template_renders_to_the_rules_file(tmp_path: Path) -> None:
     assert "e+" not in texts
 
 
-def test_readme_alert_parameter_and_panel_tables_are_generated() -> None:
-    """The README's tables of alerts (expressions with the defaults filled in), of their
+@pytest.mark.parametrize(
+    ("page", "table"),
+    [
+        ("docs/prometheus-and-alerts.md", readme_tables.alerts_table),
+        ("docs/prometheus-and-alerts.md", readme_tables.alert_parameters_table),
+        ("docs/grafana.md", readme_tables.panels_table),
+    ],
+)
+def test_docs_alert_parameter_and_panel_tables_are_generated(
+    page: str, table: Callable[[], str]
+) -> None:
+    """The docs' tables of alerts (expressions with the defaults filled in), of their
     parameters and of the dashboard's panels are the generator's, so they cannot drift from
     the shipped rules and dashboard."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    tables = (
-        monitoring.alerts_markdown()
-        + monitoring.thresholds_markdown()
-        + monitoring.panels_markdown()
-    )
-    for row in (line for line in tables.splitlines() if line.startswith("|")):
-        assert row in readme, f"README table row out of date (python -m tools.monitoring):\n{row}"
+    text = (ROOT / page).read_text(encoding="utf-8")
+    rows = [line for line in table().splitlines() if line.startswith("|")]
+    assert len(rows) > 3
+    for row in rows:
+        assert row in text, (
+            f"{page} row out of date (python -m tools.readme_tables --write):\n{row}"
+        )

@@ -34,12 +34,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from exporter import advice, schema
-from exporter.collectors import COLLECTORS, platform_stats, top_users, trending_hashtags
-from exporter.database import Database
-from exporter.scheduler import Collector
-from exporter.settings import query_params
-from exporter.snapshot import SnapshotStore
+from exporter.collect.scheduler import Collector
+from exporter.collectors import COLLECTORS, platform_stats, schema, top_users, trending_hashtags
+from exporter.config.settings import query_params
+from exporter.db.database import Database
+from exporter.expose.snapshot import SnapshotStore
+from exporter.ops import advice
 from tests.conftest import PgServer, exporter_command
 from tests.test_query_equivalence import (
     compare_all,
@@ -501,7 +501,7 @@ async def test_shape_detected_once_per_connection(
     (and one debug line) per connection, again on a new connection."""
     statement = trending_hashtags.COLLECTOR.statement
     assert callable(statement)
-    caplog.set_level(logging.DEBUG, logger="exporter.schema")
+    caplog.set_level(logging.DEBUG, logger="exporter.collectors.schema")
     for _ in range(2):  # two pools: two connections
         database = Database(seeded_db, pool_size=1, query_timeout=10)
         await database.open()
@@ -510,7 +510,7 @@ async def test_shape_detected_once_per_connection(
                 await database.fetch(statement, (7, 10))
         finally:
             await database.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "exporter.schema"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "exporter.collectors.schema"]
     assert (
         lines
         == [

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
+from exporter.config.secrets import dsn_password, redact_dsn
 from exporter.logs import configure_logging
-from exporter.secrets import dsn_password, redact_dsn
 
 
 @pytest.mark.parametrize(

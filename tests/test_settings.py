@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter import settings as cfg
 from exporter.cli import build_parser, main
+from exporter.config import settings as cfg
 
 DSN = "postgresql://tw@db:5432/app"
 

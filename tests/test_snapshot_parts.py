@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import exposition
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from exporter.snapshot import SnapshotStore
+from exporter.expose.snapshot import SnapshotStore
 
 
 def library(store: SnapshotStore) -> tuple[bytes, bytes]:
@@ -73,3 +73,27 @@ async def test_losing_the_ha_lead_drops_every_rendered_part() -> None:
     await store.render_async()
     assert b"custom_two 4.0" in store.current.text.body
     assert b"custom_one" not in store.current.text.body
+
+
+async def test_a_success_shown_in_the_health_section_has_its_series_in_the_same_snapshot() -> None:
+    """The health section is rendered in a worker thread while runs keep landing; a success
+    recorded meanwhile may show its new last-success timestamp, so the same snapshot must hold
+    that query's series (a scrape must never see a fresh timestamp beside no data)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    store = SnapshotStore(
+        interval=15, max_staleness=45, queries={"q1": (15.0, 45.0)}, process_metrics=False
+    )
+    family = GaugeMetricFamily("custom_one", "help")
+    family.add_metric([], 7)
+    render_health = store._render_health
+
+    def a_run_lands_during_the_health_render() -> tuple[object, object]:
+        store.record_success("q1", [family], 1234.0)  # what a run finishing now does
+        return render_health()
+
+    store._render_health = a_run_lands_during_the_health_render  # type: ignore[method-assign]
+    rendered = await store.render_async()
+    body = rendered.text.body
+    assert b'tw_exporter_query_last_success_timestamp_seconds{query="q1"} 1234.0' in body
+    assert b"custom_one 7.0" in body

@@ -1,4 +1,4 @@
-"""exporter.webconfig against real TLS handshakes, real bcrypt and the real promtool checker.
+"""exporter.config.webconfig against real TLS handshakes, real bcrypt and the real promtool checker.
 
 Certificates come from the ``openssl`` CLI (the ``cryptography`` package is not a dependency):
 a CA, a server certificate, a client certificate, a second server certificate for rotation
@@ -27,7 +27,7 @@ import bcrypt
 import pytest
 import yaml
 
-from exporter.webconfig import (
+from exporter.config.webconfig import (
     TLSConfig,
     TLSContextProvider,
     WebConfig,
@@ -378,7 +378,7 @@ async def test_half_done_rotation_keeps_serving_the_old_certificate(
     client = client_context(pki)
     async with tls_server(provider.server_context) as server:
         replace_file(config_dir / "rotated.crt", config_dir / "server.crt")  # key not yet
-        with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
+        with caplog.at_level(logging.WARNING, logger="exporter.config.webconfig"):
             got = await fetch(server.port, client)
         assert got.peercert["serialNumber"] == f"{1001:04X}"
         assert "cannot be loaded" in caplog.text
@@ -418,7 +418,7 @@ def basic(user: str | bytes, password: str | bytes) -> bytes:
 
 @pytest.fixture
 def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Counts real bcrypt.checkpw calls made by exporter.webconfig."""
+    """Counts real bcrypt.checkpw calls made by exporter.config.webconfig."""
     calls: list[bytes] = []
     real: Callable[[bytes, bytes], bool] = bcrypt.checkpw
 
@@ -426,7 +426,7 @@ def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         calls.append(hashed)
         return real(password, hashed)
 
-    monkeypatch.setattr(bcrypt, "checkpw", counting)  # the module exporter.webconfig calls
+    monkeypatch.setattr(bcrypt, "checkpw", counting)  # the module exporter.config.webconfig calls
     return calls
 
 
@@ -702,6 +702,9 @@ BAD_CONFIGS = [
     Bad("header-newline",
         'http_server_config:\n  headers:\n    Content-Security-Policy: "a\\nb"\n',
         f"{H}.Content-Security-Policy", False),
+    Bad("header-not-ascii",
+        "http_server_config:\n  headers:\n    Content-Security-Policy: default-src \u20ac\n",
+        f"{H}.Content-Security-Policy", False, "must be ASCII"),
     Bad("users-list", "basic_auth_users: [alice]\n", "basic_auth_users", True),
     Bad("hash-plaintext", "basic_auth_users:\n  alice: hunter2\n", "basic_auth_users.alice", True),
     Bad("hash-cost-3", f"basic_auth_users:\n  alice: '{HASH.replace('$04$', '$03$')}'\n",

@@ -1,4 +1,4 @@
-"""Writes ``sql/schema.sql`` from the code (``exporter.schema_file.annotated_schema``).
+"""Writes ``sql/schema.sql`` from the code (``exporter.ops.schema_file.annotated_schema``).
 
 ``python -m tools.schema_sql`` rewrites it; ``--check`` exits 1 when the file is out of date
 (``tests/test_newcomer.py`` runs the same comparison).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from exporter.schema_file import SCHEMA_FILE, annotated_schema
+from exporter.ops.schema_file import SCHEMA_FILE, annotated_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exporter.queries_file import json_schema
+from exporter.config.queries_file import json_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES_SCHEMA = Path("schemas/queries.schema.json")

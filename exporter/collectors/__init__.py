@@ -1,4 +1,5 @@
-"""The business queries, one module each, in the order they are documented."""
+"""The business queries, one module each, in the order they are documented; ``base`` is the
+shape they share and ``schema`` picks, per database, which shape of their SQL to run."""
 
 from exporter.collectors import platform_stats, top_users, trending_hashtags
 from exporter.collectors.base import MetricSpec, QueryCollector

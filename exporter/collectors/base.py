@@ -14,9 +14,9 @@ from typing import Any, Literal, Protocol
 import asyncpg
 from prometheus_client.metrics_core import Metric
 
-from exporter import schema
+from exporter.collectors import schema
 
-# What ``Database.fetch`` accepts besides SQL text (the same alias as ``exporter.database``'s,
+# What ``Database.fetch`` accepts besides SQL text (the same alias as ``exporter.db.database``'s,
 # spelled out here because the database module imports the collectors through health).
 Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 
@@ -61,8 +61,8 @@ class QueryCollector:
     to_families: Callable[[Sequence[Row], QueryParams], list[Metric]]
     #: Where the query knowingly differs from the seed's SQL, for ``check`` to print.
     note: str = ""
-    # Statements by schema shape (exporter.schema) for a query whose fastest SQL only works on
-    # some schemas; ``sql`` runs wherever no shape is listed. Empty: one statement for all.
+    # Statements by schema shape (exporter.collectors.schema) for a query whose fastest SQL only
+    # works on some schemas; ``sql`` runs wherever no shape is listed. Empty: one statement for all.
     shapes: Mapping[schema.Shape, str] = field(default_factory=dict)
 
     def sql_for(self, ids: schema.TweetIds) -> str:

@@ -1,7 +1,7 @@
 """Trending hashtags over the last D days -> ``tw_hashtag_tweets{tag, window}``.
 
 Returns what the seed's query returns (tweets per tag name inside the window, most first), in one
-of two shapes, picked per connection by ``exporter.schema`` (docs/schema-variants.md).
+of two shapes, picked per connection by ``exporter.collectors.schema`` (docs/schema-variants.md).
 
 ``SQL``, the "id-range" shape, runs where ``tw_tweets.id`` is an indexed integer that grows with
 ``created_at`` (the shipped schema; sequence or snowflake ids). It stays cheap at 10M+ tweets

@@ -143,6 +143,7 @@ them). Unset (null) values are left out, so the exporter's own defaults apply.
   "statsDays" "TW_EXPORTER_STATS_DAYS"
   "maxLabelLength" "TW_EXPORTER_MAX_LABEL_LENGTH"
   "maxStaleness" "TW_EXPORTER_MAX_STALENESS"
+  "maxConnections" "TW_EXPORTER_MAX_CONNECTIONS"
   "logLevel" "TW_EXPORTER_LOG_LEVEL"
   "logFormat" "TW_EXPORTER_LOG_FORMAT"
 }}

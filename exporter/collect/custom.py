@@ -1,0 +1,156 @@
+"""Custom queries as ``QueryCollector``s, so they run through the built-ins' own code path.
+
+A query from the queries file becomes the same object the built-in three are: SQL, bound
+parameters and a row-to-families mapping. The mapping follows the built-ins' rules: a NULL value
+or a NULL label skips that row. What the built-ins cannot meet but a user's SQL can (a value
+that is not a number, two rows with the same labels, more rows than ``max_series``) does not
+fail the query: the valid rows are served and the problems are raised together as
+:class:`PartialData`, which the scheduler counts once per run under the ``data`` reason.
+
+Every label value a custom query emits is made by :func:`label_value`, the one hook where a
+bound on label values applies.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from exporter.collectors import COLLECTORS
+from exporter.collectors.base import MetricSpec, QueryCollector, QueryParams, Row
+from exporter.config.queries_file import MetricDef, QueriesConfig, QueryDef, bind
+
+
+class PartialData(Exception):
+    """Some rows could not be served; ``families`` holds what could."""
+
+    def __init__(self, families: list[Metric], problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.families = families
+        self.problems = tuple(problems)
+
+
+def label_value(value: object) -> str:
+    """The text of one label value (booleans as the built-ins spell them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def numeric(value: object) -> float | None:
+    """A sample value, or None when the column is not a number (text, dates, booleans...)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float | decimal.Decimal):
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How one metric is built from rows."""
+
+    name: str
+    definition: MetricDef
+
+    @property
+    def value_column(self) -> str:
+        return self.definition.value or self.name
+
+    @property
+    def label_names(self) -> list[str]:
+        return [*self.definition.labels, *self.definition.const_labels]
+
+    def new(self) -> GaugeMetricFamily | CounterMetricFamily:
+        if self.definition.type == "counter":
+            return CounterMetricFamily(self.name, self.definition.help, labels=self.label_names)
+        return GaugeMetricFamily(self.name, self.definition.help, labels=self.label_names)
+
+
+def to_families(
+    families: Sequence[_Family], rows: Sequence[Row], max_series: int
+) -> tuple[list[Metric], list[str]]:
+    """Build every family from ``rows``; returns the families and the problems found."""
+    built: list[Metric] = []
+    problems: list[str] = []
+    if len(rows) > max_series:
+        problems.append(f"{len(rows) - max_series} row(s) beyond max_series ({max_series})")
+        rows = rows[:max_series]
+    for family in families:
+        metric = family.new()
+        built.append(metric)
+        const = [label_value(v) for v in family.definition.const_labels.values()]
+        columns = (family.value_column, *family.definition.labels)
+        if rows and (absent := [c for c in columns if c not in rows[0]]):
+            problems.append(
+                f"{family.name}: column(s) {', '.join(absent)} not in the result "
+                f"(columns: {', '.join(rows[0].keys())})"
+            )
+            continue
+        seen: set[tuple[str, ...]] = set()
+        bad_values = duplicates = 0
+        for row in rows:
+            raw = row[family.value_column]
+            labels_raw = [row[c] for c in family.definition.labels]
+            if raw is None or any(v is None for v in labels_raw):
+                continue  # the built-ins' rule: a NULL value or label skips the row
+            value = numeric(raw)
+            if value is None:
+                bad_values += 1
+                continue
+            labels = (*(label_value(v) for v in labels_raw), *const)
+            if labels in seen:
+                duplicates += 1
+                continue
+            seen.add(labels)
+            metric.add_metric(list(labels), value)
+        if bad_values:
+            problems.append(
+                f"{family.name}: {bad_values} row(s) whose column {family.value_column} "
+                "is not a number"
+            )
+        if duplicates:
+            problems.append(f"{family.name}: {duplicates} row(s) repeat a label set already seen")
+    return built, problems
+
+
+def collector(name: str, query: QueryDef, max_series: int) -> QueryCollector:
+    """The ``QueryCollector`` the scheduler runs for one custom query."""
+    families = tuple(_Family(metric_name, d) for metric_name, d in query.metrics.items())
+    args = tuple(bind(p) for p in query.params)
+
+    def params(_: QueryParams) -> tuple[Any, ...]:
+        return args
+
+    def mapping(rows: Sequence[Row], _: QueryParams) -> list[Metric]:
+        built, problems = to_families(families, rows, max_series)
+        if problems:
+            raise PartialData(built, problems)
+        return built
+
+    return QueryCollector(
+        name=name,
+        sql=query.sql,
+        tables={},
+        metrics=tuple(
+            MetricSpec(f.name, f.definition.type, f.definition.help, tuple(f.label_names))
+            for f in families
+        ),
+        params=params,
+        to_families=mapping,
+    )
+
+
+def collectors_for(config: QueriesConfig) -> tuple[QueryCollector, ...]:
+    """Every query a configuration runs: the enabled built-ins, then the custom ones."""
+    builtins = tuple(c for c in COLLECTORS if c.name in config.builtins)
+    custom = tuple(
+        collector(name, query, schedule.max_series)
+        for name, (query, schedule) in config.custom.items()
+    )
+    return builtins + custom

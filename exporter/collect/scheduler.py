@@ -1,0 +1,281 @@
+"""The scheduled runs of every query, built-in or custom, and the APScheduler jobs behind them.
+
+Each query has its own job on its own interval (``--interval``, or the queries file's). A
+query's scheduled run is its *cycle*: the job runs it at start and then every interval, and
+*awaits* it (unlike query-exporter #112, whose job returns before the query finishes), so with
+``max_instances=1`` APScheduler itself refuses to start a run while that query's previous one is
+still going; those refused ticks are counted per query in
+``tw_exporter_cycles_skipped_total{query}`` instead of silently piling up. A slow query only
+delays itself: the others keep their own schedules (the pool's slots are shared fairly, see
+``exporter.db.database``: long runs never hold every connection; ``Collector.fit_pool`` gives the
+pool the number of queries and their shortest interval), and waiting for one counts against
+the waiting query's schedule, never as an error.
+
+``run_cycle`` runs every query once, concurrently: what tests, benchmarks and ``check`` use.
+After each run the snapshot is re-rendered; runs that finish together share one render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.collect.custom import PartialData
+from exporter.collectors import COLLECTORS, QueryCollector
+from exporter.collectors.base import QueryParams
+from exporter.config.queries_file import Schedule
+from exporter.db.database import Database, QueryError
+from exporter.db.leader import Fence
+from exporter.expose.snapshot import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+JOB_PREFIX = "query:"
+# The least time between two renders caused by finishing runs (a lone run renders at once).
+MIN_RENDER_GAP = 0.2
+
+
+class Collector:
+    """Runs the business queries and feeds their results into the snapshot store."""
+
+    def __init__(
+        self,
+        database: Database,
+        store: SnapshotStore,
+        params: QueryParams,
+        collectors: Sequence[QueryCollector] = COLLECTORS,
+        schedules: Mapping[str, Schedule] | None = None,
+        fence: Fence | None = None,
+    ) -> None:
+        self.database = database
+        self.store = store
+        self.params = params
+        self.collectors = tuple(collectors)
+        # With --ha, no query starts unless the fence confirms this replica still leads.
+        self.fence = fence
+        # Per-query deadlines; a query without one uses the pool's --query-timeout.
+        self.schedules: dict[str, Schedule] = dict(schedules or {})
+        self.cycles_completed = 0
+        self.runs_completed: dict[str, int] = {}
+        self._running: set[asyncio.Task[Any]] = set()
+        self._render_pending = False
+        self._last_render = -MIN_RENDER_GAP
+        self.fit_pool()
+
+    def fit_pool(self, default_interval: float = math.inf) -> None:
+        """Size the pool's use to the queries enabled now and tell it their shortest interval
+        (``default_interval`` for a query without a schedule): at start, and after a reload
+        added or removed queries or changed an interval."""
+        intervals = [
+            self.schedules[c.name].interval if c.name in self.schedules else default_interval
+            for c in self.collectors
+        ]
+        self.database.fit(len(self.collectors), min(intervals, default=math.inf))
+
+    def by_name(self, name: str) -> QueryCollector | None:
+        return next((c for c in self.collectors if c.name == name), None)
+
+    async def run_cycle(self) -> bool:
+        """Every query once, concurrently; returns whether the database answered any of them."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            return await self._cycle()
+        finally:
+            self._running.discard(task)
+
+    async def run_query(self, name: str) -> bool:
+        """One scheduled run of one query (its cycle); returns whether the database answered.
+
+        Its attempt updates that query's flag in ``HealthMetrics.answered``, from which
+        ``tw_up`` follows the latest attempt of every query.
+        """
+        collector = self.by_name(name)
+        if collector is None:
+            return False  # removed by a reload after the tick fired
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        started = time.perf_counter()
+        try:
+            if not await self._leading():
+                return False  # a follower: no run, no per-query health touched
+            answered = await self._run_query(collector)
+        finally:
+            self._running.discard(task)
+        if self._replaced(collector):
+            return answered
+        self.store.health.cycle_duration.labels(query=name).set(time.perf_counter() - started)
+        self.runs_completed[name] = self.runs_completed.get(name, 0) + 1
+        await self._render_soon()
+        return answered
+
+    async def _leading(self) -> bool:
+        """With --ha, no query starts unless the fence confirms (by a round trip that started
+        now) that this replica still holds the lock; without --ha, always."""
+        return self.fence is None or await self.fence.confirm()
+
+    async def _render_soon(self) -> None:
+        """Render once for all runs that finish close together: at once after a quiet spell,
+        else at most every ``MIN_RENDER_GAP`` seconds (50 queries finishing in a burst cause a
+        few renders, not 50), and always once after the last of them."""
+        if self._render_pending:
+            return  # a render that has not started yet will include this result
+        self._render_pending = True
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._last_render + MIN_RENDER_GAP - loop.time()))
+        self._render_pending = False
+        self._last_render = loop.time()
+        await self.store.render_async()
+
+    def _replaced(self, collector: QueryCollector) -> bool:
+        """A reload removed or changed this query while it ran: its outcome is dropped, so
+        neither its series nor its health series come back."""
+        return self.by_name(collector.name) is not collector or collector.name not in (
+            self.store.queries
+        )
+
+    def forget(self, name: str) -> None:
+        """A query removed (or changed) by a reload no longer counts towards ``tw_up``, and
+        the pool forgets how long its runs took."""
+        self.store.health.forget_attempts(name)
+        self.database.forget(name)
+
+    async def cancel_running(self, grace: float) -> None:
+        """Shutdown: cancel a cycle in flight so its connections are released at once
+        (asyncpg sends PostgreSQL a cancel request) instead of after the query timeout.
+
+        Waits at most ``grace``: the cancelled query's rollback waits for PostgreSQL to
+        acknowledge the cancel, and shutdown must not hang on a server that does not (or that
+        stopped answering altogether). ``asyncio.wait`` rather than awaiting the task inside a
+        timeout: that would only cancel the task once more, and a task that catches one
+        cancellation to roll back can stay blocked on the next await; closing the pool
+        afterwards terminates its connection and so ends it.
+        """
+        tasks = [task for task in self._running if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+
+    async def _cycle(self) -> bool:
+        async def timed(collector: QueryCollector) -> bool:
+            started = time.perf_counter()
+            if not await self._leading():
+                return False  # a follower: the leader runs the queries
+            answered = await self._run_query(collector)
+            self.store.health.cycle_duration.labels(query=collector.name).set(
+                time.perf_counter() - started
+            )
+            return answered
+
+        answered = await asyncio.gather(*(timed(c) for c in self.collectors))
+        await self.store.render_async()
+        self.cycles_completed += 1
+        return any(answered)
+
+    async def _run_query(self, collector: QueryCollector) -> bool:
+        """Run one query and record its outcome; returns whether the database answered it."""
+        health = self.store.health
+        started = time.perf_counter()
+        schedule = self.schedules.get(collector.name)
+        problems: tuple[str, ...] = ()
+        try:
+            result = await self.database.fetch(
+                collector.statement,
+                collector.params(self.params),
+                schedule.timeout if schedule else None,
+                query=collector.name,
+            )
+            try:
+                families = collector.to_families(result.rows, self.params)
+            except PartialData as partial:
+                families, problems = partial.families, partial.problems
+        except QueryError as error:
+            if self._replaced(collector):
+                return error.answered
+            health.query_duration.labels(query=collector.name).observe(
+                time.perf_counter() - started
+            )
+            if error.wait_seconds is not None:
+                health.query_wait.labels(query=collector.name).observe(error.wait_seconds)
+            if error.run_seconds is not None:
+                health.query_run.labels(query=collector.name).observe(error.run_seconds)
+            health.query_errors.labels(query=collector.name, reason=error.reason).inc()
+            health.record_attempt(collector.name, error.answered)
+            log.warning("query %s failed (%s): %s", collector.name, error.reason, error)
+            return error.answered
+        except Exception:  # a mapping bug must not kill the cycle or the process
+            if self._replaced(collector):
+                return True
+            health.query_errors.labels(query=collector.name, reason="sql").inc()
+            health.record_attempt(collector.name, True)  # the rows did come back
+            log.exception("query %s returned rows that could not be mapped", collector.name)
+            return True
+        if self._replaced(collector):
+            return True
+        health.query_duration.labels(query=collector.name).observe(result.seconds)
+        health.record_attempt(collector.name, True)
+        health.query_wait.labels(query=collector.name).observe(result.wait_seconds)
+        health.query_run.labels(query=collector.name).observe(result.run_seconds)
+        self.store.record_success(collector.name, families, time.time())
+        if problems:
+            # The valid rows are served; the rest is counted once per run, not per row.
+            health.query_errors.labels(query=collector.name, reason="data").inc()
+            log.warning(
+                "query %s returned rows it cannot serve: %s", collector.name, "; ".join(problems)
+            )
+            return True
+        log.debug("query %s: %d rows in %.3fs", collector.name, len(result.rows), result.seconds)
+        return True
+
+    def count_skipped(self, event: JobExecutionEvent) -> None:
+        """APScheduler listener: a tick found that query's previous run still running."""
+        query = event.job_id.removeprefix(JOB_PREFIX)
+        if query not in self.store.queries:
+            return
+        self.store.health.cycles_skipped.labels(query=query).inc()
+        # Re-render so the counter, and the expiry of stale series, show without waiting.
+        self.store.render()
+        log.warning("query %s: scheduled run skipped, the previous run is still running", query)
+
+
+def add_query_job(
+    scheduler: AsyncIOScheduler, collector: Collector, name: str, interval: float
+) -> None:
+    """One query's job: now, then every ``interval`` seconds, never two runs at once."""
+    scheduler.add_job(
+        collector.run_query,
+        "interval",
+        args=(name,),
+        seconds=interval,
+        id=JOB_PREFIX + name,
+        next_run_time=datetime.now(UTC),
+        max_instances=1,
+        coalesce=True,
+        # A tick that fires late because the loop was busy still runs rather than being
+        # dropped as "missed"; a tick that finds a run in progress is refused (max_instances).
+        misfire_grace_time=max(1, int(interval)),
+        replace_existing=True,
+    )
+
+
+def start_scheduler(collector: Collector, interval: float) -> AsyncIOScheduler:
+    """Every query's job: on its schedule's interval, or ``interval`` without one."""
+    collector.fit_pool(interval)
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_listener(collector.count_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+    for query in collector.collectors:
+        schedule = collector.schedules.get(query.name)
+        add_query_job(scheduler, collector, query.name, schedule.interval if schedule else interval)
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,36 @@
+"""What the web config file (``--web-config-file``) gives the HTTP server: a TLS context,
+the basic-auth checker and the response headers.
+
+Loaded at start and again on every reload, so it lives beside the configuration it reads
+rather than in ``exporter.app``: ``collect/reload.py`` needs it, and importing the wiring
+from there would make an import cycle (app -> reload -> app)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from exporter.config.settings import Settings
+from exporter.expose.http import Authenticator
+
+
+@dataclass(frozen=True)
+class HTTPSecurity:
+    """What the web config file contributes to the server (TLS, auth, headers)."""
+
+    ssl_context: ssl.SSLContext | None = None
+    authenticator: Authenticator | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def load_http_security(settings: Settings) -> HTTPSecurity:
+    if settings.web_config_file is None:
+        return HTTPSecurity()
+    from exporter.config.webconfig import TLSContextProvider, load_web_config
+
+    config = load_web_config(settings.web_config_file)
+    return HTTPSecurity(
+        ssl_context=TLSContextProvider(config.tls).server_context if config.tls else None,
+        authenticator=config if config.auth_required else None,
+        headers=config.headers,
+    )

@@ -1,0 +1,617 @@
+"""The queries file (``--queries-file``): custom queries beside the built-in three, and per-query
+schedules for all of them.
+
+The file's shape is a pydantic model, so the same definition validates the YAML, reports each
+error with its location, and generates the JSON Schema editors use
+(``schemas/queries.schema.json``). Checks that need more than one field, another query or the
+command line (defaults, collisions, interval/timeout contradictions) run after the model, in
+:func:`semantic_errors`. Every problem becomes one line naming the file, the query and the
+field, so ``run`` and ``check`` can exit 2 with it.
+
+The short form, query-exporter's convention: a metric's value column defaults to the metric's
+own name, its type to ``gauge``, the schedule to the command line's, so the common query is::
+
+    queries:
+      signups_last_hour:
+        sql: SELECT count(*) AS tw_signups_last_hour FROM tw_users
+             WHERE created_at >= now() - interval '1 hour'
+        metrics:
+          tw_signups_last_hour: {help: Users who signed up within the last hour.}
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from exporter.collectors import COLLECTORS
+from exporter.config.settings import (
+    DEFAULT_QUERY_TIMEOUT_CAP,
+    HA_LEASE_MARGIN,
+    MAX_INTERVAL,
+    MIN_SECONDS,
+    STALENESS_INTERVALS,
+    Settings,
+    SettingsError,
+)
+from exporter.config.webconfig import load_yaml
+
+DEFAULT_MAX_SERIES = 500
+MAX_MAX_SERIES = 100_000
+BUILTIN_NAMES: tuple[str, ...] = tuple(c.name for c in COLLECTORS)
+BUILTIN_METRICS: frozenset[str] = frozenset(m.name for c in COLLECTORS for m in c.metrics)
+# Names the exporter itself, the Python client or the scraper own.
+RESERVED_METRIC_NAMES = frozenset({"tw_up"})
+RESERVED_METRIC_PREFIXES = ("tw_exporter_", "process_", "python_")
+RESERVED_LABELS = frozenset({"job", "instance"})
+
+QUERY_NAME = r"^[a-z][a-z0-9_]*$"
+METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$"
+
+
+class QueriesFileError(SettingsError):
+    """An invalid queries file: ``str(error)`` is the one line the user sees."""
+
+
+# ---------------------------------------------------------------- durations
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a Prometheus-style duration (``90s``, ``5m``, ``1h30m``, ``7d``).
+
+    Strings are converted here, before anything is bound to SQL: asyncpg does not coerce text
+    into numbers or intervals, so ``"5m"`` must never reach the driver as a string.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration: seconds as a number, or text such as 30s, 5m, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION_RE.match(value.strip()):
+        seconds = sum(
+            float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value.strip())
+        )
+    else:
+        raise ValueError(
+            f"invalid duration {value!r}: expected seconds as a number, or text such as "
+            "30s, 5m, 1h30m, 7d"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: expected a finite, positive duration")
+    return seconds
+
+
+def _schedule_seconds(value: object) -> float:
+    seconds = parse_duration(value)
+    if not MIN_SECONDS <= seconds <= MAX_INTERVAL:
+        raise ValueError(
+            f"invalid duration {value!r}: expected from {MIN_SECONDS:g}s to {MAX_INTERVAL:g}s"
+        )
+    return seconds
+
+
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": DURATION_PATTERN},
+    ],
+    "description": "Seconds as a number, or a duration such as 30s, 5m, 1h30m, 7d.",
+}
+
+ScheduleSeconds = Annotated[
+    float, BeforeValidator(_schedule_seconds), WithJsonSchema(_DURATION_SCHEMA)
+]
+DurationSeconds = Annotated[
+    float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)
+]
+QueryName = Annotated[str, Field(pattern=QUERY_NAME, max_length=100)]
+MetricName = Annotated[str, Field(pattern=METRIC_NAME, max_length=200)]
+LabelName = Annotated[str, Field(pattern=LABEL_NAME, max_length=100)]
+ColumnName = Annotated[str, Field(min_length=1, max_length=63)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- parameters
+
+
+class IntervalParam(_Strict):
+    """A duration bound as a PostgreSQL ``interval`` (a ``timedelta``): ``$1::interval``."""
+
+    interval: DurationSeconds
+
+    def bound(self) -> timedelta:
+        return timedelta(seconds=self.interval)
+
+
+class SecondsParam(_Strict):
+    """A duration bound as a number of seconds (``float8``): ``to_timestamp($1)`` and alike."""
+
+    seconds: DurationSeconds
+
+    def bound(self) -> float:
+        return self.seconds
+
+
+Param = StrictBool | StrictInt | StrictFloat | StrictStr | IntervalParam | SecondsParam
+
+
+def bind(param: Param) -> Any:
+    """The Python value asyncpg receives for one parameter."""
+    if isinstance(param, IntervalParam | SecondsParam):
+        return param.bound()
+    return param
+
+
+# ---------------------------------------------------------------- the file
+
+
+class AlertDef(_Strict):
+    """A threshold for ``tw-exporter monitoring``'s generated alert rule (one of above/below).
+
+    For a counter the threshold applies to its per-second rate over 5 minutes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    above: float | None = Field(None, description="Fire while the value is above this.")
+    below: float | None = Field(None, description="Fire while the value is below this.")
+    for_: DurationSeconds = Field(
+        300, alias="for", description="How long the condition must hold; default 5m."
+    )
+    severity: Literal["warning", "critical"] = "warning"
+    summary: str | None = Field(None, max_length=500, description="Default: generated.")
+
+
+class MetricDef(_Strict):
+    """One metric family a query produces: one sample per row."""
+
+    type: Literal["gauge", "counter"] = Field(
+        "gauge", description="gauge, or counter (whose name must end in _total)."
+    )
+    help: str = Field(min_length=1, max_length=1000, description="The HELP text.")
+    value: ColumnName | None = Field(
+        None, description="The numeric column holding the value; default: the metric's name."
+    )
+    labels: tuple[LabelName, ...] = Field(
+        (), description="Columns whose text becomes a label of the same name."
+    )
+    const_labels: dict[LabelName, str] = Field(
+        default_factory=dict, description="Labels with the same value on every sample."
+    )
+    alert: AlertDef | None = Field(
+        None, description="A threshold: `tw-exporter monitoring` writes an alert rule for it."
+    )
+
+
+class QueryDef(_Strict):
+    """One custom query: a single read-only SELECT/WITH statement and the metrics it produces."""
+
+    sql: str = Field(min_length=1, description="One SELECT or WITH statement; $1..$n params.")
+    params: tuple[Param, ...] = Field(
+        (),
+        description=(
+            "Values of $1..$n: integer, float, text, boolean, {interval: DURATION} (bound as "
+            "an interval) or {seconds: DURATION} (bound as a number of seconds)."
+        ),
+    )
+    interval: ScheduleSeconds | None = Field(None, description="Default: --interval.")
+    timeout: ScheduleSeconds | None = Field(
+        None, description="Default: min(10s, interval), or --query-timeout; <= interval."
+    )
+    max_staleness: ScheduleSeconds | None = Field(
+        None, description="How long series outlive failures; default 3 x interval."
+    )
+    max_series: int = Field(
+        DEFAULT_MAX_SERIES,
+        ge=1,
+        le=MAX_MAX_SERIES,
+        description="Rows beyond this are not served and count as a data error.",
+    )
+    metrics: dict[MetricName, MetricDef] = Field(min_length=1)
+
+
+class BuiltinDef(_Strict):
+    """Schedule overrides for one built-in query (its SQL and metrics are fixed)."""
+
+    enabled: bool = True
+    interval: ScheduleSeconds | None = None
+    timeout: ScheduleSeconds | None = None
+    max_staleness: ScheduleSeconds | None = None
+
+
+class BuiltinsDef(_Strict):
+    top_users: BuiltinDef = BuiltinDef()
+    trending_hashtags: BuiltinDef = BuiltinDef()
+    platform_stats: BuiltinDef = BuiltinDef()
+
+
+class QueriesFileModel(_Strict):
+    """The queries file."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="tw-exporter queries file",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    builtins: BuiltinsDef = BuiltinsDef()
+    queries: dict[QueryName, QueryDef] = Field(default_factory=dict)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the file, as published in ``schemas/queries.schema.json``."""
+    return QueriesFileModel.model_json_schema()
+
+
+# ---------------------------------------------------------------- effective settings
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One query's effective schedule and where each value came from (for ``check``)."""
+
+    interval: float
+    timeout: float
+    max_staleness: float
+    max_series: int = DEFAULT_MAX_SERIES
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueriesConfig:
+    """A validated file: built-in schedules (enabled ones only) and the custom queries."""
+
+    path: Path | None
+    builtins: Mapping[str, Schedule]
+    custom: Mapping[str, tuple[QueryDef, Schedule]]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.builtins, *self.custom)
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        return {**self.builtins, **{name: s for name, (_, s) in self.custom.items()}}
+
+
+def _resolve(
+    file_values: BuiltinDef | QueryDef,
+    settings: Settings,
+    *,
+    where: str,
+    builtin: bool,
+) -> Schedule:
+    """File wins over flag, flag over default; built-ins also follow --max-staleness."""
+    sources: dict[str, str] = {}
+    if file_values.interval is not None:
+        interval, sources["interval"] = file_values.interval, where
+    else:
+        interval, sources["interval"] = (
+            settings.interval,
+            settings.sources.get("interval", "default"),
+        )
+    if file_values.timeout is not None:
+        timeout, sources["timeout"] = file_values.timeout, where
+    elif "query_timeout" in settings.sources:
+        timeout = min(settings.query_timeout, interval)
+        sources["timeout"] = f"{settings.sources['query_timeout']} (capped at the interval)"
+    else:
+        timeout = min(DEFAULT_QUERY_TIMEOUT_CAP, interval)
+        sources["timeout"] = f"default (min({DEFAULT_QUERY_TIMEOUT_CAP:g}s, interval))"
+    if file_values.max_staleness is not None:
+        staleness, sources["max_staleness"] = file_values.max_staleness, where
+    elif builtin and "max_staleness" in settings.sources:
+        staleness = max(settings.max_staleness, interval)
+        sources["max_staleness"] = settings.sources["max_staleness"]
+    else:
+        staleness = STALENESS_INTERVALS * interval
+        sources["max_staleness"] = f"default ({STALENESS_INTERVALS} x interval)"
+    max_series = DEFAULT_MAX_SERIES
+    if isinstance(file_values, QueryDef):
+        max_series = file_values.max_series
+        sources["max_series"] = (
+            where if "max_series" in file_values.model_fields_set else ("default")
+        )
+    return Schedule(interval, timeout, staleness, max_series, sources)
+
+
+def default_config(settings: Settings) -> QueriesConfig:
+    """No file: the built-in three on the command line's schedule."""
+    return build_config(QueriesFileModel(), settings, None)
+
+
+def build_config(model: QueriesFileModel, settings: Settings, path: Path | None) -> QueriesConfig:
+    where = str(path) if path else "file"
+    builtins: dict[str, Schedule] = {}
+    for name in BUILTIN_NAMES:
+        override: BuiltinDef = getattr(model.builtins, name)
+        if override.enabled:
+            builtins[name] = _resolve(override, settings, where=where, builtin=True)
+    custom = {
+        name: (query, _resolve(query, settings, where=where, builtin=False))
+        for name, query in model.queries.items()
+    }
+    return QueriesConfig(path, builtins, custom)
+
+
+# ---------------------------------------------------------------- checks beyond one field
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """``('queries', 'q', 'metrics', 'm', 'labels', 0)`` ->
+    ``query q, field metrics.m.labels[0]``."""
+    parts = list(loc)
+    head = ""
+    if len(parts) >= 2 and parts[0] in ("queries", "builtins"):
+        kind = "query" if parts[0] == "queries" else "built-in query"
+        head = f"{kind} {parts[1]}"
+        parts = parts[2:]
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "[key]":
+            path += " (name)"
+        else:
+            path += f".{part}" if path else str(part)
+    if head and path == " (name)":
+        return f"{head}, its name"
+    if head and path:
+        return f"{head}, field {path}"
+    return head or (f"field {path}" if path else "top level")
+
+
+_PATTERN_MEANING = {
+    QUERY_NAME: "expected snake_case: lower-case letters, digits and _, starting with a letter",
+    METRIC_NAME: "expected a Prometheus metric name: letters, digits, _ and :, not a digit first",
+    LABEL_NAME: "expected a Prometheus label name: letters, digits and _, not a digit first",
+}
+PARAM_TYPES = (
+    "expected an integer, float, text, boolean, {interval: DURATION} or {seconds: DURATION}"
+)
+
+
+def _first_error(error: ValidationError) -> str:
+    """pydantic's first error as ``location: message``, in the file's own terms.
+
+    A parameter matches none of the union's members: pydantic reports one error per member;
+    the location is cut at the parameter and a duration's own message is kept if there is one.
+    """
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+        if len(loc) == 2 and loc[0] == "builtins":
+            message += " (the built-in queries are " + ", ".join(BUILTIN_NAMES) + ")"
+    elif first["type"] == "string_pattern_mismatch":
+        pattern = (first.get("ctx") or {}).get("pattern")
+        message = f"{first['input']!r}: " + _PATTERN_MEANING.get(str(pattern), message)
+    if "params" in loc and loc.index("params") + 1 < len(loc):
+        cut = loc[: loc.index("params") + 2]
+        same = [e for e in errors if tuple(e["loc"])[: len(cut)] == cut]
+        durations = [e for e in same if e["type"] == "value_error"]
+        message = durations[0]["msg"].removeprefix("Value error, ") if durations else PARAM_TYPES
+        loc = cut
+    return f"{_location(loc)}: {message}"
+
+
+def _statement_problem(sql: str) -> str | None:
+    """Why ``sql`` is not a single SELECT/WITH statement, or None.
+
+    Comments and quoted text are skipped, so a ``;`` inside a string does not count; the
+    read-only transaction the query runs in is the real guard, this is the early, clear error.
+    """
+    code = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            if end < 0:
+                return "unterminated /* comment"
+            i = end + 2
+            code.append(" ")
+        elif c in ("'", '"'):
+            end = i + 1
+            while True:
+                end = sql.find(c, end)
+                if end < 0:
+                    return f"unterminated {c} quote"
+                if sql.startswith(c * 2, end):
+                    end += 2
+                    continue
+                break
+            code.append(" x ")
+            i = end + 1
+        elif c == "$" and (m := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:])):
+            tag = m.group(0)
+            end = sql.find(tag, i + len(tag))
+            if end < 0:
+                return f"unterminated {tag} quote"
+            code.append(" x ")
+            i = end + len(tag)
+        else:
+            code.append(c)
+            i += 1
+    text = "".join(code).strip().rstrip(";").strip()
+    if ";" in text:
+        return "expected a single statement (found ';' between statements)"
+    first = text.split(None, 1)[0].upper() if text else ""
+    first = first.split("(", 1)[0]
+    if first not in ("SELECT", "WITH"):
+        return f"expected a SELECT or WITH statement, got {first or 'nothing'}"
+    return None
+
+
+def placeholders(sql: str) -> set[int]:
+    return {int(n) for n in re.findall(r"\$(\d+)", sql)}
+
+
+def _query_errors(name: str, query: QueryDef, schedule: Schedule) -> Iterator[tuple[str, str]]:
+    """(field, message) for one query on its own."""
+    problem = _statement_problem(query.sql)
+    if problem:
+        yield "sql", problem
+    used = placeholders(query.sql)
+    if (max(used) if used else 0) != len(query.params):
+        yield (
+            "params",
+            (
+                f"the SQL uses {max(used) if used else 0} parameter(s) ($1..$n) but "
+                f"{len(query.params)} value(s) are given"
+            ),
+        )
+    for metric_name, metric in query.metrics.items():
+        where = f"metrics.{metric_name}"
+        value = metric.value or metric_name
+        if metric.type == "counter" and not metric_name.endswith("_total"):
+            yield where, f"counter {metric_name!r} must end in _total (OpenMetrics counters)"
+        if metric.type == "gauge" and metric_name.endswith(("_total", "_bucket", "_count")):
+            yield where, f"gauge {metric_name!r} must not end in _total, _bucket or _count"
+        if value in metric.labels:
+            yield f"{where}.labels", f"column {value!r} is both a label and the value"
+        if metric.alert is not None and (metric.alert.above is None) == (
+            metric.alert.below is None
+        ):
+            yield f"{where}.alert", "give exactly one of above or below"
+        seen: set[str] = set()
+        for label in (*metric.labels, *metric.const_labels):
+            if label in RESERVED_LABELS:
+                yield f"{where}.labels", f"label {label!r} is reserved for the scraper"
+            elif label.startswith("__"):
+                yield f"{where}.labels", f"label {label!r}: names starting __ are reserved"
+            if label in seen:
+                yield f"{where}.labels", f"label {label!r} is given twice"
+            seen.add(label)
+    if schedule.timeout > schedule.interval:
+        yield (
+            "timeout",
+            (
+                f"{schedule.timeout:g}s ({schedule.sources['timeout']}) is longer than the "
+                f"interval {schedule.interval:g}s: runs would overlap"
+            ),
+        )
+    if schedule.max_staleness < schedule.interval:
+        yield (
+            "max_staleness",
+            (f"{schedule.max_staleness:g}s is shorter than the interval {schedule.interval:g}s"),
+        )
+
+
+def semantic_errors(config: QueriesConfig) -> Iterator[str]:
+    """Every problem no single field shows, as ``location: message``."""
+    for name, schedule in config.builtins.items():
+        if schedule.timeout > schedule.interval:
+            yield (
+                f"built-in query {name}, field timeout: {schedule.timeout:g}s is longer than "
+                f"the interval {schedule.interval:g}s: runs would overlap"
+            )
+        if schedule.max_staleness < schedule.interval:
+            yield (
+                f"built-in query {name}, field max_staleness: {schedule.max_staleness:g}s is "
+                f"shorter than the interval {schedule.interval:g}s"
+            )
+    owners: dict[str, str] = dict.fromkeys(BUILTIN_METRICS, "the built-in queries")
+    for name, (query, schedule) in config.custom.items():
+        if name in BUILTIN_NAMES:
+            yield f"query {name}: the name of a built-in query (tune it under builtins:)"
+        for where, message in _query_errors(name, query, schedule):
+            yield f"query {name}, field {where}: {message}"
+        for metric_name in query.metrics:
+            where = f"query {name}, field metrics.{metric_name}"
+            if metric_name in RESERVED_METRIC_NAMES or metric_name.startswith(
+                RESERVED_METRIC_PREFIXES
+            ):
+                yield f"{where}: the name {metric_name!r} is reserved for the exporter itself"
+            elif metric_name in owners:
+                yield f"{where}: {metric_name!r} is already produced by {owners[metric_name]}"
+            else:
+                owners[metric_name] = f"query {name}"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse(text: str, settings: Settings, path: Path | None = None) -> QueriesConfig:
+    """Validate a file's text; raise ``QueriesFileError`` with the first problem's line."""
+    shown = str(path) if path else "queries file"
+    try:
+        raw = load_yaml(text)
+    except ValueError as error:
+        raise QueriesFileError(f"{shown}: {error}") from None
+    if raw is None:
+        raw = {}
+    try:
+        model = QueriesFileModel.model_validate(raw)
+    except ValidationError as error:
+        raise QueriesFileError(f"{shown}: {_first_error(error)}") from None
+    config = build_config(model, settings, path)
+    for problem in semantic_errors(config):
+        raise QueriesFileError(f"{shown}: {problem}")
+    return config
+
+
+def load(path: Path, settings: Settings) -> QueriesConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise QueriesFileError(f"{path}: cannot read the queries file: {error}") from None
+    return parse(text, settings, path)
+
+
+def config_for(settings: Settings) -> QueriesConfig:
+    """The queries the exporter runs: the file's, or the built-ins' defaults without one."""
+    if settings.queries_file is None:
+        return default_config(settings)
+    config = load(settings.queries_file, settings)
+    check_ha_lease(config, settings)
+    return config
+
+
+def check_ha_lease(config: QueriesConfig, settings: Settings) -> None:
+    """With --ha, the lease must outlast the *longest* query timeout (plus the margin), or a
+    frozen leader's query could still run when another replica takes the lock; checked
+    wherever the file is read (startup and every reload), since the file's timeouts win over
+    --query-timeout, which the settings alone checked."""
+    if not settings.ha or not config.schedules:
+        return
+    name, longest = max(config.schedules.items(), key=lambda item: item[1].timeout)
+    floor = longest.timeout + HA_LEASE_MARGIN
+    if settings.ha_lease < floor:
+        raise QueriesFileError(
+            f"{config.path}: query {name}, field timeout: {longest.timeout:g}s needs "
+            f"--ha-lease >= {floor:g} (the timeout + {HA_LEASE_MARGIN:g}), but the lease is "
+            f"{settings.ha_lease:g}: raise --ha-lease or shorten the timeout"
+        )

@@ -1,0 +1,606 @@
+"""The asyncpg pool and the one way the exporter runs a query.
+
+One asyncpg connection cannot run queries concurrently ("another operation is in progress"),
+so the exporter owns a small pool: at most ``--max-connections`` connections (default 5), and
+never more than the enabled queries (a reload that adds or removes queries resizes it). The
+built-in three run at once, a file of 40 custom queries still opens at most five connections
+(the rest wait for a slot, which delays them but is not an error), and a lock or a slow
+database can never pile up more connections than that (postgres_exporter #1228).
+
+Fairness: a slow query must not starve the others of their schedule. Every query's slot goes
+through ``Slots``, which keeps one connection out of reach of *long* runs, so however many
+queries are stuck (on a lock, a slow plan, ``pg_sleep``), a quick query still gets a connection
+within its own interval. With ``N`` connections:
+
+* a run is *long* when it holds its connection for longer than the shortest interval among the
+  enabled queries (``long_after``): long enough for the most frequent query to miss a tick;
+* a query *expects* to be long when its previous run was (before its first run: when its
+  ``timeout`` is longer than ``long_after``, as it may legitimately run that long), and such a
+  query is admitted only while fewer than ``N - 1`` connections are held by long runs (those
+  that expected it and those that have been running longer than ``long_after`` so far);
+* a query that expects to be quick takes any free connection;
+* otherwise first come, first served; a long query waiting for room does not hold up the quick
+  ones queued behind it.
+
+So long runs together hold at most ``N - 1`` connections, except when a query expected to be
+quick turns out long (a table locked for the first time): it is long from its next run on, so
+that costs at most one run of its. With ``N = 1`` there is nothing to reserve. When every query
+has the same interval no run can be long (a timeout never exceeds its interval) and the rule is
+plain first come, first served.
+Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
+client-side deadline as backstop for a server that stops answering altogether (a paused VM, a
+hung volume, a path that drops packets): at the deadline the query's connection is closed from
+the client side at once, since every graceful step (cancel request, rollback, the pool's reset)
+would wait for that same server. Failures are classified into the reasons the error counter
+exports (``FAILURE_REASONS``), and into whether the server answered at all (``tw_up``).
+
+Nothing depends on session state, so the exporter works unchanged behind a transaction pooler
+(PgBouncer ``pool_mode = transaction``), where consecutive transactions of one client may run on
+different server connections:
+
+* the timeouts and read-only mode are set *inside* each transaction (``BEGIN READ ONLY`` plus
+  ``SET LOCAL``, sent as one simple-protocol message: one round trip, like the plain ``BEGIN``
+  it replaces), never as startup parameters, which PgBouncer refuses ("unsupported startup
+  parameter"); only ``application_name`` travels at startup, and PgBouncer tracks that one
+  itself;
+* statements are unnamed (``statement_cache_size=0``) and always parsed inside the open
+  transaction, so no prepared statement outlives the server connection it was made on;
+* a released connection is not reset with ``RESET ALL``/``UNLISTEN *``: there is nothing to
+  reset, and on a transaction pooler that round trip would run on some other client's server.
+
+Each query's time is split where a pooler makes a client wait: ``wait`` is the pool acquire
+plus the transaction's first round trip (PgBouncer assigns a server connection when that
+message arrives), ``run`` is the statement and its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from exporter.config.settings import DEFAULT_MAX_CONNECTIONS
+from exporter.db import keepalive
+from exporter.expose.health import FailureReason
+
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "tw-exporter"
+# The client deadline trails the server's statement_timeout so PostgreSQL normally cancels
+# first (reason "timeout" with a clean connection); the client only steps in when the server
+# itself stops answering.
+CLIENT_GRACE_SECONDS = 1.0
+# The most connections one exporter opens by default, however many queries it runs.
+MAX_POOL_SIZE = DEFAULT_MAX_CONNECTIONS
+# Connections idle longer than this are closed, so a pool never holds sockets a database
+# restart or a NAT timeout has silently broken for long.
+MAX_INACTIVE_CONNECTION_LIFETIME = 300.0
+# Pooled connections are replaced after this long even when busy: with a multi-host DSN
+# (``host1,host2`` and ``target_session_attrs``) a connection that fell back to another host
+# while the preferred one was down goes back to the preferred one within this time.
+MAX_CONNECTION_AGE = 300.0
+
+# SQLSTATE classes that mean "the database could not be reached or went away".
+_CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "28", "3D000", "53300")
+_TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available
+# A read-only query at READ COMMITTED cannot fail serialization or deadlock on a primary; on a
+# hot standby these are how PostgreSQL cancels a query that blocks WAL replay (a recovery
+# conflict: 40001 for snapshot, lock, buffer-pin and tablespace conflicts, 40P01 for a
+# buffer-pin deadlock with the startup process). The next run usually succeeds.
+_CONFLICT_SQLSTATES = ("40001", "40P01")
+# Unnamed statements only: a named prepared statement lives on one server connection, which a
+# transaction pooler does not keep for the client ("prepared statement ... does not exist").
+STATEMENT_CACHE_SIZE = 0
+
+
+def local_timeouts(query_timeout: float) -> str:
+    """The exporter's timeouts for the current transaction only (milliseconds).
+
+    ``SET LOCAL`` ends with the transaction, so no setting leaks into a pooled server
+    connection another client gets next, and nothing depends on one surviving.
+    """
+    timeout_ms = max(1, round(query_timeout * 1000))
+    return (
+        f"SET LOCAL statement_timeout = {timeout_ms};"
+        f" SET LOCAL lock_timeout = {timeout_ms};"
+        f" SET LOCAL idle_in_transaction_session_timeout = {timeout_ms * 2}"
+    )
+
+
+def transaction_setup(query_timeout: float) -> str:
+    """The first message of every query's transaction: read-only, with the timeouts."""
+    return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}"
+
+
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
+    """asyncpg's connection plus ``memo``, facts learned about this one connection (such as the
+    query shape its schema needs, ``exporter.collectors.schema``): they are worked out once per
+    connection, and again on the fresh connection a reconnect or failover brings."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.memo: dict[str, Any] = {}
+
+
+# A statement that depends on the connection it runs on: resolved there, inside the query's
+# read-only transaction and deadline, so a failure to resolve it is counted like the query's.
+Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
+
+
+def pool_size_for(queries: int, max_connections: int = MAX_POOL_SIZE) -> int:
+    """One connection per query, so queries do not wait on each other, up to the bound (a
+    query never overlaps itself, so more would never be used)."""
+    return max(1, min(queries, max_connections))
+
+
+@dataclass(eq=False)
+class Hold:
+    """One query's claim on a connection, from admission to release."""
+
+    query: str | None
+    long: bool  # admitted as a query expected to run long
+    since: float = 0.0  # time.monotonic() at admission
+
+
+@dataclass(eq=False)
+class Slots:
+    """Admission to the pool: at most ``capacity`` connections in use, of which at most
+    ``capacity - 1`` by long runs (the rule in the module docstring).
+
+    A slot is held from admission to release, connecting included; that time, per query, is
+    what tells whether its next run is expected to be long. ``fair = False`` turns the rule off
+    (plain first come, first served), for the benchmark's before/after comparison only.
+    """
+
+    capacity: int
+    long_after: float = math.inf
+    fair: bool = True
+    _held: set[Hold] = field(default_factory=set)
+    _waiting: deque[tuple[Hold, asyncio.Future[None]]] = field(default_factory=deque)
+    _last_hold: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._held)
+
+    @property
+    def long_lane(self) -> int:
+        """How many connections long runs may hold together."""
+        return max(1, self.capacity - 1)
+
+    def expects_long(self, query: str | None, query_timeout: float) -> bool:
+        """Its previous run was long; before its first (or without a name): its timeout is."""
+        last = self._last_hold.get(query) if query is not None else None
+        return (query_timeout if last is None else last) > self.long_after
+
+    def long_runs(self, now: float) -> int:
+        """Connections held by long runs: expected long, or running past ``long_after``."""
+        return sum(1 for h in self._held if h.long or now - h.since > self.long_after)
+
+    def _admissible(self, hold: Hold, now: float) -> bool:
+        if len(self._held) >= self.capacity:
+            return False
+        return not (self.fair and hold.long) or self.long_runs(now) < self.long_lane
+
+    def _grant(self, hold: Hold, now: float) -> None:
+        hold.since = now
+        self._held.add(hold)
+
+    async def acquire(self, query: str | None, query_timeout: float) -> Hold:
+        """Wait for a connection slot (no deadline: the wait delays the query's schedule and
+        is counted as its wait time, never as an error)."""
+        hold = Hold(query, self.expects_long(query, query_timeout))
+        now = time.monotonic()
+        # Whoever waits could not be admitted, and only time has passed since (which admits
+        # no one): a newcomer that fits jumps no queue.
+        if self._admissible(hold, now):
+            self._grant(hold, now)
+            return hold
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (hold, admitted)
+        self._waiting.append(entry)
+        try:
+            await admitted
+        except asyncio.CancelledError:
+            if admitted.cancelled():
+                self._waiting.remove(entry)
+            else:  # admitted just before the cancellation: give the slot back
+                self.release(hold, record=False)
+            raise
+        return hold
+
+    def release(self, hold: Hold, *, record: bool = True) -> None:
+        now = time.monotonic()
+        self._held.discard(hold)
+        if record and hold.query is not None:
+            self._last_hold[hold.query] = now - hold.since
+        self._wake(now)
+
+    def resize(self, capacity: int, long_after: float) -> None:
+        self.capacity, self.long_after = capacity, long_after
+        self._wake(time.monotonic())
+
+    def forget(self, query: str) -> None:
+        """A query removed or changed by a reload: its next run is judged afresh."""
+        self._last_hold.pop(query, None)
+
+    def _wake(self, now: float) -> None:
+        """Admit waiters in arrival order, each one that fits (a long one that does not fit
+        lets the quick ones behind it through)."""
+        for entry in list(self._waiting):
+            hold, admitted = entry
+            if admitted.done():  # cancelled; its task removes the entry when it resumes
+                continue
+            if self._admissible(hold, now):
+                self._waiting.remove(entry)
+                self._grant(hold, now)
+                admitted.set_result(None)
+
+
+class QueryError(Exception):
+    """A failed query, with the reason label it is counted under, a password-free message, and
+    whether the server answered it (an error PostgreSQL sent about the query, such as a
+    statement timeout or a missing table, is an answer; a refused or timed-out connect, a lost
+    connection and the client deadline are not).
+
+    ``wait_seconds``/``run_seconds`` are the phases the query got through before failing
+    (None for a phase it never reached)."""
+
+    def __init__(
+        self,
+        reason: FailureReason,
+        message: str,
+        *,
+        answered: bool = False,
+        wait_seconds: float | None = None,
+        run_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason: FailureReason = reason
+        self.answered = answered
+        self.wait_seconds = wait_seconds
+        self.run_seconds = run_seconds
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    rows: Sequence[asyncpg.Record]
+    seconds: float
+    wait_seconds: float = 0.0
+    """Pool acquire plus the transaction's first round trip (retries included)."""
+    run_seconds: float = 0.0
+    """The statement and its commit."""
+
+
+def classify(error: BaseException) -> FailureReason:
+    """Map a driver or OS error onto the exported failure reason."""
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(error, asyncpg.PostgresError):
+        state = getattr(error, "sqlstate", "") or ""
+        if state in _TIMEOUT_SQLSTATES:
+            return "timeout"
+        if state in _CONFLICT_SQLSTATES:
+            return "conflict"
+        if state.startswith(_CONNECTION_SQLSTATE_PREFIXES):
+            return "connection"
+        return "sql"
+    if isinstance(
+        error,
+        OSError | ConnectionError | asyncpg.InterfaceError | asyncpg.ClientConfigurationError,
+    ):
+        return "connection"
+    return "sql"
+
+
+def answered(error: BaseException, reason: FailureReason) -> bool:
+    """Whether ``error`` is the server's answer to the query (rather than the absence of one)."""
+    return isinstance(error, asyncpg.PostgresError) and reason != "connection"
+
+
+def describe(error: BaseException) -> str:
+    """A one-line, password-free description (asyncpg messages never contain the DSN)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
+class Database:
+    """Owns the pool. Creating it never touches the database: connections open on demand, so
+    the exporter starts (and serves ``tw_up 0``) while the database is down.
+
+    ``pool_size`` is the most connections it ever opens (``--max-connections``); ``fit`` lowers
+    the number in use to the queries enabled and sets the fairness threshold, at start and at
+    every reload."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int,
+        query_timeout: float,
+        application_name: str = APPLICATION_NAME,
+        max_connection_age: float = MAX_CONNECTION_AGE,
+    ) -> None:
+        self._dsn = dsn
+        self._application_name = application_name
+        self._pool_size = pool_size
+        self._query_timeout = query_timeout
+        self._deadline = query_timeout + CLIENT_GRACE_SECONDS
+        self._tcp_timeouts = keepalive.TcpTimeouts.for_deadline(self._deadline)
+        self._pool: asyncpg.Pool | None = None
+        # Queries beyond the pool's size wait here, outside their deadline: waiting for a slot
+        # delays a query's schedule (and counts as wait time) but is never a "connection" or
+        # "timeout" error. asyncpg's pool hands out live connections first, so it opens a new
+        # one only when every open one is in use: never more than the slots admit.
+        self._slots = Slots(pool_size)
+        self._max_connection_age = max_connection_age
+        self._generation_started = time.monotonic()
+        self._setup_sql = transaction_setup(query_timeout)
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._pool_size,
+            # asyncpg applies it to the whole connect: TCP, TLS, startup and authentication.
+            timeout=self._query_timeout,  # connect timeout
+            command_timeout=None,
+            init=self._tune_socket,
+            max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
+            connection_class=PooledConnection,
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+            reset=_no_session_state,
+            server_settings={"application_name": self._application_name},
+        )
+
+    @property
+    def slots(self) -> Slots:
+        return self._slots
+
+    def fit(self, queries: int, long_after: float = math.inf) -> None:
+        """Use at most one connection per enabled query, up to ``pool_size``, and count a run
+        as long past ``long_after`` seconds (the shortest interval among the queries). Called at
+        start and by a reload; connections beyond a lowered bound close as soon as they are
+        idle."""
+        self._slots.resize(pool_size_for(queries, self._pool_size), long_after)
+        self._close_idle_beyond_capacity()
+
+    def forget(self, query: str) -> None:
+        self._slots.forget(query)
+
+    def connections(self) -> int:
+        """Connections open now (in use or idle)."""
+        return 0 if self._pool is None else int(self._pool.get_size())
+
+    def _close_idle_beyond_capacity(self) -> None:
+        """Close idle connections while more are open than the slots now admit (after a reload
+        lowered the bound). asyncpg has no public call for it; this is what its own inactivity
+        timer does to an idle connection. Busy ones are closed here when released."""
+        pool = self._pool
+        if pool is None:
+            return
+        excess = pool.get_size() - self._slots.capacity
+        for holder in getattr(pool, "_holders", ()):
+            if excess <= 0:
+                return
+            if holder.is_connected() and holder.is_idle():
+                holder.terminate()
+                excess -= 1
+
+    async def _tune_socket(self, conn: asyncpg.Connection) -> None:
+        """Pool ``init`` hook, run once per new connection: keepalive and TCP_USER_TIMEOUT on
+        its socket (see ``exporter.db.keepalive``). asyncpg exposes no public accessor for the
+        transport, hence the private attribute; without it the connection still works."""
+        transport = getattr(conn, "_transport", None)
+        if transport is not None:
+            keepalive.apply(transport.get_extra_info("socket"), self._tcp_timeouts)
+
+    async def close(self, grace: float = 5.0) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), grace)
+        except Exception:  # shutdown must finish even if connections hang
+            pool.terminate()
+
+    async def fetch(
+        self,
+        sql: str | Resolve,
+        args: Sequence[Any],
+        query_timeout: float | None = None,
+        *,
+        query: str | None = None,
+    ) -> QueryResult:
+        """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
+
+        ``query_timeout`` is this query's own timeout (default: the pool's ``query_timeout``): its
+        transaction's ``SET LOCAL`` timeouts and its client deadline are built from it. The
+        time spent waiting for a free pool slot is part of ``seconds`` and ``wait_seconds``
+        but not of the deadline. ``query`` names the scheduled query, whose previous runs tell
+        the pool whether this one is expected to be long (see ``Slots``).
+
+        Errors while *getting* a connection (refused, unreachable, authentication, a connect
+        that times out) count as ``connection``; a timeout while the query runs counts as
+        ``timeout``. A connection error on a pooled connection after the connect is retried
+        once on a fresh one: after a database restart every idle connection is dead, and the
+        retry lets the first cycle after the restart succeed instead of reporting a failure
+        that is already over.
+
+        The client deadline (timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server, or a
+        pooler in front of it, does: when it passes, the connection the attempt holds is
+        terminated (socket closed, pool slot freed) *before* the task is cancelled, so nothing
+        afterwards waits for the server. It counts as ``timeout``, not answered; when it hit
+        the transaction's first round trip (a pooler with no free server connection), the time
+        waited is still observed as wait time.
+        """
+        if self._pool is None:
+            raise QueryError("connection", "the connection pool is not open")
+        timeout = self._query_timeout if query_timeout is None else query_timeout
+        setup_sql = (
+            self._setup_sql if timeout == self._query_timeout else transaction_setup(timeout)
+        )
+        client_deadline = timeout + CLIENT_GRACE_SECONDS
+        loop = asyncio.get_running_loop()
+        attempt = _Attempt(started=time.perf_counter(), setup_sql=setup_sql)
+        hold = await self._slots.acquire(query, timeout)
+        try:
+            await self._recycle_old_connections()
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    expiry = loop.call_at(loop.time() + client_deadline, attempt.expire, deadline)
+                    try:
+                        try:
+                            rows = await self._fetch_once(sql, args, attempt)
+                        except Exception as error:
+                            if (
+                                attempt.expired
+                                or attempt.phase == "connect"
+                                or classify(error) != "connection"
+                            ):
+                                raise
+                            log.debug("retrying on a fresh connection after %s", describe(error))
+                            rows = await self._fetch_once(sql, args, attempt)
+                    finally:
+                        expiry.cancel()
+            except Exception as error:
+                raise attempt.failure(error, client_deadline) from None
+        finally:
+            self._slots.release(hold)
+            self._close_idle_beyond_capacity()
+        assert attempt.wait_seconds is not None
+        seconds = attempt.elapsed()
+        return QueryResult(
+            rows=rows,
+            seconds=seconds,
+            wait_seconds=attempt.wait_seconds,
+            run_seconds=seconds - attempt.wait_seconds,
+        )
+
+    async def _recycle_old_connections(self) -> None:
+        """Every ``max_connection_age`` seconds, have the pool replace its connections (idle
+        ones on their next acquire, busy ones on release): a connection lifetime that asyncpg's
+        pool does not have, so a multi-host DSN drifts back to its preferred host."""
+        now = time.monotonic()
+        if self._pool is not None and now - self._generation_started >= self._max_connection_age:
+            self._generation_started = now
+            await self._pool.expire_connections()
+
+    async def _fetch_once(
+        self, sql: str | Resolve, args: Sequence[Any], attempt: _Attempt
+    ) -> Sequence[asyncpg.Record]:
+        pool = self._pool  # close() may drop the attribute while this attempt unwinds
+        attempt.phase = "connect"
+        attempt.wait_seconds = None
+        if pool is None:
+            raise asyncpg.InterfaceError("the connection pool is closed")
+        conn = await pool.acquire()
+        attempt.conn = conn
+        try:
+            attempt.phase = "begin"
+            await conn.execute(attempt.setup_sql)
+            attempt.wait_seconds = attempt.elapsed()
+            attempt.phase = "query"
+            text = sql if isinstance(sql, str) else await sql(conn)
+            rows: Sequence[asyncpg.Record] = await conn.fetch(text, *args)
+            await conn.execute("COMMIT")
+            return rows
+        except BaseException:
+            # After the deadline the connection is already terminated: nothing to roll back.
+            if not attempt.expired:
+                await _rollback(conn)
+            raise
+        finally:
+            # A terminated connection already gave its slot back to the pool; releasing it
+            # would wait for the server (reset) for nothing.
+            if not attempt.expired:
+                await pool.release(conn)
+            attempt.conn = None
+
+
+async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+    """End a failed query's transaction, as ``Transaction.__aexit__`` would: the connection
+    goes back to the pool (and, on a pooler, its server to other clients) idle, not aborted.
+    A connection that is already broken is left to the pool, which discards it."""
+    try:
+        if conn.is_closed() or not conn.is_in_transaction():
+            return
+    except asyncpg.InterfaceError:  # lost: asyncpg already detached it from the pool
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception as error:
+        log.debug("rollback failed: %s", describe(error))
+
+
+async def _no_session_state(conn: asyncpg.Connection[Any]) -> None:
+    """The pool's reset hook: the exporter keeps no session state (timeouts are ``SET LOCAL``,
+    no LISTEN, cursors or advisory locks), so a released connection needs no reset query.
+    asyncpg still rolls back an open transaction before calling this."""
+
+
+@dataclass
+class _Attempt:
+    """Where a query attempt is, which connection it holds and how long it waited for a usable
+    server connection, so a failure is blamed on connecting or on the query, and the deadline
+    can close the connection it finds."""
+
+    started: float
+    setup_sql: str  # BEGIN READ ONLY plus this query's SET LOCAL timeouts
+    phase: str = "connect"  # connect -> begin -> query
+    wait_seconds: float | None = None
+    conn: Any = None  # the pooled connection while the attempt holds one
+    expired: bool = False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def run_seconds(self) -> float | None:
+        """Time since the statement was sent, if it was."""
+        if self.phase != "query" or self.wait_seconds is None:
+            return None
+        return self.elapsed() - self.wait_seconds
+
+    def expire(self, deadline: asyncio.Timeout) -> None:
+        """The deadline passed: close the held connection from the client side (no cancel
+        request, no rollback: the server may not answer either), then cancel the attempt."""
+        self.expired = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError):  # released meanwhile
+                conn.terminate()
+        deadline.reschedule(asyncio.get_running_loop().time())
+
+    def failure(self, error: BaseException, deadline: float) -> QueryError:
+        """The ``QueryError`` this attempt ended in."""
+        if self.phase == "connect":
+            return QueryError("connection", describe(error), wait_seconds=self.wait_seconds)
+        if self.expired:
+            # Stuck in the first round trip: all of it was waiting for a server connection.
+            wait = self.elapsed() if self.phase == "begin" else self.wait_seconds
+            return QueryError(
+                "timeout",
+                f"no answer from the database within {deadline:g}s (client deadline); its "
+                "connection was closed",
+                wait_seconds=wait,
+                run_seconds=self.run_seconds(),
+            )
+        reason = classify(error)
+        return QueryError(
+            reason,
+            describe(error),
+            answered=answered(error, reason),
+            wait_seconds=self.wait_seconds,
+            run_seconds=self.run_seconds(),
+        )

@@ -1,0 +1,375 @@
+"""The in-memory snapshot that ``/metrics`` serves, kept as rendered bytes.
+
+Each query's result replaces that query's series wholesale, so a user who leaves the top N or a
+tag that leaves the top K disappears in the same run (the bug class users reported most
+against query-exporter: long-lived gauges set by label keep dead series forever). A failed
+query keeps its last good series for at most its own max staleness, then they are dropped
+rather than served as if current.
+
+The exposition is assembled from parts: each query's business families are rendered (Prometheus
+text and OpenMetrics, each also gzipped) once, when its result arrives, and kept; a render
+re-renders only the queries whose result changed plus the small health section, then joins the
+bytes into an immutable ``Rendered`` object and swaps one reference. Gzip members concatenate
+into a valid gzip stream (RFC 1952 2.2; Go's reader, hence Prometheus, reads them as one), so a
+query finishing costs its own rendering, not the whole exposition's. A scrape costs what
+returning bytes costs, never touches the database, and never sees half a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client import exposition as text_format
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as openmetrics_format
+from prometheus_client.registry import Collector
+
+from exporter.collectors import QUERY_NAMES
+from exporter.expose.health import HealthMetrics
+from exporter.expose.labels import DEFAULT_MAX_LABEL_LENGTH, LabelBounder
+
+# What prometheus_client's own server answers: text version 0.0.4 unless the client asks for
+# text/plain version 1.0.0 (whose Content-Type is CONTENT_TYPE_LATEST from 0.22 on). Same bytes:
+# every name here is a legacy-valid one, so the two versions render identically.
+TEXT_CONTENT_TYPE: str = getattr(
+    text_format, "CONTENT_TYPE_PLAIN_0_0_4", text_format.CONTENT_TYPE_LATEST
+)
+TEXT_CONTENT_TYPE_V1: str = text_format.CONTENT_TYPE_LATEST
+OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
+# ``*_created`` series double the health section and no dashboard or alert reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Rendered once per cycle, so a higher level costs nothing per scrape.
+GZIP_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    gzipped: bytes
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One cycle's exposition in every format a scraper may ask for; never mutated."""
+
+    text: Encoded
+    openmetrics: Encoded
+
+
+@dataclass(frozen=True)
+class Part:
+    """One query's families, rendered in both formats (OpenMetrics without ``# EOF``)."""
+
+    text: Encoded
+    openmetrics: Encoded
+
+
+EMPTY_PART = Part(Encoded(b"", b""), Encoded(b"", b""))
+OPENMETRICS_EOF = b"# EOF\n"
+
+
+@dataclass
+class QueryState:
+    """The last good result of one query and when it was obtained (monotonic clock)."""
+
+    families: list[Metric] = field(default_factory=list)
+    succeeded_at: float | None = None
+    max_staleness: float | None = None  # None: the store's default
+    part: Part | None = None  # None: not rendered since the families changed
+
+
+class _Families(Collector):
+    """A registry-shaped view of a list of families, for the client library's renderers."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def render_part(families: list[Metric]) -> Part:
+    """Render one query's families; an empty part is free."""
+    if not families:
+        return EMPTY_PART
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    text = text_format.generate_latest(registry)
+    om = _openmetrics(registry).removesuffix(OPENMETRICS_EOF)
+    return Part(_encode(text), _encode(om))
+
+
+def _openmetrics(registry: CollectorRegistry) -> bytes:
+    return openmetrics_format.generate_latest(registry)  # type: ignore[no-untyped-call, no-any-return]
+
+
+_SampleKey = tuple[str, tuple[tuple[str, str], ...], float]
+
+
+class SectionCache:
+    """Renders the health section reusing what did not change since the last render.
+
+    The section grows with the number of queries (a histogram and a few gauges and counters per
+    query, about 25 samples each), and rendering all of it after every query's run would cost
+    more than the run's own part: with 50 queries, most of the CPU of a render. Samples are
+    grouped by family and ``query`` label; a group whose samples (names, labels, values) equal
+    the last render's reuses its bytes, so a run re-renders its own query's samples and the
+    small unlabelled families. The output is what prometheus_client renders, in the same order
+    of families; samples of one family stay together, as both formats require.
+    """
+
+    def __init__(self) -> None:
+        self._headers: dict[tuple[str, str, str, str], tuple[bytes, bytes]] = {}
+        self._groups: dict[tuple[str, str | None], tuple[list[_SampleKey], bytes, bytes]] = {}
+
+    def render(self, registry: CollectorRegistry) -> tuple[bytes, bytes]:
+        """(text, OpenMetrics without ``# EOF``) of every family ``registry`` collects."""
+        text: list[bytes] = []
+        openmetrics: list[bytes] = []
+        seen: set[tuple[str, str | None]] = set()
+        for family in registry.collect():
+            header_text, header_om = self._header(family)
+            text.append(header_text)
+            openmetrics.append(header_om)
+            groups: dict[str | None, list[Any]] = {}
+            for sample in family.samples:
+                groups.setdefault(sample.labels.get("query"), []).append(sample)
+            for query, samples in groups.items():
+                key = (family.name, query)
+                seen.add(key)
+                signature = [(s.name, tuple(sorted(s.labels.items())), s.value) for s in samples]
+                cached = self._groups.get(key)
+                if cached is None or cached[0] != signature:
+                    body_text, body_om = self._render(family, samples)
+                    cached = (signature, body_text, body_om)
+                    self._groups[key] = cached
+                text.append(cached[1])
+                openmetrics.append(cached[2])
+        for key in [k for k in self._groups if k not in seen]:
+            del self._groups[key]  # a query removed by a reload
+        return b"".join(text), b"".join(openmetrics)
+
+    def _header(self, family: Metric) -> tuple[bytes, bytes]:
+        key = (family.name, family.documentation, family.type, family.unit)
+        if key not in self._headers:
+            self._headers[key] = self._render(family, [], header=True)
+        return self._headers[key]
+
+    @staticmethod
+    def _render(family: Metric, samples: list[Any], header: bool = False) -> tuple[bytes, bytes]:
+        """The family's samples, or with ``header`` its HELP/TYPE lines only."""
+        empty = Metric(family.name, family.documentation, family.type, family.unit)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families([empty]))
+        head_text = text_format.generate_latest(registry)
+        head_om = _openmetrics(registry).removesuffix(OPENMETRICS_EOF)
+        if header:
+            return head_text, head_om
+        empty.samples = samples
+        full_text = text_format.generate_latest(registry)
+        full_om = _openmetrics(registry).removesuffix(OPENMETRICS_EOF)
+        return full_text[len(head_text) :], full_om[len(head_om) :]
+
+
+def _encode(body: bytes) -> Encoded:
+    return Encoded(body, gzip.compress(body, GZIP_LEVEL, mtime=0) if body else b"")
+
+
+class SnapshotStore:
+    """Holds per-query state and the current rendered exposition."""
+
+    def __init__(
+        self,
+        *,
+        interval: float,
+        max_staleness: float,
+        clock: Callable[[], float] = time.monotonic,
+        process_metrics: bool = True,
+        queries: Mapping[str, tuple[float, float]] | None = None,
+        max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
+    ) -> None:
+        """``queries``: name -> (interval, max staleness); default: the built-in three on
+        ``interval`` and ``max_staleness``."""
+        self.max_staleness = max_staleness
+        self.labels = LabelBounder(max_label_length)
+        self._clock = clock
+        if queries is None:
+            queries = dict.fromkeys(QUERY_NAMES, (interval, max_staleness))
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.health = HealthMetrics(
+            self.registry, interval, {name: every for name, (every, _) in queries.items()}
+        )
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        self.queries: dict[str, QueryState] = {
+            name: QueryState(max_staleness=staleness) for name, (_, staleness) in queries.items()
+        }
+        # An HA follower (see ``drop_business``); the leader and a lone exporter are not.
+        self.following = False
+        self._generation = self._published = 0
+        self._served: frozenset[str] = frozenset()
+        self._health = SectionCache()
+        self.current = self.render()
+
+    # ------------------------------------------------------------ the set of queries
+
+    def add_query(self, query: str, interval: float, max_staleness: float) -> None:
+        """A query added by a reload (or whose definition changed: its old series go)."""
+        self.queries[query] = QueryState(max_staleness=max_staleness)
+        self.health.add_query(query, interval)
+
+    def remove_query(self, query: str) -> None:
+        self.queries.pop(query, None)
+        self.health.remove_query(query)
+
+    # ------------------------------------------------------------ updates from the cycle
+
+    def record_success(self, query: str, families: list[Metric], wall_time: float) -> None:
+        """Replace ``query``'s series; every label value is bounded here, the one door
+        business families, built-in and custom, pass through (``exporter.expose.labels``). An HA
+        follower keeps none."""
+        if self.following:
+            return
+        state = self.queries.get(query)
+        if state is None:
+            return  # removed by a reload while it ran
+        bounded = self.labels.bound(query, families)
+        if bounded.shortened:
+            self.health.label_values_truncated.labels(query=query).inc(bounded.shortened)
+        state.families = bounded.families
+        state.part = None
+        state.succeeded_at = self._clock()
+        self.health.query_last_success.labels(query=query).set(wall_time)
+
+    def drop_business(self) -> None:
+        """This replica lost the HA lead: serve no business series at all (the new leader
+        serves them), and count as ready (a follower must stay in the Service, scrapeable)."""
+        for state in self.queries.values():
+            state.families, state.part = [], None
+            state.succeeded_at = None
+        self.following = True
+
+    def lead(self) -> None:
+        """This replica leads its HA group: record and serve results again."""
+        self.following = False
+
+    def is_fresh(self, query: str) -> bool:
+        state = self.queries[query]
+        limit = self.max_staleness if state.max_staleness is None else state.max_staleness
+        return state.succeeded_at is not None and self._clock() - state.succeeded_at <= limit
+
+    def fresh_families(self) -> Iterable[Metric]:
+        for name, state in self.queries.items():
+            if self.is_fresh(name):
+                yield from state.families
+
+    def _fresh_parts(self) -> tuple[list[Part], frozenset[str]]:
+        """Each fresh query's rendered part (rendering the ones whose result changed), and the
+        names of the queries they belong to."""
+        parts = []
+        names = []
+        for name, state in self.queries.items():
+            if not self.is_fresh(name):
+                # Expired: drop the data so memory does not hold it and it is never served.
+                state.families, state.part = [], None
+                continue
+            if state.part is None:
+                state.part = render_part(state.families)
+            parts.append(state.part)
+            names.append(name)
+        return parts, frozenset(names)
+
+    def _served_fresh(self, name: str) -> bool:
+        """Fresh, and its data is in what ``/metrics`` serves now (renders after a run may
+        trail it by a moment), so ``/readyz`` never says ready before ``/metrics`` is."""
+        return name in self._served and self.is_fresh(name)
+
+    @property
+    def ready(self) -> bool:
+        return self.following or all(self._served_fresh(name) for name in self.queries)
+
+    def stale_queries(self) -> list[str]:
+        return [name for name in self.queries if not self._served_fresh(name)]
+
+    # ------------------------------------------------------------ rendering
+
+    def render(self) -> Rendered:
+        """Render what changed now and publish the result with one reference swap."""
+        parts, names = self._fresh_parts()
+        text, openmetrics = self._render_health()
+        return self._publish(parts, names, text, openmetrics)
+
+    async def render_async(self) -> Rendered:
+        """``render`` without holding the event loop: the changed parts are rendered on the loop
+        (each a few hundred microseconds), the health section, whose cost grows with the number
+        of queries (about 25 samples each, tens of milliseconds for 50 queries), in a worker
+        thread; scrapes are answered meanwhile. prometheus_client's metric objects are
+        thread-safe, and a render that finishes after a newer one is not published."""
+        # Many results arriving together (50 queries started at once) are rendered one part
+        # per turn of the event loop, so the loop never stalls for more than one part.
+        for name, state in list(self.queries.items()):
+            if state.part is None and state.families and self.is_fresh(name):
+                families = state.families
+                part = render_part(families)
+                if state.families is families:  # not replaced meanwhile
+                    state.part = part
+                await asyncio.sleep(0)
+        generation = self._next_generation()
+        text, openmetrics = await asyncio.to_thread(self._render_health)
+        # The parts are gathered after the health section: a run that lands while the worker
+        # thread renders may already show in the health section (its last-success timestamp
+        # is a live gauge), so its series must be in this snapshot too. Gathered before, a
+        # scrape could see a new last success next to no series (found by test_freeze).
+        parts, names = self._fresh_parts()
+        return self._publish(parts, names, text, openmetrics, generation)
+
+    def _render_health(self) -> tuple[Encoded, Encoded]:
+        text, openmetrics = self._health.render(self.registry)
+        return _encode(text), _encode(openmetrics + OPENMETRICS_EOF)
+
+    def _next_generation(self) -> int:
+        self._generation += 1
+        return self._generation
+
+    def _publish(
+        self,
+        parts: list[Part],
+        names: frozenset[str],
+        health_text: Encoded,
+        health_om: Encoded,
+        generation: int | None = None,
+    ) -> Rendered:
+        """Business parts first, then the health section, whose OpenMetrics keeps the EOF."""
+        text = _join([p.text for p in parts], health_text)
+        openmetrics = _join([p.openmetrics for p in parts], health_om)
+        rendered = Rendered(text=text, openmetrics=openmetrics)
+        generation = self._next_generation() if generation is None else generation
+        if generation > self._published:
+            self._published = generation
+            self._served = names
+            self.current = rendered
+        return rendered
+
+
+def _join(parts: list[Encoded], last: Encoded) -> Encoded:
+    if not parts:
+        return last
+    return Encoded(
+        b"".join([*(p.body for p in parts), last.body]),
+        b"".join([*(p.gzipped for p in parts), last.gzipped]),
+    )

@@ -1,0 +1,228 @@
+"""``tw-exporter check``: is this database ready for the exporter? Usable as an init step.
+
+Validates the settings, connects with the exporter's own connection settings, says whether the
+server is a primary or a hot standby (and warns when a standby's settings let recovery
+conflicts cancel the queries), verifies that the tables and columns each built-in query reads
+exist and are readable, says which query shape the schema gets (``exporter.collectors.schema``),
+prepares each custom query from ``--queries-file`` (never running it) to check the columns the file
+names, inspects each query's plan for full-table scans and for recommended indexes that are
+missing or that the plan does not use (advice, never a failure), and runs each enabled built-in
+query once, in the shape detected; every query's effective schedule is printed with the source
+of each value. Prints one line per step and exits 0 only when everything would work.
+
+Like the exporter, it keeps no session state and runs unnamed statements inside one read-only
+transaction, so it gives the same answers through PgBouncer in transaction pooling mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+import asyncpg
+
+from exporter.collect.custom import collectors_for
+from exporter.collectors import COLLECTORS, QueryCollector, schema
+from exporter.config.queries_file import QueriesConfig, config_for
+from exporter.config.settings import Settings
+from exporter.db.database import (
+    APPLICATION_NAME,
+    STATEMENT_CACHE_SIZE,
+    Database,
+    QueryError,
+    describe,
+    local_timeouts,
+    pool_size_for,
+)
+from exporter.ops.advice import advise
+from exporter.ops.check_queries import prepare_custom, schedule_lines
+
+Print = Callable[[str], None]
+
+COLUMNS_SQL = """
+SELECT c.table_name, c.column_name
+FROM information_schema.columns c
+WHERE c.table_schema = ANY (current_schemas(false)) AND c.table_name = ANY ($1::text[])
+"""
+
+SCHEMA_HINT = (
+    "schema: hint: create the tables with sql/schema.sql "
+    "(psql -v ON_ERROR_STOP=1 -f sql/schema.sql), or load the demo's sample data into an empty "
+    "database with: tw-exporter sample-data --dsn URI"
+)
+
+STANDBY_SQL = """
+SELECT pg_is_in_recovery() AS standby,
+       current_setting('hot_standby_feedback')::bool AS feedback,
+       (SELECT setting::int FROM pg_settings WHERE name = 'max_standby_streaming_delay') AS delay
+"""
+
+
+def required_columns(collectors: Sequence[QueryCollector] = COLLECTORS) -> dict[str, set[str]]:
+    needed: dict[str, set[str]] = {}
+    for collector in collectors:
+        for table, columns in collector.tables.items():
+            needed.setdefault(table, set()).update(columns)
+    return needed
+
+
+def missing_columns(needed: Mapping[str, set[str]], present: Mapping[str, set[str]]) -> list[str]:
+    problems = []
+    for table, columns in sorted(needed.items()):
+        if table not in present:
+            problems.append(f"table {table} is missing")
+            continue
+        absent = sorted(columns - present[table])
+        if absent:
+            problems.append(f"table {table} lacks column(s) {', '.join(absent)}")
+    return problems
+
+
+def server_role(standby: bool, feedback: bool, delay_ms: int, query_timeout: float) -> str:
+    """The ``server:`` line: primary or hot standby, and whether a standby's recovery
+    conflicts can cancel queries that stay within --query-timeout.
+
+    A standby cancels a query that holds up WAL replay for longer than
+    ``max_standby_streaming_delay`` (-1: never) unless ``hot_standby_feedback`` keeps the
+    primary from removing rows the query still reads. A warning, not a failure: the exporter
+    works, and a cancelled query is counted under reason ``conflict`` and retried next cycle.
+    """
+    if not standby:
+        return "server: ok (primary)"
+    delay = "-1 (unlimited)" if delay_ms < 0 else f"{delay_ms}ms"
+    if feedback or delay_ms < 0 or delay_ms >= query_timeout * 1000:
+        return (
+            f"server: ok (hot standby; hot_standby_feedback {'on' if feedback else 'off'}, "
+            f"max_standby_streaming_delay {delay})"
+        )
+    return (
+        "server: WARNING: hot standby with hot_standby_feedback off and "
+        f"max_standby_streaming_delay {delay} below the query timeout "
+        f"({query_timeout:g}s): WAL replay may cancel queries (reason conflict); turn "
+        "hot_standby_feedback on or raise max_standby_streaming_delay"
+    )
+
+
+async def inspect(
+    conn: asyncpg.Connection, settings: Settings, out: Print, config: QueriesConfig
+) -> tuple[list[str], schema.TweetIds]:
+    """Server, schema, privileges, the query shape, the custom queries' statements and the
+    plans; returns the problems found and the tweet ids' kind (which decides the trending
+    query's shape)."""
+    collectors = collectors_for(config)
+    builtins = [c for c in collectors if c.name in config.builtins]
+    version = await conn.fetchval("SHOW server_version")
+    out(f"connect: ok (PostgreSQL {version})")
+    role = await conn.fetchrow(STANDBY_SQL)
+    assert role is not None
+    out(server_role(role["standby"], role["feedback"], role["delay"], settings.query_timeout))
+    needed = required_columns(builtins)
+    present: dict[str, set[str]] = {}
+    for row in await conn.fetch(COLUMNS_SQL, list(needed)):
+        present.setdefault(row["table_name"], set()).add(row["column_name"])
+    problems = missing_columns(needed, present)
+    for table in sorted(set(needed) & set(present)):
+        if not await conn.fetchval("SELECT has_table_privilege($1, 'SELECT')", table):
+            problems.append(f"no SELECT privilege on table {table}")
+    for problem in problems:
+        out(f"schema: FAILED: {problem}")
+    if any(table not in present for table in needed):
+        out(SCHEMA_HINT)
+    ids = schema.TweetIds(type=None)
+    builtins_ok = not problems
+    if builtins_ok:
+        out("schema: ok (" + ", ".join(sorted(needed)) + ")")
+    prepared = await prepare_custom(conn, config)
+    for line in prepared.lines:
+        out(line)
+    problems += [line for line in prepared.lines if ": FAILED" in line]
+    # Plans and missing indexes: advice only, never a failure; for the queries that can be
+    # planned (the built-ins on a complete schema, the custom ones that prepared).
+    ready = [
+        c
+        for c in collectors
+        if (c.name in config.custom and c.name not in prepared.failed)
+        or (c.name in config.builtins and builtins_ok)
+    ]
+    try:
+        if builtins_ok and builtins:
+            ids = await schema.detect(conn)
+            for collector in builtins:
+                if collector.shapes:
+                    out(f"shape {collector.name}: {ids.describe()}")
+        if ready:
+            for item in await advise(conn, settings, collectors=ready, ids=ids):
+                out(item.format())
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        out(f"advice: skipped ({describe(error)})")
+    return problems, ids
+
+
+async def check(settings: Settings, out: Print = print, config: QueriesConfig | None = None) -> int:
+    config = config if config is not None else config_for(settings)
+    builtins = [c for c in collectors_for(config) if c.name in config.builtins]
+    out(
+        f"settings: ok (database {settings.redacted_dsn}, interval {settings.interval:g}s, "
+        f"query timeout {settings.query_timeout:g}s)"
+    )
+    for line in schedule_lines(config):
+        out(line)
+    try:
+        conn = await asyncpg.connect(
+            settings.dsn,
+            timeout=settings.query_timeout,
+            statement_cache_size=STATEMENT_CACHE_SIZE,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+    except Exception as error:
+        out(f"connect: FAILED: {describe(error)}")
+        return 1
+    try:
+        # One read-only transaction under the exporter's timeouts: a transaction pooler keeps
+        # the same server connection for all of it (advice's EXPLAINs use savepoints).
+        async with conn.transaction(readonly=True):
+            await conn.execute(local_timeouts(settings.query_timeout))
+            problems, ids = await inspect(conn, settings, out, config)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        problems, ids = [describe(error)], schema.TweetIds(type=None)
+        out(f"schema: FAILED: {problems[0]}")
+    finally:
+        await conn.close()
+
+    database = Database(
+        settings.dsn,
+        pool_size=pool_size_for(len(builtins), settings.max_connections),
+        query_timeout=settings.query_timeout,
+    )
+    await database.open()
+    failures = len(problems)
+    schedules = config.schedules
+    try:
+        for collector in builtins:
+            try:
+                result = await database.fetch(
+                    collector.sql_for(ids),
+                    collector.params(settings),
+                    schedules[collector.name].timeout,
+                )
+            except QueryError as error:
+                failures += 1
+                out(f"query {collector.name}: FAILED ({error.reason}): {error}")
+                continue
+            out(
+                f"query {collector.name}: ok, {len(result.rows)} rows in "
+                f"{result.seconds * 1000:.1f} ms"
+            )
+            if collector.note:
+                out(f"query {collector.name}: note: {collector.note}")
+    finally:
+        await database.close()
+    out("check: ok" if failures == 0 else f"check: FAILED ({failures} problem(s))")
+    return 0 if failures == 0 else 1
+
+
+def run_check(settings: Settings, config: QueriesConfig | None = None) -> int:
+    return asyncio.run(
+        check(settings, lambda line: print(line, file=sys.stdout, flush=True), config)
+    )
