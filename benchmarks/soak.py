@@ -448,7 +448,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Soak: restarts and locks",
         "",
-        f"`python -m benchmarks.soak --minutes {s['minutes']:g}` — exporter "
+        f"`python -m benchmarks.soak --minutes {s['minutes']:g}"
+        + (f" --pgbouncer {s['pgbouncer']}" if s.get("pgbouncer") else "")
+        + "` — exporter "
         f"`--interval {s['interval_s']:g} --query-timeout {s['query_timeout_s']:g}` against a "
         f"private embedded PostgreSQL ({s['tweets']:,} tweets) stopped for {s['down_s']:g} s every "
         f"{s['restart_every_s']:g} s, with `ACCESS EXCLUSIVE` on `tw_users` held {s['lock_s']:g} s "
