@@ -4,11 +4,12 @@
 exporters at once against one private embedded PostgreSQL (through one PgBouncer with
 ``--pgbouncer``), under the soak's faults sped up: ``--interval 1 --query-timeout 0.9``, the
 database stopped for 2 s every 20 s, ``ACCESS EXCLUSIVE`` on ``tw_users`` for 3 s every 30 s,
-and ``/metrics`` scraped every 0.2 s (plain and gzip in turn). ``default`` is the exporter as
-shipped (glibc's dynamic mmap threshold); ``pinned`` runs with ``MALLOC_MMAP_THRESHOLD_`` set to
-``--threshold`` (64 KiB), which fixes the threshold and turns glibc's dynamic adjustment off, so
-large blocks the heap's free space cannot hold are mapped and unmapped instead of growing the
-heap. Both see the same faults at the same moments, so the comparison is fair on a busy machine.
+and ``/metrics`` scraped every 0.2 s (plain and gzip in turn). ``pinned`` is the exporter as
+shipped: ``exporter.allocator`` fixes glibc's mmap threshold at 64 KiB at start (or, with
+``--threshold``, ``MALLOC_MMAP_THRESHOLD_`` is set to that many bytes instead), which turns
+glibc's dynamic adjustment off, so large blocks the heap's free space cannot hold are mapped and
+unmapped instead of growing the heap; ``default`` is glibc's dynamic threshold (the child skips
+the pin). Both see the same faults at the same moments, so the comparison is fair on a busy machine.
 
 Every 10 s the RSS of each is read from ``/proc``; every 60 s each child, on SIGUSR1, appends
 what it holds: glibc's ``mallinfo2()`` (``arena``: the heap's size; ``uordblks``: bytes live in
@@ -81,6 +82,10 @@ def child(arm: str, stats_path: str, exporter_args: list[str]) -> int:
             out.write(json.dumps(record) + "\n")
 
     signal.signal(signal.SIGUSR1, dump)
+    if arm == "default":  # glibc's dynamic threshold: what the exporter ran with before #11
+        import exporter.app
+
+        exporter.app.pin_mmap_threshold = lambda threshold=0: False
     from exporter.cli import main
 
     return main(exporter_args)
@@ -100,7 +105,7 @@ def start(arm: str, dsn: str, workdir: Path, args: argparse.Namespace) -> tuple[
     log_file = workdir / f"{arm}.log"
     handle = log_file.open("w")
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    if arm == "pinned":
+    if arm == "pinned" and args.threshold is not None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.threshold)
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.heap_growth", "child", arm,
@@ -266,8 +271,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"({result['restarts']} restarts), `ACCESS EXCLUSIVE` on `tw_users` 3 s every "
             f"{s['lock_every']:g} s ({result['locks_held']} held), `/metrics` scraped every "
             f"{s['scrape_every']:g} s (plain and gzip in turn). Pinned: "
-            f"`MALLOC_MMAP_THRESHOLD_={s['threshold']}`. "
-            f"Machine: {result['machine']['nproc']} x {result['machine']['cpu']}.",
+            + (
+                "as shipped (`exporter.allocator`, 64 KiB); default: glibc's dynamic threshold. "
+                if s["threshold"] is None
+                else f"`MALLOC_MMAP_THRESHOLD_={s['threshold']}`. "
+            )
+            + f"Machine: {result['machine']['nproc']} x {result['machine']['cpu']}.",
             "",
             f"RSS slope after minute {s['warmup_minutes']:g} (least squares over 10 s samples): "
             f"pinned {per_min(pinned)}, default {per_min(default)} (default / pinned: {ratio}).",
@@ -303,7 +312,9 @@ def main() -> None:
     parser.add_argument("--lock-every", type=float, default=30.0)
     parser.add_argument("--scrape-every", type=float, default=0.2)
     parser.add_argument("--pgbouncer", choices=("transaction", "session"))
-    parser.add_argument("--threshold", type=int, default=64 * 1024, help="pinned arm (bytes)")
+    parser.add_argument(
+        "--threshold", type=int, help="pinned arm: MALLOC_MMAP_THRESHOLD_ instead of as shipped"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "HEAP_GROWTH.md")
     args = parser.parse_args()
     result = asyncio.run(measure(args))

@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS / "HTTP_AB.md")
     args = parser.parse_args()
-    if not (args.baseline / "exporter" / "http.py").is_file():
+    if not (args.baseline / "exporter" / "expose" / "http.py").is_file():
         parser.error(
             f"--baseline {args.baseline}: expected a tree containing exporter/expose/http.py"
         )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from exporter.allocator import pin_mmap_threshold
 from exporter.collect.custom import collectors_for
 from exporter.collect.reload import Reloader
 from exporter.collect.scheduler import Collector, start_scheduler
@@ -225,6 +226,7 @@ def _lead(store: SnapshotStore, scheduler: AsyncIOScheduler) -> None:
 
 def run(settings: Settings, security: HTTPSecurity, queries: QueriesConfig | None = None) -> None:
     """Blocking entry point: SIGTERM/SIGINT stop the exporter cleanly."""
+    pin_mmap_threshold()  # RSS flat over days: exporter.allocator
 
     async def main() -> None:
         stop = asyncio.Event()

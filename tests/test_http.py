@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from exporter.collectors import top_users
 from exporter.config.settings import query_params
-from exporter.expose.http import MetricsServer, ServerLimits
+from exporter.expose.http import MAX_HEADER_BYTES, READ_BUFFER_BYTES, MetricsServer, ServerLimits
 from exporter.expose.snapshot import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SnapshotStore
 from tests.conftest import wait_until
 from tests.helpers import series
@@ -395,3 +395,35 @@ async def test_tls_connect_storm_through_a_small_cap_leaves_no_handshake_behind(
     assert server.evictions >= 40 - 4
     for _, writer in opened:
         writer.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_requests_longer_than_the_read_buffer_arrive_whole(
+    serve: Callable[..., object], pki: PKI, tls: bool
+) -> None:
+    """Three pipelined requests with 15 KiB headers each, written back to back: nearly three
+    times the per-connection read buffer, so reads end mid-request (over TLS each write is its
+    own record, shorter than the buffer, so asyncio reads the next record into the rest of the
+    same buffer, which must be a view of it, not a copy). All three are answered in order, the
+    last one closing the connection."""
+    assert MAX_HEADER_BYTES > 15_100 and 2 * READ_BUFFER_BYTES < 3 * 15_000
+    kwargs: dict[str, object] = {}
+    client: ssl.SSLContext | None = None
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server.cert, pki.server.key)
+        kwargs["ssl_context"] = context
+        client = ssl.create_default_context(cafile=str(pki.ca.cert))
+    address = await serve(**kwargs)  # type: ignore[misc]
+    pad = "X-Pad: " + "p" * 15_000
+    one = "\r\n".join(["GET /healthz HTTP/1.1", "Host: x", pad, "", ""]).encode()
+    reader, writer = await asyncio.open_connection(
+        *address, ssl=client, server_hostname="localhost" if tls else None
+    )
+    for raw in (one, one, get("/healthz", pad)):
+        writer.write(raw)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 3, data[:300]
+    assert data.count(b"HTTP/1.1 ") == 3

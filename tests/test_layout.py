@@ -24,8 +24,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     # check, demo, sample-data: they may use everything below, including the real wiring
     "ops": frozenset({"app", "collect", "collectors", "config", "db", "expose", "logs"}),
     # wires config -> db -> collect -> expose and runs until a signal
-    "app": frozenset({"collect", "collectors", "config", "db", "expose", "logs"}),
+    "app": frozenset({"allocator", "collect", "collectors", "config", "db", "expose", "logs"}),
     "logs": frozenset({"config"}),
+    # glibc's mmap threshold, fixed at start (issue #11)
+    "allocator": frozenset(),
     # when queries run
     "collect": frozenset({"collectors", "config", "db", "expose"}),
     # how a query reaches PostgreSQL

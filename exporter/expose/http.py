@@ -74,6 +74,12 @@ _SINGLE_HEADERS = frozenset({b"accept-encoding", b"authorization"})
 
 # Request line plus header lines, counted on the wire (see ``_Connection.data_received``).
 MAX_HEADER_BYTES = 16 * 1024
+# Each connection reads into one buffer of its own (``_Connection.get_buffer``), instead of
+# asyncio allocating a fresh 256 KiB bytes object for every socket read and every TLS record
+# (issue #11). A request's headers fit (see MAX_HEADER_BYTES), and so does the largest TLS
+# record; anything longer simply arrives in more reads. Below the 64 KiB mmap threshold that
+# exporter.allocator fixes, so it comes from the heap and is not mapped per connection.
+READ_BUFFER_BYTES = 16 * 1024
 RELOAD_PATH = b"/-/reload"
 MAX_HEADER_LINES = 100
 # The fewest wire bytes a request line adds beyond its URL ("GET " + " HTTP/1.1" + CRLF, plus
@@ -339,8 +345,12 @@ class _Stop(Exception):
     re-raises it as ``HttpParserCallbackError``, so the reason travels in ``stop_reason``."""
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection: parses requests with httptools and answers them in order.
+
+    A buffered protocol: asyncio reads into ``self.buffer`` (``recv_into`` for TCP,
+    ``SSLObject.read`` into it for TLS) and ``buffer_updated`` parses what arrived, so a read
+    allocates nothing large (see READ_BUFFER_BYTES).
 
     Reading is paused while a password check runs, while the transport's write buffer is
     above its high-water mark (the client is not reading) and once parsing has stopped; after
@@ -374,6 +384,7 @@ class _Connection(asyncio.Protocol):
         self.final: Response | None = None
         self.stop_reason: Response | None = None  # why a callback raised _Stop
         self.auth_failures = 0
+        self.buffer = memoryview(bytearray(READ_BUFFER_BYTES))
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -429,12 +440,25 @@ class _Connection(asyncio.Protocol):
         for data in early:
             self.data_received(data)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # A memoryview, not the bytearray: asyncio's TLS layer reads the rest of a record into
+        # ``buf[offset:]``, which must be a view of this buffer, not a copy.
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.transport is None:  # TLS: the first records arrived before start_tls returned
+            if self.early is not None and not self.stopped:
+                self.early.append(bytes(self.buffer[:nbytes]))  # the buffer is reused
+            return
+        self.data_received(self.buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Parse ``data`` (httptools copies what it keeps); the wire-byte limits apply here."""
         if self.stopped:
             return
         if self.transport is None:  # TLS: the first records arrived before start_tls returned
             if self.early is not None:
-                self.early.append(data)
+                self.early.append(bytes(data))
             return
         try:
             if self.carried:
