@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, ROOT, log, machine
-from benchmarks.soak import LISTEN_RE, PrivatePostgres, hold_lock, load, stop_process
+from benchmarks.soak import PrivatePostgres, hold_lock, listening_url, load, stop_process
 
 ARMS = ("pinned", "default")
 MALLINFO_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
@@ -115,16 +115,7 @@ def start(arm: str, dsn: str, workdir: Path, args: argparse.Namespace) -> tuple[
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=handle,
     )  # fmt: skip
     handle.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = LISTEN_RE.search(log_file.read_text())
-        if match:
-            return proc, match.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    stop_process(proc)
-    raise RuntimeError(f"{arm} exporter did not start:\n{log_file.read_text()}")
+    return proc, listening_url(proc, log_file, f"{arm} exporter")
 
 
 def scrape_forever(urls: list[str], every: float, stop: threading.Event) -> None:

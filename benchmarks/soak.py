@@ -206,16 +206,22 @@ def start_exporter(
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=handle,
     )  # fmt: skip
     handle.close()
+    return proc, listening_url(proc, log_file, "exporter")
+
+
+def listening_url(proc: subprocess.Popen[bytes], log_file: Path, what: str) -> str:
+    """The /metrics base URL an exporter logs once it listens (it binds port 0); stops the
+    process and raises with its log if it exits or says nothing within 30 s."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         match = LISTEN_RE.search(log_file.read_text())
         if match:
-            return proc, match.group(1)
+            return match.group(1)
         if proc.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling a log file for a line, with a deadline
     stop_process(proc)
-    raise RuntimeError(f"exporter did not start:\n{log_file.read_text()}")
+    raise RuntimeError(f"{what} did not start:\n{log_file.read_text()}")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
