@@ -75,10 +75,11 @@ async def test_losing_the_ha_lead_drops_every_rendered_part() -> None:
     assert b"custom_one" not in store.current.text.body
 
 
-async def test_a_success_shown_in_the_health_section_has_its_series_in_the_same_snapshot() -> None:
-    """The health section is rendered in a worker thread while runs keep landing; a success
-    recorded meanwhile may show its new last-success timestamp, so the same snapshot must hold
-    that query's series (a scrape must never see a fresh timestamp beside no data)."""
+async def test_a_snapshot_shows_a_success_timestamp_exactly_with_its_series() -> None:
+    """The health section is rendered in a worker thread while runs keep landing. A success
+    recorded meanwhile must show in neither the health section nor the parts of that snapshot
+    (a scrape must never see a new last-success timestamp beside no series, nor series beside
+    a timestamp of 0); the next render shows both."""
     from prometheus_client.core import GaugeMetricFamily
 
     store = SnapshotStore(
@@ -87,13 +88,19 @@ async def test_a_success_shown_in_the_health_section_has_its_series_in_the_same_
     family = GaugeMetricFamily("custom_one", "help")
     family.add_metric([], 7)
     render_health = store._render_health
+    landed = False
 
     def a_run_lands_during_the_health_render() -> tuple[object, object]:
-        store.record_success("q1", [family], 1234.0)  # what a run finishing now does
+        nonlocal landed
+        if not landed:
+            landed = True
+            store.record_success("q1", [family], 1234.0)  # what a run finishing now does
         return render_health()
 
     store._render_health = a_run_lands_during_the_health_render  # type: ignore[method-assign]
-    rendered = await store.render_async()
-    body = rendered.text.body
+    body = (await store.render_async()).text.body
+    assert b'tw_exporter_query_last_success_timestamp_seconds{query="q1"} 1234.0' not in body
+    assert b"custom_one" not in body
+    body = (await store.render_async()).text.body
     assert b'tw_exporter_query_last_success_timestamp_seconds{query="q1"} 1234.0' in body
     assert b"custom_one 7.0" in body

@@ -235,7 +235,8 @@ class Option:
     """One flag: the single place its name, env variable, default and parser are defined.
 
     ``default`` is raw text parsed exactly like user input; ``default_doc`` describes a
-    default derived from other values (shown in ``--help`` and the docs/configuration.md table instead).
+    default derived from other values (shown in ``--help`` and the docs/configuration.md
+    table instead).
     """
 
     flag: str

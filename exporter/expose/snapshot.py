@@ -89,6 +89,9 @@ class QueryState:
     succeeded_at: float | None = None
     max_staleness: float | None = None  # None: the store's default
     part: Part | None = None  # None: not rendered since the families changed
+    # Unix time of the last success, copied into its health gauge when the parts are gathered
+    # (``_fresh_parts``), so a snapshot's timestamp and its series always come from one state.
+    success_wall_time: float | None = None
 
 
 class _Families(Collector):
@@ -254,7 +257,7 @@ class SnapshotStore:
         state.families = bounded.families
         state.part = None
         state.succeeded_at = self._clock()
-        self.health.query_last_success.labels(query=query).set(wall_time)
+        state.success_wall_time = wall_time
 
     def drop_business(self) -> None:
         """This replica lost the HA lead: serve no business series at all (the new leader
@@ -284,6 +287,8 @@ class SnapshotStore:
         parts = []
         names = []
         for name, state in self.queries.items():
+            if state.success_wall_time is not None:
+                self.health.query_last_success.labels(query=name).set(state.success_wall_time)
             if not self.is_fresh(name):
                 # Expired: drop the data so memory does not hold it and it is never served.
                 state.families, state.part = [], None
@@ -329,13 +334,12 @@ class SnapshotStore:
                 if state.families is families:  # not replaced meanwhile
                     state.part = part
                 await asyncio.sleep(0)
-        generation = self._next_generation()
-        text, openmetrics = await asyncio.to_thread(self._render_health)
-        # The parts are gathered after the health section: a run that lands while the worker
-        # thread renders may already show in the health section (its last-success timestamp
-        # is a live gauge), so its series must be in this snapshot too. Gathered before, a
-        # scrape could see a new last success next to no series (found by test_freeze).
         parts, names = self._fresh_parts()
+        generation = self._next_generation()
+        # A run that lands while the worker thread renders changes neither the gathered parts
+        # nor its last-success gauge (set in _fresh_parts), so this snapshot's timestamps and
+        # series agree; the next render publishes both (a mismatch was found by test_freeze).
+        text, openmetrics = await asyncio.to_thread(self._render_health)
         return self._publish(parts, names, text, openmetrics, generation)
 
     def _render_health(self) -> tuple[Encoded, Encoded]:
