@@ -84,7 +84,7 @@ async def rig(dsn: str, config: QueriesConfig) -> tuple[Database, SnapshotStore,
     store = SnapshotStore(
         interval=15.0,
         max_staleness=3600.0,
-        queries={n: (s.interval, s.max_staleness) for n, s in schedules.items()},
+        queries=config.store_queries,
     )
     return (
         database,
@@ -291,7 +291,7 @@ async def fast_beside_slow(
     store = SnapshotStore(
         interval=15.0,
         max_staleness=3600.0,
-        queries={n: (s.interval, s.max_staleness) for n, s in schedules.items()},
+        queries=config.store_queries,
     )
     collector = Collector(database, store, query_params(), collectors_for(config), schedules)
     database.slots.fair = fair  # the private switch: False is plain first come, first served

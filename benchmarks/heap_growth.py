@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, ROOT, log, machine
-from benchmarks.soak import PrivatePostgres, hold_lock, listening_url, load, stop_process
+from benchmarks.soak import (
+    PrivatePostgres,
+    hold_lock,
+    listening_url,
+    load,
+    slope,
+    stop_process,
+)
 
 ARMS = ("pinned", "default")
 MALLINFO_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
@@ -129,16 +136,6 @@ def scrape_forever(urls: list[str], every: float, stop: threading.Event) -> None
                 with urllib.request.urlopen(request, timeout=5) as response:
                     response.read()
         stop.wait(every)
-
-
-def slope(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (minute, MiB) points, MiB/min."""
-    if len(points) < 3:
-        return None
-    mean_t = sum(t for t, _ in points) / len(points)
-    mean_v = sum(v for _, v in points) / len(points)
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var if var else None
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:

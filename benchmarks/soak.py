@@ -292,15 +292,19 @@ def accounting(body: str, elapsed: float, interval: float) -> dict[str, Any]:
     }
 
 
-def rss_slope(samples: list[Sample], after: float) -> float | None:
-    """Least-squares slope of RSS in MiB per minute over the samples taken after ``after``."""
-    points = [(x.t / 60.0, x.rss_mb) for x in samples if x.t >= after]
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (minute, MiB) points, MiB/min; None for fewer than 3 points."""
     if len(points) < 3:
         return None
     mean_t = sum(t for t, _ in points) / len(points)
-    mean_r = sum(r for _, r in points) / len(points)
+    mean_v = sum(v for _, v in points) / len(points)
     var = sum((t - mean_t) ** 2 for t, _ in points)
-    return sum((t - mean_t) * (r - mean_r) for t, r in points) / var if var else None
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var if var else None
+
+
+def rss_slope(samples: list[Sample], after: float) -> float | None:
+    """Least-squares slope of RSS in MiB per minute over the samples taken after ``after``."""
+    return slope([(x.t / 60.0, x.rss_mb) for x in samples if x.t >= after])
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:

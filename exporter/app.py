@@ -62,7 +62,7 @@ async def listen(
     store = SnapshotStore(
         interval=settings.interval,
         max_staleness=settings.max_staleness,
-        queries={name: (s.interval, s.max_staleness) for name, s in config.schedules.items()},
+        queries=config.store_queries,
         max_label_length=settings.max_label_length,
     )
     server = MetricsServer(

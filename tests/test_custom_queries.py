@@ -59,7 +59,7 @@ async def make_rig(dsn: str, config: QueriesConfig, rigs: list[Rig]) -> Rig:
         interval=SETTINGS.interval,
         max_staleness=SETTINGS.max_staleness,
         process_metrics=False,
-        queries={name: (s.interval, s.max_staleness) for name, s in schedules.items()},
+        queries=config.store_queries,
     )
     rig = Rig(
         database, store, Collector(database, store, SETTINGS, collectors_for(config), schedules)

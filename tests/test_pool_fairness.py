@@ -82,7 +82,7 @@ async def make_rig(dsn: str, config: QueriesConfig, max_connections: int, rigs: 
         interval=SETTINGS.interval,
         max_staleness=SETTINGS.max_staleness,
         process_metrics=False,
-        queries={n: (s.interval, s.max_staleness) for n, s in schedules.items()},
+        queries=config.store_queries,
     )
     collector = Collector(database, store, SETTINGS, collectors_for(config), schedules)
     rig = Rig(database, store, collector, application_name, await asyncpg.connect(dsn))

@@ -4,9 +4,14 @@ unchanged queries keep their series, an invalid file is ignored and reported."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.collect.custom import collectors_for
 from exporter.collect.reload import Reloader
@@ -35,25 +40,43 @@ SECOND = FIRST.replace("SELECT 2 AS tw_changed", "SELECT 20 AS tw_changed").repl
 )
 
 
+@dataclass
+class Running:
+    """An exporter's collection side on a queries file: the scheduler runs its queries and the
+    reloader re-reads the file, as SIGHUP would."""
+
+    store: SnapshotStore
+    collector: Collector
+    scheduler: AsyncIOScheduler
+    reloader: Reloader
+
+
+@contextlib.asynccontextmanager
+async def running(dsn: str, path: Path) -> AsyncIterator[Running]:
+    settings = query_params(queries_file=path)
+    config = load(path, settings)
+    database = Database(dsn, pool_size=5, query_timeout=5)
+    await database.open()
+    store = SnapshotStore(
+        interval=30, max_staleness=90, process_metrics=False, queries=config.store_queries
+    )
+    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
+    scheduler = start_scheduler(collector, 30)
+    try:
+        yield Running(store, collector, scheduler, Reloader(settings, config, collector, scheduler))
+    finally:
+        scheduler.shutdown(wait=False)
+        await collector.cancel_running(1.0)
+        await database.close()
+
+
 async def test_a_valid_file_applies_the_difference_and_keeps_unchanged_series(
     seeded_db: str, tmp_path: Path
 ) -> None:
     path = tmp_path / "queries.yml"
     path.write_text(FIRST)
-    settings = query_params(queries_file=path)
-    config = load(path, settings)
-    database = Database(seeded_db, pool_size=5, query_timeout=5)
-    await database.open()
-    store = SnapshotStore(
-        interval=30,
-        max_staleness=90,
-        process_metrics=False,
-        queries={n: (s.interval, s.max_staleness) for n, s in config.schedules.items()},
-    )
-    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
-    scheduler = start_scheduler(collector, 30)
-    reloader = Reloader(settings, config, collector, scheduler)
-    try:
+    async with running(seeded_db, path) as rig:
+        store, scheduler, reloader = rig.store, rig.scheduler, rig.reloader
 
         def text() -> str:
             return store.current.text.body.decode()
@@ -95,10 +118,6 @@ async def test_a_valid_file_applies_the_difference_and_keeps_unchanged_series(
         assert value(text(), RELOAD_OK) == 0
         assert value(text(), "tw_kept") == 1 and value(text(), "tw_added") == 4
         assert len(scheduler.get_jobs()) == 3
-    finally:
-        scheduler.shutdown(wait=False)
-        await collector.cancel_running(1.0)
-        await database.close()
 
 
 def post(url: str, body: bytes | None = None) -> int:
@@ -159,20 +178,8 @@ async def test_a_query_removed_while_it_runs_leaves_nothing_behind(
     path.write_text(
         FIRST.replace("SELECT 3 AS tw_removed", "SELECT 3 AS tw_removed FROM pg_sleep(1)")
     )
-    settings = query_params(queries_file=path)
-    config = load(path, settings)
-    database = Database(seeded_db, pool_size=5, query_timeout=5)
-    await database.open()
-    store = SnapshotStore(
-        interval=30,
-        max_staleness=90,
-        process_metrics=False,
-        queries={n: (s.interval, s.max_staleness) for n, s in config.schedules.items()},
-    )
-    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
-    scheduler = start_scheduler(collector, 30)
-    reloader = Reloader(settings, config, collector, scheduler)
-    try:
+    async with running(seeded_db, path) as rig:
+        store, collector, reloader = rig.store, rig.collector, rig.reloader
 
         async def kept_ran() -> bool:
             return collector.runs_completed.get("kept", 0) >= 1
@@ -191,7 +198,3 @@ async def test_a_query_removed_while_it_runs_leaves_nothing_behind(
         text = store.current.text.body.decode()
         assert 'query="removed"' not in text
         assert value(text, "tw_removed") is None
-    finally:
-        scheduler.shutdown(wait=False)
-        await collector.cancel_running(1.0)
-        await database.close()

@@ -300,6 +300,12 @@ class QueriesConfig:
     def schedules(self) -> dict[str, Schedule]:
         return {**self.builtins, **{name: s for name, (_, s) in self.custom.items()}}
 
+    @property
+    def store_queries(self) -> dict[str, tuple[float, float]]:
+        """Each enabled query's (interval, max staleness): what the snapshot store needs to
+        export its interval and expire its series."""
+        return {name: (s.interval, s.max_staleness) for name, s in self.schedules.items()}
+
 
 def _resolve(
     file_values: BuiltinDef | QueryDef,
