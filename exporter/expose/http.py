@@ -446,10 +446,8 @@ class _Connection(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.transport is None:  # TLS: the first records arrived before start_tls returned
-            if self.early is not None and not self.stopped:
-                self.early.append(bytes(self.buffer[:nbytes]))  # the buffer is reused
-            return
+        # data_received copies what it keeps for later (records that arrive before start_tls
+        # returns), since this buffer is reused by the next read.
         self.data_received(self.buffer[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -458,7 +456,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         if self.transport is None:  # TLS: the first records arrived before start_tls returned
             if self.early is not None:
-                self.early.append(bytes(data))
+                self.early.append(bytes(data))  # a copy: ``data`` may view the read buffer
             return
         try:
             if self.carried:
