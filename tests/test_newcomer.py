@@ -118,11 +118,26 @@ async def test_sample_data_loads_once_and_check_then_passes(make_db: MakeDb) -> 
     assert await _fetchval(dsn, "SELECT count(*) FROM tw_users") == 100
     status, lines = await _check_lines(dsn)
     assert status == 0, lines
-    # A second run refuses: the tables are there now, and nothing is appended.
+    # A second run finds the sample's tables, holding rows: it loads nothing and says so.
     again = await asyncio.to_thread(_cli, "sample-data", "--dsn", dsn, "--tweets", "2000")
-    assert again.returncode == 1
-    assert "refused" in again.stdout and PASSWORD not in again.stdout + again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing loaded" in again.stdout and "2000 tweets" in again.stdout
+    assert PASSWORD not in again.stdout + again.stderr
     assert await _fetchval(dsn, "SELECT count(*) FROM tw_tweets") == 2000
+
+
+async def test_sample_data_refuses_tables_of_another_shape(seeded_db: str) -> None:
+    """All four names, but not the sample's columns: refused, naming the difference."""
+    conn = await asyncpg.connect(seeded_db)
+    try:
+        await conn.execute("ALTER TABLE tw_users ADD COLUMN bio text")
+    finally:
+        await conn.close()
+    result = await asyncio.to_thread(_cli, "sample-data", "--dsn", seeded_db, "--tweets", "100")
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and "refused" in lines[0] and "public.tw_users has bio text" in lines[0]
+    assert await _fetchval(seeded_db, "SELECT count(*) FROM tw_users") == 0
 
 
 CONSTRAINTS_SQL = """
