@@ -9,18 +9,34 @@ that shows a step the code refuses fails here.
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import re
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from tests.conftest import REPO, PgServer, exporter_command, wait_until
-from tests.helpers import require_tool
+from exporter.collectors import COLLECTORS
+from exporter.config import settings as cfg
+from exporter.ops.check import CHECK_CONNECTIONS
+from tests.conftest import (
+    REPO,
+    PgServer,
+    StartExporter,
+    exporter_command,
+    wait_until,
+    wait_until_sync,
+)
+from tests.helpers import free_port, http_get, require_tool, series
+from tests.pgbouncer import LISTENING, PGBOUNCER, Backend
 
 PAGE = REPO / "docs" / "your-own-database.md"
 DOC_DSN = re.compile(r"postgresql://postgres@127\.0\.0\.1:5432/(\w+)")
@@ -47,9 +63,12 @@ class Shell:
     def __init__(self, server: PgServer) -> None:
         self.server = server
         self.databases: dict[str, str] = {}
+        self.roles: list[str] = []  # cluster-wide: dropped after the databases
 
     def dsn(self, word: str) -> str:
-        return DOC_DSN.sub(lambda m: self.server.dsn_for(self.databases[m.group(1)]), word)
+        return DOC_DSN.sub(
+            lambda m: self.server.dsn_for(self.databases.get(m.group(1), m.group(1))), word
+        )
 
     async def createdb(self, name: str) -> None:
         real = f"tw_doc_{name}_{uuid.uuid4().hex[:8]}"
@@ -73,6 +92,8 @@ class Shell:
         try:
             for real in self.databases.values():
                 await admin.execute(f'DROP DATABASE IF EXISTS "{real}" WITH (FORCE)')
+            for role in self.roles:
+                await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         finally:
             await admin.close()
 
@@ -173,3 +194,260 @@ async def test_the_schema_then_the_sample_data_steps_run_as_written(shell: Shell
     assert "check: ok" in outputs[2]
     app = shell.server.dsn_for(shell.databases["tw_app"])
     assert await count(app, "tw_tweets") > 20000
+
+
+# ------------------------------------------------------------------ the PgBouncer section
+
+POOLING = REPO / "docs" / "running-against-your-database.md"
+QUERIES_FILE = REPO / "examples" / "queries" / "activity.yml"  # 7 queries: all 5 connections
+BUILTINS = {collector.name for collector in COLLECTORS}
+
+
+def section(text: str, heading: str) -> str:
+    """The text under ``heading`` (any level), up to the next heading of its level or above."""
+    level = len(heading.split(" ", 1)[0])
+    body = text.split(f"\n{heading}\n", 1)[1]
+    return re.split(rf"\n#{{1,{level}}} ", body, maxsplit=1)[0]
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """``(language, content)`` of each fenced block, in order."""
+    return re.findall(r"```(\w+)\n(.*?)```", text, re.S)
+
+
+def ini_settings(block: str) -> dict[str, str]:
+    return dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition("=") for line in block.splitlines())
+        if _ and not key.strip().startswith(";")
+    )
+
+
+def test_the_documented_pool_sizes_are_the_codes() -> None:
+    """The section's ``default_pool_size`` values follow from ``--max-connections``' default
+    (and the one connection ``check`` holds), not from a number typed once."""
+    text = section(POOLING.read_text(), "### Setting PgBouncer up")
+    ini = [ini_settings(content) for lang, content in blocks(text) if lang == "ini"]
+    assert ini[0]["pool_mode"] == "transaction" and ini[1]["pool_mode"] == "session"
+    assert int(ini[0]["default_pool_size"]) == cfg.DEFAULT_MAX_CONNECTIONS
+    assert int(ini[1]["default_pool_size"]) == cfg.DEFAULT_MAX_CONNECTIONS + CHECK_CONNECTIONS
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+async def test_the_pgbouncer_section_runs_as_written(
+    mode: str,
+    shell: Shell,
+    exporter_proc: StartExporter,
+) -> None:
+    """Every step of "Setting PgBouncer up", pasted in order (the session variant with its two
+    changed lines), with Debian's PgBouncer: the role, the files, PgBouncer as its own user,
+    ``check`` and ``run`` through it. Then the pool size it gives holds: with a queries file
+    that keeps all ``--max-connections`` busy, ``check`` beside the exporter still passes and
+    no query fails."""
+    server = shell.server
+    backend = Backend.from_dsn(server.dsn)
+    # The database the earlier page made: tw_app with the schema and the sample data.
+    await shell.createdb("tw_app")
+    app = server.dsn_for(shell.databases["tw_app"])
+    await walk(shell, [["tw-exporter", "sample-data", "--dsn", app]])
+    role = f"tw_exporter_{uuid.uuid4().hex[:8]}"  # roles are cluster-wide: one of our own
+    shell.roles.append(role)
+    port = free_port()
+    text = section(POOLING.read_text(), "### Setting PgBouncer up")
+    steps = blocks(text)
+    ini_blocks = [content for lang, content in steps if lang == "ini"]
+    env: dict[str, str] = {}
+    directory: Path | None = None
+    bouncer: subprocess.Popen[str] | None = None
+    account = pgbouncer_account(backend)
+
+    def swap(word: str) -> str:
+        word = word.replace("tw_exporter", role).replace(":6432/", f":{port}/")
+        return shell.dsn(word)
+
+    try:
+        for lang, content in steps:
+            if lang == "ini" and content is ini_blocks[0]:
+                assert directory is not None, (
+                    "the page writes pgbouncer.ini before making its directory"
+                )
+                settings = ini_settings(content)
+                if mode == "session":
+                    settings.update(ini_settings(ini_blocks[1]))
+                write_ini(directory / "pgbouncer.ini", content, settings, backend, port, shell)
+                continue
+            if lang != "sh":
+                continue
+            for line in content.splitlines():
+                words = [swap(w) for w in shlex.split(line, comments=True)]
+                if not words:
+                    continue
+                if words[:2] == ["mkdir", "-p"]:
+                    directory = Path(tempfile.mkdtemp(prefix="tw-doc-pgbouncer-"))
+                    directory.chmod(0o755)  # the account PgBouncer runs as reads it
+                elif words[0] == "export":
+                    name, _, value = words[1].partition("=")
+                    env[name] = value
+                elif "sql/least-privilege.sql" in words:
+                    assert not any(w.startswith("role=") for w in words), words
+                    await run_step(
+                        [*words[:-2], "-v", f"role={role}", *words[-2:]], shell, directory, env
+                    )
+                elif words[0] == "runuser":
+                    assert words[1:3] == ["-u", "postgres"], words
+                    assert directory is not None
+                    bouncer = start_pgbouncer(words[4:], account, directory)
+                elif words[:2] == ["tw-exporter", "run"]:
+                    assert bouncer is not None, "the page runs the exporter before PgBouncer"
+                    await run_and_check_beside(words, env, exporter_proc, app, role)
+                else:
+                    await run_step(words, shell, directory, env)
+        assert bouncer is not None and bouncer.poll() is None
+    finally:
+        if bouncer is not None:
+            bouncer.terminate()
+            bouncer.wait(10)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def pgbouncer_account(backend: Backend) -> int | None:
+    """The uid PgBouncer runs as: the page's ``postgres`` over TCP; for the embedded server
+    (a unix socket in its 0700 data directory) the socket's owner; ourselves when not root."""
+    if os.geteuid() != 0:
+        return None
+    if backend.host.startswith("/"):
+        return Path(backend.host).stat().st_uid
+    return pwd.getpwnam("postgres").pw_uid
+
+
+def write_ini(
+    path: Path,
+    content: str,
+    settings: dict[str, str],
+    backend: Backend,
+    port: int,
+    shell: Shell,
+) -> None:
+    """The page's pgbouncer.ini with the session lines applied; only where PostgreSQL and
+    PgBouncer listen (a free port) and the database's real name differ."""
+    database = shell.databases["tw_app"]
+    lines = []
+    for line in content.splitlines():
+        key = line.partition("=")[0].strip()
+        if line.startswith("tw_app = "):
+            assert line == "tw_app = host=127.0.0.1 port=5432 dbname=tw_app", line
+            line = f"tw_app = host={backend.host} port={backend.port} dbname={database}"
+        elif key == "listen_port":
+            line = f"listen_port = {port}"
+        elif key in settings and "=" in line:
+            line = f"{key} = {settings[key]}"
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o644)
+
+
+async def run_step(
+    words: list[str], shell: Shell, directory: Path | None, env: dict[str, str]
+) -> None:
+    """One pasted line in the PgBouncer directory (``> file`` redirection included)."""
+    target = None
+    if ">" in words:
+        words, target = words[: words.index(">")], words[words.index(">") + 1]
+    argv = shell.argv(words) if words[0] in ("tw-exporter", "psql") else words
+    result = await asyncio.to_thread(
+        subprocess.run,
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=directory or REPO,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, f"{shlex.join(words)}:\n{result.stdout}{result.stderr}"
+    if target is not None:
+        assert directory is not None
+        (directory / target).write_text(result.stdout)
+    if words[:2] == ["tw-exporter", "check"]:
+        assert "check: ok" in result.stdout, result.stdout
+
+
+def start_pgbouncer(argv: list[str], uid: int | None, directory: Path) -> subprocess.Popen[str]:
+    binary = require_tool("pgbouncer", PGBOUNCER, hint="Debian package pgbouncer")
+    assert argv[0] == str(PGBOUNCER), argv
+    account = None if uid is None else pwd.getpwuid(uid)
+    proc = subprocess.Popen(
+        [binary, *argv[1:]],
+        cwd=directory,
+        user=uid,
+        group=None if account is None else account.pw_gid,
+        extra_groups=None if account is None else [],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def started() -> bool:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        lines.append(line)
+        if not line and proc.poll() is not None:
+            raise AssertionError("pgbouncer exited:\n" + "".join(lines))
+        return LISTENING in line
+
+    wait_until_sync(started)
+    return proc
+
+
+async def run_and_check_beside(
+    words: list[str], env: dict[str, str], exporter_proc: StartExporter, app: str, role: str
+) -> None:
+    """``tw-exporter run`` as the page gives it (its port made free) plus a queries file of 7
+    queries, so the pool opens all ``--max-connections``; then ``check`` beside it."""
+    args = [w if w != "127.0.0.1:10093" else "127.0.0.1:0" for w in words[2:]]
+    proc = exporter_proc(*args, "--queries-file", str(QUERIES_FILE), "--interval", "3", env=env)
+
+    async def all_connections_open() -> bool:
+        conn = await asyncpg.connect(app)
+        try:
+            held = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role
+            )
+        finally:
+            await conn.close()
+        return bool(held == cfg.DEFAULT_MAX_CONNECTIONS)
+
+    await wait_until(all_connections_open, timeout=30)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        exporter_command("check", "--queries-file", str(QUERIES_FILE)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, **env},
+    )
+    assert "check: ok" in result.stdout, result.stdout + result.stderr
+
+    def runs_without_errors() -> dict[tuple[tuple[str, str], ...], float]:
+        text = http_get(proc.url + "/metrics").text
+        errors = series(text, "tw_exporter_query_errors_total")
+        assert not any(errors.values()), (
+            {k: v for k, v in errors.items() if v},
+            proc.logs(),
+        )
+        return series(text, "tw_exporter_query_duration_seconds_count")
+
+    # Every query ran (the file's own intervals are minutes: once), and the built-in ones
+    # (every 3 s) ran again after check, all without an error.
+    after_check = runs_without_errors()
+    builtins = {k: v for k, v in after_check.items() if dict(k)["query"] in BUILTINS}
+    assert len(after_check) == 7 and len(builtins) == 3, after_check
+
+    def ran_again() -> bool:
+        runs = runs_without_errors()
+        return all(runs[k] > v for k, v in builtins.items())
+
+    await asyncio.to_thread(wait_until_sync, ran_again, 30)
