@@ -161,29 +161,35 @@ class IndexUse:
     index: RecommendedIndex
     rows: float  # of its table (pg_class.reltuples)
     min_rows: float  # below this the table is small and the index optional
-    used_as: tuple[str, ...] = ()  # indexes the plan scans that serve it (any name)
-    present: tuple[str, ...] = ()  # indexes like it on the table (the plan does not use them)
+    used_as: tuple[str, ...] = ()  # indexes the plan scans on its keys and order (any name)
+    present: tuple[str, ...] = ()  # indexes like it (its keys and included columns)
 
     @property
     def state(self) -> str:
-        """One of used, unused (an index like it exists, the plan reads none) or missing."""
-        return "used" if self.used_as else "unused" if self.present else "missing"
+        """used (the plan reads an index like it), unused (one exists, the plan reads none of
+        them) or missing (none exists, even if the plan reads one on the same keys)."""
+        if set(self.used_as) & set(self.present):
+            return "used"
+        return "unused" if self.present else "missing"
 
     def format(self) -> str:
         name = self.index.name
-        if self.used_as:
-            others = [n for n in self.used_as if n != name]
+        if self.state == "used":
+            others = [n for n in self.used_as if n != name and n in self.present]
             return f"{name} used" + (f" (as {', '.join(others)})" if others else "")
         if self.present:
             text = f"{name} present ({', '.join(self.present)}) but not used by the plan"
         else:
             text = f"{name} missing"
+        notes = []
+        if self.used_as:  # e.g. the primary key on id, without the included columns
+            notes.append(f"the plan reads {', '.join(self.used_as)} on the same keys instead")
         if self.rows < self.min_rows:
-            text += (
-                f" (fine while {self.index.table} has ~{self.rows:,.0f} rows, "
-                f"below {self.min_rows:,.0f})"
+            notes.append(
+                f"fine while {self.index.table} has ~{self.rows:,.0f} rows, "
+                f"below {self.min_rows:,.0f}"
             )
-        return text
+        return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 @dataclass(frozen=True)
