@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,7 +81,10 @@ async def listen(
         addresses = await server.start(settings.listen_host, settings.listen_port)
     except OSError as error:
         await server.close()
-        raise StartupError(f"cannot listen on {settings.listen}: {error.strerror}") from None
+        # asyncio wraps the errno's text ("error while attempting to bind on address ...:
+        # address already in use"); the system's own words are what the docs and users know.
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise StartupError(f"cannot listen on {settings.listen}: {reason}") from None
     return Listener(store, server, addresses, config)
 
 

@@ -22,8 +22,9 @@
 -- script sets it; an empty or absent password leaves the role's password unchanged.
 --
 -- Variables (all optional): role (default tw_exporter), schema (default public),
--- password (default: unchanged), connection_limit (default 10: the exporter uses at most 3
--- connections, plus 1 for `tw-exporter check`, per replica).
+-- password (default: unchanged), connection_limit (default 10: per replica, the exporter uses at
+-- most --max-connections (default 5), plus 1 with --ha for its lock, plus 1 while
+-- `tw-exporter check` runs).
 --
 -- The script is idempotent: run it again after a schema change or to re-assert the grants. It
 -- refuses to touch an existing role that is a superuser or can create roles/databases, bypass

@@ -65,6 +65,40 @@ def demo_table() -> list[str]:
     return _command_table(add_demo_options)
 
 
+def monitoring_table() -> list[str]:
+    from exporter.cli import add_monitoring_options
+
+    return _command_table(add_monitoring_options)
+
+
+#: Where a command's row points for more than its help line (links relative to docs/).
+COMMAND_LINKS = {
+    "monitoring": "[what it writes](custom-queries.md"
+    "#five-minutes-from-a-file-to-a-dashboard-panel-and-an-alert)",
+    "demo": "`--tweets N`, `--data-dir PATH`; [its flags](your-own-database.md#the-demos-flags)",
+    "sample-data": "[details](your-own-database.md#sample-data-tw-exporter-sample-data)",
+}
+
+
+def commands_table() -> list[str]:
+    """Every command of ``tw-exporter --help``, with its help line (``exporter/cli.py``)."""
+    from exporter.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    rows = ["| command | what it does |", "|---|---|"]
+    for choice in commands._choices_actions:
+        link = COMMAND_LINKS.get(choice.dest)
+        rows.append(
+            f"| `tw-exporter {choice.dest}` | {choice.help}{f' ({link})' if link else ''} |"
+        )
+    rows.append("| `tw-exporter --version` | the version |")
+    rows.append(
+        "| `tw-exporter COMMAND --help` | the command's flags, with their defaults and variables |"
+    )
+    return rows
+
+
 def sample_data_table() -> list[str]:
     from exporter.ops.sample_data import add_sample_data_options
 
@@ -157,6 +191,8 @@ def _lines(rows: Callable[[], list[str]]) -> Callable[[], str]:
 
 BLOCKS: tuple[Block, ...] = (
     Block("configuration", Path("docs/configuration.md"), _lines(configuration_table)),
+    Block("commands", Path("docs/configuration.md"), _lines(commands_table)),
+    Block("monitoring-flags", Path("docs/configuration.md"), _lines(monitoring_table)),
     Block("metrics", Path("docs/metrics.md"), _lines(metrics_table)),
     Block("demo-flags", Path("docs/your-own-database.md"), _lines(demo_table)),
     Block("sample-data-flags", Path("docs/your-own-database.md"), _lines(sample_data_table)),

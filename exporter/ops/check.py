@@ -40,6 +40,11 @@ from exporter.ops.check_queries import prepare_custom, schedule_lines
 
 Print = Callable[[str], None]
 
+#: Connections ``check`` holds at once: its inspection connection is closed before it runs the
+#: queries, one after another. A session pooler's pool needs this many beyond the exporter's
+#: (docs/running-against-your-database.md; the walkthrough test runs it with exactly that).
+CHECK_CONNECTIONS = 1
+
 COLUMNS_SQL = """
 SELECT c.table_name, c.column_name
 FROM information_schema.columns c

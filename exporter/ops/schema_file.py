@@ -17,7 +17,7 @@ from exporter.ops.dataset import SCHEMA_SQL, TABLES
 SCHEMA_FILE = "sql/schema.sql"
 
 _CREATE = re.compile(r"^CREATE TABLE (?:IF NOT EXISTS )?(\w+) \($")
-_COLUMN = re.compile(r"^    (\w+) ")
+_COLUMN = re.compile(r"^    (\w+) (\w+)")
 _NOT_COLUMNS = ("PRIMARY", "UNIQUE", "CONSTRAINT", "FOREIGN", "CHECK")
 
 
@@ -39,14 +39,19 @@ def read_columns() -> dict[str, dict[str, list[str]]]:
 
 def schema_columns() -> dict[str, list[str]]:
     """table -> its columns, in order, as the schema declares them."""
-    columns: dict[str, list[str]] = {}
+    return {table: [name for name, _ in columns] for table, columns in column_types().items()}
+
+
+def column_types() -> dict[str, list[tuple[str, str]]]:
+    """table -> (column, type as the schema writes it, e.g. ``timestamptz``), in order."""
+    columns: dict[str, list[tuple[str, str]]] = {}
     table = None
     for line in SCHEMA_SQL.splitlines():
         if created := _CREATE.match(line):
             table = created.group(1)
             columns[table] = []
         elif table and (column := _COLUMN.match(line)) and column.group(1) not in _NOT_COLUMNS:
-            columns[table].append(column.group(1))
+            columns[table].append((column.group(1), column.group(2)))
     return columns
 
 
