@@ -66,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SAMPLE_DATA_DESCRIPTION = (
-    "Create the four tables of sql/schema.sql in the database --dsn names and fill them with the "
-    "demo's synthetic data, once; with --keep-adding, keep adding tweets, likes and followers as "
-    "the demo does until Ctrl-C. Refuses a database that already has any of the tables and never "
-    "changes anything it did not create."
+    "Create the four tables of schema.sql (shipped in the package's sql/ directory) in the "
+    "database --dsn names and fill them with the demo's synthetic data, once; with --keep-adding, "
+    "keep adding tweets, likes and followers as the demo does until Ctrl-C. Refuses a database "
+    "that already has any of the tables and never changes anything it did not create."
 )
 
 #: Options the top level itself accepts; everything else belongs after a command.
@@ -167,7 +167,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _monitoring(args: argparse.Namespace) -> int:
     from exporter.config.queries_file import load
-    from tools.custom_monitoring import write
+    from exporter.monitoring.custom import write
 
     config = load(args.queries_file, cfg.query_params())  # an invalid file: exit 2
     for path in write(config, args.out):

@@ -3,8 +3,9 @@
 Used by ``tests/test_label_values.py`` and ``benchmarks/label_values.py`` (scrape size before
 and after). Long values repeat a short pattern, as real spam does, so PostgreSQL compresses
 them: a btree index entry must fit in about 2.7 kB after compression, and the schema's UNIQUE
-constraints and ``sql/recommended-indexes.sql`` index both ``tag`` and ``username``. The rows
-are inserted *after* those indexes exist, which shows that such values can reach the database.
+constraints and the recommended indexes (``exporter/sql/``) index both ``tag`` and ``username``.
+The rows are inserted *after* those indexes exist, which shows that such values can reach the
+database.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ missing."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -12,8 +11,9 @@ import pytest
 from exporter.config.settings import query_params
 from exporter.ops import advice, dataset
 from exporter.ops.advice import RECOMMENDED, ExistingIndex, RecommendedIndex, advise, satisfies
+from exporter.ops.schema_file import SQL_DIR
 
-SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "recommended-indexes.sql"
+SQL_FILE = SQL_DIR / "recommended-indexes.sql"
 MIN_ROWS = 1_000  # the test dataset is small; production uses advice.DEFAULT_MIN_ROWS
 
 

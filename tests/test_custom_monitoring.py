@@ -11,9 +11,11 @@ import pytest
 import yaml
 
 from exporter import cli
+from exporter.monitoring.custom import DASHBOARD_FILE, RULES_FILE, TESTS_FILE
+from exporter.monitoring.dashboard import build_dashboard
+from exporter.monitoring.grafana import iter_panels
+from exporter.monitoring.promql import promql_metric_names
 from tests import helpers
-from tools import monitoring
-from tools.custom_monitoring import DASHBOARD_FILE, RULES_FILE, TESTS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 ACTIVITY = REPO / "examples" / "queries" / "activity.yml"
@@ -56,7 +58,7 @@ def test_one_rule_per_declared_threshold_on_the_metric_or_its_rate(generated: Pa
 
 def test_dashboard_has_a_panel_per_custom_metric_and_the_main_variables(generated: Path) -> None:
     dashboard = json.loads((generated / DASHBOARD_FILE).read_text())
-    panels = list(monitoring.iter_panels(dashboard))
+    panels = list(iter_panels(dashboard))
     titles = {p["title"] for p in panels if p.get("targets")}
     assert titles == {
         "tw_tweets_last_hour",
@@ -65,12 +67,12 @@ def test_dashboard_has_a_panel_per_custom_metric_and_the_main_variables(generate
         "tw_user_max_likes",
         "tw_user_liked_tweets",
     }
-    main = monitoring.build_dashboard()
+    main = build_dashboard()
     assert dashboard["templating"] == main["templating"]
     assert dashboard["uid"] != main["uid"]
     for panel in panels:
         for target in panel.get("targets", []):
-            names = monitoring.promql_metric_names(target["expr"])
+            names = promql_metric_names(target["expr"])
             assert names == {panel["title"]}, target["expr"]
     counter = next(p for p in panels if p["title"] == "tw_tweets_created_total")
     assert "rate(tw_tweets_created_total{" in counter["targets"][0]["expr"]

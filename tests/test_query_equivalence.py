@@ -29,7 +29,6 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -38,6 +37,7 @@ import pytest
 from exporter.collectors import platform_stats, schema, seed, top_users, trending_hashtags
 from exporter.config.settings import query_params
 from exporter.ops import dataset
+from exporter.ops.schema_file import SQL_DIR
 
 # The seed's SQL, verbatim, lives in exporter.collectors.seed.
 SEED_TOP_USERS = seed.TOP_USERS
@@ -46,7 +46,7 @@ SEED_PLATFORM_STATS = seed.PLATFORM_STATS
 SEED_TRENDING_LIMIT = seed.TRENDING_LIMIT
 SEED_STATS_DAYS = seed.STATS_DAYS
 
-RECOMMENDED_INDEXES = Path(__file__).resolve().parent.parent / "sql" / "recommended-indexes.sql"
+RECOMMENDED_INDEXES = SQL_DIR / "recommended-indexes.sql"
 
 
 def _unlimited(sql: str) -> str:
@@ -173,8 +173,8 @@ async def compare_all(
 
 
 async def create_recommended_indexes(conn: asyncpg.Connection) -> None:
-    """Every index from sql/recommended-indexes.sql (CONCURRENTLY cannot run in a transaction,
-    and does not need to here)."""
+    """Every index from exporter/sql/recommended-indexes.sql (CONCURRENTLY cannot run in a
+    transaction, and does not need to here)."""
     text = RECOMMENDED_INDEXES.read_text()
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     for statement in body.split(";"):

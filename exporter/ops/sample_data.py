@@ -1,9 +1,9 @@
 """``tw-exporter sample-data``: the demo's tables and moving data in a database the user names.
 
 The way from "I have a PostgreSQL" to "``check`` passes and ``/metrics`` shows numbers" without
-the embedded server: create the four tables of ``sql/schema.sql`` in an empty database, load the
-demo's synthetic dataset once and, with ``--keep-adding``, keep adding tweets, likes and followers
-as the demo does.
+the embedded server: create the four tables of ``exporter/sql/schema.sql`` in an empty database,
+load the demo's synthetic dataset once and, with ``--keep-adding``, keep adding tweets, likes and
+followers as the demo does.
 
 It only ever touches tables it has just created: a database that already has a relation of one of
 the four names (in a schema on its search path) is refused before anything is written, the tables

@@ -20,7 +20,7 @@ from exporter.expose.health import (
     QUERY_LAST_SUCCESS,
     UP,
 )
-from tools.monitoring.promql import (
+from exporter.monitoring.promql import (
     ERROR_REASONS,
     FOLLOWERS,
     HASHTAGS,

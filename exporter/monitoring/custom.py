@@ -1,6 +1,6 @@
 """``tw-exporter monitoring``: a Grafana dashboard and alert rules for a queries file's metrics.
 
-The shipped dashboard and rules (``tools/monitoring/``) cover the built-in metrics and the
+The shipped dashboard and rules (``exporter/monitoring/``) cover the built-in metrics and the
 health of every query, custom ones included. This gives a custom metric what a built-in one
 gets on the business side: a dashboard (one panel per custom metric, the same data source, job
 and instance variables as the main dashboard, which it is built by) and, for each metric that
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config.queries_file import AlertDef, MetricDef, QueriesConfig
-from tools.monitoring.dashboard import build_dashboard
-from tools.monitoring.grafana import Panel, Row, Target, sel
-from tools.monitoring.render import dump_yaml
+from exporter.monitoring.dashboard import build_dashboard
+from exporter.monitoring.grafana import Panel, Row, Target, sel
+from exporter.monitoring.render import dump_yaml
 
 DASHBOARD_FILE = "custom-dashboard.json"
 RULES_FILE = "custom.rules.yml"
