@@ -23,12 +23,13 @@ One module a concern, the way monitoring mixins keep alerts, dashboards and rule
 - ``grafana``: the typed panel model and the dashboard JSON it becomes;
 - ``dashboard``: the shipped dashboard's rows and panels;
 - ``render``: YAML, Helm escaping, the dashboard file and the README's Markdown tables;
-- ``paths``, ``files``, ``__main__``: where the files go, ``--check`` and the writer.
+- ``paths``, ``files``, ``__main__``: where the files go, ``--check`` and the writer;
+- ``custom``: ``tw-exporter monitoring``, the same rules renderer, HA forms and panels for a
+  queries file's custom metrics, with generated promtool tests.
 
-The promtool unit tests (``prometheus/tw-exporter.rules.test.yml``) are written by hand, not
-generated, so they check the generated rules independently.
-
-- ``custom``: the same for a queries file's custom metrics (``tw-exporter monitoring``).
+The promtool unit tests of the shipped rules (``prometheus/tw-exporter.rules.test.yml``) are
+written by hand, not generated, so they check the generated rules independently; so do
+``tests/test_custom_monitoring.py``'s for the custom rules of the example queries file.
 
 Like every room's ``__init__``, this one is only its docstring: import names from the module
 that holds them.

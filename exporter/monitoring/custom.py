@@ -1,11 +1,18 @@
 """``tw-exporter monitoring``: a Grafana dashboard and alert rules for a queries file's metrics.
 
-The shipped dashboard and rules (``exporter/monitoring/``) cover the built-in metrics and the
-health of every query, custom ones included. This gives a custom metric what a built-in one
-gets on the business side: a dashboard (one panel per custom metric, the same data source, job
-and instance variables as the main dashboard, which it is built by) and, for each metric that
-declares an ``alert`` threshold in the file, an alert rule and promtool unit tests proving that
-rule fires beyond the threshold and stays quiet within it.
+The shipped dashboard and rules cover the built-in metrics and the health of every query,
+custom ones included. This gives a custom metric what a built-in one gets on the business side,
+built by the same code: a dashboard (``dashboard.build_dashboard``: one panel per custom metric,
+the same data source, job and instance variables as the main dashboard) and, for each metric
+that declares an ``alert`` threshold in the file, an ``alerts.Alert`` rendered by
+``render.rules_document``, with promtool unit tests.
+
+Like the shipped business alerts and panels, everything reads a custom metric across HA
+replicas (``promql.across_replicas``, ``rate_across_replicas``, ``per_row``): with ``--ha`` a
+takeover moves the series to another replica's ``instance`` after a short gap, and an alert
+neither resolves nor restarts its ``for:`` there, nor fires once per replica. The generated
+tests prove each rule fires beyond its threshold, stays quiet within it, and keeps firing
+through a takeover.
 
 Files written to ``--out``: ``custom-dashboard.json``, ``custom.rules.yml``,
 ``custom.rules.test.yml``. Run ``promtool test rules custom.rules.test.yml`` to check them.
@@ -14,22 +21,30 @@ Files written to ``--out``: ``custom-dashboard.json``, ``custom.rules.yml``,
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exporter.config.queries_file import AlertDef, MetricDef, QueriesConfig
-from exporter.monitoring.dashboard import build_dashboard
-from exporter.monitoring.grafana import Panel, Row, Target, sel
-from exporter.monitoring.render import dump_yaml
+from exporter.monitoring.alerts import Alert, Group
+from exporter.monitoring.dashboard import build_dashboard, trend
+from exporter.monitoring.grafana import RATE, Panel, Row, sel
+from exporter.monitoring.params import DEFAULTS
+from exporter.monitoring.promql import across_replicas, rate_across_replicas
+from exporter.monitoring.render import dump_yaml, rules_document
 
 DASHBOARD_FILE = "custom-dashboard.json"
 RULES_FILE = "custom.rules.yml"
 TESTS_FILE = "custom.rules.test.yml"
 GROUP = "tw-exporter-custom"
 COUNTER_RATE_WINDOW = "5m"
-EXAMPLE_JOB, EXAMPLE_INSTANCE = "tw-exporter", "exporter:10093"
+_RATE_MINUTES = 5
+BRIDGE_WINDOW = str(DEFAULTS["haBridgeWindow"])
+"""The shipped rules' default ``haBridgeWindow``: the generated rules bridge a takeover alike."""
+EXAMPLE_JOB = "tw-exporter"
+REPLICAS = ("exporter-a:10093", "exporter-b:10093")
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,10 @@ class CustomMetric:
     def labels(self) -> tuple[str, ...]:
         return (*self.definition.labels, *self.definition.const_labels)
 
+    @property
+    def is_counter(self) -> bool:
+        return self.definition.type == "counter"
+
 
 def custom_metrics(config: QueriesConfig) -> Iterator[CustomMetric]:
     for query, (definition, _) in config.custom.items():
@@ -53,21 +72,19 @@ def custom_metrics(config: QueriesConfig) -> Iterator[CustomMetric]:
 
 
 def panel(metric: CustomMetric) -> Panel:
-    by = ", ".join(("instance", *metric.labels))
-    legend = " ".join(f"{{{{{label}}}}}" for label in ("instance", *metric.labels))
-    if metric.definition.type == "counter":
-        expr = f"sum by ({by}) (rate({sel(metric.name)}[$__rate_interval]))"
-        unit, what = "cps", "per second"
+    """The shipped dashboard's trend panel: one line per row of the query (its labels)."""
+    if metric.is_counter:
+        expr, unit, what = f"rate({sel(metric.name)}[{RATE}])", "cps", "per second"
     else:
-        expr = f"max by ({by}) ({sel(metric.name)})"
-        unit, what = "short", "value"
-    return Panel(
-        title=metric.name,
-        kind="timeseries",
-        description=f"{metric.definition.help} ({what}; query {metric.query})",
-        targets=(Target(expr, legend),),
+        expr, unit, what = sel(metric.name), "short", "value"
+    return trend(
+        metric.name,
+        f"{metric.definition.help} ({what}; query {metric.query})",
+        expr,
+        metric.labels,
         width=12,
         height=8,
+        legend="" if metric.labels else metric.name,
         unit=unit,
     )
 
@@ -100,23 +117,51 @@ def alert_name(metric: CustomMetric, alert: AlertDef) -> str:
     )
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}s"
-
-
-def _condition(metric: CustomMetric, alert: AlertDef) -> tuple[str, str, float]:
-    """(expression, comparison word, threshold)."""
-    subject = metric.name
-    if metric.definition.type == "counter":
-        subject = f"rate({metric.name}[{COUNTER_RATE_WINDOW}])"
+def _threshold(alert: AlertDef) -> tuple[str, float]:
+    """(``above`` or ``below``, the threshold)."""
     if alert.above is not None:
-        return f"{subject} > {alert.above:g}", "above", alert.above
-    assert alert.below is not None
-    return f"{subject} < {alert.below:g}", "below", alert.below
+        return "above", alert.above
+    assert alert.below is not None  # the queries file's model allows exactly one
+    return "below", alert.below
 
 
-def _is_counter(metric: CustomMetric) -> bool:
-    return metric.definition.type == "counter"
+def custom_alert(metric: CustomMetric, alert: AlertDef) -> Alert:
+    word, threshold = _threshold(alert)
+    if metric.is_counter:
+        subject = rate_across_replicas(metric.name, COUNTER_RATE_WINDOW, bridge=BRIDGE_WINDOW)
+    else:
+        subject = across_replicas(metric.name, window=BRIDGE_WINDOW)
+    where = ", ".join(f"{label}={{{{ $labels.{label} }}}}" for label in metric.labels)
+    return Alert(
+        name=alert_name(metric, alert),
+        expr=f"{subject} {'>' if word == 'above' else '<'} {threshold:g}",
+        for_=_duration(alert.for_),
+        severity=alert.severity,
+        summary=alert.summary
+        or f"{metric.name} is {word} {threshold:g}" + (f" ({where})" if where else ""),
+        description=(
+            f"{metric.definition.help} It is {word} the threshold {threshold:g}"
+            + (f" (per second, over {COUNTER_RATE_WINDOW})" if metric.is_counter else "")
+            + f" (custom query {metric.query})."
+        ),
+    )
+
+
+def alerts(config: QueriesConfig) -> list[tuple[CustomMetric, Alert]]:
+    return [
+        (metric, custom_alert(metric, metric.definition.alert))
+        for metric in custom_metrics(config)
+        if metric.definition.alert is not None
+    ]
+
+
+def rules(config: QueriesConfig) -> dict[str, Any]:
+    """The rules file's document: the shipped rules' renderer, the file's texts as written."""
+    found = tuple(alert for _, alert in alerts(config))
+    return rules_document((Group(GROUP, found),), str.strip) if found else {"groups": []}
+
+
+# ---------------------------------------------------------------- promtool tests
 
 
 def _expand(template: str, labels: dict[str, str]) -> str:
@@ -126,110 +171,112 @@ def _expand(template: str, labels: dict[str, str]) -> str:
     return template
 
 
-def rules(config: QueriesConfig) -> dict[str, Any]:
-    result = []
-    for metric in custom_metrics(config):
-        alert = metric.definition.alert
-        if alert is None:
-            continue
-        expr, word, threshold = _condition(metric, alert)
-        where = ", ".join(f"{label}={{{{ $labels.{label} }}}}" for label in metric.labels)
-        summary = alert.summary or (
-            f"{metric.name} is {word} {threshold:g}" + (f" ({where})" if where else "")
-        )
-        result.append(
-            {
-                "alert": alert_name(metric, alert),
-                "expr": expr,
-                "for": _seconds(alert.for_),
-                "labels": {"severity": alert.severity},
-                "annotations": {
-                    "summary": summary,
-                    "description": (
-                        f"{metric.definition.help} On {{{{ $labels.instance }}}} it is {word} "
-                        f"the threshold {threshold:g}"
-                        + (" (per second, over 5 minutes)" if _is_counter(metric) else "")
-                        + f" (custom query {metric.query})."
-                    ),
-                },
-            }
-        )
-    return {"groups": [{"name": GROUP, "rules": result}]} if result else {"groups": []}
+def _values(metric: CustomMetric, value: float, start: int, minutes: int) -> str:
+    """promtool values: ``start`` minutes without a sample, then ``minutes`` + 1 samples holding
+    ``value`` (a gauge) or growing by ``value`` per second (a counter, from where it would be
+    had it grown since minute 0: the database's count, whichever replica reads it)."""
+    gap = f"_x{start} " if start else ""
+    if metric.is_counter:
+        step = value * 60
+        return f"{gap}{_plain(step * start)}+{_plain(step)}x{minutes}"
+    return f"{gap}{_plain(value)}x{minutes}"
 
 
-def _series_values(metric: CustomMetric, value: float, minutes: int) -> str:
-    """A promtool series holding ``value`` (a gauge) or growing at ``value``/s (a counter)."""
-    if metric.definition.type == "counter":
-        return f"0+{value * 60:g}x{minutes}"
-    return f"{value:g}x{minutes}"
+def _plain(number: float) -> str:
+    """A number as promtool's series notation reads it: no exponent (``1.2e+06`` is not one)."""
+    return f"{number:f}".rstrip("0").rstrip(".") or "0"
+
+
+def _duration(seconds: float) -> str:
+    """A Prometheus duration: whole seconds, else milliseconds."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
 def rule_tests(config: QueriesConfig) -> dict[str, Any]:
-    """For each alert: a series beyond the threshold fires after ``for``, one within does not."""
+    """For each alert: a series beyond the threshold fires after ``for``, one within does not,
+    and one that moves from replica a to replica b after a one-minute gap still fires on time
+    (neither replica alone held it for ``for``)."""
     tests = []
-    annotations = {
-        rule["alert"]: rule["annotations"]
-        for group in rules(config)["groups"]
-        for rule in group["rules"]
-    }
-    for metric in custom_metrics(config):
-        alert = metric.definition.alert
-        if alert is None:
-            continue
-        _, word, threshold = _condition(metric, alert)
+    for metric, alert in alerts(config):
+        definition = metric.definition.alert
+        assert definition is not None
+        word, threshold = _threshold(definition)
         step = max(1.0, abs(threshold))
-        firing_value = threshold + step if word == "above" else threshold - step
-        quiet_value = threshold - step if word == "above" else threshold + step
-        if metric.definition.type == "counter":
-            firing_value, quiet_value = max(firing_value, 0), max(quiet_value, 0)
-        minutes = int(alert.for_ // 60) + 10
+        firing = threshold + step if word == "above" else threshold - step
+        quiet = threshold - step if word == "above" else threshold + step
+        if metric.is_counter:
+            firing, quiet = max(firing, 0), max(quiet, 0)
+        for_minutes = max(1, math.ceil(definition.for_ / 60))
+        # Replica a's last sample (late enough for a counter's rate); b's first is 2 minutes on.
+        takeover = max(2, for_minutes // 2)
+        # A rate needs its window filled before it reaches the firing value.
+        eval_at = for_minutes + 2 + (_RATE_MINUTES if metric.is_counter else 0)
+        end = eval_at + 5
         labels = {label: "example" for label in metric.definition.labels}
         labels.update(metric.definition.const_labels)
+        expected = [
+            {
+                "exp_labels": {"severity": alert.severity, "job": EXAMPLE_JOB, **labels},
+                "exp_annotations": {
+                    "summary": _expand(alert.summary, labels),
+                    "description": _expand(alert.description, labels),
+                },
+            }
+        ]
 
-        def series(instance: str, name: str = metric.name, labels: dict[str, str] = labels) -> str:
-            pairs = {"job": EXAMPLE_JOB, "instance": instance, **labels}
-            text = ", ".join(f'{k}="{v}"' for k, v in pairs.items())
+        def series(replica: str, name: str = metric.name, labels: dict[str, str] = labels) -> str:
+            pairs = {"job": EXAMPLE_JOB, "instance": replica, **labels}
+            text = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in pairs.items())
             return f"{name}{{{text}}}"
 
-        tests.append(
-            {
-                "name": f"{alert_name(metric, alert)} fires {word} {threshold:g}, not within",
+        checks_firing = [(eval_at, expected)]
+        if for_minutes >= 2:
+            checks_firing.insert(0, (for_minutes - 1, []))  # pending, not yet firing
+
+        def case(
+            title: str,
+            inputs: list[dict[str, str]],
+            checks: list[tuple[int, list[dict[str, Any]]]],
+            name: str = alert.name,
+        ) -> dict[str, Any]:
+            return {
+                "name": f"{name} {title}",
                 "interval": "1m",
-                "input_series": [
-                    {
-                        "series": series("firing:10093"),
-                        "values": _series_values(metric, firing_value, minutes),
-                    },
-                    {
-                        "series": series("quiet:10093"),
-                        "values": _series_values(metric, quiet_value, minutes),
-                    },
-                ],
+                "input_series": inputs,
                 "alert_rule_test": [
-                    {
-                        "eval_time": f"{minutes - 1}m",
-                        "alertname": alert_name(metric, alert),
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "severity": alert.severity,
-                                    "job": EXAMPLE_JOB,
-                                    "instance": "firing:10093",
-                                    **labels,
-                                },
-                                "exp_annotations": {
-                                    key: _expand(
-                                        text,
-                                        {"instance": "firing:10093", "job": EXAMPLE_JOB, **labels},
-                                    )
-                                    for key, text in annotations[alert_name(metric, alert)].items()
-                                },
-                            }
-                        ],
-                    }
+                    {"eval_time": f"{minute}m", "alertname": name, "exp_alerts": exp}
+                    for minute, exp in checks
                 ],
             }
-        )
+
+        a, b = REPLICAS
+        tests += [
+            case(
+                f"fires {word} {threshold:g}",
+                [{"series": series(a), "values": _values(metric, firing, 0, end)}],
+                checks_firing,
+            ),
+            case(
+                f"stays quiet at {quiet:g}",
+                [{"series": series(a), "values": _values(metric, quiet, 0, end)}],
+                [(eval_at, [])],
+            ),
+            case(
+                "keeps its for clause through an HA takeover",
+                [
+                    {
+                        "series": series(a),
+                        "values": _values(metric, firing, 0, takeover) + " stale",
+                    },
+                    {
+                        "series": series(b),
+                        "values": _values(metric, firing, takeover + 2, end - takeover - 2),
+                    },
+                ],
+                checks_firing,
+            ),
+        ]
     return {"rule_files": [RULES_FILE], "evaluation_interval": "1m", "tests": tests}
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
 
-from exporter.monitoring.alerts import ALERTS, GROUPS
+from exporter.monitoring.alerts import ALERTS, GROUPS, Group
 from exporter.monitoring.dashboard import ROWS, build_dashboard
 from exporter.monitoring.params import (
     PARAMS,
@@ -36,33 +36,45 @@ def helm_placeholder(param: Param) -> str:
     return "{{ " + f"{HELM_VALUES_PREFIX}.{param.key}{suffix}" + " }}"
 
 
-def _rules_document(
-    value_of: Callable[[Param], str],
-    escape: Callable[[str], str],
+def rules_document(
+    groups: Sequence[Group],
+    text: Callable[[str], str],
     for_override: str | None = None,
+    runbook_base: str = "",
 ) -> dict[str, Any]:
-    def text(raw: str) -> str:
-        return fill(escape(raw.strip()), value_of)
-
-    groups = []
-    for group in GROUPS:
+    """The rules file's document for ``groups``: each text through ``text`` (parameters filled
+    in, escaped for Helm, or as written), and a ``runbook_url`` for each alert with a runbook."""
+    document = []
+    for group in groups:
         rules = []
         for alert in group.alerts:
+            annotations = {"summary": text(alert.summary), "description": text(alert.description)}
+            if alert.runbook is not None:
+                annotations["runbook_url"] = f"{runbook_base}#{alert.anchor}"
             rules.append(
                 {
                     "alert": alert.name,
                     "expr": text(alert.expr),
                     "for": for_override if for_override is not None else alert.for_,
                     "labels": {"severity": alert.severity},
-                    "annotations": {
-                        "summary": text(alert.summary),
-                        "description": text(alert.description),
-                        "runbook_url": fill("<<runbookBaseUrl>>", value_of) + f"#{alert.anchor}",
-                    },
+                    "annotations": annotations,
                 }
             )
-        groups.append({"name": group.name, "rules": rules})
-    return {"groups": groups}
+        document.append({"name": group.name, "rules": rules})
+    return {"groups": document}
+
+
+def _shipped_rules(
+    value_of: Callable[[Param], str],
+    escape: Callable[[str], str],
+    for_override: str | None = None,
+) -> dict[str, Any]:
+    return rules_document(
+        GROUPS,
+        lambda raw: fill(escape(raw.strip()), value_of),
+        for_override,
+        runbook_base=fill("<<runbookBaseUrl>>", value_of),
+    )
 
 
 class _Dumper(yaml.SafeDumper):
@@ -108,7 +120,7 @@ def render_rules(
     """The Prometheus rules file, with ``thresholds`` overriding defaults (and every alert's
     ``for:`` replaced by ``for_override`` when given, for tests against a live Prometheus)."""
     values = check_values(thresholds or {})
-    document = _rules_document(lambda p: format_value(p, values[p.key]), lambda s: s, for_override)
+    document = _shipped_rules(lambda p: format_value(p, values[p.key]), lambda s: s, for_override)
     return _header(GENERATED) + dump_yaml(document)
 
 
@@ -120,7 +132,7 @@ def _escape_for_helm(text: str) -> str:
 
 
 def render_helm_rules() -> str:
-    document = _rules_document(helm_placeholder, _escape_for_helm)
+    document = _shipped_rules(helm_placeholder, _escape_for_helm)
     header = (
         GENERATED + "\n"
         "Rendered by the chart with `tpl`: values come from prometheusRule.thresholds; "
@@ -172,6 +184,7 @@ def alerts_markdown() -> str:
 def runbook_markdown() -> str:
     parts = ["## Runbook\n"]
     for alert in ALERTS:
+        assert alert.runbook is not None, f"{alert.name} has no runbook"
         meaning, causes, action = alert.runbook
         parts.append(
             f'<a id="{alert.anchor}"></a>\n\n### {alert.name}\n\n'
