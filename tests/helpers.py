@@ -82,11 +82,12 @@ def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 
 def unavailable(reason: str) -> NoReturn:
-    """A tool or package the test needs is missing: in CI (``CI`` set) that is a failure, since
-    ``.ci/run`` must install it; elsewhere the test is skipped with the reason shown."""
+    """A tool, package or capability the test needs is missing: in CI (``CI`` set) that is a
+    failure, since ``.ci/run`` must provide it; elsewhere the test (or, called while a module is
+    imported, the whole module) is skipped with the reason shown. The one way a test may skip."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; CI must provide it", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def require_tool(name: str, *candidates: Path, hint: str = "") -> str:

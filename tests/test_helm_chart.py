@@ -11,7 +11,6 @@ import argparse
 import base64
 import copy
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -47,9 +46,7 @@ from tests.helm_support import (
 try:
     import helm_python as helm
 except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("helm-python-sdk is not installed", allow_module_level=True)
+    helpers.unavailable("helm-python-sdk is not installed (pip install -e '.[test]')")
 
 FULLNAME = f"{RELEASE}-tw-exporter"
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the offline
