@@ -32,8 +32,16 @@ from exporter.expose.labels import (
 )
 from tests import hostile_labels as hostile
 from tests.conftest import MakeDb, StartExporter, wait_until_sync
-from tests.helpers import by_label, http_get, poll, prometheus_binary, start_prometheus, value
-from tests.test_hostile_data import both_formats, promtool_check
+from tests.helpers import (
+    both_formats,
+    by_label,
+    http_get,
+    poll,
+    prometheus_binary,
+    promtool_check,
+    start_prometheus,
+    value,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -41,7 +41,7 @@ from exporter.db.database import Database
 from exporter.expose.snapshot import SnapshotStore
 from exporter.ops import advice
 from tests.conftest import PgServer, exporter_command
-from tests.test_query_equivalence import (
+from tests.query_oracles import (
     compare_all,
     compare_platform_stats,
     compare_top_users,

@@ -57,3 +57,26 @@ def test_tests_skip_only_through_unavailable() -> None:
 SKIPS = {"pytest.skip", "pytest.importorskip"}
 SKIP_MARKS = {"pytest.mark.skip", "pytest.mark.skipif"}
 UNAVAILABLE = {"unavailable", "helpers.unavailable"}
+
+
+def test_no_module_imports_a_test_module() -> None:
+    """Shared fixtures live in conftest.py and shared helpers in support modules (helpers, rig,
+    query_oracles, pg_cluster, ...): importing a fixture from another test module runs under two
+    names and hides where it comes from."""
+    found = []
+    for path in sorted([*Path(__file__).parent.glob("*.py"), *BENCHMARKS.glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            found += [
+                f"{path.name}:{node.lineno} {n}" for n in names if n.startswith("tests.test_")
+            ]
+    assert not found, "\n".join(found)
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
