@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from exporter.collectors import platform_stats, top_users, trending_hashtags
-from exporter.config.settings import query_params
-from exporter.expose.labels import DEFAULT_MAX_LABEL_LENGTH, fits, rewrite
+from exporter.config.settings import DEFAULT_MAX_LABEL_LENGTH, query_params
+from exporter.expose.labels import fits, rewrite
 from exporter.expose.snapshot import OPENMETRICS_CONTENT_TYPE, SnapshotStore
 from tests.conftest import StartExporter, wait_until_sync
 from tests.helpers import Labels, both_formats, http_get, promtool_check, value

@@ -25,11 +25,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.expose.labels import (
-    DEFAULT_MAX_LABEL_LENGTH,
-    EMPTY,
-    MAX_MAX_LABEL_LENGTH,
-)
+from exporter.config.settings import DEFAULT_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH
+from exporter.expose.labels import EMPTY
 from tests import hostile_labels as hostile
 from tests.conftest import MakeDb, StartExporter, wait_until_sync
 from tests.helpers import (

@@ -3,8 +3,8 @@
 ``exporter/`` is a few rooms: subpackages (``config``, ``db``, ``collect``, ``collectors``,
 ``expose``, ``ops``, ``monitoring``) and the top-level modules ``cli``, ``__main__``, ``app`` and
 ``logs``. ``ALLOWED`` says which rooms each room may import. Its arrows point only downwards (the
-table itself is checked for cycles): cli -> ops -> app -> collect -> db -> config -> expose ->
-collectors, with cli -> monitoring -> config beside them, never back, so a reader can start at
+table itself is checked for cycles): cli -> ops -> app -> collect -> db -> expose -> config ->
+collectors, with cli -> monitoring -> expose beside them, never back, so a reader can start at
 either end and a change that needs an arrow not in the table has to add it here, where a reviewer
 sees it. Imports inside functions and under
 ``TYPE_CHECKING`` count: a lazy import still ties two modules together.
@@ -35,10 +35,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "collect": frozenset({"collectors", "config", "db", "expose"}),
     # how a query reaches PostgreSQL
     "db": frozenset({"collectors", "config", "expose"}),
-    # what the operator writes down (label limits and the authenticator type come from expose)
-    "config": frozenset({"collectors", "expose"}),
-    # what is served
-    "expose": frozenset({"collectors"}),
+    # what the operator writes down: nothing served, run or wired
+    "config": frozenset({"collectors"}),
+    # what is served (the label limits and other settings it serves by come from config)
+    "expose": frozenset({"collectors", "config"}),
     # what the built-in queries are
     "collectors": frozenset(),
 }
