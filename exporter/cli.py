@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser(
         "sample-data",
         help="creates the demo's tables in your database (or fills the empty ones "
-        "sql/schema.sql made) and loads its data; --keep-adding keeps the numbers moving",
+        "exporter/sql/schema.sql made) and loads its data; --keep-adding keeps the numbers moving",
         description=SAMPLE_DATA_DESCRIPTION,
     )
     from exporter.ops.sample_data import add_sample_data_options
@@ -72,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SAMPLE_DATA_DESCRIPTION = (
-    "Create the four tables of sql/schema.sql in the database --dsn names and fill them with the "
-    "demo's synthetic data, once; with --keep-adding, keep adding tweets, likes and followers as "
-    "the demo does until Ctrl-C. A database that already has the sample's tables (an earlier run, "
-    "or sql/schema.sql) is loaded only when they are empty; tables of another shape are refused "
-    "and never changed."
+    "Create the four tables of schema.sql (shipped in the package's sql/ directory) in the "
+    "database --dsn names and fill them with the demo's synthetic data, once; with --keep-adding, "
+    "keep adding tweets, likes and followers as the demo does until Ctrl-C. A database that "
+    "already has the sample's tables (an earlier run, or schema.sql) is loaded only when they are "
+    "empty; tables of another shape are refused and never changed."
 )
 
 
@@ -194,7 +194,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _monitoring(args: argparse.Namespace) -> int:
     from exporter.config.queries_file import load
-    from tools.custom_monitoring import write
+    from exporter.monitoring.custom import write
 
     config = load(args.queries_file, cfg.query_params())  # an invalid file: exit 2
     for path in write(config, args.out):

@@ -36,6 +36,7 @@ from exporter.config.secrets import redact_dsn
 from exporter.ops import dataset
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.pki import pki  # noqa: F401 - the shared certificate fixture
+from tests.rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -374,3 +375,12 @@ def frozen_pg(restartable_pg: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
         yield restartable_pg
     finally:
         restartable_pg.thaw()
+
+
+@pytest.fixture
+async def rigs() -> AsyncIterator[list[Rig]]:
+    """In-process pipelines (``tests.rig.make_rig``) a test appends here, closed at teardown."""
+    created: list[Rig] = []
+    yield created
+    for rig in created:
+        await rig.database.close()

@@ -15,9 +15,10 @@ from exporter.ops import advice, dataset
 from exporter.ops.advice import RECOMMENDED, ExistingIndex, RecommendedIndex, advise, satisfies
 from exporter.ops.check import check
 from exporter.ops.embedded import EmbeddedPostgres
+from exporter.ops.schema_file import SQL_DIR
 from tests.conftest import MakeDb, copy_cluster, private_directory
 
-SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "recommended-indexes.sql"
+SQL_FILE = SQL_DIR / "recommended-indexes.sql"
 MIN_ROWS = 1_000  # the test dataset is small; production uses advice.DEFAULT_MIN_ROWS
 
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 PAGES = [
     REPO / "README.md",
     *sorted((REPO / "docs").glob("*.md")),
-    REPO / "sql/least-privilege.sql",
+    REPO / "exporter/sql/least-privilege.sql",
 ]
 
 POOL = cfg.DEFAULT_MAX_CONNECTIONS  # the most connections the pool opens, by default
@@ -46,9 +46,9 @@ def flat(path: Path) -> str:
 
 def script_connection_limit() -> int:
     match = re.search(
-        r"\\set connection_limit (\d+)", (REPO / "sql/least-privilege.sql").read_text()
+        r"\\set connection_limit (\d+)", (REPO / "exporter/sql/least-privilege.sql").read_text()
     )
-    assert match, "sql/least-privilege.sql sets no default connection_limit"
+    assert match, "exporter/sql/least-privilege.sql sets no default connection_limit"
     return int(match.group(1))
 
 
@@ -81,7 +81,7 @@ CLAIMS: dict[str, list[str]] = {
         f"replaces all pooled connections every {MAX_CONNECTION_AGE:g} seconds",
     ],
     "docs/security.md": [f"| Connection limit | {LIMIT} ({PER_REPLICA}) |"],
-    "sql/least-privilege.sql": [
+    "exporter/sql/least-privilege.sql": [
         f"connection_limit (default {LIMIT}: per replica, the exporter uses at most "
         f"--max-connections (default {POOL}), plus {HA_LOCK} with --ha for its lock, plus "
         f"{CHECK_CONNECTIONS} while `tw-exporter check` runs)"

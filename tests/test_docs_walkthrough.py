@@ -167,11 +167,11 @@ async def walk(shell: Shell, commands: list[list[str]]) -> list[str]:
 
 
 async def test_the_schema_then_the_sample_data_steps_run_as_written(shell: Shell) -> None:
-    """docs/your-own-database.md: ``createdb tw_app`` and ``sql/schema.sql``, then the sample
-    data section's four lines on a database of its own, then its lines again on the database
+    """docs/your-own-database.md: ``createdb tw_app`` and ``exporter/sql/schema.sql``, then the
+    sample data section's four lines on a database of its own, then its lines again on the database
     the schema file made (what a reader who followed both sections has)."""
     text = PAGE.read_text()
-    schema_steps = sh_blocks(text, "The schema: `sql/schema.sql`")
+    schema_steps = sh_blocks(text, "The schema: `exporter/sql/schema.sql`")
     sample_steps = sh_blocks(text, "Sample data: `tw-exporter sample-data`")
     assert [w[:2] for w in sample_steps] == [
         ["createdb", "tw_sample"],
@@ -187,7 +187,7 @@ async def test_the_schema_then_the_sample_data_steps_run_as_written(shell: Shell
     assert "nothing loaded" in outputs[2] and "adding tweets, likes" in outputs[2]
     assert "check: ok" in outputs[3]
 
-    # The same sample-data lines on the tables sql/schema.sql made (empty: loaded into them).
+    # The same sample-data lines on the tables the schema file made (empty: loaded into them).
     on_app = [[w.replace("/tw_sample", "/tw_app") for w in words] for words in sample_steps[1:]]
     outputs = await walk(shell, on_app)
     assert "loading 20000 tweets into the existing empty tables" in outputs[0]
@@ -288,7 +288,7 @@ async def test_the_pgbouncer_section_runs_as_written(
                 elif words[0] == "export":
                     name, _, value = words[1].partition("=")
                     env[name] = value
-                elif "sql/least-privilege.sql" in words:
+                elif "exporter/sql/least-privilege.sql" in words:
                     assert not any(w.startswith("role=") for w in words), words
                     await run_step(
                         [*words[:-2], "-v", f"role={role}", *words[-2:]], shell, directory, env

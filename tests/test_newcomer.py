@@ -26,7 +26,7 @@ from exporter.ops import dataset
 from exporter.ops.check import check
 from exporter.ops.demo import DEMO_DEFAULTS
 from exporter.ops.extras import EXTRAS
-from exporter.ops.schema_file import SCHEMA_FILE, annotated_schema
+from exporter.ops.schema_file import SCHEMA_PATH, annotated_schema
 from tests.conftest import REPO, MakeDb, PgServer, exporter_command, server_choice, wait_until
 from tools.readme_tables import demo_table, metrics_table
 
@@ -66,15 +66,15 @@ async def _check_lines(dsn: str) -> tuple[int, list[str]]:
 
 
 def test_schema_file_is_generated_from_the_code() -> None:
-    assert (REPO / SCHEMA_FILE).read_text() == annotated_schema(), (
-        "sql/schema.sql is out of date: run python -m tools.schema_sql"
+    assert SCHEMA_PATH.read_text() == annotated_schema(), (
+        "exporter/sql/schema.sql is out of date: run python -m tools.schema_sql"
     )
 
 
 def test_schema_file_marks_exactly_the_columns_the_queries_read() -> None:
     marked: set[tuple[str, str]] = set()
     table = ""
-    for line in (REPO / SCHEMA_FILE).read_text().splitlines():
+    for line in SCHEMA_PATH.read_text().splitlines():
         if created := re.match(r"CREATE TABLE (\w+)", line):
             table = created.group(1)
         elif "-- read by:" in line:
@@ -83,14 +83,14 @@ def test_schema_file_marks_exactly_the_columns_the_queries_read() -> None:
         (t, c) for collector in COLLECTORS for t, cols in collector.tables.items() for c in cols
     }
     assert marked == read
-    assert "content text" in (REPO / SCHEMA_FILE).read_text()  # unread columns are there too
+    assert "content text" in SCHEMA_PATH.read_text()  # unread columns are there too
 
 
 async def test_schema_file_gives_check_everything_it_needs(make_db: MakeDb) -> None:
     dsn = await make_db()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute((REPO / SCHEMA_FILE).read_text())
+        await conn.execute(SCHEMA_PATH.read_text())
     finally:
         await conn.close()
     status, lines = await _check_lines(dsn)
@@ -105,7 +105,7 @@ async def test_check_on_an_empty_database_points_at_the_schema_and_the_loader(
     assert status == 1
     hints = [line for line in lines if line.startswith("schema: hint:")]
     assert len(hints) == 1
-    assert "sql/schema.sql" in hints[0]
+    assert f"-f {SCHEMA_PATH})" in hints[0] and SCHEMA_PATH.is_file()  # the shipped file
     assert "tw-exporter sample-data --dsn" in hints[0]
 
 
@@ -443,7 +443,7 @@ def test_every_command_is_in_the_commands_table_and_every_flag_has_help() -> Non
     """docs/configuration.md lists each command ``tw-exporter --help`` has (``monitoring``
     was missing), and no flag of any command shows up in ``--help`` without a description."""
     from exporter.cli import build_parser
-    from tools.custom_monitoring import DASHBOARD_FILE, RULES_FILE, TESTS_FILE
+    from exporter.monitoring.custom import DASHBOARD_FILE, RULES_FILE, TESTS_FILE
 
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

@@ -27,9 +27,9 @@ from exporter.collectors import COLLECTORS
 from exporter.config.settings import query_params
 from exporter.db.database import Database
 from tests.conftest import REPO, exporter_command, wait_until
-from tests.helpers import unavailable, value
-from tests.test_faults import Rig, fill, make_rig, rigs  # noqa: F401
-from tests.test_postgres_tls import _free_port, _run_as, _server_user
+from tests.helpers import free_port, unavailable, value
+from tests.pg_cluster import run_as, server_user
+from tests.rig import Rig, fill, make_rig
 
 STANDBY_DELAY_MS = 100
 TOP_USERS = next(c for c in COLLECTORS if c.name == "top_users")
@@ -59,7 +59,7 @@ class Pair:
     root: Path
 
     def stop_standby(self) -> None:
-        _run_as(
+        run_as(
             self.user,
             [str(self.bindir / "pg_ctl"), "-D", str(self.root / "standby"), "-m", "fast",
              "-w", "stop"],
@@ -80,21 +80,21 @@ class Pair:
 
 def _start(bindir: Path, user: pwd.struct_passwd | None, data: Path, root: Path) -> None:
     log = root / f"{data.name}.log"
-    _run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start"], root)
+    run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start"], root)
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     bindir = _bindir()
-    user = _server_user()
+    user = server_user()
     root = Path(tempfile.mkdtemp(prefix="tw-pg-replica-"))
     started: list[Path] = []
     try:
         if user is not None:
             os.chown(root, user.pw_uid, user.pw_gid)
         primary, standby = root / "primary", root / "standby"
-        ports = Pair(_free_port(), _free_port(), bindir, user, root)
-        _run_as(
+        ports = Pair(free_port(), free_port(), bindir, user, root)
+        run_as(
             user,
             [str(bindir / "initdb"), "-D", str(primary), "-U", "postgres", "--auth=trust",
              "-E", "UTF8", "--locale=C", "--no-sync"],
@@ -109,7 +109,7 @@ def pair() -> Iterator[Pair]:
             hba.write("host replication all 127.0.0.1/32 trust\n")
         _start(bindir, user, primary, root)
         started.append(primary)
-        _run_as(
+        run_as(
             user,
             [str(bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(ports.primary_port),
              "-U", "postgres", "-D", str(standby), "-R", "-X", "stream", "--no-sync"],
@@ -126,9 +126,7 @@ def pair() -> Iterator[Pair]:
         yield ports
     finally:
         for data in reversed(started):
-            _run_as(
-                user, [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], root
-            )
+            run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], root)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -164,7 +162,7 @@ def seeded_pair(pair: Pair) -> Pair:
 
 async def test_exporter_on_the_standby_exports_the_primarys_numbers(
     seeded_pair: Pair,
-    rigs: list[Rig],  # noqa: F811
+    rigs: list[Rig],
 ) -> None:
     pair = seeded_pair
     rig = await make_rig(pair.standby)
@@ -187,7 +185,7 @@ async def test_exporter_on_the_standby_exports_the_primarys_numbers(
 
 async def test_recovery_conflict_is_counted_as_conflict_and_the_next_run_recovers(
     seeded_pair: Pair,
-    rigs: list[Rig],  # noqa: F811
+    rigs: list[Rig],
 ) -> None:
     """A lock taken on the primary conflicts with the standby query holding the table: after
     max_standby_streaming_delay replay cancels the query with SQLSTATE 40001. The query is the
@@ -269,7 +267,7 @@ IN_RECOVERY = "SELECT pg_is_in_recovery() AS standby, current_setting('port') AS
 
 
 async def test_multi_host_dsn_skips_a_host_that_is_down(seeded_pair: Pair) -> None:
-    down = _free_port()  # nothing listens here
+    down = free_port()  # nothing listens here
     database = Database(
         _hosts(down, seeded_pair.primary_port, attrs="any"), pool_size=3, query_timeout=5.0
     )

@@ -105,7 +105,7 @@ def sample_data_table() -> list[str]:
     return _command_table(add_sample_data_options)
 
 
-# ---------------------------------------------------------------- tables from tools.monitoring
+# ---------------------------------------------------------------- tables from exporter.monitoring
 # Imported when called: the monitoring generator is large and only the docs need it here.
 
 RUNBOOK_PAGE = "runbook.md"
@@ -127,39 +127,39 @@ def _from_docs(markdown: str) -> str:
 
 def alerts_table() -> str:
     """The alert table, for a page beside the runbook: its links go to ``runbook.md``."""
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    table = _from_docs(monitoring.alerts_markdown())
+    table = _from_docs(render.alerts_markdown())
     return table.replace("](#runbook-", f"]({RUNBOOK_PAGE}#runbook-")
 
 
 def alert_parameters_table() -> str:
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    return _from_docs(monitoring.thresholds_markdown())
+    return _from_docs(render.thresholds_markdown())
 
 
 def panels_table() -> str:
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    return _from_docs(monitoring.panels_markdown())
+    return _from_docs(render.panels_markdown())
 
 
 def runbook_sections() -> str:
     """One section per alert, under the runbook page's own title (the generator's
     ``## Runbook`` heading is the page's ``# Runbook`` here)."""
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    return _from_docs(monitoring.runbook_markdown().removeprefix("## Runbook\n").lstrip("\n"))
+    return _from_docs(render.runbook_markdown().removeprefix("## Runbook\n").lstrip("\n"))
 
 
 def runbook_redirects() -> str:
     """For the README: an anchor per alert where the runbook used to be, linking to its entry
     in docs/runbook.md, so ``runbook_url``s of rules deployed from earlier versions still land
     next to the right link."""
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    entries = re.findall(r'<a id="(runbook-[^"]+)"></a>\s+### (\S+)', monitoring.runbook_markdown())
+    entries = re.findall(r'<a id="(runbook-[^"]+)"></a>\s+### (\S+)', render.runbook_markdown())
     return "".join(
         f'- <a id="{anchor}"></a>[{name}](docs/{RUNBOOK_PAGE}#{anchor})\n'
         for anchor, name in entries

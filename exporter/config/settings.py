@@ -21,11 +21,6 @@ from typing import Any, NoReturn, TypeVar
 
 from exporter import __version__
 from exporter.config.secrets import redact_dsn
-from exporter.expose.labels import (
-    DEFAULT_MAX_LABEL_LENGTH,
-    MAX_MAX_LABEL_LENGTH,
-    MIN_MAX_LABEL_LENGTH,
-)
 
 PROG = "tw-exporter"
 ENV_PREFIX = "TW_EXPORTER_"
@@ -43,6 +38,13 @@ MAX_CONNECTIONS = 65_535
 DEFAULT_MAX_CONNECTIONS = 5
 DSN_SCHEMES = ("postgresql", "postgres")
 MAX_GROUP_LENGTH = 200
+# --max-label-length, in bytes (exporter.expose.labels shortens longer values to fit).
+DEFAULT_MAX_LABEL_LENGTH = 256
+# The smallest limit that still leaves room for a readable prefix before the marker and hash.
+MIN_MAX_LABEL_LENGTH = 32
+# A ceiling so a typo cannot switch the bound off; above 2,048 bytes Mimir, Cortex and Grafana
+# Cloud already reject the series, so larger limits only suit a Prometheus without any limit.
+MAX_MAX_LABEL_LENGTH = 65_536
 DEFAULT_HA_LEASE = 15.0
 # The lease must outlast a query a frozen leader started just before it froze (query timeout
 # plus the client's grace), so that query has ended before the lock can pass on.

@@ -5,8 +5,8 @@ run on this database (the shape ``exporter.collectors.schema`` picks) with the q
 parameters (plain EXPLAIN plans without running anything; ``analyze=True`` also runs it, read-only,
 to report its time). The verdict comes from the plan, not from the index definitions: a query is
 "ok" when its plan reads no large table sequentially (size from ``pg_class.reltuples``) and
-uses an index serving each recommended index of ``sql/recommended-indexes.sql`` that applies to
-it. For a recommended index the plan does not use, the advice says why it may be:
+uses an index serving each recommended index (``exporter/sql/recommended-indexes.sql``) that
+applies to it. For a recommended index the plan does not use, the advice says why it may be:
 
 * no index like it exists: the exact ``CREATE INDEX CONCURRENTLY`` statement;
 * a similar index exists but differs where it matters: a partial predicate that tests a
@@ -44,7 +44,7 @@ _COLLATE_RE = re.compile(r'\s+COLLATE\s+"?([^"\s]+)"?', re.I)
 
 @dataclass(frozen=True)
 class RecommendedIndex:
-    """One index of ``sql/recommended-indexes.sql`` and the queries (and shapes) it serves."""
+    """One index of ``exporter/sql/recommended-indexes.sql`` and the queries (shapes) it serves."""
 
     name: str
     table: str

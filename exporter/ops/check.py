@@ -37,6 +37,7 @@ from exporter.db.database import (
 )
 from exporter.ops.advice import advise
 from exporter.ops.check_queries import prepare_custom, schedule_lines
+from exporter.ops.schema_file import SCHEMA_PATH
 
 Print = Callable[[str], None]
 
@@ -52,8 +53,8 @@ WHERE c.table_schema = ANY (current_schemas(false)) AND c.table_name = ANY ($1::
 """
 
 SCHEMA_HINT = (
-    "schema: hint: create the tables with sql/schema.sql "
-    "(psql -v ON_ERROR_STOP=1 -f sql/schema.sql), or load the demo's sample data into an empty "
+    f"schema: hint: create the tables with {SCHEMA_PATH} "
+    f"(psql -v ON_ERROR_STOP=1 -f {SCHEMA_PATH}), or load the demo's sample data into an empty "
     "database with: tw-exporter sample-data --dsn URI"
 )
 

@@ -1,18 +1,18 @@
 """``tw-exporter sample-data``: the demo's tables and moving data in a database the user names.
 
 The way from "I have a PostgreSQL" to "``check`` passes and ``/metrics`` shows numbers" without
-the embedded server: create the four tables of ``sql/schema.sql`` in an empty database, load the
-demo's synthetic dataset once and, with ``--keep-adding``, keep adding tweets, likes and followers
-as the demo does.
+the embedded server: create the four tables of ``exporter/sql/schema.sql`` in an empty database,
+load the demo's synthetic dataset once and, with ``--keep-adding``, keep adding tweets, likes and
+followers as the demo does.
 
 It only ever writes to the sample's own tables: a database with none of the four is given them
 (created without ``IF NOT EXISTS`` in the same transaction as the load, so a concurrent creator
 makes it fail instead of sharing); a database whose four tables are exactly the sample's (the
-columns and types of ``sql/schema.sql``, as an earlier ``sample-data`` or ``psql -f
-sql/schema.sql`` left them) is loaded when they are empty and otherwise left as it is, so the
-docs' order (load once, then ``--keep-adding``; or the schema file, then ``sample-data``) works
-as written. Anything else with one of the four names is refused before anything is written,
-naming what differs; a failure rolls everything back.
+columns and types of ``exporter/sql/schema.sql``, as an earlier ``sample-data`` or ``psql -f
+exporter/sql/schema.sql`` left them) is loaded when they are empty and otherwise left as it
+is, so the docs' order (load once, then ``--keep-adding``; or the schema file, then
+``sample-data``) works as written. Anything else with one of the four names is refused before
+anything is written, naming what differs; a failure rolls everything back.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ async def load_sample_data(
     dsn: str, tweets: int, *, keep_adding: bool = False, out: bool = True
 ) -> None:
     """Create the tables in ``dsn`` and load the dataset; a database that already has the
-    sample's tables is loaded only when they are empty (``sql/schema.sql``), then, with
+    sample's tables is loaded only when they are empty (``exporter/sql/schema.sql``), then, with
     ``keep_adding``, given new activity until SIGINT or SIGTERM."""
     shown = redact_dsn(dsn)
     try:
@@ -161,8 +161,8 @@ async def _require_sample_tables(
     conn: asyncpg.Connection, existing: Sequence[asyncpg.Record], shown: str
 ) -> None:
     """Raise unless the relations found are exactly the sample's four tables, in one schema,
-    with the columns and types of ``sql/schema.sql``: the only tables this command will write
-    to besides those it creates."""
+    with the columns and types of ``exporter/sql/schema.sql``: the only tables this command will
+    write to besides those it creates."""
     wanted = column_types()
     types = [kind for columns in wanted.values() for _, kind in columns]
     spelled = dict(zip(types, await conn.fetchval(TYPE_NAMES_SQL, types), strict=True))
@@ -189,8 +189,9 @@ async def _require_sample_tables(
         names = ", ".join(f"{row['schema']}.{row['name']}" for row in existing)
         raise SampleDataError(
             f"refused: {shown} already has {names}, which are not the sample's tables "
-            f"({'; '.join(problems)}); this command adds to the tables of sql/schema.sql only "
-            "and never changes others: give it an empty database (e.g. createdb tw_sample)"
+            f"({'; '.join(problems)}); this command adds to the tables of "
+            "exporter/sql/schema.sql only and never changes others: give it an empty database "
+            "(e.g. createdb tw_sample)"
         )
 
 
