@@ -10,6 +10,7 @@ on the primary cancels a standby query at once: SQLSTATE 40001, counted under ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import pwd
@@ -69,6 +70,15 @@ class Pair:
     def start_standby(self) -> None:
         _start(self.bindir, self.user, self.root / "standby", self.root)
 
+    def promote_standby(self) -> None:
+        _run_as(
+            self.user, [str(self.bindir / "pg_ctl"), "-D", str(self.root / "standby"), "-w",
+                        "promote"], self.root,
+        )  # fmt: skip
+
+    def postmaster(self, which: str) -> int:
+        return int((self.root / which / "postmaster.pid").read_text().split()[0])
+
     @property
     def primary(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.primary_port}/postgres"
@@ -83,8 +93,12 @@ def _start(bindir: Path, user: pwd.struct_passwd | None, data: Path, root: Path)
     _run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start"], root)
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
+@contextlib.contextmanager
+def replication_pair(primary_conf: str = "", hba: str = "", auth: str = "trust") -> Iterator[Pair]:
+    """A private primary and a streaming standby made from it; both stopped on exit (the
+    caller thaws whatever it froze first). ``primary_conf`` and ``hba`` are appended to the
+    primary's postgresql.conf and pg_hba.conf (the standby copies both); ``auth`` is initdb's
+    default for local and host connections."""
     bindir = _bindir()
     user = _server_user()
     root = Path(tempfile.mkdtemp(prefix="tw-pg-replica-"))
@@ -96,17 +110,20 @@ def pair() -> Iterator[Pair]:
         ports = Pair(_free_port(), _free_port(), bindir, user, root)
         _run_as(
             user,
-            [str(bindir / "initdb"), "-D", str(primary), "-U", "postgres", "--auth=trust",
+            [str(bindir / "initdb"), "-D", str(primary), "-U", "postgres", f"--auth={auth}",
              "-E", "UTF8", "--locale=C", "--no-sync"],
             root,
         )  # fmt: skip
         with (primary / "postgresql.conf").open("a") as conf:
             conf.write(
                 f"\nport = {ports.primary_port}\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{root}'\nfsync = off\n"
+                f"unix_socket_directories = '{root}'\nfsync = off\n{primary_conf}\n"
             )
-        with (primary / "pg_hba.conf").open("a") as hba:
-            hba.write("host replication all 127.0.0.1/32 trust\n")
+        with (primary / "pg_hba.conf").open("r+") as hba_file:
+            rules = hba_file.read()
+            hba_file.seek(0)
+            # The test's own rules first: pg_hba.conf is read top down.
+            hba_file.write(f"{hba}\nhost replication all 127.0.0.1/32 trust\n{rules}")
         _start(bindir, user, primary, root)
         started.append(primary)
         _run_as(
@@ -126,10 +143,19 @@ def pair() -> Iterator[Pair]:
         yield ports
     finally:
         for data in reversed(started):
-            _run_as(
-                user, [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], root
-            )
+            with contextlib.suppress(AssertionError):  # already stopped by the test
+                _run_as(
+                    user,
+                    [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                    root,
+                )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Pair]:
+    with replication_pair() as made:
+        yield made
 
 
 async def replayed(pair: Pair) -> None:

@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from exporter import __version__
+from exporter.config import dsn as dsn_uri
 from exporter.config.secrets import redact_dsn
 from exporter.expose.labels import (
     DEFAULT_MAX_LABEL_LENGTH,
@@ -41,7 +41,7 @@ MAX_TOP_N = 1000
 MAX_DAYS = 3650
 MAX_CONNECTIONS = 65_535
 DEFAULT_MAX_CONNECTIONS = 5
-DSN_SCHEMES = ("postgresql", "postgres")
+DSN_SCHEMES = dsn_uri.SCHEMES
 MAX_GROUP_LENGTH = 200
 DEFAULT_HA_LEASE = 15.0
 # The lease must outlast a query a frozen leader started just before it froze (query timeout
@@ -153,24 +153,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 def parse_dsn(text: str) -> str:
     """A PostgreSQL URI, with one host or libpq's comma-separated list of ``host[:port]``
     (``postgresql://u@h1:5432,h2:5432/db?target_session_attrs=prefer-standby``), each port
-    a number from 1 to 65535."""
-    dsn = text.strip()
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or scheme not in DSN_SCHEMES or not rest:
-        raise ValueError("expected a PostgreSQL URI such as postgresql://user@host:5432/dbname")
-    # The host list ends at the path or query; the user part (which may hold a password with
-    # any character) ends at the last "@" before that.
-    authority = re.split(r"[/?]", rest.rpartition("@")[2], maxsplit=1)[0]
-    for host in authority.split(",") if authority else []:
-        if not _HOST_PORT.fullmatch(host):
-            raise ValueError(
-                f"expected a PostgreSQL URI with valid hosts and numeric ports "
-                f"(host:port, or host1:port1,host2:port2), got host {host!r}"
-            )
-        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
-        if port and not 1 <= int(port) <= 65535:
-            raise ValueError(f"expected a PostgreSQL URI with ports from 1 to 65535, got {port}")
-    return dsn
+    a number from 1 to 65535; every part is checked (``exporter.config.dsn``)."""
+    dsn_uri.parse(text)
+    return text.strip()
 
 
 def parse_bool(text: str) -> bool:
@@ -191,23 +176,14 @@ def parse_group(text: str) -> str:
     return value
 
 
-def dsn_hosts(dsn: str) -> int:
-    """How many hosts a (possibly multi-host) PostgreSQL URI names (split as ``parse_dsn``
-    does)."""
-    authority = re.split(r"[/?]", dsn.partition("://")[2].rpartition("@")[2], maxsplit=1)[0]
-    return max(1, len(authority.split(",")))
+def dsn_hosts(text: str) -> int:
+    """How many hosts a (possibly multi-host) PostgreSQL URI names."""
+    return len(dsn_uri.parse(text).hosts)
 
 
-def requires_primary(dsn: str) -> bool:
+def requires_primary(text: str) -> bool:
     """Whether a multi-host DSN is pinned to the primary (``target_session_attrs``)."""
-    from urllib.parse import parse_qs, urlsplit
-
-    attrs = parse_qs(urlsplit(dsn).query).get("target_session_attrs", [""])[-1]
-    return attrs in ("read-write", "primary")
-
-
-# host, [IPv6], or empty (libpq's default host), then an optional numeric port
-_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.%\w]+\]|[^\s:/?#\[\],@]*)(?::[0-9]{1,5})?")
+    return dsn_uri.parse(text).target_session_attrs in ("read-write", "primary")
 
 
 def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
@@ -567,17 +543,9 @@ def _read_dsn(values: Mapping[str, Any], required: bool) -> str:
     if use_file:
         path: Path = values["dsn_file"]
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise SettingsError(
-                f"{file_source}: cannot read {str(path)!r}: {error.__class__.__name__}"
-            ) from None
-        try:
-            return parse_dsn(text)
-        except ValueError as error:
-            raise SettingsError(
-                f"{file_source}: the content of {str(path)!r} is not valid: {error}"
-            ) from None
+            return dsn_uri.read_dsn_file(path)
+        except dsn_uri.DsnError as error:
+            raise SettingsError(f"{file_source}: {error}") from None
     if "dsn" in values:
         return str(values["dsn"])
     if required:

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from exporter.db import keepalive
+from exporter.db.connect import Connector, DsnSource
 from exporter.db.database import describe
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class Leadership:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | DsnSource,
         group: str,
         *,
         lease: float,
@@ -117,7 +118,8 @@ class Leadership:
         self.key = group_key(group)
         self.lease = lease
         self.heartbeat = lease / 3
-        self._dsn = dsn
+        # Host by host like the pool (exporter.db.connect), the DSN read at each connect.
+        self._connector = Connector(dsn)
         self.application_name = application_name(LOCK_APPLICATION_PREFIX, replica or replica_name())
         self._connect_timeout = connect_timeout
         self.on_elected = on_elected
@@ -193,8 +195,7 @@ class Leadership:
             retry = min(MAX_RETRY_SECONDS, retry * 2)
 
     async def _connect(self) -> None:
-        self._conn = await asyncpg.connect(
-            self._dsn,
+        self._conn = await self._connector.connect(
             timeout=self._connect_timeout,
             command_timeout=None,
             statement_cache_size=0,
@@ -273,6 +274,9 @@ class Leadership:
         self._checks_started += 1
         number = self._checks_started
         high, low = key_halves(self.key)
+        if self._conn is None:  # the campaign dropped the connection: nothing holds the lock
+            self._last_check = (number, False)
+            return False
         try:
             held = bool(
                 await self._roundtrip(self._conn.fetchval(_HELD_SQL, high, low), self.heartbeat)
