@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
 
 from exporter.collectors import QUERY_NAMES
+from exporter.db.connect import Connector, NoSuitableHost, suits
+from exporter.db.leader import Leadership
 from tests.conftest import ExporterProcess, StartExporter, wait_until
-from tests.helpers import ahttp_get, value
+from tests.helpers import ahttp_get, unavailable, value
 from tests.test_faults import fill
 from tests.test_replica import Pair, replayed, replication_pair
-
-pytestmark = pytest.mark.slow
 
 LAST_SUCCESS = "tw_exporter_query_last_success_timestamp_seconds"
 FLAGS = ("--interval", "1", "--query-timeout", "1", "--log-level", "debug")
@@ -90,6 +92,7 @@ async def leads_with_fresh_data(process: ExporterProcess, since: float) -> bool:
     return value(text, "tw_exporter_leader") == 1 and fresh
 
 
+@pytest.mark.slow
 async def test_read_write_fails_over_to_the_promoted_standby_while_the_primary_hangs(
     fresh_pair: Pair, exporter_proc: StartExporter
 ) -> None:
@@ -123,6 +126,7 @@ async def test_read_write_fails_over_to_the_promoted_standby_while_the_primary_h
         assert "AttributeError" not in process.logs(), process.logs()
 
 
+@pytest.mark.slow
 async def test_prefer_standby_with_the_standby_hung_uses_the_primary(
     fresh_pair: Pair, exporter_proc: StartExporter
 ) -> None:
@@ -135,3 +139,91 @@ async def test_prefer_standby_with_the_standby_hung_uses_the_primary(
         took = time.time() - started
     print(f"first success on the primary {took:.2f}s after the start")
     assert process.proc.poll() is None, process.logs()
+
+
+# ------------------------------------------------------------------ the connector itself
+
+
+@contextlib.contextmanager
+def hung_host() -> Iterator[int]:
+    """A port whose kernel completes the TCP handshake and then nothing ever answers (a
+    listening socket nobody accepts on): a hung host without freezing a server."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def tcp_host(dsn: str) -> tuple[str, str]:
+    """(host:port, /database) of a test database reached over TCP (TW_TEST_DSN)."""
+    parts = urlsplit(dsn)
+    if not parts.hostname:
+        unavailable("a multi-host DSN needs the test server on TCP: set TW_TEST_DSN")
+    return f"{parts.hostname}:{parts.port or 5432}", parts.path
+
+
+@pytest.mark.parametrize(
+    ("attrs", "primary", "standby", "read_only_primary"),
+    [
+        ("any", True, True, True),
+        ("read-write", True, False, False),
+        ("read-only", False, True, True),
+        ("primary", True, False, True),
+        ("standby", False, True, False),
+        ("prefer-standby", False, True, False),
+    ],
+)
+def test_session_attrs_accept_what_libpq_accepts(
+    attrs: str, primary: bool, standby: bool, read_only_primary: bool
+) -> None:
+    assert suits(attrs, standby=False, read_only=False) is primary
+    assert suits(attrs, standby=True, read_only=True) is standby
+    # a primary with default_transaction_read_only = on
+    assert suits(attrs, standby=False, read_only=True) is read_only_primary
+
+
+async def test_each_host_gets_its_own_timeout_and_a_hung_one_goes_last(
+    seeded_db: str,
+) -> None:
+    real, database = tcp_host(seeded_db)
+    with hung_host() as port:
+        dsn = (
+            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
+            "?target_session_attrs=read-write&connect_timeout=2"
+        )
+        connector = Connector(dsn)
+        started = time.monotonic()
+        conn = await connector.connect(timeout=30)  # connect_timeout wins: 2 s per host
+        first = time.monotonic() - started
+        await conn.close()
+        started = time.monotonic()
+        conn = await connector.connect(timeout=30)
+        second = time.monotonic() - started
+        await conn.close()
+        # The HA lock connection uses the same connector: elected past the hung host.
+        leadership = Leadership(Connector(dsn).source, "g", lease=3, connect_timeout=1)
+        elected = asyncio.Event()
+        leadership.on_elected = elected.set
+        leadership.start()
+        try:
+            await asyncio.wait_for(elected.wait(), 10)
+        finally:
+            await leadership.close()
+    assert 2 <= first < 3, first
+    assert second < 0.5, second  # the hung host is tried last now
+
+
+async def test_no_suitable_host_names_the_attribute_and_how_many_failed(
+    seeded_db: str,
+) -> None:
+    real, database = tcp_host(seeded_db)
+    with hung_host() as port:
+        dsn = (
+            f"postgresql://postgres@127.0.0.1:{port},{real}{database}?target_session_attrs=standby"
+        )
+        with pytest.raises(NoSuitableHost) as caught:
+            await Connector(dsn).connect(timeout=0.5)
+    assert str(caught.value) == (
+        "none of the 2 host(s) accepts target_session_attrs=standby; 1 did not answer "
+        "(TimeoutError)"
+    )
