@@ -18,10 +18,15 @@ every re-read after a credentials rotation use.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+log = logging.getLogger(__name__)
 
 SCHEMES = ("postgresql", "postgres")
 SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
@@ -66,14 +71,15 @@ class Dsn:
             userinfo += "@"
         query = list(self.query)
         authority = host
-        if self.hosts_in_query:
-            authority = ""
+        if self.hosts_in_query and len(self.hosts) > 1:
             spec = _HOST_PORT.fullmatch(host)
             assert spec is not None  # validated by parse
             query = [(k, v) for k, v in query if k not in ("host", "port")]
             query.append(("host", spec["host"]))
             if spec["port"]:
                 query.append(("port", spec["port"]))
+        if self.hosts_in_query:
+            authority = ""
         text = f"{self.scheme}://{userinfo}{authority}{self.path}"
         return text + ("?" + urlencode(query, quote_via=quote) if query else "")
 
@@ -106,12 +112,15 @@ def parse(text: str) -> Dsn:
         raise DsnError("expected the URI's parameters as name=value pairs joined by '&'") from None
     params = dict(pairs)
     hosts_in_query = not authority and "host" in params
-    if hosts_in_query:
-        hosts = _hosts_from_query(params["host"], params.get("port", ""))
+    if hosts_in_query and "," not in params["host"]:
+        hosts: tuple[str, ...] = (params["host"],)  # one host or socket directory: as given
     else:
-        hosts = tuple(authority.split(",")) if authority else ("",)
-    for host in hosts:
-        _check_host(host)
+        if hosts_in_query:
+            hosts = _hosts_from_query(params["host"], params.get("port", ""))
+        else:
+            hosts = tuple(authority.split(",")) if authority else ("",)
+        for host in hosts:
+            _check_host(host)
     attrs = params.get("target_session_attrs", "any")
     if attrs not in SESSION_ATTRS:
         raise DsnError(
@@ -144,7 +153,7 @@ def _hosts_from_query(hosts: str, ports: str) -> tuple[str, ...]:
     for i, name in enumerate(names):
         # Unix socket directories (host=/run/postgresql) keep their slashes.
         if name.startswith("/"):
-            raise DsnError("expected TCP hosts in host=; give a socket directory as the only host")
+            raise DsnError("expected TCP hosts in a host= list; a socket directory must be alone")
         shown = f"[{name}]" if ":" in name else name
         specs.append(f"{shown}:{numbers[i]}" if numbers else shown)
     return tuple(specs)
@@ -194,3 +203,89 @@ def read_dsn_file(path: Path) -> str:
     except DsnError as error:
         raise DsnError(f"the content of {str(path)!r} is not valid: {error}") from None
     return text.strip()
+
+
+class DsnSource:
+    """Where a connection's DSN comes from, asked at every connect: a fixed string (``--dsn``,
+    ``--ha-dsn``, the environment) here; ``DsnFile`` follows a file."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+
+    def current(self) -> str:
+        return self._dsn
+
+    def reread(self, why: str) -> bool:
+        """Read the DSN's source again; True when the DSN changed (a string never does)."""
+        return False
+
+    def poll(self) -> bool:
+        """Re-read if the source changed since last seen; True when the DSN changed."""
+        return False
+
+
+Fingerprint = tuple[str, int, int, int, int]
+
+
+class DsnFile(DsnSource):
+    """``--dsn-file``, followed: re-read when the file changes (``poll``, once a second), on
+    SIGHUP and when a server rejects the password (``reread``). New connections use the new
+    DSN; the caller drains the open ones (``on_reload``).
+
+    A change is seen through the *resolved* file: a Kubernetes Secret volume swaps its
+    ``..data`` symlink to a new timestamped directory, so the path ``dsn`` (-> ``..data/dsn``)
+    never changes, but its real path, inode and mtime do. A file that cannot be read or holds
+    no valid DSN leaves the previous DSN in use; that failure is logged and counted once per
+    change of the file, not once a second.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        option: str = "--dsn-file",
+        *,
+        on_reload: Callable[[str], None] = lambda dsn: None,
+        on_failure: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.path = path
+        self.option = option
+        self.on_reload = on_reload
+        self.on_failure = on_failure
+        self._seen = self._fingerprint()
+        super().__init__(read_dsn_file(path))
+
+    def _fingerprint(self) -> Fingerprint | None:
+        try:
+            st = os.stat(self.path)  # follows the symlinks
+            return (os.path.realpath(self.path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            return None
+
+    def poll(self) -> bool:
+        seen = self._fingerprint()
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        return self.reread("the file changed")
+
+    def reread(self, why: str) -> bool:
+        try:
+            dsn = read_dsn_file(self.path)
+        except DsnError as error:
+            log.warning(
+                "%s: %s (%s); new connections keep the previous DSN", self.option, error, why
+            )
+            self.on_failure()
+            return False
+        if dsn == self._dsn:
+            return False
+        self._dsn = dsn
+        log.info(
+            "%s: read %s again (%s): new connections use its DSN, open ones are replaced as "
+            "they come back to the pool",
+            self.option,
+            self.path,
+            why,
+        )
+        self.on_reload(dsn)
+        return True

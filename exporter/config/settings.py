@@ -84,6 +84,10 @@ class Settings:
     web_idle_timeout: float = 75.0
     web_max_connections: int = 256
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # The file the DSN was read from (--dsn-file), re-read when it changes; likewise the HA
+    # lock's DSN when it is that same file's.
+    dsn_file: Path | None = None
+    ha_dsn_file: Path | None = None
 
     @property
     def redacted_dsn(self) -> str:
@@ -530,7 +534,8 @@ def resolve(
     return values
 
 
-def _read_dsn(values: Mapping[str, Any], required: bool) -> str:
+def _read_dsn(values: Mapping[str, Any], required: bool) -> tuple[str, Path | None]:
+    """The DSN, and the file it came from (``--dsn-file``), if any."""
     dsn_source = values.get("dsn__source")
     file_source = values.get("dsn_file__source")
     both_flags = dsn_source == "--dsn" and file_source == "--dsn-file"
@@ -543,17 +548,17 @@ def _read_dsn(values: Mapping[str, Any], required: bool) -> str:
     if use_file:
         path: Path = values["dsn_file"]
         try:
-            return dsn_uri.read_dsn_file(path)
+            return dsn_uri.read_dsn_file(path), path
         except dsn_uri.DsnError as error:
             raise SettingsError(f"{file_source}: {error}") from None
     if "dsn" in values:
-        return str(values["dsn"])
+        return str(values["dsn"]), None
     if required:
         raise SettingsError(
             "a database is required: give --dsn URI or --dsn-file PATH "
             "(or TW_EXPORTER_DSN / TW_EXPORTER_DSN_FILE)"
         )
-    return ""
+    return "", None
 
 
 def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> Settings:
@@ -579,7 +584,7 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
     else:
         max_staleness = STALENESS_INTERVALS * interval
     host, port = merged["listen"]
-    dsn = _read_dsn(values, dsn_required)
+    dsn, dsn_file = _read_dsn(values, dsn_required)
     ha_dsn: str = values.get("ha_dsn", dsn)
     ha_lease = _ha_lease(values, query_timeout)
     if merged["ha"] and ha_dsn and dsn_hosts(ha_dsn) > 1 and not requires_primary(ha_dsn):
@@ -591,6 +596,9 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         )
     return Settings(
         dsn=dsn,
+        dsn_file=dsn_file,
+        # Without --ha-dsn the lock follows the same file.
+        ha_dsn_file=None if "ha_dsn" in values else dsn_file,
         listen_host=host,
         listen_port=port,
         interval=interval,

@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 
 from exporter.config import dsn as dsn_uri
+from exporter.config.dsn import DsnSource
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +53,6 @@ class NoSuitableHost(asyncpg.InterfaceError):  # type: ignore[misc]  # asyncpg i
 
 def rejected_login(error: BaseException) -> bool:
     return getattr(error, "sqlstate", None) in _REJECTED_SQLSTATES
-
-
-class DsnSource:
-    """Where a connection's DSN comes from: a fixed string here; ``exporter.config.dsn_file``
-    adds a file that is re-read when it changes."""
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-
-    def current(self) -> str:
-        return self._dsn
-
-    def reread(self, why: str) -> bool:
-        """Read the DSN's source again; True when it changed (a fixed string never does)."""
-        return False
 
 
 async def _session_kind(conn: asyncpg.Connection, attrs: str) -> tuple[bool, bool]:

@@ -67,9 +67,10 @@ from typing import Any
 
 import asyncpg
 
+from exporter.config.dsn import DsnSource
 from exporter.config.settings import DEFAULT_MAX_CONNECTIONS
 from exporter.db import keepalive
-from exporter.db.connect import Connector, DsnSource
+from exporter.db.connect import Connector
 from exporter.expose.health import FailureReason
 
 log = logging.getLogger(__name__)

@@ -37,8 +37,9 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from exporter.config.dsn import DsnSource
 from exporter.db import keepalive
-from exporter.db.connect import Connector, DsnSource
+from exporter.db.connect import Connector
 from exporter.db.database import describe
 
 log = logging.getLogger(__name__)
