@@ -56,6 +56,8 @@ KEY_PREFIX = b"tw-exporter:"
 MIN_SERVER_VERSION = 140000
 # A reconnect after a failure waits this long at most (it starts at a tenth of it).
 MAX_RETRY_SECONDS = 2.0
+# Rounds of the pooler check at connect (``_refuse_shared_backends``): two round trips each.
+PIN_PROBES = 3
 
 _HELD_SQL = """
 SELECT EXISTS (
@@ -227,6 +229,7 @@ class Leadership:
                 "live on the primary; point it at the primary, or add "
                 "target_session_attrs=read-write to a multi-host DSN"
             )
+        await self._refuse_shared_backends()
         lease_ms = max(1, round(self.lease * 1000))
         await self._roundtrip(
             self._conn.execute(
@@ -239,6 +242,38 @@ class Leadership:
                 "SET lock_timeout = 0"
             )
         )
+
+    async def _refuse_shared_backends(self) -> None:
+        """Refuse a pooler that does not pin this session to one backend (PgBouncer in
+        transaction or statement mode), before campaigning: there a session lock belongs to
+        whichever backend ran the statement, and the lock session may later run on another.
+
+        A second connection asks for its backend between two questions of the lock session:
+        a transaction pooler hands it the backend the lock session just released (PgBouncer
+        reuses the most recently used one), or moves the lock session to another backend; a
+        direct connection or a session pooler keeps the two apart. The check after each
+        grant (``_try_acquire``) still catches a pooler that dodges this one."""
+        own = await self._roundtrip(self._conn.fetchval("SELECT pg_backend_pid()"))
+        probe = await self._connector.connect(
+            timeout=self._connect_timeout,
+            command_timeout=None,
+            statement_cache_size=0,
+            server_settings={"application_name": self.application_name},
+        )
+        try:
+            for _ in range(PIN_PROBES):
+                other = await self._roundtrip(probe.fetchval("SELECT pg_backend_pid()"))
+                again = await self._roundtrip(self._conn.fetchval("SELECT pg_backend_pid()"))
+                if other == own or again != own:
+                    seen = "another connection" if other == own else f"backend {again} next"
+                    raise HAConfigError(
+                        f"--ha-dsn goes through a transaction pooler (this session's backend "
+                        f"{own} served {seen}): connect it to PostgreSQL directly or through a "
+                        "session pooler (queries may keep a transaction pooler in --dsn, with "
+                        "--ha-dsn for the lock)"
+                    )
+        finally:
+            probe.terminate()
 
     async def _try_acquire(self) -> None:
         """Wait for the lock (up to one heartbeat, the session's statement_timeout); when it
