@@ -119,8 +119,9 @@ def parse(text: str) -> Dsn:
             hosts = _hosts_from_query(params["host"], params.get("port", ""))
         else:
             hosts = tuple(authority.split(",")) if authority else ("",)
-        for host in hosts:
-            _check_host(host)
+        for number, host in enumerate(hosts, 1):
+            # Without an '@' a "host:port" may be "user:password" missing its host: unquoted.
+            _check_host(host, f"host {host!r}" if at != -1 else f"host number {number}")
     attrs = params.get("target_session_attrs", "any")
     if attrs not in SESSION_ATTRS:
         raise DsnError(
@@ -159,12 +160,12 @@ def _hosts_from_query(hosts: str, ports: str) -> tuple[str, ...]:
     return tuple(specs)
 
 
-def _check_host(host: str) -> None:
+def _check_host(host: str, shown: str) -> None:
     match = _HOST_PORT.fullmatch(host)
     if match is None:
         raise DsnError(
             "expected a PostgreSQL URI with valid hosts and numeric ports (host:port, or "
-            f"host1:port1,host2:port2), got host {host!r}"
+            f"host1:port1,host2:port2), got {shown}"
         )
     port = match["port"]
     if port is not None and not 1 <= int(port) <= 65535:

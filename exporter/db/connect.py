@@ -183,6 +183,14 @@ class Connector:
             raise TimeoutError(
                 f"host {host or '(default)'} did not answer within {seconds:g}s"
             ) from None
+        except asyncpg.ClientConfigurationError:
+            raise
+        except (ValueError, TypeError) as error:
+            # asyncpg misreading a URI quoted the misread part (a password's, once): never
+            # pass its text on; exporter.config.dsn should have made this impossible.
+            raise asyncpg.ClientConfigurationError(
+                f"invalid DSN for host {host or '(default)'}: {type(error).__name__}"
+            ) from None
         return conn, standby, read_only
 
 
