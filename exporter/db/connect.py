@@ -183,7 +183,7 @@ class Connector:
             raise TimeoutError(
                 f"host {host or '(default)'} did not answer within {seconds:g}s"
             ) from None
-        except asyncpg.ClientConfigurationError:
+        except (asyncpg.ClientConfigurationError, OSError):  # TLS errors are ValueErrors too
             raise
         except (ValueError, TypeError) as error:
             # asyncpg misreading a URI quoted the misread part (a password's, once): never
