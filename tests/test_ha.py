@@ -509,7 +509,9 @@ async def test_ha_through_a_pooler_that_shares_backends_is_refused(
     replica flapped leader every few seconds. Now refused before campaigning, one line."""
     with run_pgbouncer(pg_server.dsn, mode) as bouncer:
         replica = exporter_proc("--dsn", bouncer.dsn_for(seeded_db), *HA_FLAGS)
+        listening = time.monotonic()
         assert replica.proc.wait(15) == 1
+        print(f"{mode} pooler: exit 1 {time.monotonic() - listening:.2f}s after listening")
     logs = replica.logs()
     errors = [line for line in logs.splitlines() if " ERROR " in line]
     assert len(errors) == 1, logs

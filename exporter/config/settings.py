@@ -256,7 +256,9 @@ CONNECTION_OPTIONS = (
     Option(
         "--dsn-file",
         "PATH",
-        "File whose content is the PostgreSQL URI (e.g. a mounted Kubernetes Secret).",
+        "File whose content is the PostgreSQL URI, one line (e.g. a mounted Kubernetes "
+        "Secret); read again when it changes, on SIGHUP and when the server rejects the "
+        "password, so a rotated password needs no restart.",
         parse_existing_file,
     ),
 )

@@ -17,7 +17,11 @@ Three rules make this safe rather than lucky:
   The lease is longer than the query timeout, so a query a frozen leader started before the
   freeze has ended (``statement_timeout``) before its lock can pass to another replica.
 * Where the lock lives. Advisory locks are per server: the lock connection refuses a standby,
-  and a transaction pooler, detected because the lock is not held by the session's own backend.
+  and a transaction pooler, detected before campaigning (a second connection is handed the
+  lock session's backend, or the lock session moves to another one) and again after each
+  grant (the lock is not held by the session's own backend). It connects host by host like
+  the pool (``exporter.db.connect``), so a hung host in a multi-host ``--ha-dsn`` costs one
+  connect timeout, and it reads the DSN at each connect (a rotated ``--dsn-file``).
 
 The interface is deliberately narrow so any scheduler shape can use it: ``is_leader``,
 ``confirm()``, ``on_elected`` / ``on_lost`` callbacks and ``answered`` (for ``tw_up`` on a
