@@ -227,3 +227,20 @@ async def test_no_suitable_host_names_the_attribute_and_how_many_failed(
         "none of the 2 host(s) accepts target_session_attrs=standby; 1 did not answer "
         "(TimeoutError)"
     )
+
+
+async def test_prefer_standby_does_not_wait_again_for_a_standby_that_hung(seeded_db: str) -> None:
+    real, database = tcp_host(seeded_db)
+    with hung_host() as port:
+        connector = Connector(
+            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
+            "?target_session_attrs=prefer-standby&connect_timeout=2"
+        )
+        took = []
+        for _ in range(2):
+            started = time.monotonic()
+            conn = await connector.connect(timeout=30)
+            took.append(time.monotonic() - started)
+            assert await conn.fetchval("SELECT pg_is_in_recovery()") is False  # the fallback
+            await conn.close()
+    assert 2 <= took[0] < 3 and took[1] < 0.5, took

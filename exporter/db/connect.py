@@ -14,10 +14,11 @@ time (so TLS, passfile and authentication stay asyncpg's):
 * ``target_session_attrs`` has libpq's six values: ``any``; ``read-write`` / ``read-only``
   (``default_transaction_read_only`` and hot standby); ``primary`` / ``standby`` (hot standby);
   ``prefer-standby`` (a standby if one answers, else the first other host that did);
-* a host that failed (refused, timed out, rejected) goes to the end of the list for
-  ``DEMOTED_SECONDS``, so the connections after a failover do not each wait for the hung host
-  first; the list order comes back afterwards (and the pool's connection age brings existing
-  connections back to the preferred host);
+* a host that did not answer within its timeout goes to the end of the list for
+  ``DEMOTED_SECONDS`` (one that refuses costs nothing to try again), so the connections after
+  a failover do not each wait for the hung host first, and ``prefer-standby`` holding a
+  fallback does not try it at all; the list order comes back afterwards (and the pool's
+  connection age brings existing connections back to the preferred host);
 * the DSN is asked for at each connect (``DsnSource``): a rotated password file is used by the
   next connection, and when a server rejects the password the file is re-read at once and the
   connect tried again if it changed.
@@ -92,11 +93,15 @@ class Connector:
         self._failed: dict[str, float] = {}  # host spec -> when it last failed
         self._clock = clock
 
-    def order(self, hosts: tuple[str, ...]) -> list[str]:
-        """The hosts in DSN order, those that failed in the last ``DEMOTED_SECONDS`` last."""
+    def demoted(self) -> set[str]:
+        """Hosts that timed out in the last ``DEMOTED_SECONDS``."""
         now = self._clock()
-        recent = {h for h, at in self._failed.items() if now - at < DEMOTED_SECONDS}
-        return [h for h in hosts if h not in recent] + [h for h in hosts if h in recent]
+        return {h for h, at in self._failed.items() if now - at < DEMOTED_SECONDS}
+
+    def order(self, hosts: tuple[str, ...]) -> list[str]:
+        """The hosts in DSN order, those that timed out lately last."""
+        demoted = self.demoted()
+        return [h for h in hosts if h not in demoted] + [h for h in hosts if h in demoted]
 
     async def connect(
         self,
@@ -129,11 +134,17 @@ class Connector:
         errors: list[BaseException] = []
         unsuitable = 0
         try:
+            demoted = self.demoted()
             for host in self.order(dsn.hosts):
+                if fallback is not None and host in demoted:
+                    # prefer-standby holds a usable host already: a standby that failed
+                    # lately (hung, say) would cost a timeout on every new connection.
+                    break
                 try:
                     conn, standby, read_only = await self._open(dsn, host, per_host, kwargs)
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                    self._failed[host] = self._clock()
+                    if isinstance(e, TimeoutError):  # a refusal costs nothing to retry
+                        self._failed[host] = self._clock()
                     errors.append(e)
                     log.debug("connect to host %s failed: %s", host or "(default)", e)
                     continue
