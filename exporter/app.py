@@ -142,7 +142,9 @@ async def serve(
             len(config.custom),
         )
     collector = Collector(database, store, settings, collectors_for(config), schedules=schedules)
-    _follow_dsn_files({query_dsn, ha_dsn}, database, store)
+    # The files to follow: the lock's only with --ha.
+    followed = {query_dsn, ha_dsn} if settings.ha else {query_dsn}
+    _follow_dsn_files(followed, query_dsn, database, store)
     leadership = (
         _leadership(settings, ha_dsn, replica, collector, store, stop) if settings.ha else None
     )
@@ -155,7 +157,7 @@ async def serve(
 
     def reload() -> bool:
         """SIGHUP and POST /-/reload: the DSN file(s) too, then the configuration files."""
-        for source in {query_dsn, ha_dsn}:
+        for source in followed:
             source.reread("reload requested")
         return reloader.reload()
 
@@ -163,7 +165,7 @@ async def serve(
         server.reload = reload
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload)
-    watcher = loop.create_task(_watch_dsn_files({query_dsn, ha_dsn}), name="dsn-files")
+    watcher = loop.create_task(_watch_dsn_files(followed), name="dsn-files")
     try:
         await stop.wait()
     finally:
@@ -181,35 +183,45 @@ async def serve(
 
 
 def dsn_sources(settings: Settings) -> tuple[DsnSource, DsnSource]:
-    """Where the queries' and the HA lock's DSNs come from: one ``DsnFile`` when both come
-    from --dsn-file (so one rotation, one re-read), else fixed strings."""
+    """Where the queries' and the HA lock's DSNs come from: files (--dsn-file, --ha-dsn-file;
+    one ``DsnFile`` when the lock uses the queries' file: one rotation, one re-read), else
+    fixed strings."""
     query: DsnSource = (
         DsnFile(settings.dsn_file) if settings.dsn_file is not None else DsnSource(settings.dsn)
     )
-    if settings.ha_dsn_file is not None and settings.ha_dsn_file == settings.dsn_file:
+    if settings.ha_dsn_file is None:
+        return query, DsnSource(settings.ha_dsn)
+    if settings.ha_dsn_file == settings.dsn_file:
         return query, query
-    return query, DsnSource(settings.ha_dsn)
+    return query, DsnFile(settings.ha_dsn_file, "--ha-dsn-file")
 
 
-def _follow_dsn_files(sources: set[DsnSource], database: Database, store: SnapshotStore) -> None:
-    """A new DSN from a file: count it, scrub its password from the logs, and have the pool
-    replace its connections as they come back; a failed re-read is counted too."""
+def _follow_dsn_files(
+    sources: set[DsnSource], query_dsn: DsnSource, database: Database, store: SnapshotStore
+) -> None:
+    """A new DSN from a file: count it, scrub its password from the logs, and (the queries'
+    DSN) have the pool replace its connections as they come back; the lock connection is
+    kept, a new one uses the new DSN. A failed re-read is counted too."""
 
-    def reloaded(dsn: str) -> None:
-        password = dsn_password(dsn)
-        if password:
-            add_secret(password)
-        database.drain()
-        store.health.dsn_reloads.inc()
-        store.render()
+    def follow(source: DsnFile) -> None:
+        def reloaded(dsn: str) -> None:
+            password = dsn_password(dsn)
+            if password:
+                add_secret(password)
+            if source is query_dsn:
+                database.drain()
+            store.health.dsn_reloads.inc()
+            store.render()
 
-    def failed() -> None:
-        store.health.dsn_reload_failures.inc()
-        store.render()
+        def failed() -> None:
+            store.health.dsn_reload_failures.inc()
+            store.render()
+
+        source.on_reload, source.on_failure = reloaded, failed
 
     for source in sources:
         if isinstance(source, DsnFile):
-            source.on_reload, source.on_failure = reloaded, failed
+            follow(source)
 
 
 async def _watch_dsn_files(sources: set[DsnSource]) -> None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from exporter.collectors import QUERY_NAMES
 from exporter.ops.embedded import EmbeddedPostgres
@@ -179,3 +180,34 @@ async def test_the_password_follows_the_secret(
         for fragment in [password, *password.replace("#", "/").replace("?", "/").split("/")]:
             if len(fragment) >= 3:
                 assert fragment not in logs, (fragment, logs)
+
+
+def test_the_lock_follows_its_own_file_or_the_queries_file(tmp_path: Path) -> None:
+    """Which file each DSN follows: the lock uses --ha-dsn-file, else the queries' file."""
+    from exporter.app import dsn_sources
+    from exporter.config import settings as cfg
+    from exporter.config.dsn import DsnFile
+
+    queries, lock = tmp_path / "dsn", tmp_path / "ha-dsn"
+    queries.write_text("postgresql://tw:a#b@db/app\n")
+    lock.write_text("postgresql://tw:c/d@primary/app\n")
+    parser = cfg.OneLineArgumentParser()
+    cfg.add_options(parser, cfg.RUN_OPTIONS)
+
+    def settings(*argv: str) -> cfg.Settings:
+        return cfg.settings_from(parser.parse_args(["--ha", *argv]), environ={})
+
+    shared = settings("--dsn-file", str(queries))
+    query_source, ha_source = dsn_sources(shared)
+    assert isinstance(query_source, DsnFile) and ha_source is query_source
+    own = settings("--dsn-file", str(queries), "--ha-dsn-file", str(lock))
+    assert own.ha_dsn == "postgresql://tw:c/d@primary/app"
+    query_source, ha_source = dsn_sources(own)
+    assert isinstance(ha_source, DsnFile) and ha_source.path == lock
+    assert ha_source.current() == own.ha_dsn
+    fixed = settings("--dsn-file", str(queries), "--ha-dsn", "postgresql://tw@primary/app")
+    assert not isinstance(dsn_sources(fixed)[1], DsnFile)
+    with pytest.raises(cfg.SettingsError, match="mutually exclusive"):
+        settings(
+            "--dsn-file", str(queries), "--ha-dsn", "postgresql://x@y/z", "--ha-dsn-file", str(lock)
+        )

@@ -396,6 +396,14 @@ HA_OPTIONS = (
         secret=True,
     ),
     Option(
+        "--ha-dsn-file",
+        "PATH",
+        "File whose content is the --ha-dsn URI, one line; followed like --dsn-file (read "
+        "again when it changes, on SIGHUP and when the server rejects the password).",
+        parse_existing_file,
+        default_doc="(none): the --ha-dsn value",
+    ),
+    Option(
         "--ha-lease",
         "SECONDS",
         "A leader silent this long (frozen, cut off) loses the lock: PostgreSQL ends its lock "
@@ -563,6 +571,27 @@ def _read_dsn(values: Mapping[str, Any], required: bool) -> tuple[str, Path | No
     return "", None
 
 
+def _read_ha_dsn(
+    values: Mapping[str, Any], dsn: str, dsn_file: Path | None
+) -> tuple[str, Path | None]:
+    """The HA lock's DSN and the file it follows: --ha-dsn-file, --ha-dsn, else the queries'
+    (whose file, if any, it then follows too)."""
+    if "ha_dsn_file" in values:
+        if "ha_dsn" in values:
+            raise SettingsError(
+                f"{values['ha_dsn__source']} and {values['ha_dsn_file__source']} are mutually "
+                "exclusive: give one"
+            )
+        path: Path = values["ha_dsn_file"]
+        try:
+            return dsn_uri.read_dsn_file(path), path
+        except dsn_uri.DsnError as error:
+            raise SettingsError(f"{values['ha_dsn_file__source']}: {error}") from None
+    if "ha_dsn" in values:
+        return str(values["ha_dsn"]), None
+    return dsn, dsn_file
+
+
 def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> Settings:
     """Apply defaults and cross-field rules to parsed values."""
     merged = {**DEFAULTS, **{k: v for k, v in values.items() if "__" not in k}}
@@ -587,10 +616,16 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         max_staleness = STALENESS_INTERVALS * interval
     host, port = merged["listen"]
     dsn, dsn_file = _read_dsn(values, dsn_required)
-    ha_dsn: str = values.get("ha_dsn", dsn)
+    ha_dsn, ha_dsn_file = _read_ha_dsn(values, dsn, dsn_file)
     ha_lease = _ha_lease(values, query_timeout)
     if merged["ha"] and ha_dsn and dsn_hosts(ha_dsn) > 1 and not requires_primary(ha_dsn):
-        source = values.get("ha_dsn__source") or values.get("dsn__source") or "--dsn"
+        source = (
+            values.get("ha_dsn_file__source")
+            or values.get("ha_dsn__source")
+            or values.get("dsn_file__source")
+            or values.get("dsn__source")
+            or "--dsn"
+        )
         raise SettingsError(
             f"{source}: invalid value {redact_dsn(ha_dsn)!r} for the HA lock: expected a "
             "multi-host URI with target_session_attrs=read-write, so the lock is taken on the "
@@ -599,8 +634,7 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
     return Settings(
         dsn=dsn,
         dsn_file=dsn_file,
-        # Without --ha-dsn the lock follows the same file.
-        ha_dsn_file=None if "ha_dsn" in values else dsn_file,
+        ha_dsn_file=ha_dsn_file,
         listen_host=host,
         listen_port=port,
         interval=interval,
