@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -22,7 +23,7 @@ import pytest
 from exporter.collectors import QUERY_NAMES
 from exporter.db.connect import Connector, NoSuitableHost, suits
 from exporter.db.leader import Leadership
-from tests.conftest import ExporterProcess, StartExporter, wait_until
+from tests.conftest import REPO, ExporterProcess, StartExporter, exporter_command, wait_until
 from tests.helpers import ahttp_get, unavailable, value
 from tests.test_faults import fill
 from tests.test_replica import Pair, replayed, replication_pair
@@ -244,3 +245,22 @@ async def test_prefer_standby_does_not_wait_again_for_a_standby_that_hung(seeded
             assert await conn.fetchval("SELECT pg_is_in_recovery()") is False  # the fallback
             await conn.close()
     assert 2 <= took[0] < 3 and took[1] < 0.5, took
+
+
+def test_check_reaches_the_primary_past_a_hung_host(seeded_db: str) -> None:
+    """``check`` connects like the exporter: it failed with TimeoutError on such a list."""
+    real, database = tcp_host(seeded_db)
+    with hung_host() as port:
+        dsn = (
+            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
+            "?target_session_attrs=read-write"
+        )
+        result = subprocess.run(
+            exporter_command("check", "--dsn", dsn, "--query-timeout", "2", "--interval", "5"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+    assert result.stdout.splitlines()[-1] == "check: ok", result.stdout + result.stderr
+    assert "connect: ok" in result.stdout
