@@ -523,6 +523,7 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--ha": (("maybe", "2"), "expected true or false"),
     "--ha-group": (("", "x" * 201), "expected a name of 1 to 200 printable characters"),
     "--ha-dsn": (("mysql://tw@db/app", "db.example:5432"), "expected a PostgreSQL URI"),
+    "--ha-dsn-file": (("/nonexistent/ha.dsn", "/"), "expected a path to a readable file"),
     "--ha-lease": (("soon", "0", "inf"), "expected a number of seconds"),
     "--queries-file": (("/nonexistent/queries.yml", "/"), "expected a path to a readable file"),
     "--web-enable-lifecycle": (("maybe", "2"), "expected true or false"),  # env only: a switch

@@ -525,6 +525,26 @@ async def test_a_transaction_pooler_on_the_lock_path_is_refused_with_one_line(
     assert "connect it to PostgreSQL directly or through a session pooler" in errors[0]
 
 
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+async def test_ha_through_a_pooler_that_shares_backends_is_refused(
+    mode: str, pg_server: PgServer, seeded_db: str, exporter_proc: StartExporter
+) -> None:
+    """The issue's set-up: --dsn (so also the lock) through a stock transaction pooler, which
+    happened to keep the lock session on one backend, so the check at election passed and the
+    replica flapped leader every few seconds. Now refused before campaigning, one line."""
+    with run_pgbouncer(pg_server.dsn, mode) as bouncer:
+        replica = exporter_proc("--dsn", bouncer.dsn_for(seeded_db), *HA_FLAGS)
+        listening = time.monotonic()
+        assert replica.proc.wait(15) == 1
+        print(f"{mode} pooler: exit 1 {time.monotonic() - listening:.2f}s after listening")
+    logs = replica.logs()
+    errors = [line for line in logs.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, logs
+    assert "--ha-dsn goes through a transaction pooler" in errors[0], logs
+    assert "elected leader" not in logs, logs
+    assert "Traceback" not in logs and "AttributeError" not in logs, logs
+
+
 async def test_a_session_pooler_on_the_lock_path_works(
     pg_server: PgServer, seeded_db: str, exporter_proc: StartExporter
 ) -> None:

@@ -23,6 +23,8 @@ from exporter.expose.health import (
     BUILD_INFO,
     CYCLE_DURATION,
     CYCLES_SKIPPED,
+    DSN_RELOAD_FAILURES,
+    DSN_RELOADS,
     FAILURE_REASONS,
     INTERVAL,
     LABEL_VALUES_TRUNCATED,
@@ -391,6 +393,29 @@ ROWS: tuple[Row, ...] = (
                 width=6,
                 height=4,
                 unit="s",
+                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
+            ),
+            Panel(
+                title="DSN file re-reads, last hour",
+                kind="stat",
+                description=(
+                    f"New DSNs taken from --dsn-file ({DSN_RELOADS.name}: a rotated Secret, "
+                    f"SIGHUP, a rejected password) and failed re-reads "
+                    f"({DSN_RELOAD_FAILURES.name}: the previous DSN stays in use) per instance."
+                ),
+                targets=(
+                    Target(
+                        f"sum by (instance) (increase({sel(DSN_RELOADS)}[1h]))",
+                        "{{instance}} new DSN",
+                    ),
+                    Target(
+                        f"sum by (instance) (increase({sel(DSN_RELOAD_FAILURES)}[1h]))",
+                        "{{instance}} failed",
+                    ),
+                ),
+                width=6,
+                height=4,
+                unit="none",
                 options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
             ),
             Panel(

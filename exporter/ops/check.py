@@ -26,6 +26,7 @@ from exporter.collect.custom import collectors_for
 from exporter.collectors import COLLECTORS, QueryCollector, schema
 from exporter.config.queries_file import QueriesConfig, config_for
 from exporter.config.settings import Settings
+from exporter.db.connect import Connector
 from exporter.db.database import (
     APPLICATION_NAME,
     STATEMENT_CACHE_SIZE,
@@ -175,8 +176,7 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
     for line in schedule_lines(config):
         out(line)
     try:
-        conn = await asyncpg.connect(
-            settings.dsn,
+        conn = await Connector(settings.dsn).connect(
             timeout=settings.query_timeout,
             statement_cache_size=STATEMENT_CACHE_SIZE,
             server_settings={"application_name": APPLICATION_NAME},
