@@ -92,6 +92,13 @@ CYCLES_SKIPPED = MetricSpec(
     "Scheduled runs of each query skipped because its previous run was still running.",
     ("query",),
 )
+CLOCK_STEPS = MetricSpec(
+    "tw_exporter_clock_steps_total",
+    "counter",
+    "Wall-clock steps of more than a second noticed against the monotonic clock (an NTP "
+    "step, a VM restored, a manual date change); every query's schedule was moved with the "
+    "step, so it kept its interval.",
+)
 QUERY_INTERVAL = MetricSpec(
     "tw_exporter_query_interval_seconds",
     "gauge",
@@ -144,6 +151,7 @@ HEALTH_METRICS: tuple[MetricSpec, ...] = (
     QUERY_LAST_SUCCESS,
     CYCLE_DURATION,
     CYCLES_SKIPPED,
+    CLOCK_STEPS,
     INTERVAL,
     QUERY_INTERVAL,
     RELOAD_SUCCESSFUL,
@@ -222,6 +230,7 @@ class HealthMetrics:
         self.query_last_success = _gauge(QUERY_LAST_SUCCESS, registry)
         self.cycle_duration = _gauge(CYCLE_DURATION, registry)
         self.cycles_skipped = _counter(CYCLES_SKIPPED, registry)
+        self.clock_steps = _counter(CLOCK_STEPS, registry)
         self.query_interval = _gauge(QUERY_INTERVAL, registry)
         self.reload_successful = _gauge(RELOAD_SUCCESSFUL, registry)
         self.reload_successful.set(1)

@@ -1,0 +1,162 @@
+"""Wall-clock steps (an NTP step, a VM restored from a snapshot): a real exporter process runs
+under libfaketime with only its wall clock stepped (``FAKETIME_DONT_FAKE_MONOTONIC``), at
+runtime (``FAKETIME_TIMESTAMP_FILE`` re-read on every call), as ``date -s`` would do it.
+
+Every query keeps its cadence: no run is delayed by more than two intervals, and no business
+series is served past its max staleness, with or without ``--ha``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from exporter.collectors import COLLECTORS, QUERY_NAMES
+from tests.conftest import ExporterProcess, StartExporter
+from tests.helpers import http_get, poll_sync, series, unavailable, value
+
+INTERVAL = 1.0
+QUERY_TIMEOUT = 0.5
+STALENESS = 3 * INTERVAL  # the default: three intervals
+# How long the test watches after the step; on the unfixed scheduler a step back pauses
+# every query for the whole step, so any window of a few intervals shows it.
+WATCH = 8 * INTERVAL
+# The issue's bound: no query delayed by more than two intervals, i.e. no gap between two
+# runs longer than its interval plus two intervals; the slack is one poll and a busy machine.
+MAX_GAP = 3 * INTERVAL
+POLL = 0.1
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+RUNS = "tw_exporter_query_duration_seconds_count"
+LAST_SUCCESS = "tw_exporter_query_last_success_timestamp_seconds"
+# Which query serves each business family, to hold every served series to its query's success.
+OWNER = {spec.name: c.name for c in COLLECTORS for spec in c.metrics}
+
+
+def faketime_env(directory: Path) -> tuple[dict[str, str], Path]:
+    """The environment that puts a process under libfaketime, and the file that sets its
+    offset ("+0", "-300"): read on every clock call, so writing it steps the clock now."""
+    if not LIBFAKETIME.is_file():
+        unavailable(f"{LIBFAKETIME} is missing (Debian package faketime)")
+    offset = directory / "faketime"
+    offset.write_text("+0\n")
+    env = {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # only the wall clock steps, as with NTP
+    }
+    return env, offset
+
+
+@dataclass
+class Watcher:
+    """Scrapes a process every ``POLL`` seconds and records, on the test's monotonic clock,
+    when each query's run count went up (a run ended) and when its last success changed; and
+    every scrape that served a query's business series longer than its staleness after the
+    success seen last (``stale``)."""
+
+    url: str
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    success_seen: dict[str, float] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    _counts: dict[str, float] = field(default_factory=dict)
+    _successes: dict[str, float] = field(default_factory=dict)
+    text: str = ""
+
+    def scrape(self) -> str:
+        self.text = http_get(self.url + "/metrics").text
+        now = time.monotonic()
+        for query in QUERY_NAMES:
+            count = value(self.text, RUNS, query=query) or 0.0
+            if count > self._counts.get(query, 0.0):
+                self.runs.setdefault(query, []).append(now)
+            self._counts[query] = count
+            success = value(self.text, LAST_SUCCESS, query=query) or 0.0
+            if success != self._successes.get(query, 0.0):
+                self.success_seen[query] = now
+            self._successes[query] = success
+        for name, query in OWNER.items():
+            if not series(self.text, name):
+                continue
+            age = now - self.success_seen.get(query, now)
+            if age > STALENESS + POLL:
+                self.stale.append(f"{name} ({query}) {age:.1f}s after its last success")
+        return self.text
+
+    def watch(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.scrape()
+            time.sleep(POLL)
+
+    def worst_gap(self, since: float) -> tuple[str, float]:
+        """The longest time between two runs of one query ending, from ``since`` on."""
+        worst = ("", 0.0)
+        for query in QUERY_NAMES:
+            ends = [since] + [t for t in self.runs.get(query, []) if t > since]
+            gaps = [b - a for a, b in itertools.pairwise(ends)]
+            gaps.append(time.monotonic() - ends[-1])
+            if max(gaps) > worst[1]:
+                worst = (query, max(gaps))
+        return worst
+
+
+def start(
+    exporter_proc: StartExporter, dsn: str, env: dict[str, str], *extra: str
+) -> ExporterProcess:
+    return exporter_proc(
+        "--dsn",
+        dsn,
+        "--interval",
+        str(INTERVAL),
+        "--query-timeout",
+        str(QUERY_TIMEOUT),
+        *extra,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("step", "ha"),
+    [(-300, False), (300, False), (-60, True)],
+    ids=["back-300s", "forward-300s", "ha-leader-back-60s"],
+)
+def test_a_wall_clock_step_keeps_every_query_on_its_interval(
+    exporter_proc: StartExporter, seeded_db: str, tmp_path: Path, step: int, ha: bool
+) -> None:
+    env, offset = faketime_env(tmp_path)
+    ha_flags = ("--ha", "--ha-lease", "3") if ha else ()
+    process = start(exporter_proc, seeded_db, env, *ha_flags)
+    watcher = Watcher(process.url)
+    poll_sync(
+        lambda: (
+            value(watcher.scrape(), "tw_exporter_leader") == 1
+            and all(len(watcher.runs.get(q, [])) >= 2 for q in QUERY_NAMES)
+        ),
+        "every query to run twice (as the leader)",
+    )
+    assert watcher.stale == []
+
+    offset.write_text(f"{step:+d}\n")
+    stepped = time.monotonic()
+    watcher.watch(WATCH)
+
+    query, gap = watcher.worst_gap(stepped)
+    print(f"{step:+d}s step (ha={ha}): longest gap between runs {gap:.2f}s ({query})")
+    assert gap <= MAX_GAP, (
+        f"{query} went {gap:.1f}s without a run after a {step:+d}s step\n{process.logs()}"
+    )
+    assert watcher.stale == [], watcher.stale
+    assert value(watcher.text, "tw_exporter_clock_steps_total") == 1
+    assert value(watcher.text, "tw_exporter_leader") == 1
+    direction = "back" if step < 0 else "forward"
+    logs = process.logs()
+    assert re.search(rf"the wall clock stepped {direction} by {abs(step)}\.\d+s", logs), logs
+    assert "no longer the leader" not in logs
+    assert "Traceback" not in logs
+    assert process.stop() == 0
