@@ -34,9 +34,8 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEve
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.collect.clock import WATCH_PERIOD, ClockWatch, Jump
-from exporter.collect.custom import PartialData
 from exporter.collectors import COLLECTORS, QueryCollector
-from exporter.collectors.base import QueryParams
+from exporter.collectors.base import PartialData, QueryParams
 from exporter.config.queries_file import Schedule
 from exporter.db.database import Database, QueryError
 from exporter.db.leader import Fence

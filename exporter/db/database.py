@@ -96,6 +96,14 @@ _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), l
 # conflict: 40001 for snapshot, lock, buffer-pin and tablespace conflicts, 40P01 for a
 # buffer-pin deadlock with the startup process). The next run usually succeeds.
 _CONFLICT_SQLSTATES = ("40001", "40P01")
+# What the server says when a statement no longer fits the schema it was chosen for (a column
+# changed type: "operator does not exist: uuid + integer", a column renamed, a plan whose result
+# type changed): undefined_function, datatype_mismatch, undefined_column, and
+# feature_not_supported's "cached plan must not change result type".
+_SCHEMA_CHANGED_SQLSTATES = ("42883", "42804", "42703")
+_CACHED_PLAN_CHANGED = "cached plan must not change result type"
+# The memo key holding the memo's epoch (see ``Database._memo_epoch``).
+_MEMO_EPOCH = "database.memo_epoch"
 # Unnamed statements only: a named prepared statement lives on one server connection, which a
 # transaction pooler does not keep for the client ("prepared statement ... does not exist").
 STATEMENT_CACHE_SIZE = 0
@@ -123,7 +131,8 @@ def transaction_setup(query_timeout: float) -> str:
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
     """asyncpg's connection plus ``memo``, facts learned about this one connection (such as the
     query shape its schema needs, ``exporter.collectors.schema``): they are worked out once per
-    connection, and again on the fresh connection a reconnect or failover brings."""
+    connection, and again on the fresh connection a reconnect or failover brings, and on every
+    connection after a query found that the schema changed (``Database.fetch``)."""
 
     __slots__ = ("memo",)
 
@@ -303,6 +312,25 @@ def classify(error: BaseException) -> FailureReason:
     return "sql"
 
 
+def no_longer_fits(error: BaseException) -> bool:
+    """Whether the server refused a statement because the schema changed under it."""
+    if not isinstance(error, asyncpg.PostgresError):
+        return False
+    state = getattr(error, "sqlstate", "") or ""
+    return state in _SCHEMA_CHANGED_SQLSTATES or (
+        state == "0A000" and _CACHED_PLAN_CHANGED in str(error)
+    )
+
+
+def _closed(conn: Any) -> bool:
+    """Whether a pooled connection is gone: closed, or already detached from its proxy because
+    the pool saw it close."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # released: asyncpg detached it when it closed
+        return True
+
+
 def answered(error: BaseException, reason: FailureReason) -> bool:
     """Whether ``error`` is the server's answer to the query (rather than the absence of one)."""
     return isinstance(error, asyncpg.PostgresError) and reason != "connection"
@@ -347,6 +375,9 @@ class Database:
         self._max_connection_age = max_connection_age
         self._generation_started = time.monotonic()
         self._setup_sql = transaction_setup(query_timeout)
+        # Bumped when a query finds the schema changed: each connection's memo older than
+        # this is dropped when the connection is next used, so every one detects afresh.
+        self._memo_epoch = 0
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -433,10 +464,14 @@ class Database:
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
         that times out) count as ``connection``; a timeout while the query runs counts as
-        ``timeout``. A connection error on a pooled connection after the connect is retried
-        once on a fresh one: after a database restart every idle connection is dead, and the
-        retry lets the first cycle after the restart succeed instead of reporting a failure
-        that is already over.
+        ``timeout``. One failed attempt is retried once (``_retry_reason``): when its pooled
+        connection turned out to be closed (after a database restart every idle connection
+        is dead; a server's ``idle_session_timeout`` can close one just as it is reused,
+        whatever error asyncpg then raises), on a fresh connection, counted as ``connection``
+        if the retry fails too; and when the server says a connection-dependent statement no
+        longer fits the schema (``no_longer_fits``), after every connection's memo is dropped,
+        so the statement is chosen afresh (the trending query's shape after ``tw_tweets.id``
+        moved from bigint to uuid).
 
         The client deadline (timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server, or a
         pooler in front of it, does: when it passes, the connection the attempt holds is
@@ -464,13 +499,8 @@ class Database:
                         try:
                             rows = await self._fetch_once(sql, args, attempt)
                         except Exception as error:
-                            if (
-                                attempt.expired
-                                or attempt.phase == "connect"
-                                or classify(error) != "connection"
-                            ):
+                            if not self._may_retry(error, sql, attempt, query):
                                 raise
-                            log.debug("retrying on a fresh connection after %s", describe(error))
                             rows = await self._fetch_once(sql, args, attempt)
                     finally:
                         expiry.cancel()
@@ -487,6 +517,32 @@ class Database:
             wait_seconds=attempt.wait_seconds,
             run_seconds=seconds - attempt.wait_seconds,
         )
+
+    def _may_retry(
+        self, error: BaseException, sql: str | Resolve, attempt: _Attempt, query: str | None
+    ) -> bool:
+        """Whether one more attempt may succeed where this one failed (see ``fetch``). Never
+        after the client deadline, nor when connecting failed (the retry would connect the
+        same way)."""
+        if attempt.expired or attempt.phase == "connect":
+            return False
+        if attempt.lost or classify(error) == "connection":
+            log.debug(
+                "query %s: its pooled connection was closed (%s); retrying on a fresh one",
+                query or "-",
+                describe(error),
+            )
+            return True
+        if not isinstance(sql, str) and no_longer_fits(error):
+            self._memo_epoch += 1
+            log.info(
+                "query %s: the statement no longer fits the schema (%s); detecting the "
+                "schema again and retrying",
+                query or "-",
+                describe(error),
+            )
+            return True
+        return False
 
     async def _recycle_old_connections(self) -> None:
         """Every ``max_connection_age`` seconds, have the pool replace its connections (idle
@@ -507,6 +563,11 @@ class Database:
             raise asyncpg.InterfaceError("the connection pool is closed")
         conn = await pool.acquire()
         attempt.conn = conn
+        attempt.lost = False
+        memo = getattr(conn, "memo", None)
+        if memo is not None and memo.get(_MEMO_EPOCH, 0) != self._memo_epoch:
+            memo.clear()
+            memo[_MEMO_EPOCH] = self._memo_epoch
         try:
             attempt.phase = "begin"
             await conn.execute(attempt.setup_sql)
@@ -519,6 +580,7 @@ class Database:
         except BaseException:
             # After the deadline the connection is already terminated: nothing to roll back.
             if not attempt.expired:
+                attempt.lost = _closed(conn)
                 await _rollback(conn)
             raise
         finally:
@@ -562,6 +624,7 @@ class _Attempt:
     wait_seconds: float | None = None
     conn: Any = None  # the pooled connection while the attempt holds one
     expired: bool = False
+    lost: bool = False  # the attempt's connection was found closed after it failed
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -596,7 +659,9 @@ class _Attempt:
                 wait_seconds=wait,
                 run_seconds=self.run_seconds(),
             )
-        reason = classify(error)
+        # A connection that closed under the query is a connection failure, whatever asyncpg
+        # raised (an idle_session_timeout racing the reuse surfaces as InternalClientError).
+        reason = "connection" if self.lost else classify(error)
         return QueryError(
             reason,
             describe(error),

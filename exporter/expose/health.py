@@ -25,8 +25,9 @@ FAILURE_REASON_MEANINGS: Mapping[FailureReason, str] = {
     "connection": "database or pooler unreachable, restarted or refused",
     "conflict": "cancelled by a recovery conflict on a hot standby, SQLSTATE 40001/40P01",
     "sql": "any other error, e.g. a missing table",
-    "data": "a custom query returned rows that cannot be served: a value that is not a "
-    "number, a repeated label set, more rows than max_series; the valid rows are still served",
+    "data": "a query returned rows that cannot be served: a value that is not a number, a "
+    "repeated label set, more rows than max_series (custom queries), a verified flag that is "
+    "not a boolean (top_users); the valid rows are still served",
 }
 FAILURE_REASONS: tuple[FailureReason, ...] = tuple(FAILURE_REASON_MEANINGS)
 """Every value of the ``reason`` label, each pre-created for every query. The metric help, the
