@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -172,3 +173,46 @@ def test_the_built_in_collectors_are_the_ones_tested_here() -> None:
         trending_hashtags.COLLECTOR.name,
         platform_stats.COLLECTOR.name,
     }
+
+
+# ------------------------------------------------------------------ a scarce pool
+
+
+@pytest.fixture
+async def one_slot_dsn(seeded_db: str) -> AsyncIterator[str]:
+    """The test database through a role that may open one connection only (CONNECTION LIMIT
+    1: the server's "too many connections" for the second), as when a server has one free
+    slot left."""
+    role = "tw_one_slot_" + seeded_db.rsplit("_", 1)[1]
+    await execute(
+        seeded_db,
+        f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1;"
+        f" GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+    )
+    parts = urlsplit(seeded_db)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    yield urlunsplit((parts.scheme, f"{role}@{host}", parts.path, parts.query, ""))
+    await execute(seeded_db, f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+ROUNDS = 4
+
+
+async def test_one_free_connection_is_shared_by_every_query_in_turn(
+    one_slot_dsn: str, seeded_db: str, rigs: list[Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three queries start together (as their jobs do) and the server takes one connection:
+    the queries take turns on it in arrival order. It used to be the first to connect winning
+    every round and the other two failing every round with ``connection``."""
+    await fill_existing(seeded_db)
+    rig = await make_rig(one_slot_dsn)
+    rigs.append(rig)
+    names = [c.name for c in COLLECTORS]
+    for _ in range(ROUNDS):
+        answered = await asyncio.gather(*(rig.collector.run_query(name) for name in names))
+        assert answered == [True] * len(names)
+    for name in names:
+        assert errors(rig, name) == {}, (name, caplog.text)
+        assert value(rig.text, "tw_exporter_query_duration_seconds_count", query=name) == ROUNDS
+    assert rig.database.connections() == 1
+    assert caplog.text.count("the database refused another connection") == 1

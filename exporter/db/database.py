@@ -27,6 +27,13 @@ quick turns out long (a table locked for the first time): it is long from its ne
 that costs at most one run of its. With ``N = 1`` there is nothing to reserve. When every query
 has the same interval no run can be long (a timeout never exceeds its interval) and the rule is
 plain first come, first served.
+
+A server with fewer free connection slots than the pool wants ("too many connections", for the
+server, the role or the database) refuses some connects while others of ours are open: the pool
+then uses only the connections it has for ``SCARCE_SECONDS`` (``Slots.limit``), and the query
+whose connect was refused waits for its turn on one of them, in arrival order, instead of
+failing (with one free slot, the first query to connect used to win every run and the others
+to fail every run).
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
 client-side deadline as backstop for a server that stops answering altogether (a paused VM, a
 hung volume, a path that drops packets): at the deadline the query's connection is closed from
@@ -96,6 +103,12 @@ _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), l
 # conflict: 40001 for snapshot, lock, buffer-pin and tablespace conflicts, 40P01 for a
 # buffer-pin deadlock with the startup process). The next run usually succeeds.
 _CONFLICT_SQLSTATES = ("40001", "40P01")
+# "too many connections" (for the server, a role or a database): with connections of ours
+# open, queries take turns on those for this long before another connect is tried.
+_TOO_MANY_CONNECTIONS = "53300"
+SCARCE_SECONDS = 60.0
+# How many times one run waits for a turn on an open connection before failing.
+MAX_SCARCE_TURNS = 3
 # What the server says when a statement no longer fits the schema it was chosen for (a column
 # changed type: "operator does not exist: uuid + integer", a column renamed, a plan whose result
 # type changed): undefined_function, datatype_mismatch, undefined_column, and
@@ -174,6 +187,11 @@ class Slots:
     capacity: int
     long_after: float = math.inf
     fair: bool = True
+    # The server refused a further connection (too many connections) while this many of ours
+    # were open: until ``scarce_until`` (monotonic) at most that many are used, so queries
+    # take turns on them in arrival order instead of failing to connect.
+    scarce: int | None = None
+    scarce_until: float = 0.0
     _held: set[Hold] = field(default_factory=set)
     _waiting: deque[tuple[Hold, asyncio.Future[None]]] = field(default_factory=deque)
     _last_hold: dict[str, float] = field(default_factory=dict)
@@ -183,9 +201,22 @@ class Slots:
         return len(self._held)
 
     @property
+    def usable(self) -> int:
+        """Connections in use at most now: ``capacity``, or fewer while they are scarce."""
+        if self.scarce is not None and time.monotonic() < self.scarce_until:
+            return max(1, min(self.capacity, self.scarce))
+        return self.capacity
+
+    @property
     def long_lane(self) -> int:
         """How many connections long runs may hold together."""
-        return max(1, self.capacity - 1)
+        return max(1, self.usable - 1)
+
+    def limit(self, connections: int, seconds: float) -> None:
+        """The server has room for only ``connections`` of ours: use no more for ``seconds``
+        (then try again: a refused connect while others are open costs a wait, not an error)."""
+        self.scarce = max(1, connections)
+        self.scarce_until = time.monotonic() + seconds
 
     def expects_long(self, query: str | None, query_timeout: float) -> bool:
         """Its previous run was long; before its first (or without a name): its timeout is."""
@@ -197,7 +228,7 @@ class Slots:
         return sum(1 for h in self._held if h.long or now - h.since > self.long_after)
 
     def _admissible(self, hold: Hold, now: float) -> bool:
-        if len(self._held) >= self.capacity:
+        if len(self._held) >= self.usable:
             return False
         return not (self.fair and hold.long) or self.long_runs(now) < self.long_lane
 
@@ -492,20 +523,31 @@ class Database:
         hold = await self._slots.acquire(query, timeout)
         try:
             await self._recycle_old_connections()
-            try:
-                async with asyncio.timeout(None) as deadline:
-                    expiry = loop.call_at(loop.time() + client_deadline, attempt.expire, deadline)
-                    try:
+            turns = 0
+            while True:
+                try:
+                    async with asyncio.timeout(None) as deadline:
+                        expiry = loop.call_at(
+                            loop.time() + client_deadline, attempt.expire, deadline
+                        )
                         try:
-                            rows = await self._fetch_once(sql, args, attempt)
-                        except Exception as error:
-                            if not self._may_retry(error, sql, attempt, query):
-                                raise
-                            rows = await self._fetch_once(sql, args, attempt)
-                    finally:
-                        expiry.cancel()
-            except Exception as error:
-                raise attempt.failure(error, client_deadline) from None
+                            try:
+                                rows = await self._fetch_once(sql, args, attempt)
+                            except Exception as error:
+                                if not self._may_retry(error, sql, attempt, query):
+                                    raise
+                                rows = await self._fetch_once(sql, args, attempt)
+                        finally:
+                            expiry.cancel()
+                    break
+                except Exception as error:
+                    if turns < MAX_SCARCE_TURNS and self._scarce(error, attempt, query):
+                        # Wait for one of the connections already open, in arrival order.
+                        turns += 1
+                        self._slots.release(hold, record=False)
+                        hold = await self._slots.acquire(query, timeout)
+                        continue
+                    raise attempt.failure(error, client_deadline) from None
         finally:
             self._slots.release(hold)
             self._close_idle_beyond_capacity()
@@ -517,6 +559,29 @@ class Database:
             wait_seconds=attempt.wait_seconds,
             run_seconds=seconds - attempt.wait_seconds,
         )
+
+    def _scarce(self, error: BaseException, attempt: _Attempt, query: str | None) -> bool:
+        """The server refused one more connection (too many connections) while some of ours
+        are open: use only those for a while (``Slots.limit``), so the queries take turns on
+        them instead of the first to ask winning every time and the others failing."""
+        if attempt.expired or attempt.phase != "connect":
+            return False
+        if getattr(error, "sqlstate", None) != _TOO_MANY_CONNECTIONS:
+            return False
+        open_now = self.connections()
+        if open_now == 0:
+            return False  # nothing to share: a connection failure
+        if self._slots.usable > open_now:
+            log.warning(
+                "query %s: the database refused another connection (%s); sharing the %d "
+                "open one(s) among the queries for %gs",
+                query or "-",
+                describe(error),
+                open_now,
+                SCARCE_SECONDS,
+            )
+        self._slots.limit(open_now, SCARCE_SECONDS)
+        return True
 
     def _may_retry(
         self, error: BaseException, sql: str | Resolve, attempt: _Attempt, query: str | None
