@@ -8,16 +8,19 @@ series is served past its max staleness, with or without ``--ha``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from exporter.collectors import COLLECTORS, QUERY_NAMES
-from tests.conftest import ExporterProcess, StartExporter
+from tests.conftest import ExporterProcess, StartExporter, wait_until
 from tests.helpers import http_get, poll_sync, series, unavailable, value
 
 INTERVAL = 1.0
@@ -159,4 +162,56 @@ def test_a_wall_clock_step_keeps_every_query_on_its_interval(
     assert re.search(rf"the wall clock stepped {direction} by {abs(step)}\.\d+s", logs), logs
     assert "no longer the leader" not in logs
     assert "Traceback" not in logs
+    assert process.stop() == 0
+
+
+# ------------------------------------------------------------------ a process that stood still
+
+FREEZE = 3.0
+
+
+async def lock_users(dsn: str) -> asyncpg.Connection:
+    """A transaction holding tw_users: top_users waits on it until its lock_timeout."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("BEGIN; LOCK TABLE tw_users IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+async def waiting_on_the_lock(admin: asyncpg.Connection, database: str) -> bool:
+    return bool(
+        await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+            " AND application_name = 'tw-exporter' AND wait_event_type = 'Lock'",
+            database,
+        )
+    )
+
+
+async def test_a_frozen_process_logs_why_it_skipped_a_run(
+    exporter_proc: StartExporter, seeded_db: str
+) -> None:
+    """SIGSTOP while a run is in flight (waiting on a lock): on SIGCONT the scheduler's tick
+    comes before that run's end, so the tick is skipped; the log says the process stood still,
+    not that the previous run is still running (which it only is because of the freeze)."""
+    process = exporter_proc(
+        "--dsn", seeded_db, "--interval", "1", "--query-timeout", "1", "--log-level", "debug"
+    )
+    holder = await lock_users(seeded_db)
+    admin = await asyncpg.connect(seeded_db)
+    try:
+        await wait_until(lambda: waiting_on_the_lock(admin, seeded_db.rsplit("/", 1)[1]))
+        process.proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(FREEZE)  # the freeze itself, not a synchronisation
+        finally:
+            process.proc.send_signal(signal.SIGCONT)
+        await wait_until(lambda: asyncio.sleep(0, "scheduled run skipped" in process.logs()))
+    finally:
+        await holder.close()
+        await admin.close()
+    skipped = [line for line in process.logs().splitlines() if "scheduled run skipped" in line]
+    assert skipped, process.logs()
+    # The watchdog ticks every second, so it runs at least FREEZE - 1 s late.
+    stood_still = r"the process stood still \(its clock watchdog ran [2-9]\.\d+s late"
+    assert all(re.search(stood_still, line) for line in skipped), skipped
     assert process.stop() == 0

@@ -39,7 +39,7 @@ class Jump:
     """A wall-clock step or a stall of the process, and when (monotonic) it was noticed."""
 
     kind: str  # "step" or "stall"
-    seconds: float  # the step (negative: backwards) or how long the process stood still
+    seconds: float  # the step (negative: backwards), or how late the watchdog ran
     noticed: float
 
     def describe(self) -> str:
@@ -47,7 +47,8 @@ class Jump:
             direction = "back" if self.seconds < 0 else "forward"
             return f"the wall clock stepped {direction} by {abs(self.seconds):.1f}s"
         return (
-            f"the process stood still for {self.seconds:.1f}s (frozen, suspended or starved of CPU)"
+            f"the process stood still (its clock watchdog ran {self.seconds:.1f}s late: "
+            "frozen, suspended or starved of CPU)"
         )
 
 
