@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +16,7 @@ import pytest
 
 from exporter.collect import scheduler
 from exporter.collectors import COLLECTORS, platform_stats, top_users, trending_hashtags
+from tests.conftest import StartExporter, wait_until
 from tests.helpers import series, value
 from tests.test_faults import Rig, fill_existing, make_rig
 
@@ -216,3 +218,55 @@ async def test_one_free_connection_is_shared_by_every_query_in_turn(
         assert value(rig.text, "tw_exporter_query_duration_seconds_count", query=name) == ROUNDS
     assert rig.database.connections() == 1
     assert caplog.text.count("the database refused another connection") == 1
+
+
+# ------------------------------------------------------------------ an HA step-down
+
+
+async def test_an_ha_step_down_cancels_the_runs_in_flight_with_one_line(
+    exporter_proc: StartExporter, seeded_db: str
+) -> None:
+    """The leader's lock session is terminated while top_users waits on a lock: the replica
+    steps down and cancels that run, logging it in one line, without a ``CancelledError``
+    traceback from APScheduler's executor."""
+    process = exporter_proc(
+        "--dsn",
+        seeded_db,
+        "--ha",
+        "--ha-lease",
+        "3",
+        "--interval",
+        "1",
+        "--query-timeout",
+        "1",
+    )
+    database = seeded_db.rsplit("/", 1)[1]
+    holder = await asyncpg.connect(seeded_db)
+    admin = await asyncpg.connect(seeded_db)
+    try:
+        await holder.execute("BEGIN; LOCK TABLE tw_users IN ACCESS EXCLUSIVE MODE")
+
+        async def waiting() -> bool:
+            return bool(
+                await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+                    " AND application_name LIKE 'tw-exporter/%' AND wait_event_type = 'Lock'",
+                    database,
+                )
+            )
+
+        await wait_until(waiting)
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1"
+            " AND application_name LIKE 'tw-exporter-ha/%'",
+            database,
+        )
+        await wait_until(lambda: asyncio.sleep(0, "in flight: this replica" in process.logs()))
+    finally:
+        await holder.close()
+        await admin.close()
+    logs = process.logs()
+    assert "no longer the leader of HA group" in logs
+    assert re.search(r"cancelled \d query run\(s\) in flight: this replica is no longer", logs)
+    assert "Traceback" not in logs and "CancelledError" not in logs, logs
+    assert process.stop() == 0
