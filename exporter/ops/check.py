@@ -9,7 +9,8 @@ names, inspects each query's plan for full-table scans and for recommended index
 missing or that the plan does not use (advice, never a failure), and runs each enabled built-in
 query once as ``run`` does (the shape detected on the connection it runs on, the rows mapped
 onto metrics, so rows ``run`` would count as ``data`` fail here); every query's effective
-schedule is printed with the source of each value. Prints one line per step and exits 0 only when everything would work.
+schedule is printed with the source of each value. Prints one line per step and exits 0 only
+when everything would work.
 
 Like the exporter, it keeps no session state and runs unnamed statements inside one read-only
 transaction, so it gives the same answers through PgBouncer in transaction pooling mode.
