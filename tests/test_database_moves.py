@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,7 +79,9 @@ async def test_trending_recovers_at_its_next_run_after_ids_move_to_uuid(
 
     await execute(seeded_db, UUID_MIGRATION)
     caplog.clear()
+    started = time.perf_counter()
     assert await rig.collector.run_query("trending_hashtags") is True
+    print(f"first run after the migration: ok in {(time.perf_counter() - started) * 1000:.0f} ms")
     assert errors(rig, "trending_hashtags") == {}, caplog.text
     assert value(rig.text, "tw_hashtag_tweets", tag="db", window="7d") == 1
     assert "window-join (tw_tweets.id is uuid, not an integer)" in caplog.text
@@ -211,8 +214,10 @@ async def test_one_free_connection_is_shared_by_every_query_in_turn(
     rigs.append(rig)
     names = [c.name for c in COLLECTORS]
     for _ in range(ROUNDS):
+        started = time.perf_counter()
         answered = await asyncio.gather(*(rig.collector.run_query(name) for name in names))
         assert answered == [True] * len(names)
+        print(f"3 queries on one connection: all ok in {time.perf_counter() - started:.3f}s")
     for name in names:
         assert errors(rig, name) == {}, (name, caplog.text)
         assert value(rig.text, "tw_exporter_query_duration_seconds_count", query=name) == ROUNDS
