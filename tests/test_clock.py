@@ -217,3 +217,40 @@ async def test_a_frozen_process_logs_why_it_skipped_a_run(
     stood_still = r"the process stood still \(its clock watchdog ran [2-9]\.\d+s late"
     assert all(re.search(stood_still, line) for line in skipped), skipped
     assert process.stop() == 0
+
+
+# ------------------------------------------------------------------ the watch itself
+
+
+def test_the_watch_reports_steps_not_slewing_and_remembers_stalls() -> None:
+    """A step larger than the threshold between two looks is reported once, with its sign;
+    NTP slewing (0.5 ms/s at most) never adds up to a step, however long it runs; a
+    watchdog tick that comes late is remembered as a stall."""
+    from exporter.collect.clock import ClockWatch
+
+    wall, mono = [1_000_000.0], [50.0]
+    steps: list[float] = []
+    watch = ClockWatch(steps.append, wall=lambda: wall[0], monotonic=lambda: mono[0])
+    for _ in range(10_000):  # ~2.8 hours of looks a second apart, slewing at 0.5 ms/s
+        mono[0] += 1.0
+        wall[0] += 1.0005
+        assert watch.check() is None
+    wall[0] -= 300.0
+    assert watch.check() == pytest.approx(-300.0)
+    assert watch.check() is None  # reported once
+    wall[0] += 300.0
+    assert watch.check() == pytest.approx(300.0)
+    assert steps == [pytest.approx(-300.0), pytest.approx(300.0)]
+    recent = watch.recent(5.0)
+    assert recent is not None and recent.kind == "step"
+
+    watch._due = mono[0] + 1.0  # the watchdog's next tick, as _plan sets it
+    mono[0] += 4.0
+    wall[0] += 4.0
+    assert watch.check() is None
+    stall = watch.recent(1.0)
+    assert stall is not None and stall.kind == "stall" and stall.seconds == pytest.approx(3.0)
+    assert "stood still (its clock watchdog ran 3.0s late" in stall.describe()
+    mono[0] += 10.0
+    wall[0] += 10.0
+    assert watch.recent(5.0) is None

@@ -90,7 +90,9 @@ CYCLE_DURATION = MetricSpec(
 CYCLES_SKIPPED = MetricSpec(
     "tw_exporter_cycles_skipped_total",
     "counter",
-    "Scheduled runs of each query skipped because its previous run was still running.",
+    "Scheduled runs of each query skipped because its previous run was still running (or, "
+    "rarely, because the tick came too late to run: the process stood still); the log line "
+    "says which.",
     ("query",),
 )
 CLOCK_STEPS = MetricSpec(
