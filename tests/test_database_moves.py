@@ -48,6 +48,10 @@ async def execute(dsn: str, sql: str) -> None:
         await conn.close()
 
 
+def database_name(dsn: str) -> str:
+    return urlsplit(dsn).path.lstrip("/")
+
+
 def errors(rig: Rig, query: str) -> dict[str, float]:
     found = series(rig.text, "tw_exporter_query_errors_total")
     return {
@@ -123,7 +127,7 @@ async def test_a_connection_the_server_closed_idle_is_retried_and_never_counted_
     ``InternalClientError``). The attempt's connection is then closed, so it is a connection
     failure, retried once on a fresh connection: every run succeeds. The idle time sweeps
     across the timeout so the race happens in some of the runs (about one in four here)."""
-    name = seeded_db.rsplit("/", 1)[1]
+    name = database_name(seeded_db)
     await execute(
         seeded_db, f'ALTER DATABASE "{name}" SET idle_session_timeout = {IDLE_SESSION_TIMEOUT_MS}'
     )
@@ -188,7 +192,7 @@ async def one_slot_dsn(seeded_db: str) -> AsyncIterator[str]:
     """The test database through a role that may open one connection only (CONNECTION LIMIT
     1: the server's "too many connections" for the second), as when a server has one free
     slot left."""
-    role = "tw_one_slot_" + seeded_db.rsplit("_", 1)[1]
+    role = "tw_one_slot_" + database_name(seeded_db).rsplit("_", 1)[1]
     await execute(
         seeded_db,
         f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1;"
@@ -245,7 +249,7 @@ async def test_an_ha_step_down_cancels_the_runs_in_flight_with_one_line(
         "--query-timeout",
         "1",
     )
-    database = seeded_db.rsplit("/", 1)[1]
+    database = database_name(seeded_db)
     holder = await asyncpg.connect(seeded_db)
     admin = await asyncpg.connect(seeded_db)
     try:
