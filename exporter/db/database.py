@@ -34,6 +34,7 @@ then uses only the connections it has for ``SCARCE_SECONDS`` (``Slots.limit``), 
 whose connect was refused waits for its turn on one of them, in arrival order, instead of
 failing (with one free slot, the first query to connect used to win every run and the others
 to fail every run).
+
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
 client-side deadline as backstop for a server that stops answering altogether (a paused VM, a
 hung volume, a path that drops packets): at the deadline the query's connection is closed from
@@ -495,7 +496,7 @@ class Database:
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
         that times out) count as ``connection``; a timeout while the query runs counts as
-        ``timeout``. One failed attempt is retried once (``_retry_reason``): when its pooled
+        ``timeout``. One failed attempt is retried once (``_may_retry``): when its pooled
         connection turned out to be closed (after a database restart every idle connection
         is dead; a server's ``idle_session_timeout`` can close one just as it is reused,
         whatever error asyncpg then raises), on a fresh connection, counted as ``connection``
