@@ -37,7 +37,11 @@ from exporter.collectors import COLLECTORS, QUERY_NAMES
 from exporter.ops import dataset
 
 DATABASE = "tw_clock_steps"
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+# Debian's faketime package, on any architecture (x86_64-linux-gnu, aarch64-linux-gnu, ...).
+LIBFAKETIME = next(
+    iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))),
+    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+)
 INTERVAL = 1.0
 STALENESS = 3 * INTERVAL
 POLL = 0.1

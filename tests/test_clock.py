@@ -34,7 +34,11 @@ POLL = 0.1
 # The bound: no query delayed by more than two intervals, i.e. no gap between two
 # runs longer than its interval plus two intervals, plus one poll (when a run is seen).
 MAX_GAP = 3 * INTERVAL + POLL
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+# Debian's faketime package, on any architecture (x86_64-linux-gnu, aarch64-linux-gnu, ...).
+LIBFAKETIME = next(
+    iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))),
+    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+)
 RUNS = "tw_exporter_query_duration_seconds_count"
 LAST_SUCCESS = "tw_exporter_query_last_success_timestamp_seconds"
 # Which query serves each business family, to hold every served series to its query's success.
