@@ -70,10 +70,13 @@ async def prepare() -> str:
     return dsn
 
 
-def start(dsn: str, offset: Path, ha: bool, logs: Path) -> tuple[subprocess.Popen[str], str]:
+def start(
+    dsn: str, offset: Path, ha: bool, logs: Path, tree: Path
+) -> tuple[subprocess.Popen[str], str]:
     offset.write_text("+0\n")
     env = {
         **os.environ,
+        "PYTHONPATH": str(tree),
         "LD_PRELOAD": str(LIBFAKETIME),
         "FAKETIME_TIMESTAMP_FILE": str(offset),
         # The offset file is read again at most once a second (re-reading it on every clock
@@ -86,7 +89,7 @@ def start(dsn: str, offset: Path, ha: bool, logs: Path) -> tuple[subprocess.Pope
     if ha:
         argv += ["--ha", "--ha-lease", "3"]
     with logs.open("w") as sink:
-        proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stderr=sink)
+        proc = subprocess.Popen(argv, env=env, cwd=tree, stdin=subprocess.DEVNULL, stderr=sink)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         found = re.search(r"listening on (\S+)/metrics", logs.read_text())
@@ -145,10 +148,12 @@ class Watch:
         return worst
 
 
-def measure(dsn: str, ha: bool, steps: list[int], watch: float, directory: Path) -> list[dict]:
+def measure(
+    dsn: str, ha: bool, steps: list[int], watch: float, directory: Path, tree: Path
+) -> list[dict]:
     offset = directory / f"faketime-{int(ha)}"
     logs = directory / f"exporter-{int(ha)}.log"
-    proc, url = start(dsn, offset, ha, logs)
+    proc, url = start(dsn, offset, ha, logs, tree)
     rows: list[dict[str, Any]] = []
     try:
         seen = Watch(url)
@@ -194,6 +199,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--watch", type=float, default=8.0, help="seconds watched per step")
     parser.add_argument("--ha", action="store_true", help="also an --ha leader, 60 s back")
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=ROOT,
+        help="the source tree whose exporter runs (e.g. `git archive` of an older commit, to "
+        "measure the behaviour before a change); default: this checkout",
+    )
+    parser.add_argument("--out", default="CLOCK_STEPS", help="results file name, no suffix")
     args = parser.parse_args()
     if not LIBFAKETIME.is_file():
         sys.exit(f"{LIBFAKETIME} is missing (Debian package faketime)")
@@ -201,18 +214,19 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            rows += measure(dsn, False, [-300, 300], args.watch, Path(tmp))
+            rows += measure(dsn, False, [-300, 300], args.watch, Path(tmp), args.tree)
             if args.ha:
-                rows += measure(dsn, True, [-60, 60], args.watch, Path(tmp))
+                rows += measure(dsn, True, [-60, 60], args.watch, Path(tmp), args.tree)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "CLOCK_STEPS.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    tree_flag = "" if args.tree == ROOT else f" --tree {args.tree} --out {args.out}"
     box = machine()
     where = f"{box['nproc']} vCPU {box['cpu']}, Python {box['python']}"
     lines = [
         "# Wall-clock steps under a real exporter",
         "",
         f"`python -m benchmarks.clock_steps --rounds {args.rounds} --watch {args.watch:g}"
-        f"{' --ha' if args.ha else ''}` ({where}): `--interval 1`, libfaketime stepping "
+        f"{' --ha' if args.ha else ''}{tree_flag}` ({where}): `--interval 1`, libfaketime stepping "
         "only the wall clock. Longest gap: the longest time between two runs of one query "
         "ending, over the watched seconds after the step (the interval is 1 s). Stale scrapes: "
         "scrapes that served a business series more than `--max-staleness` (3 s) after its "
@@ -227,8 +241,8 @@ def main() -> None:
             f"| {'yes' if row['ha'] else 'no'} | {row['step']:+d} s | {row['longest_gap_s']:.2f} s"
             f" | {row['stale_scrapes']} / {row['scrapes']} | {row['stood_still_lines']} |"
         )
-    (RESULTS / "CLOCK_STEPS.md").write_text("\n".join(lines) + "\n")
-    log("wrote benchmarks/results/CLOCK_STEPS.md")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    log(f"wrote benchmarks/results/{args.out}.md")
 
     async def drop() -> None:
         admin = await asyncpg.connect(ADMIN_DSN)
