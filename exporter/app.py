@@ -177,7 +177,7 @@ async def serve(
         loop.remove_signal_handler(signal.SIGHUP)
         log.info("shutting down")
         scheduler.shutdown(wait=False)
-        await collector.cancel_running(SHUTDOWN_GRACE)
+        await collector.cancel_running(SHUTDOWN_GRACE, "shutting down")
         if leadership is not None:
             await leadership.close()  # releases the lock: a follower takes over at once
         await server.close()
@@ -256,7 +256,9 @@ def _leadership(
         store.drop_business()
         store.health.follow(leadership.answered)
         store.render()
-        asyncio.get_running_loop().create_task(collector.cancel_running(SHUTDOWN_GRACE))
+        asyncio.get_running_loop().create_task(
+            collector.cancel_running(SHUTDOWN_GRACE, "this replica is no longer the leader")
+        )
 
     def answer(answered: bool) -> None:
         # A follower runs no queries, so no run renders for it: its ``tw_up`` (from the lock

@@ -69,3 +69,14 @@ async def fill_existing(dsn: str) -> None:
         )
     finally:
         await conn.close()
+
+
+# tw_tweets.id from bigint to uuid, as a platform would migrate it (the link table's key
+# follows, or the join would not type-check).
+UUID_MIGRATION = """
+ALTER TABLE tw_tweet_hashtags DROP CONSTRAINT tw_tweet_hashtags_tweet_id_fkey;
+ALTER TABLE tw_tweets ALTER COLUMN id DROP IDENTITY;
+ALTER TABLE tw_tweets ALTER COLUMN id TYPE uuid USING md5(id::text)::uuid;
+ALTER TABLE tw_tweet_hashtags ALTER COLUMN tweet_id TYPE uuid USING md5(tweet_id::text)::uuid;
+ALTER TABLE tw_tweet_hashtags ADD FOREIGN KEY (tweet_id) REFERENCES tw_tweets (id);
+"""

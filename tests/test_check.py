@@ -82,3 +82,40 @@ def test_server_role_warns_only_when_replay_can_cancel_a_query_in_time(
     assert line.startswith(expected), line
     assert ("WARNING" in line) == line.startswith("server: WARNING")
     assert server_role(False, feedback, delay_ms, query_timeout) == "server: ok (primary)"
+
+
+async def test_check_fails_rows_the_exporter_could_not_serve(seeded_db: str) -> None:
+    """``check`` maps the rows as ``run`` does: a ``verified`` column of text ('false') is a
+    ``data`` failure there (it used to say ok while ``run`` exported 'false' as true)."""
+    conn = await asyncpg.connect(seeded_db)
+    await conn.execute(
+        "ALTER TABLE tw_users ALTER COLUMN verified DROP DEFAULT;"
+        " ALTER TABLE tw_users ALTER COLUMN verified TYPE text USING verified::text;"
+        " INSERT INTO tw_users (username, follower_count, verified) VALUES ('ann', 7, 'false')"
+    )
+    await conn.close()
+    result = check("--dsn", seeded_db)
+    assert result.returncode == 1, result.stdout
+    assert (
+        "query top_users: FAILED (data): 1 row(s) skipped: tw_users.verified must be a boolean, "
+        "got 'false' (str)"
+    ) in result.stdout
+    assert "query platform_stats: ok" in result.stdout
+
+
+async def test_check_runs_the_trending_query_in_the_shape_of_a_migrated_schema(
+    seeded_db: str,
+) -> None:
+    """After ``tw_tweets.id`` moved to uuid, ``check`` names the new shape and runs it the way
+    ``run`` does (the statement resolved on the connection it runs on)."""
+    from tests.rig import UUID_MIGRATION
+
+    conn = await asyncpg.connect(seeded_db)
+    await conn.execute(UUID_MIGRATION)
+    await conn.close()
+    result = check("--dsn", seeded_db)
+    assert result.returncode == 0, result.stdout
+    assert "shape trending_hashtags: window-join (tw_tweets.id is uuid, not an integer)" in (
+        result.stdout
+    )
+    assert "query trending_hashtags: ok" in result.stdout

@@ -3,6 +3,8 @@ after changes to one query, to none, and after a query is removed."""
 
 from __future__ import annotations
 
+import gzip
+
 from prometheus_client import exposition
 from prometheus_client.openmetrics import exposition as openmetrics
 
@@ -104,3 +106,33 @@ async def test_a_snapshot_shows_a_success_timestamp_exactly_with_its_series() ->
     body = (await store.render_async()).text.body
     assert b'tw_exporter_query_last_success_timestamp_seconds{query="q1"} 1234.0' in body
     assert b"custom_one 7.0" in body
+
+
+def test_a_series_is_never_served_past_its_staleness_even_without_a_render() -> None:
+    """Nothing renders while no run ends (a schedule delayed by a wall-clock step, a run hung
+    on a lock, a query on a long interval): ``current`` itself drops a query's part once its
+    max staleness has passed on the monotonic clock, and keeps the others'."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    now = [100.0]
+    queries = {"short": (1.0, 3.0), "long": (60.0, 180.0)}
+    store = SnapshotStore(
+        interval=1, max_staleness=3, queries=queries, process_metrics=False, clock=lambda: now[0]
+    )
+    for name in queries:
+        metric = GaugeMetricFamily(f"custom_{name}", "help")
+        metric.add_metric([], 1)
+        store.record_success(name, [metric], 1.0)
+    store.render()
+    assert b"custom_short 1.0" in store.current.text.body
+
+    now[0] += 3.0  # exactly the staleness: still served
+    assert b"custom_short 1.0" in store.current.text.body
+    now[0] += 0.01  # past it, and no render happened since
+    served = store.current
+    assert b"custom_short" not in served.text.body
+    assert b"custom_short" not in served.openmetrics.body
+    assert b"custom_short" not in gzip.decompress(served.text.gzipped)
+    assert b"custom_long 1.0" in served.text.body
+    assert served.openmetrics.body.endswith(b"# EOF\n")
+    assert store.stale_queries() == ["short"]

@@ -22,17 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from exporter.collectors import COLLECTORS
-from exporter.collectors.base import MetricSpec, QueryCollector, QueryParams, Row
+from exporter.collectors.base import MetricSpec, PartialData, QueryCollector, QueryParams, Row
 from exporter.config.queries_file import MetricDef, QueriesConfig, QueryDef, bind
-
-
-class PartialData(Exception):
-    """Some rows could not be served; ``families`` holds what could."""
-
-    def __init__(self, families: list[Metric], problems: Sequence[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.families = families
-        self.problems = tuple(problems)
 
 
 def label_value(value: object) -> str:

@@ -13,6 +13,11 @@ the waiting query's schedule, never as an error.
 
 ``run_cycle`` runs every query once, concurrently: what tests, benchmarks and ``check`` use.
 After each run the snapshot is re-rendered; runs that finish together share one render.
+
+The schedules keep their cadence whatever the wall clock does: ``SteadyScheduler`` moves every
+job's next run by a wall-clock step as soon as ``exporter.collect.clock`` notices one, so a
+step back of 300 s delays no run (APScheduler 3 plans on the wall clock, and would otherwise
+wait the 300 s out), and a step forward makes none misfire.
 """
 
 from __future__ import annotations
@@ -21,16 +26,16 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.collect.custom import PartialData
+from exporter.collect.clock import WATCH_PERIOD, ClockWatch, Jump
 from exporter.collectors import COLLECTORS, QueryCollector
-from exporter.collectors.base import QueryParams
+from exporter.collectors.base import PartialData, QueryParams
 from exporter.config.queries_file import Schedule
 from exporter.db.database import Database, QueryError
 from exporter.db.leader import Fence
@@ -110,6 +115,11 @@ class Collector:
             if not await self._leading():
                 return False  # a follower: no run, no per-query health touched
             answered = await self._run_query(collector)
+        except asyncio.CancelledError:
+            # An HA step-down or the shutdown cancelled the run (``cancel_running`` logs
+            # that once); not an error, so no traceback from APScheduler's executor.
+            log.debug("query %s: run cancelled", name)
+            return False
         finally:
             self._running.discard(task)
         if self._replaced(collector):
@@ -150,7 +160,7 @@ class Collector:
         self.store.health.forget_attempts(name)
         self.database.forget(name)
 
-    async def cancel_running(self, grace: float) -> None:
+    async def cancel_running(self, grace: float, why: str = "") -> None:
         """Shutdown: cancel a cycle in flight so its connections are released at once
         (asyncpg sends PostgreSQL a cancel request) instead of after the query timeout.
 
@@ -165,6 +175,8 @@ class Collector:
         for task in tasks:
             task.cancel()
         if tasks:
+            if why:
+                log.info("cancelled %d query run(s) in flight: %s", len(tasks), why)
             await asyncio.wait(tasks, timeout=grace)
 
     async def _cycle(self) -> bool:
@@ -238,15 +250,74 @@ class Collector:
         log.debug("query %s: %d rows in %.3fs", collector.name, len(result.rows), result.seconds)
         return True
 
-    def count_skipped(self, event: JobExecutionEvent) -> None:
-        """APScheduler listener: a tick found that query's previous run still running."""
+    def count_skipped(self, event: JobEvent, jump: Jump | None = None) -> None:
+        """APScheduler listener: a tick found that query's previous run still running
+        (``EVENT_JOB_MAX_INSTANCES``) or fired too late to run (``EVENT_JOB_MISSED``). The log
+        line says why: a wall-clock step or a process that stood still (``jump``, noticed just
+        before) is the real reason when there is one, not the run it left behind."""
         query = event.job_id.removeprefix(JOB_PREFIX)
         if query not in self.store.queries:
             return
         self.store.health.cycles_skipped.labels(query=query).inc()
         # Re-render so the counter, and the expiry of stale series, show without waiting.
         self.store.render()
-        log.warning("query %s: scheduled run skipped, the previous run is still running", query)
+        if jump is not None:
+            why = jump.describe()
+        elif event.code == EVENT_JOB_MISSED:
+            late = (datetime.now(UTC) - event.scheduled_run_time).total_seconds()
+            why = f"it was due {late:.1f}s ago (the event loop was late)"
+        else:
+            why = "the previous run is still running"
+        log.warning("query %s: scheduled run skipped, %s", query, why)
+
+    def clock_stepped(self, step: float) -> None:
+        """The wall clock stepped (``SteadyScheduler`` moved the schedules already): counted."""
+        self.store.health.clock_steps.inc()
+
+
+class SteadyScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APScheduler is untyped
+    """APScheduler's asyncio scheduler whose jobs keep their cadence across wall-clock steps.
+
+    APScheduler 3 compares each job's next run with ``datetime.now()`` but sleeps on the
+    event loop's monotonic clock. The clock is checked before every look for due jobs (so a
+    step is never acted on half-way) and once a second by a watchdog; a step moves every job's
+    next run by the same amount, which keeps it at the same monotonic moment, and wakes the
+    scheduler to re-plan its timer.
+    """
+
+    def __init__(self, on_step: Callable[[float], None] = lambda step: None, **options: Any):
+        super().__init__(**options)
+        self._on_step = on_step
+        self.watch = ClockWatch(self._stepped)
+
+    def start(self, paused: bool = False) -> None:
+        super().start(paused)
+        self.watch.start()
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.watch.stop()
+        super().shutdown(wait)
+
+    def _process_jobs(self) -> float | None:
+        self.watch.check()
+        wait: float | None = super()._process_jobs()
+        return wait
+
+    def _stepped(self, step: float) -> None:
+        moved = 0
+        for job in self.get_jobs():
+            if job.next_run_time is not None:
+                # modify_job also wakes the scheduler, which re-plans its timer.
+                job.modify(next_run_time=job.next_run_time + timedelta(seconds=step))
+                moved += 1
+        log.warning(
+            "the wall clock stepped %s by %.1fs; the %d query schedules moved with it, so "
+            "every query keeps its interval",
+            "back" if step < 0 else "forward",
+            abs(step),
+            moved,
+        )
+        self._on_step(step)
 
 
 def add_query_job(
@@ -269,11 +340,16 @@ def add_query_job(
     )
 
 
-def start_scheduler(collector: Collector, interval: float) -> AsyncIOScheduler:
+def start_scheduler(collector: Collector, interval: float) -> SteadyScheduler:
     """Every query's job: on its schedule's interval, or ``interval`` without one."""
     collector.fit_pool(interval)
-    scheduler = AsyncIOScheduler(timezone=UTC)
-    scheduler.add_listener(collector.count_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+    scheduler = SteadyScheduler(on_step=collector.clock_stepped, timezone=UTC)
+
+    def skipped(event: JobEvent) -> None:
+        # A step or a stall noticed within the last few watchdog periods explains the skip.
+        collector.count_skipped(event, scheduler.watch.recent(3 * WATCH_PERIOD))
+
+    scheduler.add_listener(skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
     for query in collector.collectors:
         schedule = collector.schedules.get(query.name)
         add_query_job(scheduler, collector, query.name, schedule.interval if schedule else interval)

@@ -88,6 +88,16 @@ class QueryCollector:
         raise KeyError(name)
 
 
+class PartialData(Exception):
+    """Some rows could not be served; ``families`` holds what could. Raised by a row mapping
+    (built-in or custom), counted once per run under the ``data`` reason by the scheduler."""
+
+    def __init__(self, families: list[Metric], problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.families = families
+        self.problems = tuple(problems)
+
+
 def window_label(days: int) -> str:
     """The ``window`` label value: a Prometheus-style duration so it reads like PromQL (``7d``)."""
     return f"{days}d"

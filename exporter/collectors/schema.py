@@ -7,7 +7,9 @@ when ids grow with ``created_at`` (sequence or snowflake ids); otherwise it woul
 tweet. Anything else (UUID ids, integer ids in no time order, no index on the id) gets the
 "window-join" shape, which is correct on any schema the seed's SQL accepts. The answer is
 detected once per pooled connection (``Database``'s ``PooledConnection.memo``), so a reconnect
-or a failover to another database detects again, and once per ``tw-exporter check``.
+or a failover to another database detects again, as does every connection once a statement
+failed because the schema changed under it (``Database.fetch`` drops the memos and retries),
+and once per ``tw-exporter check``.
 """
 
 from __future__ import annotations

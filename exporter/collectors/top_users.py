@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporter.collectors.base import MetricSpec, QueryCollector, QueryParams, Row
+from exporter.collectors.base import MetricSpec, PartialData, QueryCollector, QueryParams, Row
 
 #: Said where someone comparing numbers by hand looks: the metric's help (so the README's
 #: metrics table and ``# HELP``) and ``tw-exporter check``'s output.
@@ -57,6 +57,7 @@ def _to_families(rows: Sequence[Row], settings: QueryParams) -> list[Metric]:
         USER_FOLLOWERS.name, USER_FOLLOWERS.help, labels=list(USER_FOLLOWERS.labels)
     )
     seen: set[str] = set()
+    not_boolean: list[object] = []
     for row in rows:
         username = str(row["username"])
         # A duplicate label set would make the whole exposition invalid; the first row
@@ -64,8 +65,21 @@ def _to_families(rows: Sequence[Row], settings: QueryParams) -> list[Metric]:
         if username in seen:
             continue
         seen.add(username)
-        verified = "true" if row["verified"] else "false"
-        family.add_metric([username, verified], float(row["follower_count"]))
+        verified = row["verified"]
+        # Only a real boolean: by truthiness a text column holding 'false' would export true.
+        if not isinstance(verified, bool):
+            not_boolean.append(verified)
+            continue
+        family.add_metric([username, "true" if verified else "false"], float(row["follower_count"]))
+    if not_boolean:
+        first = not_boolean[0]
+        raise PartialData(
+            [family],
+            [
+                f"{len(not_boolean)} row(s) skipped: tw_users.verified must be a boolean, got "
+                f"{str(first)[:40]!r} ({type(first).__name__})"
+            ],
+        )
     return [family]
 
 

@@ -27,6 +27,14 @@ quick turns out long (a table locked for the first time): it is long from its ne
 that costs at most one run of its. With ``N = 1`` there is nothing to reserve. When every query
 has the same interval no run can be long (a timeout never exceeds its interval) and the rule is
 plain first come, first served.
+
+A server with fewer free connection slots than the pool wants ("too many connections", for the
+server, the role or the database) refuses some connects while others of ours are open: the pool
+then uses only the connections it has for ``SCARCE_SECONDS`` (``Slots.limit``), and the query
+whose connect was refused waits for its turn on one of them, in arrival order, instead of
+failing (with one free slot, the first query to connect used to win every run and the others
+to fail every run).
+
 Each query runs in a read-only transaction under a server-side ``statement_timeout``, with a
 client-side deadline as backstop for a server that stops answering altogether (a paused VM, a
 hung volume, a path that drops packets): at the deadline the query's connection is closed from
@@ -98,6 +106,20 @@ _TIMEOUT_SQLSTATES = ("57014", "55P03")  # query_canceled (statement_timeout), l
 # conflict: 40001 for snapshot, lock, buffer-pin and tablespace conflicts, 40P01 for a
 # buffer-pin deadlock with the startup process). The next run usually succeeds.
 _CONFLICT_SQLSTATES = ("40001", "40P01")
+# "too many connections" (for the server, a role or a database): with connections of ours
+# open, queries take turns on those for this long before another connect is tried.
+_TOO_MANY_CONNECTIONS = "53300"
+SCARCE_SECONDS = 60.0
+# How many times one run waits for a turn on an open connection before failing.
+MAX_SCARCE_TURNS = 3
+# What the server says when a statement no longer fits the schema it was chosen for (a column
+# changed type: "operator does not exist: uuid + integer", a column renamed, a plan whose result
+# type changed): undefined_function, datatype_mismatch, undefined_column, and
+# feature_not_supported's "cached plan must not change result type".
+_SCHEMA_CHANGED_SQLSTATES = ("42883", "42804", "42703")
+_CACHED_PLAN_CHANGED = "cached plan must not change result type"
+# The memo key holding the memo's epoch (see ``Database._memo_epoch``).
+_MEMO_EPOCH = "database.memo_epoch"
 # Unnamed statements only: a named prepared statement lives on one server connection, which a
 # transaction pooler does not keep for the client ("prepared statement ... does not exist").
 STATEMENT_CACHE_SIZE = 0
@@ -125,7 +147,8 @@ def transaction_setup(query_timeout: float) -> str:
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
     """asyncpg's connection plus ``memo``, facts learned about this one connection (such as the
     query shape its schema needs, ``exporter.collectors.schema``): they are worked out once per
-    connection, and again on the fresh connection a reconnect or failover brings."""
+    connection, and again on the fresh connection a reconnect or failover brings, and on every
+    connection after a query found that the schema changed (``Database.fetch``)."""
 
     __slots__ = ("memo",)
 
@@ -167,6 +190,11 @@ class Slots:
     capacity: int
     long_after: float = math.inf
     fair: bool = True
+    # The server refused a further connection (too many connections) while this many of ours
+    # were open: until ``scarce_until`` (monotonic) at most that many are used, so queries
+    # take turns on them in arrival order instead of failing to connect.
+    scarce: int | None = None
+    scarce_until: float = 0.0
     _held: set[Hold] = field(default_factory=set)
     _waiting: deque[tuple[Hold, asyncio.Future[None]]] = field(default_factory=deque)
     _last_hold: dict[str, float] = field(default_factory=dict)
@@ -176,9 +204,22 @@ class Slots:
         return len(self._held)
 
     @property
+    def usable(self) -> int:
+        """Connections in use at most now: ``capacity``, or fewer while they are scarce."""
+        if self.scarce is not None and time.monotonic() < self.scarce_until:
+            return max(1, min(self.capacity, self.scarce))
+        return self.capacity
+
+    @property
     def long_lane(self) -> int:
         """How many connections long runs may hold together."""
-        return max(1, self.capacity - 1)
+        return max(1, self.usable - 1)
+
+    def limit(self, connections: int, seconds: float) -> None:
+        """The server has room for only ``connections`` of ours: use no more for ``seconds``
+        (then try again: a refused connect while others are open costs a wait, not an error)."""
+        self.scarce = max(1, connections)
+        self.scarce_until = time.monotonic() + seconds
 
     def expects_long(self, query: str | None, query_timeout: float) -> bool:
         """Its previous run was long; before its first (or without a name): its timeout is."""
@@ -190,7 +231,7 @@ class Slots:
         return sum(1 for h in self._held if h.long or now - h.since > self.long_after)
 
     def _admissible(self, hold: Hold, now: float) -> bool:
-        if len(self._held) >= self.capacity:
+        if len(self._held) >= self.usable:
             return False
         return not (self.fair and hold.long) or self.long_runs(now) < self.long_lane
 
@@ -305,6 +346,25 @@ def classify(error: BaseException) -> FailureReason:
     return "sql"
 
 
+def no_longer_fits(error: BaseException) -> bool:
+    """Whether the server refused a statement because the schema changed under it."""
+    if not isinstance(error, asyncpg.PostgresError):
+        return False
+    state = getattr(error, "sqlstate", "") or ""
+    return state in _SCHEMA_CHANGED_SQLSTATES or (
+        state == "0A000" and _CACHED_PLAN_CHANGED in str(error)
+    )
+
+
+def _closed(conn: Any) -> bool:
+    """Whether a pooled connection is gone: closed, or already detached from its proxy because
+    the pool saw it close."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # released: asyncpg detached it when it closed
+        return True
+
+
 def answered(error: BaseException, reason: FailureReason) -> bool:
     """Whether ``error`` is the server's answer to the query (rather than the absence of one)."""
     return isinstance(error, asyncpg.PostgresError) and reason != "connection"
@@ -350,6 +410,9 @@ class Database:
         self._max_connection_age = max_connection_age
         self._generation_started = time.monotonic()
         self._setup_sql = transaction_setup(query_timeout)
+        # Bumped when a query finds the schema changed: each connection's memo older than
+        # this is dropped when the connection is next used, so every one detects afresh.
+        self._memo_epoch = 0
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -442,10 +505,14 @@ class Database:
 
         Errors while *getting* a connection (refused, unreachable, authentication, a connect
         that times out) count as ``connection``; a timeout while the query runs counts as
-        ``timeout``. A connection error on a pooled connection after the connect is retried
-        once on a fresh one: after a database restart every idle connection is dead, and the
-        retry lets the first cycle after the restart succeed instead of reporting a failure
-        that is already over.
+        ``timeout``. One failed attempt is retried once (``_may_retry``): when its pooled
+        connection turned out to be closed (after a database restart every idle connection
+        is dead; a server's ``idle_session_timeout`` can close one just as it is reused,
+        whatever error asyncpg then raises), on a fresh connection, counted as ``connection``
+        if the retry fails too; and when the server says a connection-dependent statement no
+        longer fits the schema (``no_longer_fits``), after every connection's memo is dropped,
+        so the statement is chosen afresh (the trending query's shape after ``tw_tweets.id``
+        moved from bigint to uuid).
 
         The client deadline (timeout + ``CLIENT_GRACE_SECONDS``) holds whatever the server, or a
         pooler in front of it, does: when it passes, the connection the attempt holds is
@@ -466,25 +533,31 @@ class Database:
         hold = await self._slots.acquire(query, timeout)
         try:
             await self._recycle_old_connections()
-            try:
-                async with asyncio.timeout(None) as deadline:
-                    expiry = loop.call_at(loop.time() + client_deadline, attempt.expire, deadline)
-                    try:
+            turns = 0
+            while True:
+                try:
+                    async with asyncio.timeout(None) as deadline:
+                        expiry = loop.call_at(
+                            loop.time() + client_deadline, attempt.expire, deadline
+                        )
                         try:
-                            rows = await self._fetch_once(sql, args, attempt)
-                        except Exception as error:
-                            if (
-                                attempt.expired
-                                or attempt.phase == "connect"
-                                or classify(error) != "connection"
-                            ):
-                                raise
-                            log.debug("retrying on a fresh connection after %s", describe(error))
-                            rows = await self._fetch_once(sql, args, attempt)
-                    finally:
-                        expiry.cancel()
-            except Exception as error:
-                raise attempt.failure(error, client_deadline) from None
+                            try:
+                                rows = await self._fetch_once(sql, args, attempt)
+                            except Exception as error:
+                                if not self._may_retry(error, sql, attempt, query):
+                                    raise
+                                rows = await self._fetch_once(sql, args, attempt)
+                        finally:
+                            expiry.cancel()
+                    break
+                except Exception as error:
+                    if turns < MAX_SCARCE_TURNS and self._scarce(error, attempt, query):
+                        # Wait for one of the connections already open, in arrival order.
+                        turns += 1
+                        self._slots.release(hold, record=False)
+                        hold = await self._slots.acquire(query, timeout)
+                        continue
+                    raise attempt.failure(error, client_deadline) from None
         finally:
             self._slots.release(hold)
             self._close_idle_beyond_capacity()
@@ -496,6 +569,55 @@ class Database:
             wait_seconds=attempt.wait_seconds,
             run_seconds=seconds - attempt.wait_seconds,
         )
+
+    def _scarce(self, error: BaseException, attempt: _Attempt, query: str | None) -> bool:
+        """The server refused one more connection (too many connections) while some of ours
+        are open: use only those for a while (``Slots.limit``), so the queries take turns on
+        them instead of the first to ask winning every time and the others failing."""
+        if attempt.expired or attempt.phase != "connect":
+            return False
+        if getattr(error, "sqlstate", None) != _TOO_MANY_CONNECTIONS:
+            return False
+        open_now = self.connections()
+        if open_now == 0:
+            return False  # nothing to share: a connection failure
+        if self._slots.usable > open_now:
+            log.warning(
+                "query %s: the database refused another connection (%s); sharing the %d "
+                "open one(s) among the queries for %gs",
+                query or "-",
+                describe(error),
+                open_now,
+                SCARCE_SECONDS,
+            )
+        self._slots.limit(open_now, SCARCE_SECONDS)
+        return True
+
+    def _may_retry(
+        self, error: BaseException, sql: str | Resolve, attempt: _Attempt, query: str | None
+    ) -> bool:
+        """Whether one more attempt may succeed where this one failed (see ``fetch``). Never
+        after the client deadline, nor when connecting failed (the retry would connect the
+        same way)."""
+        if attempt.expired or attempt.phase == "connect":
+            return False
+        if attempt.lost or classify(error) == "connection":
+            log.debug(
+                "query %s: its pooled connection was closed (%s); retrying on a fresh one",
+                query or "-",
+                describe(error),
+            )
+            return True
+        if not isinstance(sql, str) and no_longer_fits(error):
+            self._memo_epoch += 1
+            log.info(
+                "query %s: the statement no longer fits the schema (%s); detecting the "
+                "schema again and retrying",
+                query or "-",
+                describe(error),
+            )
+            return True
+        return False
 
     async def _recycle_old_connections(self) -> None:
         """Every ``max_connection_age`` seconds, have the pool replace its connections (idle
@@ -516,6 +638,11 @@ class Database:
             raise asyncpg.InterfaceError("the connection pool is closed")
         conn = await pool.acquire()
         attempt.conn = conn
+        attempt.lost = False
+        memo = getattr(conn, "memo", None)
+        if memo is not None and memo.get(_MEMO_EPOCH, 0) != self._memo_epoch:
+            memo.clear()
+            memo[_MEMO_EPOCH] = self._memo_epoch
         try:
             attempt.phase = "begin"
             await conn.execute(attempt.setup_sql)
@@ -528,6 +655,7 @@ class Database:
         except BaseException:
             # After the deadline the connection is already terminated: nothing to roll back.
             if not attempt.expired:
+                attempt.lost = _closed(conn)
                 await _rollback(conn)
             raise
         finally:
@@ -571,6 +699,7 @@ class _Attempt:
     wait_seconds: float | None = None
     conn: Any = None  # the pooled connection while the attempt holds one
     expired: bool = False
+    lost: bool = False  # the attempt's connection was found closed after it failed
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -605,7 +734,9 @@ class _Attempt:
                 wait_seconds=wait,
                 run_seconds=self.run_seconds(),
             )
-        reason = classify(error)
+        # A connection that closed under the query is a connection failure, whatever asyncpg
+        # raised (an idle_session_timeout racing the reuse surfaces as InternalClientError).
+        reason = "connection" if self.lost else classify(error)
         return QueryError(
             reason,
             describe(error),

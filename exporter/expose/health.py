@@ -25,8 +25,9 @@ FAILURE_REASON_MEANINGS: Mapping[FailureReason, str] = {
     "connection": "database or pooler unreachable, restarted or refused",
     "conflict": "cancelled by a recovery conflict on a hot standby, SQLSTATE 40001/40P01",
     "sql": "any other error, e.g. a missing table",
-    "data": "a custom query returned rows that cannot be served: a value that is not a "
-    "number, a repeated label set, more rows than max_series; the valid rows are still served",
+    "data": "a query returned rows that cannot be served: a value that is not a number, a "
+    "repeated label set, more rows than max_series (custom queries), a verified flag that is "
+    "not a boolean (top_users); the valid rows are still served",
 }
 FAILURE_REASONS: tuple[FailureReason, ...] = tuple(FAILURE_REASON_MEANINGS)
 """Every value of the ``reason`` label, each pre-created for every query. The metric help, the
@@ -89,8 +90,17 @@ CYCLE_DURATION = MetricSpec(
 CYCLES_SKIPPED = MetricSpec(
     "tw_exporter_cycles_skipped_total",
     "counter",
-    "Scheduled runs of each query skipped because its previous run was still running.",
+    "Scheduled runs of each query skipped because its previous run was still running (or, "
+    "rarely, because the tick came too late to run: the process stood still); the log line "
+    "says which.",
     ("query",),
+)
+CLOCK_STEPS = MetricSpec(
+    "tw_exporter_clock_steps_total",
+    "counter",
+    "Wall-clock steps of more than a second noticed against the monotonic clock (an NTP "
+    "step, a VM restored, a manual date change); every query's schedule was moved with the "
+    "step, so it kept its interval.",
 )
 QUERY_INTERVAL = MetricSpec(
     "tw_exporter_query_interval_seconds",
@@ -157,6 +167,7 @@ HEALTH_METRICS: tuple[MetricSpec, ...] = (
     QUERY_LAST_SUCCESS,
     CYCLE_DURATION,
     CYCLES_SKIPPED,
+    CLOCK_STEPS,
     INTERVAL,
     QUERY_INTERVAL,
     RELOAD_SUCCESSFUL,
@@ -237,6 +248,7 @@ class HealthMetrics:
         self.query_last_success = _gauge(QUERY_LAST_SUCCESS, registry)
         self.cycle_duration = _gauge(CYCLE_DURATION, registry)
         self.cycles_skipped = _counter(CYCLES_SKIPPED, registry)
+        self.clock_steps = _counter(CLOCK_STEPS, registry)
         self.query_interval = _gauge(QUERY_INTERVAL, registry)
         self.reload_successful = _gauge(RELOAD_SUCCESSFUL, registry)
         self.reload_successful.set(1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -227,8 +228,12 @@ class SnapshotStore:
         self.following = False
         self._generation = self._published = 0
         self._served: frozenset[str] = frozenset()
+        # What ``current`` was joined from, to drop an expired part at scrape time.
+        self._served_parts: list[tuple[str, Part, float]] = []
+        self._served_health: tuple[Encoded, Encoded] = (EMPTY_PART.text, EMPTY_PART.openmetrics)
+        self._expires_at = math.inf
         self._health = SectionCache()
-        self.current = self.render()
+        self._current = self.render()
 
     # ------------------------------------------------------------ the set of queries
 
@@ -282,11 +287,47 @@ class SnapshotStore:
             if self.is_fresh(name):
                 yield from state.families
 
-    def _fresh_parts(self) -> tuple[list[Part], frozenset[str]]:
-        """Each fresh query's rendered part (rendering the ones whose result changed), and the
-        names of the queries they belong to."""
+    @property
+    def current(self) -> Rendered:
+        """What ``/metrics`` serves now: the last render, minus any query's series whose max
+        staleness has passed since (checked here, at scrape time, on the monotonic clock), so
+        no series is served past its staleness even when nothing renders: no run finishing
+        (a wall-clock step that delayed the schedule, a run hung on a lock) or a query on a
+        long interval."""
+        if self._clock() > self._expires_at:
+            self._drop_expired()
+        return self._current
+
+    def _drop_expired(self) -> None:
+        """Republish the last render without the parts that expired: its bytes are kept, so
+        this joins bytes and renders nothing (no health section, no worker thread)."""
+        now = self._clock()
+        kept = [entry for entry in self._served_parts if now <= entry[2]]
+        self._set_current(kept, *self._served_health)
+
+    def _set_current(
+        self, parts: list[tuple[str, Part, float]], health_text: Encoded, health_om: Encoded
+    ) -> Rendered:
+        text = _join([p.text for _, p, _ in parts], health_text)
+        openmetrics = _join([p.openmetrics for _, p, _ in parts], health_om)
+        rendered = Rendered(text=text, openmetrics=openmetrics)
+        self._served_parts = parts
+        self._served_health = (health_text, health_om)
+        self._served = frozenset(name for name, _, _ in parts)
+        self._expires_at = min((expiry for _, _, expiry in parts), default=math.inf)
+        self._current = rendered
+        return rendered
+
+    def _expiry(self, name: str) -> float:
+        """When (monotonic) the query's current result stops being fresh."""
+        state = self.queries[name]
+        limit = self.max_staleness if state.max_staleness is None else state.max_staleness
+        return math.inf if state.succeeded_at is None else state.succeeded_at + limit
+
+    def _fresh_parts(self) -> list[tuple[str, Part, float]]:
+        """Each fresh query's name, rendered part (rendering the ones whose result changed)
+        and expiry."""
         parts = []
-        names = []
         for name, state in self.queries.items():
             if state.success_wall_time is not None:
                 self.health.query_last_success.labels(query=name).set(state.success_wall_time)
@@ -296,9 +337,8 @@ class SnapshotStore:
                 continue
             if state.part is None:
                 state.part = render_part(state.families)
-            parts.append(state.part)
-            names.append(name)
-        return parts, frozenset(names)
+            parts.append((name, state.part, self._expiry(name)))
+        return parts
 
     def _served_fresh(self, name: str) -> bool:
         """Fresh, and its data is in what ``/metrics`` serves now (renders after a run may
@@ -316,9 +356,9 @@ class SnapshotStore:
 
     def render(self) -> Rendered:
         """Render what changed now and publish the result with one reference swap."""
-        parts, names = self._fresh_parts()
+        parts = self._fresh_parts()
         text, openmetrics = self._render_health()
-        return self._publish(parts, names, text, openmetrics)
+        return self._publish(parts, text, openmetrics)
 
     async def render_async(self) -> Rendered:
         """``render`` without holding the event loop: the changed parts are rendered on the loop
@@ -335,13 +375,13 @@ class SnapshotStore:
                 if state.families is families:  # not replaced meanwhile
                     state.part = part
                 await asyncio.sleep(0)
-        parts, names = self._fresh_parts()
+        parts = self._fresh_parts()
         generation = self._next_generation()
         # A run that lands while the worker thread renders changes neither the gathered parts
         # nor its last-success gauge (set in _fresh_parts), so this snapshot's timestamps and
         # series agree; the next render publishes both (a mismatch was found by test_freeze).
         text, openmetrics = await asyncio.to_thread(self._render_health)
-        return self._publish(parts, names, text, openmetrics, generation)
+        return self._publish(parts, text, openmetrics, generation)
 
     def _render_health(self) -> tuple[Encoded, Encoded]:
         text, openmetrics = self._health.render(self.registry)
@@ -353,22 +393,19 @@ class SnapshotStore:
 
     def _publish(
         self,
-        parts: list[Part],
-        names: frozenset[str],
+        parts: list[tuple[str, Part, float]],
         health_text: Encoded,
         health_om: Encoded,
         generation: int | None = None,
     ) -> Rendered:
         """Business parts first, then the health section, whose OpenMetrics keeps the EOF."""
-        text = _join([p.text for p in parts], health_text)
-        openmetrics = _join([p.openmetrics for p in parts], health_om)
-        rendered = Rendered(text=text, openmetrics=openmetrics)
         generation = self._next_generation() if generation is None else generation
         if generation > self._published:
             self._published = generation
-            self._served = names
-            self.current = rendered
-        return rendered
+            return self._set_current(parts, health_text, health_om)
+        text = _join([p.text for _, p, _ in parts], health_text)
+        openmetrics = _join([p.openmetrics for _, p, _ in parts], health_om)
+        return Rendered(text=text, openmetrics=openmetrics)
 
 
 def _join(parts: list[Encoded], last: Encoded) -> Encoded:

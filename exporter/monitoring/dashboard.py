@@ -21,6 +21,7 @@ from exporter.collectors.top_users import USER_FOLLOWERS
 from exporter.collectors.trending_hashtags import HASHTAG_TWEETS
 from exporter.expose.health import (
     BUILD_INFO,
+    CLOCK_STEPS,
     CYCLE_DURATION,
     CYCLES_SKIPPED,
     DSN_RELOAD_FAILURES,
@@ -542,6 +543,27 @@ ROWS: tuple[Row, ...] = (
                 "once per run of its query). See docs/label-values.md.",
                 f"sum by ({label(LABEL_VALUES_TRUNCATED, 'query')}) "
                 f"(increase({sel(LABEL_VALUES_TRUNCATED)}[{RATE}]))",
+            ),
+            Panel(
+                title="Wall-clock steps",
+                kind="timeseries",
+                description=(
+                    "Steps of the wall clock noticed by each exporter (increase of "
+                    f"{CLOCK_STEPS.name}): an NTP step, a VM restored from a snapshot. Every "
+                    "query's schedule moves with the step, so none is delayed; frequent steps "
+                    "point at the host's time keeping. See docs/database-faults.md."
+                ),
+                targets=(
+                    Target(
+                        f"sum by (instance) (increase({sel(CLOCK_STEPS)}[{RATE}]))",
+                        "{{instance}}",
+                    ),
+                ),
+                width=12,
+                height=8,
+                min=0,
+                steps=(("green", None), ("orange", 1.0)),
+                custom={"drawStyle": "bars", "fillOpacity": 80},
             ),
         ),
     ),

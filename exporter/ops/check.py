@@ -7,8 +7,10 @@ exist and are readable, says which query shape the schema gets (``exporter.colle
 prepares each custom query from ``--queries-file`` (never running it) to check the columns the file
 names, inspects each query's plan for full-table scans and for recommended indexes that are
 missing or that the plan does not use (advice, never a failure), and runs each enabled built-in
-query once, in the shape detected; every query's effective schedule is printed with the source
-of each value. Prints one line per step and exits 0 only when everything would work.
+query once as ``run`` does (the shape detected on the connection it runs on, the rows mapped
+onto metrics, so rows ``run`` would count as ``data`` fail here); every query's effective
+schedule is printed with the source of each value. Prints one line per step and exits 0 only
+when everything would work.
 
 Like the exporter, it keeps no session state and runs unnamed statements inside one read-only
 transaction, so it gives the same answers through PgBouncer in transaction pooling mode.
@@ -24,6 +26,7 @@ import asyncpg
 
 from exporter.collect.custom import collectors_for
 from exporter.collectors import COLLECTORS, QueryCollector, schema
+from exporter.collectors.base import PartialData
 from exporter.config.queries_file import QueriesConfig, config_for
 from exporter.config.settings import Settings
 from exporter.db.connect import Connector
@@ -189,9 +192,9 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
         # the same server connection for all of it (advice's EXPLAINs use savepoints).
         async with conn.transaction(readonly=True):
             await conn.execute(local_timeouts(settings.query_timeout))
-            problems, ids = await inspect(conn, settings, out, config)
+            problems, _ = await inspect(conn, settings, out, config)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
-        problems, ids = [describe(error)], schema.TweetIds(type=None)
+        problems = [describe(error)]
         out(f"schema: FAILED: {problems[0]}")
     finally:
         await conn.close()
@@ -206,15 +209,24 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
     schedules = config.schedules
     try:
         for collector in builtins:
+            # As ``run`` runs it: the statement resolved on the connection it runs on (the
+            # shape detected there, again if the server says the schema changed), and the
+            # rows mapped onto metrics, so rows ``run`` could not serve fail here too.
             try:
                 result = await database.fetch(
-                    collector.sql_for(ids),
+                    collector.statement,
                     collector.params(settings),
                     schedules[collector.name].timeout,
+                    query=collector.name,
                 )
             except QueryError as error:
                 failures += 1
                 out(f"query {collector.name}: FAILED ({error.reason}): {error}")
+                continue
+            problem = unservable(collector, result.rows, settings)
+            if problem is not None:
+                failures += 1
+                out(f"query {collector.name}: FAILED ({problem[0]}): {problem[1]}")
                 continue
             out(
                 f"query {collector.name}: ok, {len(result.rows)} rows in "
@@ -226,6 +238,20 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
         await database.close()
     out("check: ok" if failures == 0 else f"check: FAILED ({failures} problem(s))")
     return 0 if failures == 0 else 1
+
+
+def unservable(
+    collector: QueryCollector, rows: Sequence[asyncpg.Record], settings: Settings
+) -> tuple[str, str] | None:
+    """(reason, why) when ``run`` could not serve every row: ``data``, as ``run`` counts
+    them, or ``sql`` for a mapping that raises; None when it could."""
+    try:
+        collector.to_families(rows, settings)
+    except PartialData as partial:
+        return "data", "; ".join(partial.problems)
+    except Exception as error:
+        return "sql", f"the rows could not be mapped: {describe(error)}"
+    return None
 
 
 def run_check(settings: Settings, config: QueriesConfig | None = None) -> int:
