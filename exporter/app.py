@@ -74,6 +74,8 @@ async def listen(
             header_timeout=settings.web_header_timeout,
             idle_timeout=settings.web_idle_timeout,
             max_connections=settings.web_max_connections,
+            # The database pool's connections and the HA lock connection need descriptors too.
+            reserved_descriptors=settings.max_connections + (1 if settings.ha else 0),
         ),
     )
     try:

@@ -275,7 +275,11 @@ def exporter_proc() -> Iterator[StartExporter]:
     started_procs: list[ExporterProcess] = []
 
     def start(
-        *args: str, env: dict[str, str] | None = None, command: str = "run", wait: float = 30.0
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: str = "run",
+        wait: float = 30.0,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> ExporterProcess:
         argv = [command, *args]
         if "--listen" not in args:
@@ -288,6 +292,7 @@ def exporter_proc() -> Iterator[StartExporter]:
             text=True,
             env={**os.environ, **(env or {})},
             cwd=REPO,
+            preexec_fn=preexec_fn,  # e.g. a lower resource limit for the exporter alone
         )
         process = ExporterProcess(proc)
         started_procs.append(process)

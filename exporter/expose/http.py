@@ -426,7 +426,7 @@ class MetricsServer:
             reason,
             error.strerror or error,
             self.open_sockets,
-            self.descriptor_limit or "unlimited",
+            _descriptor_limit(),
             ACCEPT_PAUSE,
             RESOURCE_WARNING_INTERVAL,
         )
@@ -452,14 +452,16 @@ class MetricsServer:
             log.debug("could not set up an accepted connection: %r", error)
 
     def socket_closed(self) -> None:
-        """An accepted socket is closed (or about to be, within this loop iteration)."""
+        """An accepted socket is closed (or is about to be, in this loop iteration): a
+        descriptor is free, so accepting resumes if it paused for the socket budget or for
+        EMFILE (the pause only stops retrying while nothing was freed; waiting it out after a
+        close would let the backlog drain at one batch per pause)."""
         self.open_sockets -= 1
-        if (
-            not self._accepting
-            and self._accept_pause is None
-            and self.open_sockets < self.socket_budget
-        ):
-            self._resume_accepting()
+        if self._accepting or self.open_sockets >= self.socket_budget:
+            return
+        if self._accept_pause is not None:
+            self._accept_pause.cancel()
+        self._resume_accepting()
 
     def admit(self, connection: _Connection) -> None:
         """Count a new connection; when the cap is reached, first evict the connection that has
@@ -570,6 +572,11 @@ class MetricsServer:
         if choice.gzip:
             return Response(200, encoded.gzipped, content_type.encode(), gzipped=True)
         return Response(200, encoded.body, content_type.encode())
+
+
+def _descriptor_limit() -> str:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
