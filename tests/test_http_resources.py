@@ -191,7 +191,6 @@ def test_a_low_descriptor_limit_lowers_the_cap_instead_of_melting_down(
     target = Target(
         proc.url, "127.0.0.1", int(proc.url.rsplit(":", 1)[1]), proc.proc.pid, proc.logs
     )
-    assert "HTTP connections, not 256 (--web-max-connections)" in proc.logs()
     with scraper(target).running():
         held = hold_idle_clients(target, IDLE_CLIENTS)
         time.sleep(2.0)  # the attack's length: idle clients holding their connections
@@ -202,6 +201,7 @@ def test_a_low_descriptor_limit_lowers_the_cap_instead_of_melting_down(
     assert time.monotonic() - started < 3
     assert len(proc.logs()) < LOG_BUDGET
     assert "out of system resource" not in proc.logs()
+    assert "HTTP connections, not 256 (--web-max-connections)" in proc.logs()  # logged once
 
 
 def test_running_out_of_descriptors_pauses_accepting_with_one_line(
@@ -216,7 +216,7 @@ def test_running_out_of_descriptors_pauses_accepting_with_one_line(
     process.rlimit(psutil.RLIMIT_NOFILE, (room, room))
     held = hold_idle_clients(target, IDLE_CLIENTS)
     try:
-        wait_until_sync(lambda: "cannot accept HTTP connections" in target.logs(), timeout=5)
+        wait_until_sync(lambda: process.num_fds() >= room - 1, timeout=5)  # all taken
         process.cpu_percent()
         time.sleep(1.0)  # the measurement: CPU over one second of the storm
         assert process.cpu_percent() < 50
@@ -263,10 +263,10 @@ def test_a_non_ascii_server_name_is_logged_in_the_configured_format(
                 while sock.recv(65536):
                     pass
     assert https_get(target.url + "/metrics", pki.ca.cert).status == 200
-    wait_until_sync(lambda: "not ASCII" in target.logs(), timeout=5)
     for line in target.logs().splitlines():
         record = json.loads(line)  # every line, none a bare traceback
         assert "Traceback" not in record["message"], record
+    assert "not ASCII" in target.logs()  # at debug level, in JSON
 
 
 # ------------------------------------------------------------------ 5. reload and bcrypt
