@@ -29,7 +29,7 @@ import time
 from asyncio import sslproto
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NoReturn, Protocol
 
@@ -190,6 +190,12 @@ class Response:
     content_type: bytes = b"text/plain; charset=utf-8"
     gzipped: bool = False
     extra: bytes = b""
+    # The bytes on the wire, per (keep-alive, HEAD, the server's extra headers): built once
+    # per response object (``MetricsServer.wire``). /metrics responses are kept per snapshot
+    # (``MetricsServer._metrics``), so a scrape writes bytes built before it arrived.
+    wire: dict[tuple[bool, bool, bytes], bytes] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 UNAUTHORIZED = Response(
@@ -206,6 +212,11 @@ DUPLICATE_HEADER = Response(400, b"Repeated Authorization or Accept-Encoding hea
 HEADERS_TOO_LARGE = Response(431, b"Request headers too large\n")
 TOO_MANY_PIPELINED = Response(503, b"Too many pipelined requests\n")
 METHOD_NOT_ALLOWED = Response(405, b"Method Not Allowed\n", extra=b"Allow: GET, HEAD\r\n")
+NOT_FOUND = Response(404, b"Not Found\n")
+HEALTHY = Response(200, b"ok\n")
+READY = Response(200, b"ready\n")
+REQUEST_TIMEOUT = Response(408, b"Request Timeout\n")
+POST_ONLY = Response(405, b"Method Not Allowed\n", extra=b"Allow: POST\r\n")
 
 LANDING_PAGE = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>tw-exporter</title></head>
@@ -214,6 +225,8 @@ LANDING_PAGE = f"""<!doctype html>
 <ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li>
 <li><a href="readyz">/readyz</a></li></ul></body></html>
 """.encode()
+
+LANDING = Response(200, LANDING_PAGE, content_type=b"text/html; charset=utf-8")
 
 _NEGOTIATED_CACHE_SIZE = 64
 _PLAIN = Negotiated(openmetrics=False, text_v1=False, gzip=False)
@@ -261,6 +274,9 @@ class MetricsServer:
         self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
         self.tls_read_buffer = memoryview(bytearray(TLS_READ_BUFFER_BYTES))
         self._negotiated: dict[tuple[bytes | None, bytes | None], Negotiated] = {}
+        # /metrics responses of the snapshot last served, one per negotiated format.
+        self._metrics_of: Rendered | None = None
+        self._metrics_responses: dict[Negotiated, Response] = {}
         self._listeners: list[socket.socket] = []
         self._accepting = False
         self._accept_pause: asyncio.TimerHandle | None = None
@@ -530,21 +546,21 @@ class MetricsServer:
     def _route(self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET") -> Response:
         if path == RELOAD_PATH and self.reload is not None:
             if method != b"POST":
-                return Response(405, b"Method Not Allowed\n", extra=b"Allow: POST\r\n")
+                return POST_ONLY
             if self.reload():
                 return Response(200, b"reloaded\n")
             return Response(500, b"reload failed: the old configuration keeps running\n")
         if path == b"/metrics":
             return self._metrics(headers)
         if path == b"/":
-            return Response(200, LANDING_PAGE, content_type=b"text/html; charset=utf-8")
-        return Response(404, b"Not Found\n")
+            return LANDING
+        return NOT_FOUND
 
     def _probe(self, path: bytes) -> Response:
         if path == b"/healthz":
-            return Response(200, b"ok\n")
+            return HEALTHY
         if self.snapshot.ready:
-            return Response(200, b"ready\n")
+            return READY
         stale = ", ".join(self.snapshot.stale_queries())
         return Response(503, f"not ready: no fresh data for {stale}\n".encode())
 
@@ -564,6 +580,15 @@ class MetricsServer:
     def _metrics(self, headers: dict[bytes, bytes]) -> Response:
         rendered = self.snapshot.current
         choice = self._negotiate(headers)
+        if rendered is not self._metrics_of:
+            self._metrics_of, self._metrics_responses = rendered, {}
+        found = self._metrics_responses.get(choice)
+        if found is None:
+            found = self._metrics_responses[choice] = self._metrics_response(rendered, choice)
+        return found
+
+    @staticmethod
+    def _metrics_response(rendered: Rendered, choice: Negotiated) -> Response:
         if choice.openmetrics:
             encoded, content_type = rendered.openmetrics, OPENMETRICS_CONTENT_TYPE
         else:
@@ -572,6 +597,22 @@ class MetricsServer:
         if choice.gzip:
             return Response(200, encoded.gzipped, content_type.encode(), gzipped=True)
         return Response(200, encoded.body, content_type.encode())
+
+    def wire(self, response: Response, keep_alive: bool, head: bool = False) -> bytes:
+        """``response`` as written: status line, headers and (unless ``head``) the body.
+
+        Built once per response object and kept on it: a /metrics response is reused for
+        every scrape of a snapshot, so a scrape no longer formats the head and copies the
+        body into a new bytes object of the body's size (a 22 kB allocation and copy per
+        scrape, issue #21)."""
+        key = (keep_alive, head, self.extra_headers)
+        found = response.wire.get(key)
+        if found is None:
+            found = _encode(response, keep_alive, head, self.extra_headers)
+            if len(response.wire) >= 8:  # bounded: the extra headers change only at reloads
+                response.wire.clear()
+            response.wire[key] = found
+        return found
 
 
 def _descriptor_limit() -> str:
@@ -721,6 +762,24 @@ def _drop_tracebacks(error: BaseException) -> None:
         seen.add(id(current))
         current.__traceback__ = None
         pending += (current.__cause__, current.__context__)
+
+
+def _encode(response: Response, keep_alive: bool, head: bool, extra_headers: bytes) -> bytes:
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
+        b"Content-Type: " + response.content_type + b"\r\n",
+        b"Content-Length: %d\r\n" % len(response.body),
+        response.extra,
+        extra_headers,
+    ]
+    if response.gzipped:
+        lines.append(b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n")
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head:
+        lines.append(response.body)
+    return b"".join(lines)
 
 
 class _Stop(Exception):
@@ -963,9 +1022,15 @@ class _Connection(asyncio.BufferedProtocol):
         # An Upgrade or CONNECT request is answered like any other, with Connection: close,
         # because llhttp hands everything after it to the (unsupported) new protocol.
         keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
-        self.pending.append(
-            (parser.get_method(), self.url.split(b"?", 1)[0], self.headers, keep_alive)
-        )
+        url = self.url
+        path = url.split(b"?", 1)[0] if b"?" in url else url
+        if not (self.pending or self.waiting or self.write_paused or self.stopped):
+            # Nothing queued before it (the common case): answered at once, not queued.
+            transport = self.transport
+            if transport is not None and not (self.closing or transport.is_closing()):
+                self._answer(transport, parser.get_method(), path, self.headers, keep_alive)
+                return
+        self.pending.append((parser.get_method(), path, self.headers, keep_alive))
         if not (self.waiting or self.write_paused):
             self._answer_pending()
 
@@ -977,20 +1042,8 @@ class _Connection(asyncio.BufferedProtocol):
             if transport is None or transport.is_closing() or self.closing:
                 self.pending.clear()
                 return
-            method, path, headers, keep_alive = self.pending.popleft()
-            head = method == b"HEAD"
-            if self.server.allows(method, path):
-                response = self.server.respond(path, headers, method)
-            else:
-                response = METHOD_NOT_ALLOWED
-            if isinstance(response, Response):
-                self._finish(response, keep_alive, head)
-                continue
-            self.waiting = True
-            transport.pause_reading()
-            task = self.server.spawn(response)
-            task.add_done_callback(functools.partial(self._resume, keep_alive, head))
-            return
+            if not self._answer(transport, *self.pending.popleft()):
+                return
         if self.stopped and not (self.pending or self.waiting or self.write_paused):
             transport = self.transport
             if transport is not None and not (transport.is_closing() or self.closing):
@@ -998,6 +1051,29 @@ class _Connection(asyncio.BufferedProtocol):
                     self._send(self.final, keep_alive=False)
                 else:
                     self._close(transport)
+
+    def _answer(
+        self,
+        transport: asyncio.Transport,
+        method: bytes,
+        path: bytes,
+        headers: dict[bytes, bytes],
+        keep_alive: bool,
+    ) -> bool:
+        """Answer one request; False when it waits for a password check (``_resume``)."""
+        head = method == b"HEAD"
+        if self.server.allows(method, path):
+            response = self.server.respond(path, headers, method)
+        else:
+            response = METHOD_NOT_ALLOWED
+        if isinstance(response, Response):
+            self._finish(response, keep_alive, head)
+            return True
+        self.waiting = True
+        transport.pause_reading()
+        task = self.server.spawn(response)
+        task.add_done_callback(functools.partial(self._resume, keep_alive, head))
+        return False
 
     def _resume(self, keep_alive: bool, head: bool, done: asyncio.Task[Response]) -> None:
         self.waiting = False
@@ -1058,19 +1134,7 @@ class _Connection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self.closing:
             return
-        head_lines = [
-            b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
-            b"Content-Type: " + response.content_type + b"\r\n",
-            b"Content-Length: %d\r\n" % len(response.body),
-            response.extra,
-            self.server.extra_headers,
-        ]
-        if response.gzipped:
-            head_lines.append(b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n")
-        if not keep_alive:
-            head_lines.append(b"Connection: close\r\n")
-        head_lines.append(b"\r\n")
-        transport.write(b"".join(head_lines) if head else b"".join(head_lines) + response.body)
+        transport.write(self.server.wire(response, keep_alive, head))
         if not keep_alive:
             self._close(transport)
 
@@ -1110,7 +1174,7 @@ class _Connection(asyncio.BufferedProtocol):
         if transport.is_closing() or self.closing or self.write_paused:
             transport.abort()  # responses left unread: drop them and the connection
         elif self.in_request:
-            self._send(Response(408, b"Request Timeout\n"), keep_alive=False)
+            self._send(REQUEST_TIMEOUT, keep_alive=False)
         else:
             self._close(transport)
 
