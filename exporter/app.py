@@ -122,7 +122,13 @@ async def serve(
     scheme = "https" if security.ssl_context else "http"
     for host, port in listener.addresses:
         shown = f"[{host}]" if ":" in host else host
-        log.info("listening on %s://%s:%d/metrics", scheme, shown, port)
+        log.info(
+            "listening on %s://%s:%d/metrics (at most %d connections)",
+            scheme,
+            shown,
+            port,
+            server.max_connections,  # lowered to fit the open-files limit: logged at start
+        )
     log.info(
         "collecting from %s every %gs (query timeout %gs, max staleness %gs)",
         settings.redacted_dsn,

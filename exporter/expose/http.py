@@ -336,6 +336,7 @@ class MetricsServer:
         return [sock.getsockname()[:2] for sock in self._listeners]
 
     def _log_cap(self) -> None:
+        """A warning when the cap had to be lowered to fit the open-files limit."""
         configured, limit = self.limits.max_connections, self.descriptor_limit
         if self.max_connections < configured:
             log.warning(
@@ -348,12 +349,7 @@ class MetricsServer:
                 limit,
                 BASE_DESCRIPTORS + self.limits.reserved_descriptors,
             )
-        else:
-            log.info(
-                "at most %d HTTP connections (open-files limit %s)",
-                self.max_connections,
-                "unlimited" if limit is None else limit,
-            )
+        # Otherwise the cap is in the "listening on" line (exporter.app).
 
     async def close(self) -> None:
         if self._sweeper is not None:
