@@ -427,3 +427,65 @@ async def test_requests_longer_than_the_read_buffer_arrive_whole(
     writer.close()
     assert data.count(b"HTTP/1.1 200 OK\r\n") == 3, data[:300]
     assert data.count(b"HTTP/1.1 ") == 3
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_closed_connections_are_freed_without_the_garbage_collector(
+    serve: Callable[..., object], pki: PKI, tls: bool
+) -> None:
+    """With the collector off, every connection object is gone once its connection is: reset
+    before a byte, reset mid-request, answered, evicted (cap 4), or with TLS failed in its
+    handshake (evicted, reset, timed out). Before issue #21 each stayed in a reference cycle
+    (its parser holding its callbacks; a failed handshake's traceback holding the frames that
+    held it) until a full collection, which under churn came after thousands."""
+    import gc
+    import socket
+    import struct
+    import weakref
+
+    from exporter.expose import http
+
+    kwargs: dict[str, object] = {"limits": ServerLimits(header_timeout=0.3, max_connections=4)}
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server.cert, pki.server.key)
+        kwargs["ssl_context"] = context
+    address = await serve(**kwargs)  # type: ignore[misc]
+    server = serve.servers[-1]  # type: ignore[attr-defined]
+    made: list[weakref.ref[http._Connection]] = []
+    original = http._Connection.__init__
+
+    def tracked(self: http._Connection, owner: MetricsServer) -> None:
+        original(self, owner)
+        made.append(weakref.ref(self))
+
+    loop = asyncio.get_running_loop()
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(http._Connection, "__init__", tracked)
+            for i in range(40):
+                sock = socket.socket()
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+                if i % 3 == 1:
+                    await loop.sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                elif i % 3 == 2 and not tls:
+                    await loop.sock_sendall(sock, get("/healthz"))
+                    await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+                await asyncio.sleep(0.01)
+                if i % 2:  # a reset; the others are left to the deadline or to eviction
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+            async def settled() -> bool:
+                return not server.connections and not server.tasks and server.open_sockets == 0
+
+            await wait_until(settled, timeout=10)
+            await asyncio.sleep(0.1)  # connection_lost and handshake tasks finish their step
+        assert len(made) == 40
+        alive = [ref() for ref in made if ref() is not None]
+        assert not alive, f"{len(alive)} of 40 connections still alive without a GC"
+    finally:
+        gc.enable()
