@@ -146,6 +146,48 @@ async def test_keep_alive_and_pipelining(serve: Callable[..., object]) -> None:
     assert response.index(b"ok\n") < response.index(b"tw_user_followers")
 
 
+async def test_a_request_sent_again_is_answered_from_its_bytes_like_the_first_time(
+    store: SnapshotStore, serve: Callable[..., object]
+) -> None:
+    """A scraper's request, remembered by its bytes after the first parse, gets the current
+    snapshot and the same headers; requests that close, or that carry a body, are parsed
+    (and refused) every time."""
+    address = await serve()  # type: ignore[misc]
+    server = serve.servers[-1]  # type: ignore[attr-defined]
+    scrape = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+    reader, writer = await asyncio.open_connection(*address)
+
+    async def exchange(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status, headers, _ = split(head)
+        length = 0 if raw.startswith(b"HEAD") else int(headers["content-length"])
+        return status, headers, await asyncio.wait_for(reader.readexactly(length), 5)
+
+    first = await exchange(scrape)
+    assert scrape in server.parsed
+    again = await exchange(scrape)
+    assert again == first and first[1]["content-encoding"] == "gzip"
+    store.record_success("top_users", users(("cat", 9)), 0)
+    store.render()
+    _, _, body = await exchange(scrape)  # the same bytes, the new snapshot
+    assert series(gzip.decompress(body).decode(), "tw_user_followers") == {
+        (("username", "cat"), ("verified", "false")): 9.0
+    }
+    head = scrape.replace(b"GET", b"HEAD")
+    for _ in range(2):  # a HEAD gets the head alone, then the connection goes on
+        status, headers, _ = await exchange(head)
+        assert status == "HTTP/1.1 200 OK" and headers["content-length"] == str(len(body))
+    assert (await exchange(scrape))[2] == body
+    writer.close()
+    closing = get("/healthz")
+    with_body = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+    for _ in range(2):
+        assert split(await request(address, closing))[1]["connection"] == "close"
+        assert split(await request(address, with_body))[0].startswith("HTTP/1.1 413")
+    assert closing not in server.parsed and with_body not in server.parsed
+
+
 class FakeBcrypt:
     """Stands in for WebConfig's verifier (tested with real bcrypt in test_webconfig):
     "u:p" verifies only the slow way first, then from the cache."""

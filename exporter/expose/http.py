@@ -98,6 +98,10 @@ _HEADER_LINE_BYTES = 3
 # Requests parsed but not yet answered on one connection (they queue only while the client does
 # not read its responses or a password check runs); one more gets 503 and the connection closes.
 MAX_PIPELINED = 32
+# Requests remembered by their bytes (``_Connection.data_received``): a scraper sends the same
+# bytes for every scrape, so its request is parsed once, not once per scrape.
+PARSED_CACHE_SIZE = 32
+MAX_REMEMBERED_REQUEST = 2048
 # Failed bcrypt checks on one connection; the last one's 401 closes the connection, so a
 # password guesser must reconnect (and, with TLS, handshake) for every few guesses.
 MAX_AUTH_FAILURES = 3
@@ -274,6 +278,9 @@ class MetricsServer:
         self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
         self.tls_read_buffer = memoryview(bytearray(TLS_READ_BUFFER_BYTES))
         self._negotiated: dict[tuple[bytes | None, bytes | None], Negotiated] = {}
+        # Requests seen whole in one read, by their bytes: (method, path, headers) of a
+        # keep-alive GET or HEAD, which is all answering it needs (see data_received).
+        self.parsed: dict[bytes, tuple[bytes, bytes, dict[bytes, bytes]]] = {}
         # /metrics responses of the snapshot last served, one per negotiated format.
         self._metrics_of: Rendered | None = None
         self._metrics_responses: dict[Negotiated, Response] = {}
@@ -827,6 +834,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.final: Response | None = None
         self.stop_reason: Response | None = None  # why a callback raised _Stop
         self.auth_failures = 0
+        # The last request parsed: (method, path, headers, keep-alive), for ``_remember``.
+        self.last: tuple[bytes, bytes, dict[bytes, bytes], bool] | None = None
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -900,9 +909,27 @@ class _Connection(asyncio.BufferedProtocol):
             if self.early is not None:
                 self.early.append(bytes(data))  # a copy: ``data`` may view the read buffer
             return
+        # Between requests, with nothing queued: a read holding exactly a request parsed before
+        # (the same bytes, so the same method, path, headers and keep-alive) is answered
+        # without parsing it again. Only without basic auth, whose verdict is not a function
+        # of the bytes alone (a reload changes the users).
+        remember = None
+        if (
+            not (self.in_request or self.pending or self.waiting or self.write_paused)
+            and len(data) <= MAX_REMEMBERED_REQUEST
+            and self.server.authenticator is None
+            and not self.closing
+        ):
+            remember = bytes(data)
+            known = self.server.parsed.get(remember)
+            if known is not None:
+                self.begun += 1
+                self._answer(self.transport, *known, True)
+                return
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
+        begun = self.begun
         try:
             if self.carried:
                 # This request's headers did not end in an earlier read: count these bytes on
@@ -926,6 +953,20 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             if self.in_headers:
                 self.carried = True
+            elif remember is not None and self.begun == begun + 1 and not self.stopped:
+                self._remember(remember)
+
+    def _remember(self, raw: bytes) -> None:
+        """Keep the request just answered under its bytes, if answering it again needs
+        nothing but them: one whole keep-alive GET or HEAD, answered at once."""
+        if self.last is None or self.waiting or self.pending:
+            return
+        method, path, headers, keep_alive = self.last
+        if keep_alive and method in (b"GET", b"HEAD") and path != RELOAD_PATH:
+            parsed = self.server.parsed
+            if len(parsed) >= PARSED_CACHE_SIZE:
+                parsed.clear()  # bounded: a hostile client can vary its requests
+            parsed[raw] = (method, path, headers)
 
     def pause_writing(self) -> None:
         """The write buffer is above its high-water mark: the client is not reading."""
@@ -1020,6 +1061,7 @@ class _Connection(asyncio.BufferedProtocol):
         keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
         url = self.url
         path = url.split(b"?", 1)[0] if b"?" in url else url
+        self.last = (parser.get_method(), path, self.headers, keep_alive)
         if not (self.pending or self.waiting or self.write_paused or self.stopped):
             # Nothing queued before it (the common case): answered at once, not queued.
             transport = self.transport
