@@ -531,3 +531,20 @@ async def test_closed_connections_are_freed_without_the_garbage_collector(
         assert not alive, f"{len(alive)} of 40 connections still alive without a GC"
     finally:
         gc.enable()
+
+
+async def test_the_loop_reports_each_message_once_a_minute_through_logging(
+    serve: Callable[..., object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server installs an exception handler that logs through the ``asyncio`` logger (so
+    in the configured format) and leaves out repeats: a hostile client must not be able to
+    turn asyncio's one-traceback-per-event into a flood."""
+    await serve()  # type: ignore[misc]
+    loop = asyncio.get_running_loop()
+    with caplog.at_level("ERROR", logger="asyncio"):
+        for _ in range(100):
+            loop.call_exception_handler({"message": "boom", "exception": RuntimeError("x")})
+        loop.call_exception_handler({"message": "other"})
+    messages = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert messages == ["boom: RuntimeError('x')", "other"]
+    loop.set_exception_handler(None)
