@@ -522,7 +522,8 @@ async def test_closed_connections_are_freed_without_the_garbage_collector(
                 sock.close()
 
             async def settled() -> bool:
-                return not server.connections and not server.tasks and server.open_sockets == 0
+                idle = not (server.connections or server.tasks)
+                return idle and server.acceptor.open_sockets == 0
 
             await wait_until(settled, timeout=10)
             await asyncio.sleep(0.1)  # connection_lost and handshake tasks finish their step

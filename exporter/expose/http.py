@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import errno
 import functools
 import html
 import logging
 import math
-import resource
 import socket
 import ssl
-import time
-from asyncio import sslproto
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -36,6 +32,13 @@ from typing import Any, NoReturn, Protocol
 import httptools
 
 from exporter import __version__
+from exporter.expose.accepting import (
+    BASE_DESCRIPTORS,
+    Acceptor,
+    LoopErrorLog,
+    bind,
+    fit_connection_cap,
+)
 from exporter.expose.negotiation import Negotiated, negotiate
 from exporter.expose.snapshot import (
     OPENMETRICS_CONTENT_TYPE,
@@ -43,6 +46,7 @@ from exporter.expose.snapshot import (
     TEXT_CONTENT_TYPE_V1,
     Rendered,
 )
+from exporter.expose.tls import TLS_READ_BUFFER_BYTES, drop_tracebacks, start_tls
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ _SINGLE_HEADERS = frozenset({b"accept-encoding", b"authorization"})
 # Request line plus header lines, counted on the wire (see ``_Connection.data_received``).
 MAX_HEADER_BYTES = 16 * 1024
 # Every read lands in one of the server's two shared buffers (plaintext: ``_Connection.get_buffer``;
-# TLS ciphertext: ``_TLSProtocol.get_buffer``) instead of asyncio allocating a fresh 256 KiB
+# TLS ciphertext: ``exporter.expose.tls.TLSProtocol``) instead of asyncio allocating a fresh 256 KiB
 # bytes object for every socket read and TLS record (issue #11), or a buffer per connection
 # (issue #21: 16 KiB per connection, plus asyncio's 256 KiB per TLS connection, allocated before
 # a client had sent a byte). Sharing is safe because a read is parsed before the next one
@@ -88,7 +92,6 @@ MAX_HEADER_BYTES = 16 * 1024
 # parser copies what it keeps. A request's headers fit (see MAX_HEADER_BYTES), and so does the
 # largest TLS record; anything longer simply arrives in more reads.
 READ_BUFFER_BYTES = 16 * 1024
-TLS_READ_BUFFER_BYTES = 32 * 1024  # a full TLS record (16 KiB + overhead), with room to spare
 RELOAD_PATH = b"/-/reload"
 MAX_HEADER_LINES = 100
 # The fewest wire bytes a request line adds beyond its URL ("GET " + " HTTP/1.1" + CRLF, plus
@@ -105,25 +108,6 @@ MAX_REMEMBERED_REQUEST = 2048
 # Failed bcrypt checks on one connection; the last one's 401 closes the connection, so a
 # password guesser must reconnect (and, with TLS, handshake) for every few guesses.
 MAX_AUTH_FAILURES = 3
-
-
-# Accepting (``MetricsServer._accept``). Connections accepted per readiness of a listening
-# socket: few, so that the reads of connections accepted earlier (a scraper's request, an
-# attacker's reset) are handled between two batches instead of a burst of newcomers evicting
-# them before they were read (issue #21: connection churn made 4-13% of scrapes fail).
-MAX_ACCEPT_BATCH = 16
-# After accept() fails for want of descriptors or memory, accepting pauses this long, instead
-# of retrying at once (asyncio's own accept loop logged and rescheduled once per pending
-# connection, in a loop: 390,000 tracebacks in 65 s).
-ACCEPT_PAUSE = 0.5
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# A warning about running out of descriptors is logged at most this often (one per episode).
-RESOURCE_WARNING_INTERVAL = 60.0
-# Descriptors the process needs besides client connections and the database connections it is
-# told about (``ServerLimits.reserved_descriptors``): standard streams, the event loop's epoll
-# and self-pipe, the listening sockets, files read at start and at a reload (queries file, web
-# config, certificates), the bcrypt thread, logging handlers, with headroom.
-BASE_DESCRIPTORS = 32
 
 
 class SnapshotSource(Protocol):
@@ -149,42 +133,6 @@ class ServerLimits:
     # Descriptors the rest of the process may hold (database pool, HA lock connection); the
     # connection cap is lowered at start so that both fit under RLIMIT_NOFILE.
     reserved_descriptors: int = 0
-
-
-def accept_batch(cap: int) -> int:
-    """Connections accepted per readiness event: an eighth of the cap, 1 to MAX_ACCEPT_BATCH."""
-    return max(1, min(MAX_ACCEPT_BATCH, cap // 8))
-
-
-def fit_connection_cap(limits: ServerLimits) -> tuple[int, int | None]:
-    """The connection cap that fits the open-files limit, and that limit (None: unlimited).
-
-    Each connection is a descriptor, and so is each one accepted while an evicted one is still
-    closing (up to one accept batch). The soft limit is first raised toward the hard one as far
-    as the configured cap needs (Go programs such as node_exporter raise it to the hard limit
-    at start); what is left after ``BASE_DESCRIPTORS`` and the reserved descriptors bounds the
-    cap, so that a full server runs out of slots (and evicts) before it runs out of
-    descriptors (and can accept nothing, not even a probe)."""
-    configured = limits.max_connections
-    reserve = BASE_DESCRIPTORS + limits.reserved_descriptors + accept_batch(configured)
-    needed = configured + reserve
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        if raised > soft:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
-                soft = raised
-            except (ValueError, OSError):
-                pass
-    if soft == resource.RLIM_INFINITY:
-        return configured, None
-    room = soft - BASE_DESCRIPTORS - limits.reserved_descriptors
-    # The accept batch shrinks with the cap: solve cap + accept_batch(cap) <= room.
-    cap = configured
-    while cap > 1 and cap + accept_batch(cap) > room:
-        cap -= 1
-    return cap, soft
 
 
 @dataclass(frozen=True)
@@ -270,11 +218,7 @@ class MetricsServer:
         # referenced here so none is garbage collected half-way, and cancelled on close.
         self.tasks: set[asyncio.Task[Any]] = set()
         self.evictions = 0
-        # Accepted sockets not closed yet (evicted ones still closing included): accepting
-        # pauses at ``socket_budget`` until one closes.
-        self.open_sockets = 0
-        self.socket_budget = self.max_connections + accept_batch(self.max_connections)
-        self.accept_refusals = 0  # accept() failures for want of descriptors or memory
+        self.acceptor = Acceptor(self._serve_socket, self.max_connections)
         self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
         self.tls_read_buffer = memoryview(bytearray(TLS_READ_BUFFER_BYTES))
         self._negotiated: dict[tuple[bytes | None, bytes | None], Negotiated] = {}
@@ -284,11 +228,6 @@ class MetricsServer:
         # /metrics responses of the snapshot last served, one per negotiated format.
         self._metrics_of: Rendered | None = None
         self._metrics_responses: dict[Negotiated, Response] = {}
-        self._listeners: list[socket.socket] = []
-        self._accepting = False
-        self._accept_pause: asyncio.TimerHandle | None = None
-        self._starved = False  # in an episode of accept() failing for want of resources
-        self._last_starved_warning = -math.inf
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -327,20 +266,21 @@ class MetricsServer:
 
         The server accepts connections itself rather than through ``loop.create_server``: to
         accept in small batches, to stop accepting while its sockets are at their budget, and
-        to pause after EMFILE/ENFILE (asyncio's loop logged a traceback and rescheduled itself
-        once per pending connection, and spun). Each connection is plain TCP even with TLS: it
-        upgrades itself (``_start_tls``) so that a handshake counts toward the cap and is
-        bounded by the header deadline."""
+        to pause after EMFILE/ENFILE (``exporter.expose.accepting``). Each connection is plain
+        TCP even with TLS: it upgrades itself (``exporter.expose.tls``) so that a handshake
+        counts toward the cap and is bounded by the header deadline."""
         loop = asyncio.get_running_loop()
         if loop.get_exception_handler() is None:
             loop.set_exception_handler(LoopErrorLog())
-        self.max_connections, self.descriptor_limit = fit_connection_cap(self.limits)
-        self.socket_budget = self.max_connections + accept_batch(self.max_connections)
+        self.max_connections, self.descriptor_limit = fit_connection_cap(
+            self.limits.max_connections, self.limits.reserved_descriptors
+        )
+        self.acceptor = Acceptor(self._serve_socket, self.max_connections)
         self._log_cap()
-        self._listeners = await _bind(loop, host, port)
+        listeners = await bind(loop, host, port)
         self._sweeper = loop.create_task(self._sweep_expired())
-        self._resume_accepting()
-        return [sock.getsockname()[:2] for sock in self._listeners]
+        self.acceptor.start(listeners)
+        return [sock.getsockname()[:2] for sock in listeners]
 
     def _log_cap(self) -> None:
         """A warning when the cap had to be lowered to fit the open-files limit."""
@@ -361,13 +301,7 @@ class MetricsServer:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        self._pause_accepting()
-        if self._accept_pause is not None:
-            self._accept_pause.cancel()
-            self._accept_pause = None
-        listeners, self._listeners = self._listeners, []
-        for sock in listeners:
-            sock.close()
+        self.acceptor.close()
         for connection in list(self.connections):
             connection.close()
         for task in list(self.tasks):
@@ -378,77 +312,8 @@ class MetricsServer:
 
     # ------------------------------------------------------------ accepting
 
-    def _resume_accepting(self) -> None:
-        self._accept_pause = None
-        if self._accepting or not self._listeners:
-            return
-        loop = asyncio.get_running_loop()
-        for sock in self._listeners:
-            loop.add_reader(sock.fileno(), self._accept, sock)
-        self._accepting = True
-
-    def _pause_accepting(self) -> None:
-        if not self._accepting:
-            return
-        loop = asyncio.get_running_loop()
-        for sock in self._listeners:
-            loop.remove_reader(sock.fileno())
-        self._accepting = False
-
-    def _accept(self, listener: socket.socket) -> None:
-        """Accept up to one batch of pending connections (the loop calls this while the
-        listening socket is readable)."""
-        for _ in range(accept_batch(self.max_connections)):
-            if self.open_sockets >= self.socket_budget:
-                self._pause_accepting()  # ``socket_closed`` resumes
-                return
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue  # the client gave up while queued
-            except OSError as error:
-                self._accept_failed(error)
-                return
-            self._starved = False
-            self.open_sockets += 1
-            self.spawn(self._connect(sock))
-
-    def _accept_failed(self, error: OSError) -> None:
-        """Pause accepting for ACCEPT_PAUSE (the listening socket stays readable, so retrying
-        at once would spin); one warning per episode, at most one per
-        RESOURCE_WARNING_INTERVAL."""
-        self._pause_accepting()
-        if self._accept_pause is None:
-            loop = asyncio.get_running_loop()
-            self._accept_pause = loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
-        self.accept_refusals += 1
-        if self._starved:
-            return
-        self._starved = True
-        now = time.monotonic()
-        if now - self._last_starved_warning < RESOURCE_WARNING_INTERVAL:
-            return
-        self._last_starved_warning = now
-        reason = (
-            "out of file descriptors"
-            if error.errno in (errno.EMFILE, errno.ENFILE)
-            else "out of system resources"
-            if error.errno in _OUT_OF_RESOURCES
-            else "accept() failed"
-        )
-        log.warning(
-            "cannot accept HTTP connections, %s (%s; %d client sockets open, open-files limit "
-            "%s): accepting pauses for %gs at a time until it succeeds; this is logged once "
-            "per %gs",
-            reason,
-            error.strerror or error,
-            self.open_sockets,
-            _descriptor_limit(),
-            ACCEPT_PAUSE,
-            RESOURCE_WARNING_INTERVAL,
-        )
+    def _serve_socket(self, sock: socket.socket) -> None:
+        self.spawn(self._connect(sock))
 
     async def _connect(self, sock: socket.socket) -> None:
         """Wrap an accepted socket in asyncio's transport and a ``_Connection``."""
@@ -465,22 +330,10 @@ class MetricsServer:
             if created:
                 created[0].release_socket()
             else:
-                self.socket_closed()
+                self.acceptor.socket_closed()
             if isinstance(error, asyncio.CancelledError):
                 raise
             log.debug("could not set up an accepted connection: %r", error)
-
-    def socket_closed(self) -> None:
-        """An accepted socket is closed (or is about to be, in this loop iteration): a
-        descriptor is free, so accepting resumes if it paused for the socket budget or for
-        EMFILE (the pause only stops retrying while nothing was freed; waiting it out after a
-        close would let the backlog drain at one batch per pause)."""
-        self.open_sockets -= 1
-        if self._accepting or self.open_sockets >= self.socket_budget:
-            return
-        if self._accept_pause is not None:
-            self._accept_pause.cancel()
-        self._resume_accepting()
 
     def admit(self, connection: _Connection) -> None:
         """Count a new connection; when the cap is reached, first evict the connection that has
@@ -618,155 +471,6 @@ class MetricsServer:
         return found
 
 
-def _descriptor_limit() -> str:
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
-
-
-async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for ``host`` (every interface when empty) and ``port``, bound the way
-    ``loop.create_server`` binds them (one per address, SO_REUSEADDR, IPv6 sockets v6-only)."""
-    infos = await loop.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    bound: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            try:
-                sock = socket.socket(family, kind, proto)
-            except OSError:
-                continue  # an address family this host does not support
-            bound.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as error:
-                raise OSError(
-                    error.errno,
-                    f"error while attempting to bind on address {address!r}: "
-                    f"{(error.strerror or str(error)).lower()}",
-                ) from None
-            sock.listen(1024)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in bound:
-            sock.close()
-        raise
-    return bound
-
-
-class LoopErrorLog:
-    """The event loop's exception handler: what asyncio reports (a callback that raised, a
-    transport's fatal error) is logged through the ``asyncio`` logger, so in the configured
-    format, and each message at most once per RESOURCE_WARNING_INTERVAL with a count of the
-    ones left out: asyncio's default handler logs every occurrence, which a hostile client
-    can turn into a flood."""
-
-    MAX_MESSAGES = 64
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[float, int]] = {}
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        message = str(context.get("message") or "unhandled exception in the event loop")
-        now = time.monotonic()
-        last, left_out = self._seen.get(message, (-math.inf, 0))
-        if now - last < RESOURCE_WARNING_INTERVAL:
-            self._seen[message] = (last, left_out + 1)
-            return
-        if len(self._seen) >= self.MAX_MESSAGES:
-            self._seen.clear()
-        self._seen[message] = (now, 0)
-        error = context.get("exception")
-        logging.getLogger("asyncio").error(
-            "%s%s%s",
-            message,
-            f": {error!r}" if error is not None else "",
-            f" ({left_out} more like it since the last report)" if left_out else "",
-            exc_info=error if isinstance(error, BaseException) else None,
-        )
-
-
-class _TLSProtocol(sslproto.SSLProtocol):
-    """asyncio's TLS protocol, reading ciphertext into the server's shared buffer.
-
-    ``SSLProtocol`` allocates a 256 KiB read buffer in its constructor, for every connection,
-    before the client has sent a byte: 250 stalled handshakes held 64 MiB. Ciphertext is
-    copied into the protocol's memory BIO as soon as it is read (``buffer_updated``), so one
-    buffer serves every connection."""
-
-    max_size = 0  # what SSLProtocol.__init__ allocates; reads use ``shared`` instead
-
-    def __init__(self, shared: memoryview, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._ssl_buffer_view = shared  # what ``buffer_updated`` copies into the BIO from
-
-    def get_buffer(self, n: int) -> memoryview:
-        return self._ssl_buffer_view
-
-
-async def _start_tls(
-    raw: asyncio.Transport,
-    protocol: _Connection,
-    context: ssl.SSLContext,
-    deadline: float,
-    buffer: memoryview,
-) -> asyncio.Transport | None:
-    """``loop.start_tls`` (the same steps as asyncio 3.11-3.13) with ``_TLSProtocol``.
-
-    On failure the TCP transport is aborted at once (there is nothing to flush), and the
-    caller must drop the exception's traceback (``_drop_tracebacks``)."""
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-    tls = _TLSProtocol(
-        buffer,
-        loop,
-        protocol,
-        context,
-        waiter,
-        server_side=True,
-        call_connection_made=False,
-        ssl_handshake_timeout=deadline,
-        ssl_shutdown_timeout=deadline,
-    )
-    raw.pause_reading()
-    raw.set_protocol(tls)
-    made = loop.call_soon(tls.connection_made, raw)
-    resumed = loop.call_soon(raw.resume_reading)
-    try:
-        await waiter
-    except BaseException:
-        made.cancel()
-        resumed.cancel()
-        raw.abort()
-        raise
-    # None when the connection was aborted during the handshake (asyncio then completes the
-    # handshake's future without an exception).
-    transport: asyncio.Transport | None = tls._app_transport
-    return transport
-
-
-def _drop_tracebacks(error: BaseException) -> None:
-    """Break the reference cycle a failed handshake leaves behind.
-
-    The exception asyncio raises from the handshake is also stored in the future it awaited;
-    its traceback holds the frames that hold that future (and the TLS protocol and transport,
-    with their buffers): a cycle, freed only by a full garbage collection, which under a
-    stream of aborted handshakes comes too seldom (RSS 68 -> 679 MiB in 75 s, issue #21).
-    Clearing the tracebacks (of the exception and of its causes) frees all of it at once."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        current.__traceback__ = None
-        pending += (current.__cause__, current.__context__)
-
-
 def _encode(response: Response, keep_alive: bool, head: bool, extra_headers: bytes) -> bytes:
     lines = [
         b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
@@ -860,7 +564,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         try:
             async with asyncio.timeout(2 * timeout):  # defence in depth over asyncio's own
-                transport = await _start_tls(
+                transport = await start_tls(
                     raw, self, context, timeout, self.server.tls_read_buffer
                 )
         except asyncio.CancelledError:  # the server is shutting down
@@ -869,11 +573,11 @@ class _Connection(asyncio.BufferedProtocol):
             self.release_socket()
             raise
         except Exception as error:
-            # Failed, timed out or evicted: _start_tls has aborted the socket, and asyncio does
+            # Failed, timed out or evicted: start_tls has aborted the socket, and asyncio does
             # not call connection_lost for a connection that never finished its handshake.
             # Routine for port scanners and broken clients, so debug level only.
             log.debug("TLS handshake failed: %r", error)
-            _drop_tracebacks(error)
+            drop_tracebacks(error)
             self.early = None
             self._forget()
             self.release_socket()
@@ -995,7 +699,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Stop counting this connection's socket in ``server.open_sockets`` (once)."""
         if self.socket_held:
             self.socket_held = False
-            self.server.socket_closed()
+            self.server.acceptor.socket_closed()
 
     def close(self) -> None:
         transport = self.transport or self.raw
