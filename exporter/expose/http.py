@@ -10,7 +10,13 @@ once per period; a connection cap that evicts the connection which has made the 
 progress for the longest instead of refusing a newcomer, so probes and scrapes always get in;
 header bytes and lines counted; no request bodies; reading paused while responses wait
 unread or a password check runs; a cap on pipelined requests; bcrypt on its own bounded
-executor (``WebConfig.submit``), with a cap on failed checks per connection.
+executor (``WebConfig.submit``), with a cap on failed checks per connection. A connection
+holds no buffer and no parser before its first bytes, and is freed by reference counting
+when it closes (issue #21); accepting and the TLS upgrade live in ``accepting`` and ``tls``.
+
+A scrape costs little Python: the response's bytes are built once per snapshot and format
+(``MetricsServer.wire``), and a request whose bytes were seen before is not parsed again
+(``_Connection.data_received``); see docs/performance.md for the comparison with nginx.
 """
 
 from __future__ import annotations
