@@ -80,6 +80,8 @@ async def listen(
             header_timeout=settings.web_header_timeout,
             idle_timeout=settings.web_idle_timeout,
             max_connections=settings.web_max_connections,
+            # The database pool's connections and the HA lock connection need descriptors too.
+            reserved_descriptors=settings.max_connections + (1 if settings.ha else 0),
         ),
     )
     try:
@@ -130,7 +132,13 @@ async def serve(
     scheme = "https" if security.ssl_context else "http"
     for host, port in listener.addresses:
         shown = f"[{host}]" if ":" in host else host
-        log.info("listening on %s://%s:%d/metrics", scheme, shown, port)
+        log.info(
+            "listening on %s://%s:%d/metrics (at most %d connections)",
+            scheme,
+            shown,
+            port,
+            server.max_connections,  # lowered to fit the open-files limit: logged at start
+        )
     log.info(
         "collecting from %s every %gs (query timeout %gs, max staleness %gs)",
         settings.redacted_dsn,

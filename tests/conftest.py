@@ -27,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -36,6 +37,9 @@ from exporter.config.secrets import redact_dsn
 from exporter.ops import dataset
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.pki import pki  # noqa: F401 - the shared certificate fixture
+
+if TYPE_CHECKING:
+    from tests.http_target import Target
 from tests.rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -312,7 +316,11 @@ def exporter_proc() -> Iterator[StartExporter]:
     started_procs: list[ExporterProcess] = []
 
     def start(
-        *args: str, env: dict[str, str] | None = None, command: str = "run", wait: float = 30.0
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: str = "run",
+        wait: float = 30.0,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> ExporterProcess:
         argv = [command, *args]
         if "--listen" not in args:
@@ -325,6 +333,7 @@ def exporter_proc() -> Iterator[StartExporter]:
             text=True,
             env={**os.environ, **(env or {})},
             cwd=REPO,
+            preexec_fn=preexec_fn,  # e.g. a lower resource limit for the exporter alone
         )
         process = ExporterProcess(proc)
         started_procs.append(process)
@@ -384,3 +393,11 @@ async def rigs() -> AsyncIterator[list[Rig]]:
     yield created
     for rig in created:
         await rig.database.close()
+
+
+@pytest.fixture
+def target(seeded_db: str, exporter_proc: StartExporter) -> Target:
+    """A real exporter with the attack tests' small limits (``tests.http_target``)."""
+    from tests.http_target import start_target
+
+    return start_target(exporter_proc, seeded_db)
