@@ -146,7 +146,7 @@ async def serve(
     if settings.web_enable_lifecycle:
         server.reload = reloader.reload
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     try:
         await stop.wait()
     finally:

@@ -45,8 +45,18 @@ different server connections:
   itself;
 * statements are unnamed (``statement_cache_size=0``) and always parsed inside the open
   transaction, so no prepared statement outlives the server connection it was made on;
-* a released connection is not reset with ``RESET ALL``/``UNLISTEN *``: there is nothing to
-  reset, and on a transaction pooler that round trip would run on some other client's server.
+* every transaction ends in ``ROLLBACK``, never ``COMMIT``, so whatever a (custom) query
+  changed inside it is undone where it was made, on that server connection, pooler or not:
+  ``set_config(..., false)``/``SET``, ``LISTEN``, large objects it created, notifications it
+  queued (only a commit sends them). Session advisory locks survive a rollback, so the same
+  message first releases them (``pg_advisory_unlock_all()``); a query that failed is first
+  rolled back to the savepoint taken after the setup, so that release can still run. The
+  connection goes back as it was lent: a released connection needs no ``RESET ALL``, which on
+  a transaction pooler would run on some other client's server anyway.
+
+A query may be read with a row limit (``max_rows``): its rows are streamed through a cursor
+inside the transaction and reading stops at the limit, so a runaway query costs the exporter
+no more memory than the limit (the rest is never sent by the server).
 
 Each query's time is split where a pooler makes a client wait: ``wait`` is the pool acquire
 plus the transaction's first round trip (PgBouncer assigns a server connection when that
@@ -116,8 +126,19 @@ def local_timeouts(query_timeout: float) -> str:
 
 
 def transaction_setup(query_timeout: float) -> str:
-    """The first message of every query's transaction: read-only, with the timeouts."""
-    return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}"
+    """The first message of every query's transaction: read-only, with the timeouts, and a
+    savepoint that a failed query is rolled back to before its session state is undone."""
+    return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}; SAVEPOINT {SAVEPOINT}"
+
+
+SAVEPOINT = "tw_exporter_query"
+# How every query's transaction ends (one message, one round trip, like the COMMIT it
+# replaces): session advisory locks are released (they outlive a rollback), then everything
+# else the statement changed is rolled back. Nothing of a run is ever committed.
+END_TRANSACTION = "SELECT pg_advisory_unlock_all(); ROLLBACK"
+# After a failed statement: back to the savepoint (the transaction is usable again), then the
+# same end.
+END_FAILED_TRANSACTION = f"ROLLBACK TO SAVEPOINT {SAVEPOINT}; {END_TRANSACTION}"
 
 
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
@@ -135,6 +156,35 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is 
 # A statement that depends on the connection it runs on: resolved there, inside the query's
 # read-only transaction and deadline, so a failure to resolve it is counted like the query's.
 Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
+# How a statement's result is read on its connection (inside the transaction).
+Read = Callable[[asyncpg.Connection, str, Sequence[Any]], Awaitable[Any]]
+
+
+async def read_all(conn: asyncpg.Connection, text: str, args: Sequence[Any]) -> Any:
+    """Every row (the built-in queries bound their rows in SQL)."""
+    return await conn.fetch(text, *args)
+
+
+def read_at_most(max_rows: int) -> Read:
+    """At most ``max_rows`` rows, streamed: an unnamed statement (the pool caches none) bound
+    to a portal that lives only inside this transaction, and one ``Execute`` with a row limit,
+    so the server stops there and the exporter never holds more (works through a transaction
+    pooler: statement and portal never outlive the transaction)."""
+
+    async def read(conn: asyncpg.Connection, text: str, args: Sequence[Any]) -> Any:
+        statement = await conn.prepare(text)
+        cursor = await statement.cursor(*args)
+        return await cursor.fetch(max_rows)
+
+    return read
+
+
+async def read_columns(conn: asyncpg.Connection, text: str, args: Sequence[Any]) -> Any:
+    """Prove a statement without running it: parsed, analysed, and bound with its parameters
+    (which plans it) but never executed; returns its result columns and their type names."""
+    statement = await conn.prepare(text)
+    await statement.cursor(*args)
+    return {a.name: a.type.name for a in statement.get_attributes()}
 
 
 def pool_size_for(queries: int, max_connections: int = MAX_POOL_SIZE) -> int:
@@ -422,8 +472,11 @@ class Database:
         query_timeout: float | None = None,
         *,
         query: str | None = None,
+        max_rows: int | None = None,
     ) -> QueryResult:
         """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
+
+        ``max_rows``: read at most that many rows (streamed, the rest never read).
 
         ``query_timeout`` is this query's own timeout (default: the pool's ``query_timeout``): its
         transaction's ``SET LOCAL`` timeouts and its client deadline are built from it. The
@@ -445,6 +498,35 @@ class Database:
         the transaction's first round trip (a pooler with no free server connection), the time
         waited is still observed as wait time.
         """
+        read = read_all if max_rows is None else read_at_most(max_rows)
+        rows, attempt = await self._run(sql, args, query_timeout, query, read)
+        assert attempt.wait_seconds is not None
+        seconds = attempt.elapsed()
+        return QueryResult(
+            rows=rows,
+            seconds=seconds,
+            wait_seconds=attempt.wait_seconds,
+            run_seconds=seconds - attempt.wait_seconds,
+        )
+
+    async def columns(
+        self, sql: str, args: Sequence[Any], query_timeout: float | None = None
+    ) -> dict[str, str]:
+        """A statement's result columns (name -> type), proved on the database the way a run
+        would reach it (same transaction, timeouts and deadline) without running it; raises
+        ``QueryError`` like ``fetch``. What a reload does before it applies a new query."""
+        columns, _ = await self._run(sql, args, query_timeout, None, read_columns)
+        return dict(columns)
+
+    async def _run(
+        self,
+        sql: str | Resolve,
+        args: Sequence[Any],
+        query_timeout: float | None,
+        query: str | None,
+        read: Read,
+    ) -> tuple[Any, _Attempt]:
+        """``read`` the statement within the deadline (see ``fetch``)."""
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
         timeout = self._query_timeout if query_timeout is None else query_timeout
@@ -462,7 +544,7 @@ class Database:
                     expiry = loop.call_at(loop.time() + client_deadline, attempt.expire, deadline)
                     try:
                         try:
-                            rows = await self._fetch_once(sql, args, attempt)
+                            rows = await self._fetch_once(sql, args, attempt, read)
                         except Exception as error:
                             if (
                                 attempt.expired
@@ -471,7 +553,7 @@ class Database:
                             ):
                                 raise
                             log.debug("retrying on a fresh connection after %s", describe(error))
-                            rows = await self._fetch_once(sql, args, attempt)
+                            rows = await self._fetch_once(sql, args, attempt, read)
                     finally:
                         expiry.cancel()
             except Exception as error:
@@ -479,14 +561,7 @@ class Database:
         finally:
             self._slots.release(hold)
             self._close_idle_beyond_capacity()
-        assert attempt.wait_seconds is not None
-        seconds = attempt.elapsed()
-        return QueryResult(
-            rows=rows,
-            seconds=seconds,
-            wait_seconds=attempt.wait_seconds,
-            run_seconds=seconds - attempt.wait_seconds,
-        )
+        return rows, attempt
 
     async def _recycle_old_connections(self) -> None:
         """Every ``max_connection_age`` seconds, have the pool replace its connections (idle
@@ -498,8 +573,8 @@ class Database:
             await self._pool.expire_connections()
 
     async def _fetch_once(
-        self, sql: str | Resolve, args: Sequence[Any], attempt: _Attempt
-    ) -> Sequence[asyncpg.Record]:
+        self, sql: str | Resolve, args: Sequence[Any], attempt: _Attempt, read: Read
+    ) -> Any:
         pool = self._pool  # close() may drop the attribute while this attempt unwinds
         attempt.phase = "connect"
         attempt.wait_seconds = None
@@ -513,8 +588,8 @@ class Database:
             attempt.wait_seconds = attempt.elapsed()
             attempt.phase = "query"
             text = sql if isinstance(sql, str) else await sql(conn)
-            rows: Sequence[asyncpg.Record] = await conn.fetch(text, *args)
-            await conn.execute("COMMIT")
+            rows = await read(conn, text, args)
+            await conn.execute(END_TRANSACTION)  # nothing a run did is kept (module docstring)
             return rows
         except BaseException:
             # After the deadline the connection is already terminated: nothing to roll back.
@@ -530,24 +605,34 @@ class Database:
 
 
 async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
-    """End a failed query's transaction, as ``Transaction.__aexit__`` would: the connection
-    goes back to the pool (and, on a pooler, its server to other clients) idle, not aborted.
-    A connection that is already broken is left to the pool, which discards it."""
+    """End a failed query's transaction, as ``Transaction.__aexit__`` would, and undo its
+    session state as a successful run's end does (back to the savepoint, release advisory
+    locks, roll back): the connection goes back to the pool (and, on a pooler, its server to
+    other clients) idle and as it was lent. If the failure came before the savepoint existed,
+    a plain rollback. A connection that is already broken is left to the pool, which discards
+    it."""
     try:
         if conn.is_closed() or not conn.is_in_transaction():
             return
     except asyncpg.InterfaceError:  # lost: asyncpg already detached it from the pool
         return
     try:
-        await conn.execute("ROLLBACK")
+        await conn.execute(END_FAILED_TRANSACTION)
+    except asyncpg.PostgresError as error:
+        log.debug("rollback to the savepoint failed (%s); rolling back", describe(error))
+        try:
+            await conn.execute("ROLLBACK")
+        except Exception as again:
+            log.debug("rollback failed: %s", describe(again))
     except Exception as error:
         log.debug("rollback failed: %s", describe(error))
 
 
 async def _no_session_state(conn: asyncpg.Connection[Any]) -> None:
-    """The pool's reset hook: the exporter keeps no session state (timeouts are ``SET LOCAL``,
-    no LISTEN, cursors or advisory locks), so a released connection needs no reset query.
-    asyncpg still rolls back an open transaction before calling this."""
+    """The pool's reset hook: every transaction already ended by undoing what it changed
+    (``END_TRANSACTION``: timeouts are ``SET LOCAL``, a query's own ``set_config``/``LISTEN``/
+    large objects are rolled back, its advisory locks released), so a released connection
+    needs no reset query. asyncpg still rolls back an open transaction before calling this."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, NoReturn, Protocol
@@ -92,6 +92,15 @@ MAX_PIPELINED = 32
 # Failed bcrypt checks on one connection; the last one's 401 closes the connection, so a
 # password guesser must reconnect (and, with TLS, handshake) for every few guesses.
 MAX_AUTH_FAILURES = 3
+
+
+class ReloadOutcome(Protocol):
+    """What a reload answers (``exporter.collect.reload.Outcome``)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def line(self) -> str: ...
 
 
 class SnapshotSource(Protocol):
@@ -177,8 +186,9 @@ class MetricsServer:
         # Every open connection, TLS handshakes included: what the cap counts and the sweep
         # visits.
         self.connections: set[_Connection] = set()
-        # ``POST /-/reload`` (--web-enable-lifecycle): re-reads the configuration; True = ok.
-        self.reload: Callable[[], bool] | None = None
+        # ``POST /-/reload`` (--web-enable-lifecycle): re-reads the configuration, off the event
+        # loop, and answers whether it applied and the one line that says why (Reloader.reload).
+        self.reload: Callable[[], Awaitable[ReloadOutcome]] | None = None
         # Handshakes and password checks in flight: referenced here so none is garbage
         # collected half-way, and cancelled on close.
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -290,21 +300,32 @@ class MetricsServer:
         # passwords can neither stall the event loop nor queue ahead of the database's host
         # name lookups in asyncio's default executor.
         if await asyncio.wrap_future(check):
-            return self._route(path, headers, method)
+            routed = self._route(path, headers, method)
+            return routed if isinstance(routed, Response) else await routed
         return UNAUTHORIZED
 
-    def _route(self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET") -> Response:
+    def _route(
+        self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET"
+    ) -> Response | Coroutine[Any, Any, Response]:
         if path == RELOAD_PATH and self.reload is not None:
             if method != b"POST":
                 return Response(405, b"Method Not Allowed\n", extra=b"Allow: POST\r\n")
-            if self.reload():
-                return Response(200, b"reloaded\n")
-            return Response(500, b"reload failed: the old configuration keeps running\n")
+            return self._reload(self.reload)
         if path == b"/metrics":
             return self._metrics(headers)
         if path == b"/":
             return Response(200, LANDING_PAGE, content_type=b"text/html; charset=utf-8")
         return Response(404, b"Not Found\n")
+
+    @staticmethod
+    async def _reload(reload: Callable[[], Awaitable[ReloadOutcome]]) -> Response:
+        """``POST /-/reload``: 200, or 500 with the one line that says why nothing changed."""
+        outcome = await reload()
+        if outcome.ok:
+            return Response(200, f"{outcome.line}\n".encode())
+        return Response(
+            500, f"reload failed, the running configuration is kept: {outcome.line}\n".encode()
+        )
 
     def _probe(self, path: bytes) -> Response:
         if path == b"/healthz":
