@@ -69,6 +69,7 @@ class Collector:
         # Each query's APScheduler job id (see ``add_query_job``).
         self.jobs: dict[str, str] = {}
         self._job_generation = 0
+        self._job_names: set[str] = set()  # queries that have had a job
         self._render_pending = False
         self._last_render = -MIN_RENDER_GAP
         self.fit_pool()
@@ -243,11 +244,13 @@ class Collector:
         return True
 
     def job_id(self, name: str) -> str:
-        """A new job id for ``name``: ``query:NAME`` for its first job, ``query:NAME#N`` for a
-        job a reload gives a changed query. APScheduler counts running instances per job id,
-        so a fresh id lets the new definition run at once while a run of the old one is
-        still in flight (which ``max_instances=1`` would otherwise refuse)."""
-        if name not in self.jobs:
+        """A new job id for ``name``: ``query:NAME`` for its first job, ``query:NAME#N`` for
+        any later job of the same query (a reload changed it, or removed and added it back).
+        APScheduler counts running instances per job id, so a fresh id lets the new
+        definition run at once while a run of the old one is still in flight (which
+        ``max_instances=1`` would otherwise refuse)."""
+        if name not in self._job_names:
+            self._job_names.add(name)
             return JOB_PREFIX + name
         self._job_generation += 1
         return f"{JOB_PREFIX}{name}#{self._job_generation}"
