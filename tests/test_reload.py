@@ -343,6 +343,11 @@ async def test_a_reload_reads_the_file_off_the_event_loop(seeded_db: str, tmp_pa
                 lags.append(loop.time() - before - 0.01)
 
         ticker = asyncio.create_task(tick())
+
+        async def ticking() -> bool:
+            return bool(lags)
+
+        await wait_until(ticking)
         started = loop.time()
         outcome = await rig.reloader.reload()
         took = loop.time() - started
@@ -351,3 +356,61 @@ async def test_a_reload_reads_the_file_off_the_event_loop(seeded_db: str, tmp_pa
         assert outcome.ok is True, outcome.line
         assert took > 0.3  # long enough for a stall to show
         assert max(lags) < min(0.2, took / 3), (max(lags), took)
+
+
+def post_text(url: str) -> tuple[int, str]:
+    """POST without a body; the status and the response's text."""
+    request = urllib.request.Request(url, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+def test_a_running_process_refuses_a_broken_reload_says_why_and_stays_ready(
+    seeded_db: str, exporter_proc: StartExporter, tmp_path: Path
+) -> None:
+    path = tmp_path / "queries.yml"
+    path.write_text(FIRST)
+    proc = exporter_proc("--dsn", seeded_db, "--queries-file", str(path), "--web-enable-lifecycle")
+
+    def metrics() -> str:
+        return http_get(proc.url + "/metrics").text
+
+    wait_until_sync(lambda: http_get(proc.url + "/readyz").status == 200)
+    typo = BROKEN['relation "no_such_table" does not exist']
+    path.write_text(typo)
+    status, body = post_text(proc.url + "/-/reload")
+    assert status == 500
+    line = body.strip()
+    assert "\n" not in line
+    assert line.startswith("reload failed, the running configuration is kept: query changed")
+    assert 'relation "no_such_table" does not exist' in line
+    text = metrics()
+    assert value(text, RELOAD_OK) == 0
+    assert (value(text, "tw_changed"), value(text, "tw_removed")) == (2, 3)
+    assert value(text, "tw_added") is None
+    assert line in proc.logs()
+    assert http_get(proc.url + "/readyz").status == 200
+
+    # An error of a type nobody planned for, by SIGHUP: one log line, no traceback.
+    path.write_text("queries: " + "[" * 5000 + "]" * 5000)
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_until_sync(lambda: "nested too deeply" in proc.logs())
+    assert (value(metrics(), "tw_changed"), value(metrics(), "tw_removed")) == (2, 3)
+
+    # A query that passes the proof but fails when it runs: the exporter stays in service.
+    path.write_text(
+        SECOND.replace("'SELECT 4 AS tw_added'", "'SELECT 1 / (random() * 0)::int AS tw_added'")
+    )
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_until_sync(
+        lambda: value(metrics(), "tw_exporter_query_errors_total", query="added", reason="sql") == 1
+    )
+    text = metrics()
+    assert value(text, RELOAD_OK) == 1
+    assert value(text, "tw_changed") == 20 and value(text, "tw_removed") is None
+    assert http_get(proc.url + "/readyz").status == 200
+    assert "Traceback" not in proc.logs()
+    assert proc.stop() == 0
