@@ -60,7 +60,7 @@ no more memory than the limit (the rest is never sent by the server).
 
 Each query's time is split where a pooler makes a client wait: ``wait`` is the pool acquire
 plus the transaction's first round trip (PgBouncer assigns a server connection when that
-message arrives), ``run`` is the statement and its commit.
+message arrives), ``run`` is the statement and the end of its transaction.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ class QueryResult:
     wait_seconds: float = 0.0
     """Pool acquire plus the transaction's first round trip (retries included)."""
     run_seconds: float = 0.0
-    """The statement and its commit."""
+    """The statement and the end of its transaction."""
 
 
 def classify(error: BaseException) -> FailureReason:
