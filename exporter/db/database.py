@@ -49,9 +49,13 @@ different server connections:
   changed inside it is undone where it was made, on that server connection, pooler or not:
   ``set_config(..., false)``/``SET``, ``LISTEN``, large objects it created, notifications it
   queued (only a commit sends them). Session advisory locks survive a rollback, so the same
-  message first releases them (``pg_advisory_unlock_all()``); a query that failed is first
-  rolled back to the savepoint taken after the setup, so that release can still run. The
-  connection goes back as it was lent: a released connection needs no ``RESET ALL``, which on
+  message also releases them (``pg_advisory_unlock_all()``): before the ``ROLLBACK`` after a
+  success, right after it after a failure (an aborted transaction runs nothing else). One
+  simple-query message is answered as a whole, so a transaction pooler keeps the client on
+  the same server connection until both are done. (Not a savepoint to roll back to: on a hot
+  standby, PostgreSQL resolves a recovery conflict of a query inside a subtransaction by
+  terminating the session instead of cancelling the statement.) The connection goes back as
+  it was lent: a released connection needs no ``RESET ALL``, which on
   a transaction pooler would run on some other client's server anyway.
 
 A query may be read with a row limit (``max_rows``): its rows are streamed through a cursor
@@ -126,19 +130,18 @@ def local_timeouts(query_timeout: float) -> str:
 
 
 def transaction_setup(query_timeout: float) -> str:
-    """The first message of every query's transaction: read-only, with the timeouts, and a
-    savepoint that a failed query is rolled back to before its session state is undone."""
-    return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}; SAVEPOINT {SAVEPOINT}"
+    """The first message of every query's transaction: read-only, with the timeouts."""
+    return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}"
 
 
-SAVEPOINT = "tw_exporter_query"
 # How every query's transaction ends (one message, one round trip, like the COMMIT it
 # replaces): session advisory locks are released (they outlive a rollback), then everything
 # else the statement changed is rolled back. Nothing of a run is ever committed.
 END_TRANSACTION = "SELECT pg_advisory_unlock_all(); ROLLBACK"
-# After a failed statement: back to the savepoint (the transaction is usable again), then the
-# same end.
-END_FAILED_TRANSACTION = f"ROLLBACK TO SAVEPOINT {SAVEPOINT}; {END_TRANSACTION}"
+# After a failed statement the transaction is aborted and runs nothing but its end: roll back,
+# then release the advisory locks in the same message (so on the same server connection, also
+# behind a transaction pooler, which reassigns it only once the whole message is answered).
+END_FAILED_TRANSACTION = "ROLLBACK; SELECT pg_advisory_unlock_all()"
 
 
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
@@ -606,10 +609,9 @@ class Database:
 
 async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
     """End a failed query's transaction, as ``Transaction.__aexit__`` would, and undo its
-    session state as a successful run's end does (back to the savepoint, release advisory
-    locks, roll back): the connection goes back to the pool (and, on a pooler, its server to
-    other clients) idle and as it was lent. If the failure came before the savepoint existed,
-    a plain rollback. A connection that is already broken is left to the pool, which discards
+    session state as a successful run's end does (roll back, release advisory locks): the
+    connection goes back to the pool (and, on a pooler, its server to other clients) idle and
+    as it was lent. A connection that is already broken is left to the pool, which discards
     it."""
     try:
         if conn.is_closed() or not conn.is_in_transaction():
@@ -618,12 +620,6 @@ async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
         return
     try:
         await conn.execute(END_FAILED_TRANSACTION)
-    except asyncpg.PostgresError as error:
-        log.debug("rollback to the savepoint failed (%s); rolling back", describe(error))
-        try:
-            await conn.execute("ROLLBACK")
-        except Exception as again:
-            log.debug("rollback failed: %s", describe(again))
     except Exception as error:
         log.debug("rollback failed: %s", describe(error))
 
