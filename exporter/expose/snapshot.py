@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -229,14 +230,20 @@ class SnapshotStore:
         self._generation = self._published = 0
         self._served: frozenset[str] = frozenset()
         self._health = SectionCache()
+        self._health_lock = threading.Lock()
         self.current = self.render()
 
     # ------------------------------------------------------------ the set of queries
 
-    def add_query(self, query: str, interval: float, max_staleness: float) -> None:
-        """A query added by a reload."""
+    def add_query(
+        self, query: str, interval: float, max_staleness: float, *, health: bool = True
+    ) -> None:
+        """A query added by a reload. ``health=False``: its health series were already
+        created (``HealthMetrics.add_query``, which a reload runs in a worker thread: for
+        thousands of queries it takes a second)."""
         self.queries[query] = QueryState(max_staleness=max_staleness)
-        self.health.add_query(query, interval)
+        if health:
+            self.health.add_query(query, interval)
 
     def change_query(self, query: str, interval: float, max_staleness: float) -> None:
         """A query whose definition a reload changed: its new schedule applies at once, and
@@ -376,7 +383,11 @@ class SnapshotStore:
         return self._publish(parts, names, text, openmetrics, generation)
 
     def _render_health(self) -> tuple[Encoded, Encoded]:
-        text, openmetrics = self._health.render(self.registry)
+        # One at a time: renders run in worker threads (``render_async``), a run's and a
+        # reload's may overlap, and the section cache is not safe to update from two at once
+        # ("dictionary changed size during iteration", seen with 2,000 queries reloaded).
+        with self._health_lock:
+            text, openmetrics = self._health.render(self.registry)
         return _encode(text), _encode(openmetrics + OPENMETRICS_EOF)
 
     def _next_generation(self) -> int:
