@@ -355,3 +355,19 @@ def test_run_and_check_report_a_hostile_file_in_one_line(command: str, tmp_path:
         lines = result.stderr.splitlines()
         assert result.returncode == 2, result.stderr
         assert len(lines) == 1 and expected in lines[0], result.stderr
+    if command == "run":  # the web config, read by `run` only, holds the same way
+        web = tmp_path / "web.yml"
+        web.write_text("basic_auth_users: " + "[" * 5000 + "]" * 5000)
+        result = subprocess.run(
+            exporter_command(
+                "run", "--dsn", "postgresql://u@127.0.0.1:1/db", "--web-config-file", str(web)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            f"tw-exporter: error: --web-config-file: {web}: nested too deeply to be read"
+        ]

@@ -93,6 +93,12 @@ class QueriesFileError(SettingsError):
 # ---------------------------------------------------------------- durations
 
 
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut short: an error line names the value without repeating a huge one."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def parse_duration(value: object) -> float:
     """Seconds from a number or a Prometheus-style duration (``90s``, ``5m``, ``1h30m``, ``7d``).
 
@@ -112,11 +118,11 @@ def parse_duration(value: object) -> float:
         )
     else:
         raise ValueError(
-            f"invalid duration {value!r}: expected seconds as a number, or text such as "
+            f"invalid duration {_shown(value)}: expected seconds as a number, or text such as "
             "30s, 5m, 1h30m, 7d"
         )
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: expected a finite, positive duration")
+        raise ValueError(f"invalid duration {_shown(value)}: expected a finite, positive duration")
     return seconds
 
 
@@ -124,7 +130,7 @@ def _schedule_seconds(value: object) -> float:
     seconds = parse_duration(value)
     if not MIN_SECONDS <= seconds <= MAX_INTERVAL:
         raise ValueError(
-            f"invalid duration {value!r}: expected from {MIN_SECONDS:g}s to {MAX_INTERVAL:g}s"
+            f"invalid duration {_shown(value)}: expected from {MIN_SECONDS:g}s to {MAX_INTERVAL:g}s"
         )
     return seconds
 
@@ -162,7 +168,8 @@ def _interval_seconds(value: object) -> float:
     seconds = parse_duration(value)
     if seconds > MAX_TIMEDELTA_SECONDS:
         raise ValueError(
-            f"invalid duration {value!r}: expected at most {MAX_TIMEDELTA_SECONDS / 86400:.0f}d"
+            f"invalid duration {_shown(value)}: expected at most "
+            f"{MAX_TIMEDELTA_SECONDS / 86400:.0f}d"
         )
     return seconds
 
