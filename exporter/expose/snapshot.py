@@ -333,8 +333,11 @@ class SnapshotStore:
         From then on ready until it stops, whatever queries do: a custom query that fails, a
         reload, even the database going away are shown by the metrics (``tw_up``, the error
         counters), which Prometheus can only scrape from a pod in service. An HA follower is
-        always ready (it must stay scrapeable)."""
-        if self.following or self._started:
+        always ready (it must stay scrapeable), and stays ready when it is elected (no flap
+        while it runs its first queries as the leader)."""
+        if self.following:
+            self._started = True  # it serves scrapes; elected later, it stays in service
+        if self._started:
             return True
         attempted = self.health.answered
         self._started = all(self._served_fresh(name) for name in self.queries) or (
