@@ -391,7 +391,7 @@ def test_a_running_process_refuses_a_broken_reload_says_why_and_stays_ready(
     assert value(text, RELOAD_OK) == 0
     assert (value(text, "tw_changed"), value(text, "tw_removed")) == (2, 3)
     assert value(text, "tw_added") is None
-    assert line in proc.logs()
+    wait_until_sync(lambda: line in proc.logs())  # stderr is read by a thread: it may trail
     assert http_get(proc.url + "/readyz").status == 200
 
     # An error of a type nobody planned for, by SIGHUP: one log line, no traceback.
@@ -405,9 +405,13 @@ def test_a_running_process_refuses_a_broken_reload_says_why_and_stays_ready(
         SECOND.replace("'SELECT 4 AS tw_added'", "'SELECT 1 / (random() * 0)::int AS tw_added'")
     )
     proc.proc.send_signal(signal.SIGHUP)
-    wait_until_sync(
-        lambda: value(metrics(), "tw_exporter_query_errors_total", query="added", reason="sql") == 1
-    )
+
+    def applied() -> bool:
+        text = metrics()
+        failed = value(text, "tw_exporter_query_errors_total", query="added", reason="sql")
+        return failed == 1 and value(text, "tw_changed") == 20
+
+    wait_until_sync(applied)
     text = metrics()
     assert value(text, RELOAD_OK) == 1
     assert value(text, "tw_changed") == 20 and value(text, "tw_removed") is None
