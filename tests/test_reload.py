@@ -311,7 +311,7 @@ async def test_a_reload_while_a_query_runs_keeps_its_series_and_reruns_it_at_onc
             async def new_definition_served() -> bool:
                 return value(text(), "tw_changed") == 20
 
-            await wait_until(new_definition_served, timeout=5)
+            await wait_until(new_definition_served, timeout=8)  # < its 10 s lock timeout
             assert await run_waits()  # the old run is still blocked: nothing waited for it
             assert value(text(), "tw_exporter_cycles_skipped_total", query="changed") == 0
             await blocker.execute("SELECT pg_advisory_unlock_all()")
@@ -355,7 +355,7 @@ async def test_a_reload_reads_the_file_off_the_event_loop(seeded_db: str, tmp_pa
         await ticker
         assert outcome.ok is True, outcome.line
         assert took > 0.3  # long enough for a stall to show
-        assert max(lags) < min(0.2, took / 3), (max(lags), took)
+        assert max(lags) < min(0.5, took / 2), (max(lags), took)
 
 
 def post_text(url: str) -> tuple[int, str]:
