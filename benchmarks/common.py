@@ -16,10 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from exporter.ops import dataset
+from exporter.ops.schema_file import SQL_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-RECOMMENDED_SQL = ROOT / "sql" / "recommended-indexes.sql"
+RECOMMENDED_SQL = SQL_DIR / "recommended-indexes.sql"
 
 ADMIN_DSN = os.environ.get("TW_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -87,7 +88,7 @@ async def drop_dataset(scale: str) -> None:
 
 
 def recommended_statements() -> list[tuple[str, str]]:
-    """(index name, CREATE INDEX statement) for every index in sql/recommended-indexes.sql."""
+    """(index name, CREATE INDEX statement) for every index in the recommended-indexes file."""
     text = RECOMMENDED_SQL.read_text()
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     result = []

@@ -147,7 +147,7 @@ async def run_scale(scale: str, repeat: int) -> dict[str, Any]:
         await conn.execute("VACUUM (ANALYZE) tw_tweets, tw_tweet_hashtags, tw_users, tw_hashtags")
         out["plain"] = await measure_state(dsn, repeat)
         log(f"[{scale}]   {summary(out['plain'])}")
-        log(f"[{scale}] with sql/recommended-indexes.sql")
+        log(f"[{scale}] with exporter/sql/recommended-indexes.sql")
         out["index_build_seconds"] = await create_recommended(conn)
         out["indexed"] = await measure_state(dsn, repeat)
         log(f"[{scale}]   {summary(out['indexed'])}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,10 +13,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.allocator import pin_mmap_threshold
 from exporter.collect.custom import collectors_for
-from exporter.collect.reload import Reloader
+from exporter.collect.reload import Outcome, Reloader
 from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.config.dsn import DsnFile, DsnSource
 from exporter.config.http_security import HTTPSecurity
 from exporter.config.queries_file import QueriesConfig, config_for
+from exporter.config.secrets import dsn_password
 from exporter.config.settings import Settings
 from exporter.db.database import APPLICATION_NAME, Database
 from exporter.db.leader import (
@@ -26,6 +29,7 @@ from exporter.db.leader import (
 )
 from exporter.expose.http import MetricsServer, ServerLimits
 from exporter.expose.snapshot import SnapshotStore
+from exporter.logs import add_secret
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 # gracefully, before closing sockets outright; PostgreSQL's own statement and lock timeouts
 # end anything left on the server side.
 SHUTDOWN_GRACE = 1.0
+# How often the DSN file is looked at (one stat) for a rotation.
+DSN_POLL_SECONDS = 1.0
 
 
 class StartupError(Exception):
@@ -80,7 +86,10 @@ async def listen(
         addresses = await server.start(settings.listen_host, settings.listen_port)
     except OSError as error:
         await server.close()
-        raise StartupError(f"cannot listen on {settings.listen}: {error.strerror}") from None
+        # asyncio wraps the errno's text ("error while attempting to bind on address ...:
+        # address already in use"); the system's own words are what the docs and users know.
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise StartupError(f"cannot listen on {settings.listen}: {reason}") from None
     return Listener(store, server, addresses, config)
 
 
@@ -101,8 +110,9 @@ async def serve(
     store, server, config = listener.store, listener.server, listener.config
     schedules = config.schedules
     replica = replica_name()
+    query_dsn, ha_dsn = dsn_sources(settings)
     database = Database(
-        settings.dsn,
+        query_dsn,
         # The bound; the collector fits it to the enabled queries (again at each reload), and
         # connections open only on demand.
         pool_size=settings.max_connections,
@@ -136,20 +146,34 @@ async def serve(
             len(config.custom),
         )
     collector = Collector(database, store, settings, collectors_for(config), schedules=schedules)
-    leadership = _leadership(settings, replica, collector, store, stop) if settings.ha else None
+    # The files to follow: the lock's only with --ha.
+    followed = {query_dsn, ha_dsn} if settings.ha else {query_dsn}
+    _follow_dsn_files(followed, query_dsn, database, store)
+    leadership = (
+        _leadership(settings, ha_dsn, replica, collector, store, stop) if settings.ha else None
+    )
     collector.fence = leadership
     scheduler = start_scheduler(collector, settings.interval)
     if leadership is not None:
         leadership.on_elected = lambda: _lead(store, scheduler)
         leadership.start()
     reloader = Reloader(settings, config, collector, scheduler, server)
+
+    async def reload() -> Outcome:
+        """SIGHUP and POST /-/reload: the DSN file(s) too, then the configuration files."""
+        for source in followed:
+            source.reread("reload requested")
+        return await reloader.reload()
+
     if settings.web_enable_lifecycle:
-        server.reload = reloader.reload
+        server.reload = reload
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reloader.request)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request, reload)
+    watcher = loop.create_task(_watch_dsn_files(followed), name="dsn-files")
     try:
         await stop.wait()
     finally:
+        watcher.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
         log.info("shutting down")
         scheduler.shutdown(wait=False)
@@ -162,8 +186,59 @@ async def serve(
         raise StartupError(leadership.fatal)
 
 
+def dsn_sources(settings: Settings) -> tuple[DsnSource, DsnSource]:
+    """Where the queries' and the HA lock's DSNs come from: files (--dsn-file, --ha-dsn-file;
+    one ``DsnFile`` when the lock uses the queries' file: one rotation, one re-read), else
+    fixed strings."""
+    query: DsnSource = (
+        DsnFile(settings.dsn_file) if settings.dsn_file is not None else DsnSource(settings.dsn)
+    )
+    if settings.ha_dsn_file is None:
+        return query, DsnSource(settings.ha_dsn)
+    if settings.ha_dsn_file == settings.dsn_file:
+        return query, query
+    return query, DsnFile(settings.ha_dsn_file, "--ha-dsn-file")
+
+
+def _follow_dsn_files(
+    sources: set[DsnSource], query_dsn: DsnSource, database: Database, store: SnapshotStore
+) -> None:
+    """A new DSN from a file: count it, scrub its password from the logs, and (the queries'
+    DSN) have the pool replace its connections as they come back; the lock connection is
+    kept, a new one uses the new DSN. A failed re-read is counted too."""
+
+    def follow(source: DsnFile) -> None:
+        def reloaded(dsn: str) -> None:
+            password = dsn_password(dsn)
+            if password:
+                add_secret(password)
+            if source is query_dsn:
+                database.drain()
+            store.health.dsn_reloads.inc()
+            store.render()
+
+        def failed() -> None:
+            store.health.dsn_reload_failures.inc()
+            store.render()
+
+        source.on_reload, source.on_failure = reloaded, failed
+
+    for source in sources:
+        if isinstance(source, DsnFile):
+            follow(source)
+
+
+async def _watch_dsn_files(sources: set[DsnSource]) -> None:
+    """Look at the DSN files every ``DSN_POLL_SECONDS`` (a stat each: cheap)."""
+    while True:
+        await asyncio.sleep(DSN_POLL_SECONDS)
+        for source in sources:
+            source.poll()
+
+
 def _leadership(
     settings: Settings,
+    dsn: DsnSource,
     replica: str,
     collector: Collector,
     store: SnapshotStore,
@@ -194,7 +269,7 @@ def _leadership(
         stop.set()
 
     leadership = Leadership(
-        settings.ha_dsn,
+        dsn,
         settings.ha_group,
         lease=settings.ha_lease,
         connect_timeout=settings.query_timeout,

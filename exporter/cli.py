@@ -1,4 +1,7 @@
-"""The ``tw-exporter`` command: ``run``, ``check``, ``demo`` and ``sample-data``."""
+"""The ``tw-exporter`` command: ``run``, ``check``, ``monitoring``, ``demo`` and ``sample-data``.
+
+Each command's ``help`` is also its row in docs/configuration.md's commands table
+(``tools.readme_tables``), so every command and flag is described once, here."""
 
 from __future__ import annotations
 
@@ -27,28 +30,30 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=cfg.OneLineArgumentParser
     )
 
-    run = commands.add_parser("run", help="run the exporter", description=DESCRIPTION)
+    run = commands.add_parser(
+        "run",
+        help="the exporter: runs the queries on their schedules and serves /metrics",
+        description=DESCRIPTION,
+    )
     cfg.add_options(run, cfg.RUN_OPTIONS)
 
     check = commands.add_parser(
         "check",
-        help="check settings, connection, schema and queries once; exit 0 when all is well",
+        help="connection, schema, privileges, plans and one run of each query; exits 0 only "
+        "when the exporter would work (use it as an init container or CI step)",
     )
     cfg.add_options(check, cfg.CHECK_OPTIONS)
 
     monitoring = commands.add_parser(
         "monitoring",
-        help="write a Grafana dashboard and alert rules (with promtool tests) for the custom "
+        help="writes a Grafana dashboard and alert rules (with promtool tests) for the custom "
         "metrics of a queries file",
     )
-    monitoring.add_argument("--queries-file", required=True, metavar="PATH", type=Path)
-    monitoring.add_argument(
-        "--out", required=True, metavar="DIR", type=Path, help="directory to write the files to"
-    )
+    add_monitoring_options(monitoring)
 
     demo = commands.add_parser(
         "demo",
-        help="run the exporter on an embedded PostgreSQL with live synthetic data",
+        help="the exporter on an embedded PostgreSQL with a live synthetic dataset",
     )
     from exporter.ops.demo import add_demo_options
 
@@ -56,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser(
         "sample-data",
-        help="create the tables in an empty database of yours and load the demo's data into it",
+        help="creates the demo's tables in your database (or fills the empty ones "
+        "exporter/sql/schema.sql made) and loads its data; --keep-adding keeps the numbers moving",
         description=SAMPLE_DATA_DESCRIPTION,
     )
     from exporter.ops.sample_data import add_sample_data_options
@@ -66,11 +72,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SAMPLE_DATA_DESCRIPTION = (
-    "Create the four tables of sql/schema.sql in the database --dsn names and fill them with the "
-    "demo's synthetic data, once; with --keep-adding, keep adding tweets, likes and followers as "
-    "the demo does until Ctrl-C. Refuses a database that already has any of the tables and never "
-    "changes anything it did not create."
+    "Create the four tables of schema.sql (shipped in the package's sql/ directory) in the "
+    "database --dsn names and fill them with the demo's synthetic data, once; with --keep-adding, "
+    "keep adding tweets, likes and followers as the demo does until Ctrl-C. A database that "
+    "already has the sample's tables (an earlier run, or schema.sql) is loaded only when they are "
+    "empty; tables of another shape are refused and never changed."
 )
+
+
+def add_monitoring_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--queries-file",
+        required=True,
+        metavar="PATH",
+        type=Path,
+        help="YAML file of custom queries (docs/custom-queries.md) whose metrics get a panel "
+        "each, and an alert each where they set alert: (required)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        type=Path,
+        help="directory to write custom-dashboard.json, custom.rules.yml and "
+        "custom.rules.test.yml to, created if missing (required)",
+    )
+
 
 #: Options the top level itself accepts; everything else belongs after a command.
 TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
@@ -169,7 +196,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _monitoring(args: argparse.Namespace) -> int:
     from exporter.config.queries_file import load
-    from tools.custom_monitoring import write
+    from exporter.monitoring.custom import write
 
     config = load(args.queries_file, cfg.query_params())  # an invalid file: exit 2
     for path in write(config, args.out):

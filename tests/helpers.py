@@ -4,18 +4,20 @@ Prometheus for the end-to-end tests."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +25,9 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -82,11 +87,12 @@ def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 
 def unavailable(reason: str) -> NoReturn:
-    """A tool or package the test needs is missing: in CI (``CI`` set) that is a failure, since
-    ``.ci/run`` must install it; elsewhere the test is skipped with the reason shown."""
+    """A tool, package or capability the test needs is missing: in CI (``CI`` set) that is a
+    failure, since ``.ci/run`` must provide it; elsewhere the test (or, called while a module is
+    imported, the whole module) is skipped with the reason shown. The one way a test may skip."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; CI must provide it", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def require_tool(name: str, *candidates: Path, hint: str = "") -> str:
@@ -223,3 +229,60 @@ def by_label(result: list[dict[str, Any]], label: str) -> dict[str, float]:
         point = item["value"] if "value" in item else item["values"][-1]
         values[item["metric"].get(label, "")] = float(point[1])
     return values
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def parsed_series(families: Iterable[object], name: str) -> dict[Labels, float]:
+    result: dict[Labels, float] = {}
+    for family in families:
+        for sample in family.samples:  # type: ignore[attr-defined]
+            if sample.name == name:
+                key = tuple(sorted(sample.labels.items()))
+                assert key not in result, f"duplicate series {key}"
+                result[key] = sample.value
+    return result
+
+
+@functools.lru_cache(maxsize=8)
+def _families(body: bytes, openmetrics: bool) -> tuple[object, ...]:
+    """Each exposition parsed once, however many metrics are then read from it (the property
+    test reads four from every example)."""
+    text = body.decode("utf-8")
+    if openmetrics:
+        return tuple(parse_openmetrics(text))  # type: ignore[no-untyped-call]
+    return tuple(text_string_to_metric_families(text))
+
+
+def both_formats(text: bytes, openmetrics: bytes, name: str) -> dict[Labels, float]:
+    """The series of ``name`` in both formats; they must agree."""
+    from_text = parsed_series(_families(text, False), name)
+    from_openmetrics = parsed_series(_families(openmetrics, True), name)
+    assert from_text == from_openmetrics
+    return from_text
+
+
+def promtool_check(exposition: bytes) -> subprocess.CompletedProcess[str]:
+    promtool_path = promtool()
+    return subprocess.run(
+        [promtool_path, "check", "metrics"],
+        input=exposition.decode(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def https_get(url: str, ca: Path, auth: tuple[str, str] | None = None) -> HTTPResult:
+    context = ssl.create_default_context(cafile=str(ca))
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+            return HTTPResult(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        return HTTPResult(error.code, dict(error.headers), error.read())

@@ -29,7 +29,7 @@ from exporter.db.database import CLIENT_GRACE_SECONDS
 from exporter.db.keepalive import TcpTimeouts
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.helpers import series, value
-from tests.test_faults import fill, make_rig
+from tests.rig import fill, make_rig
 
 HOST, PORT = "127.0.0.1", 5432
 QUERY_TIMEOUT = 1.0

@@ -4,6 +4,7 @@ missing."""
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -12,8 +13,12 @@ import pytest
 from exporter.config.settings import query_params
 from exporter.ops import advice, dataset
 from exporter.ops.advice import RECOMMENDED, ExistingIndex, RecommendedIndex, advise, satisfies
+from exporter.ops.check import check
+from exporter.ops.embedded import EmbeddedPostgres
+from exporter.ops.schema_file import SQL_DIR
+from tests.conftest import MakeDb, copy_cluster, private_directory
 
-SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "recommended-indexes.sql"
+SQL_FILE = SQL_DIR / "recommended-indexes.sql"
 MIN_ROWS = 1_000  # the test dataset is small; production uses advice.DEFAULT_MIN_ROWS
 
 
@@ -54,6 +59,10 @@ async def test_missing_indexes_are_named_then_nothing_is_missing(small_db: str) 
         # A few thousand rows: the planner scans tw_tweets and tw_users sequentially.
         assert {s.table for s in before["platform_stats"].seq_scans} == {"tw_tweets"}
         assert {s.table for s in before["top_users"].seq_scans} == {"tw_users"}
+        for item in before.values():  # never both "used" and "create it" for one index
+            for index in item.missing:
+                assert f"{index.name} used" not in item.format(), item.format()
+                assert f"{index.name} missing" in item.format(), item.format()
         text = before["platform_stats"].format()
         assert "Seq Scan on tw_tweets" in text
         assert (
@@ -74,7 +83,9 @@ async def test_missing_indexes_are_named_then_nothing_is_missing(small_db: str) 
             assert item.ok
             assert item.execution_ms is not None
             assert item.format().startswith(f"advice {item.query}: ok (")
-            assert "the plan uses the recommended indexes" in item.format()
+            for index in item.indexes:
+                assert index.state == "used" or index.used_as, item.format()
+                assert index.format() in item.format()
     finally:
         await conn.close()
 
@@ -149,3 +160,87 @@ def test_sql_file_lists_exactly_the_recommended_statements() -> None:
         )
     }
     assert statements == {index.statement for index in RECOMMENDED}
+
+
+# ------------------------------------------------------------------ what check says, index by index
+
+
+@pytest.fixture(params=["suite", "embedded"])
+async def both_majors(
+    request: pytest.FixtureRequest, make_db: MakeDb, pgdata_template: Path
+) -> AsyncIterator[str]:
+    """A fresh database on the suite's server (the PostgreSQL 15 service in CI's first pass)
+    and one on the embedded wheel's server (PostgreSQL 18): plans and catalogs differ between
+    majors, and ``check`` must read both right."""
+    if request.param == "suite":
+        yield await make_db()
+        return
+    with private_directory() as directory:
+        server = EmbeddedPostgres(copy_cluster(pgdata_template, directory / "pgdata"))
+        try:
+            yield server.dsn
+        finally:
+            server.cleanup()
+
+
+async def check_advice(dsn: str) -> dict[str, str]:
+    """``tw-exporter check``'s advice lines, by query, as the command prints them."""
+    lines: list[str] = []
+    assert await check(query_params(dsn=dsn), lines.append) == 0, "\n".join(lines)
+    return {
+        line.split(":")[0].removeprefix("advice "): line
+        for line in lines
+        if line.startswith("advice ")
+    }
+
+
+async def test_check_says_index_by_index_what_the_plan_uses(both_majors: str) -> None:
+    """The tables are small (below ``DEFAULT_MIN_ROWS``), so every query is ``ok``; the line
+    must still say, per recommended index, whether it is missing, present but unused, or used
+    (it used to say "the plan uses the recommended indexes" over a seq scan and a sort)."""
+    dsn = both_majors
+    conn = await asyncpg.connect(dsn)
+    try:
+        major = await conn.fetchval("SHOW server_version_num")
+        await dataset.create_schema(conn)
+        await dataset.load_dataset(
+            conn, dataset.DatasetSpec(tweets=6_000, users=2_000, hashtags=50, days=30, seed=1)
+        )
+        database = await conn.fetchval("SELECT current_database()")
+        small = "(fine while tw_users has ~2,000 rows, below 100,000)"
+
+        # Missing: no index like the recommended one; the plan scans and sorts tw_users.
+        advice_lines = await check_advice(dsn)
+        top = advice_lines["top_users"]
+        assert top.startswith("advice top_users: ok ("), (major, top)
+        assert f"tw_users_followers_rank_idx missing {small}" in top, (major, top)
+        assert "tw_tweets_created_at_cover_idx missing" in advice_lines["platform_stats"]
+        assert "uses the recommended indexes" not in "\n".join(advice_lines.values())
+
+        rank, cover = (next(r for r in RECOMMENDED if r.name == n) for n in (
+            "tw_users_followers_rank_idx", "tw_tweets_created_at_cover_idx"))  # fmt: skip
+        await create(conn, rank)
+        await create(conn, cover)
+        await conn.execute("ANALYZE")
+
+        # Present but unused: the planner may not scan any index.
+        await conn.execute(
+            f'ALTER DATABASE "{database}" SET enable_indexscan = off; '
+            f'ALTER DATABASE "{database}" SET enable_indexonlyscan = off; '
+            f'ALTER DATABASE "{database}" SET enable_bitmapscan = off'
+        )
+        top = (await check_advice(dsn))["top_users"]
+        assert (
+            "tw_users_followers_rank_idx present (tw_users_followers_rank_idx) but not used by "
+            f"the plan {small}" in top
+        ), (major, top)
+
+        # Used: sequential scans priced out, the plan reads the indexes.
+        await conn.execute(f'ALTER DATABASE "{database}" RESET ALL')
+        await conn.execute(f'ALTER DATABASE "{database}" SET enable_seqscan = off')
+        advice_lines = await check_advice(dsn)
+        assert "tw_users_followers_rank_idx used" in advice_lines["top_users"], (major, top)
+        assert "tw_users_followers_rank_idx missing" not in advice_lines["top_users"]
+        assert "tw_tweets_created_at_cover_idx used" in advice_lines["platform_stats"], major
+    finally:
+        await conn.close()

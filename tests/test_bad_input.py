@@ -31,12 +31,8 @@ from hypothesis import strategies as st
 from exporter import cli
 from exporter.config import settings as cfg
 from exporter.config.settings import Settings
+from exporter.config.webconfig import load_web_config
 from tests.conftest import exporter_command
-
-try:
-    from exporter.config.webconfig import load_web_config
-except ImportError:  # pragma: no cover - the web-config module is optional for this file
-    load_web_config = None  # type: ignore[assignment]
 
 GOOD_DSN = "postgresql://tw@db.example:5432/app"
 PREFIX = "tw-exporter: error: "
@@ -469,12 +465,6 @@ def web_config_texts(draw: st.DrawFn) -> str:
     return yaml.safe_dump(top if kind == 2 else draw(YAML_TREES), allow_unicode=True)
 
 
-needs_webconfig = pytest.mark.skipif(
-    load_web_config is None, reason="exporter/config/webconfig.py has no load_web_config"
-)
-
-
-@needs_webconfig
 def test_web_config_contents_load_or_fail_with_one_line(files: Files) -> None:
     @FUZZ
     @given(web_config_texts())
@@ -498,7 +488,6 @@ def test_web_config_contents_load_or_fail_with_one_line(files: Files) -> None:
     check()
 
 
-@needs_webconfig
 def test_web_config_file_that_is_not_utf8(files: Files) -> None:
     path = files.root / "latin1-web.yml"
     path.write_bytes("basic_auth_users:\n  jürgen: x\n".encode("latin-1"))
@@ -534,6 +523,7 @@ BAD_VALUES: dict[str, tuple[tuple[str, ...], str]] = {
     "--ha": (("maybe", "2"), "expected true or false"),
     "--ha-group": (("", "x" * 201), "expected a name of 1 to 200 printable characters"),
     "--ha-dsn": (("mysql://tw@db/app", "db.example:5432"), "expected a PostgreSQL URI"),
+    "--ha-dsn-file": (("/nonexistent/ha.dsn", "/"), "expected a path to a readable file"),
     "--ha-lease": (("soon", "0", "inf"), "expected a number of seconds"),
     "--queries-file": (("/nonexistent/queries.yml", "/"), "expected a path to a readable file"),
     "--web-enable-lifecycle": (("maybe", "2"), "expected true or false"),  # env only: a switch

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -23,32 +21,11 @@ from exporter.db.database import MAX_POOL_SIZE, Database, pool_size_for
 from exporter.expose.snapshot import SnapshotStore
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import http_get, samples, series, value
+from tests.rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "queries"
 SETTINGS = query_params()
-
-
-@dataclass
-class Rig:
-    database: Database
-    store: SnapshotStore
-    collector: Collector
-
-    @property
-    def text(self) -> str:
-        return self.store.current.text.body.decode()
-
-    def errors(self, query: str, reason: str) -> float | None:
-        return value(self.text, "tw_exporter_query_errors_total", query=query, reason=reason)
-
-
-@pytest.fixture
-async def rigs() -> AsyncIterator[list[Rig]]:
-    created: list[Rig] = []
-    yield created
-    for rig in created:
-        await rig.database.close()
 
 
 async def make_rig(dsn: str, config: QueriesConfig, rigs: list[Rig]) -> Rig:

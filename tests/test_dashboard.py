@@ -13,11 +13,15 @@ import pytest
 import yaml
 
 from exporter.expose.catalog import ALL_METRICS, all_sample_names, sample_names
+from exporter.monitoring.files import stale_files
+from exporter.monitoring.grafana import expand_variables, iter_panels
+from exporter.monitoring.paths import DASHBOARD_PATH, HELM_DASHBOARD_PATH
+from exporter.monitoring.promql import promql_metric_names
+from exporter.monitoring.render import render_dashboard
 from tests import helpers
-from tools import monitoring
 
 ROOT = Path(__file__).resolve().parent.parent
-DASHBOARD = ROOT / monitoring.DASHBOARD_PATH
+DASHBOARD = ROOT / DASHBOARD_PATH
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 VARIABLES = {"job": "tw-exporter", "instance": ".+", "__rate_interval": "1m"}
 
@@ -31,7 +35,7 @@ def dashboard() -> dict[str, Any]:
 def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         (panel["title"], target["expr"])
-        for panel in monitoring.iter_panels(dashboard)
+        for panel in iter_panels(dashboard)
         for target in panel.get("targets", [])
     ]
 
@@ -59,7 +63,7 @@ def test_template_variables(dashboard: dict[str, Any]) -> None:
 
 
 def test_every_panel_uses_the_datasource_variable(dashboard: dict[str, Any]) -> None:
-    panels = [p for p in monitoring.iter_panels(dashboard) if p["type"] != "row"]
+    panels = [p for p in iter_panels(dashboard) if p["type"] != "row"]
     assert len(panels) >= 15
     for panel in panels:
         title = panel["title"]
@@ -75,10 +79,10 @@ def test_every_panel_uses_the_datasource_variable(dashboard: dict[str, Any]) -> 
 def test_rows_and_layout(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
     assert rows == ["Top users", "Trending hashtags", "Platform activity", "Exporter health"]
-    ids = [p["id"] for p in monitoring.iter_panels(dashboard)]
+    ids = [p["id"] for p in iter_panels(dashboard)]
     assert len(ids) == len(set(ids))
     cells: set[tuple[int, int]] = set()
-    for panel in monitoring.iter_panels(dashboard):
+    for panel in iter_panels(dashboard):
         pos = panel["gridPos"]
         assert pos["x"] + pos["w"] <= 24, panel["title"]
         area = {
@@ -93,7 +97,7 @@ def test_rows_and_layout(dashboard: dict[str, Any]) -> None:
 def test_panel_queries_use_only_catalogue_metrics(dashboard: dict[str, Any]) -> None:
     known = all_sample_names() | {"up"}
     for title, expr in queries(dashboard):
-        used = monitoring.promql_metric_names(expr)
+        used = promql_metric_names(expr)
         assert used, title
         assert used <= known, f"{title}: unknown metrics {used - known}"
         # Every selector is scoped to the chosen job and instance.
@@ -105,28 +109,28 @@ def test_panel_queries_use_only_catalogue_metrics(dashboard: dict[str, Any]) -> 
 
 
 def test_every_catalogue_metric_is_on_the_dashboard(dashboard: dict[str, Any]) -> None:
-    used = set().union(*(monitoring.promql_metric_names(expr) for _, expr in queries(dashboard)))
+    used = set().union(*(promql_metric_names(expr) for _, expr in queries(dashboard)))
     missing = [spec.name for spec in ALL_METRICS if not set(sample_names(spec)) & used]
     assert missing == [], f"metrics no panel shows: {missing}"
 
 
 def test_helm_copy_is_byte_identical() -> None:
-    helm_copy = ROOT / monitoring.HELM_DASHBOARD_PATH
+    helm_copy = ROOT / HELM_DASHBOARD_PATH
     assert helm_copy.read_bytes() == DASHBOARD.read_bytes()
 
 
 def test_dashboard_is_generated() -> None:
-    stale = monitoring.stale_files(ROOT)
-    assert monitoring.DASHBOARD_PATH not in stale
-    assert monitoring.HELM_DASHBOARD_PATH not in stale
-    assert DASHBOARD.read_text(encoding="utf-8") == monitoring.render_dashboard()
+    stale = stale_files(ROOT)
+    assert DASHBOARD_PATH not in stale
+    assert HELM_DASHBOARD_PATH not in stale
+    assert DASHBOARD.read_text(encoding="utf-8") == render_dashboard()
 
 
 def test_panel_queries_parse(dashboard: dict[str, Any], tmp_path: Path) -> None:
     """promtool parses each query (variables substituted) as a recording rule."""
     promtool = helpers.promtool()
     rules = [
-        {"record": f"dashboard:query_{index}", "expr": monitoring.expand_variables(expr, VARIABLES)}
+        {"record": f"dashboard:query_{index}", "expr": expand_variables(expr, VARIABLES)}
         for index, (_, expr) in enumerate(queries(dashboard))
     ]
     path = tmp_path / "queries.yml"
@@ -157,8 +161,8 @@ def test_provisioning_files() -> None:
 
 def test_expand_variables() -> None:
     assert (
-        monitoring.expand_variables('rate(x{job=~"$job"}[$__rate_interval])', VARIABLES)
+        expand_variables('rate(x{job=~"$job"}[$__rate_interval])', VARIABLES)
         == 'rate(x{job=~"tw-exporter"}[1m])'
     )
     with pytest.raises(KeyError, match="nope"):
-        monitoring.expand_variables("$nope", VARIABLES)
+        expand_variables("$nope", VARIABLES)

@@ -8,6 +8,7 @@ ENTRYPOINT + CMD and HEALTHCHECK against a real database.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,9 @@ from pathlib import Path
 import pytest
 
 import exporter
+from exporter import cli
 from exporter.config.settings import DEFAULT_PORT
+from exporter.ops.schema_file import SQL_DIR
 from tests.helm_support import REPO
 from tests.helpers import require_tool
 
@@ -405,6 +409,78 @@ def test_image_holds_the_wheel_not_the_source(image: Image) -> None:
     assert not (image.venv / "bin" / "pip").exists(), "pip is removed from the runtime"
     # Compiled at install time: a read-only root filesystem costs no start-up compilation.
     assert list((package / "__pycache__").glob("cli.*.pyc")), "bytecode was not compiled"
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_one_top_level_package_with_its_sql_files(image: Image) -> None:
+    """``pip install`` puts nothing but ``exporter`` on sys.path (no ``tools``), and the SQL files
+    that ``check``'s hint and the docs name are inside it."""
+    (record,) = image.venv.glob("lib/python*/site-packages/tw_exporter-*.dist-info/RECORD")
+    installed = {line.split(",")[0] for line in record.read_text().splitlines()}
+    top_level = {
+        path.split("/")[0]
+        for path in installed
+        if ".dist-info/" not in path and not path.startswith("../")  # bin/tw-exporter
+    }
+    assert top_level == {"exporter"}, sorted(top_level - {"exporter"})
+    for name in ("schema.sql", "recommended-indexes.sql", "least-privilege.sql"):
+        assert f"exporter/sql/{name}" in installed, name
+        shipped = record.parent.parent / "exporter" / "sql" / name
+        assert shipped.read_bytes() == (SQL_DIR / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_a_plain_pip_install_of_the_repository_ships_only_the_exporter_package(
+    tmp_path: Path,
+) -> None:
+    """``pip install .`` from a checkout (not the image's filtered context) adds no ``tools``."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (wheel,) = tmp_path.glob("tw_exporter-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"exporter"}
+    assert "exporter/sql/schema.sql" in names and "exporter/monitoring/custom.py" in names
+
+
+@pytest.mark.slow
+def test_every_command_of_the_image_answers_help(image: Image) -> None:
+    (commands,) = [
+        action.choices
+        for action in cli.build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    assert {"run", "check", "monitoring", "demo", "sample-data"} <= set(commands)
+    for command in commands:
+        result = _run(image, [*image.entrypoint, command, "--help"])
+        assert result.returncode == 0, f"{command} --help:\n{result.stdout}{result.stderr}"
+        assert result.stdout.startswith(f"usage: tw-exporter {command}"), result.stdout
+
+
+@pytest.mark.slow
+def test_the_image_writes_monitoring_for_an_example_queries_file(
+    image: Image, tmp_path: Path
+) -> None:
+    example = REPO / "examples" / "queries" / "activity.yml"
+    result = _run(
+        image,
+        [*image.entrypoint, "monitoring", "--queries-file", str(example), "--out", str(tmp_path)],
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == ["custom-dashboard.json", "custom.rules.test.yml", "custom.rules.yml"]
+    assert "tw_tweets_last_hour" in (tmp_path / "custom.rules.yml").read_text()
+
+
+@pytest.mark.slow
+def test_the_installed_generator_finds_the_repositorys_monitoring_current(image: Image) -> None:
+    """The shipped rules and dashboard generator runs from the installed package alone."""
+    result = _run(image, ["python", "-m", "exporter.monitoring", "--check", "--root", str(REPO)])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.slow

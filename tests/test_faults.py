@@ -5,69 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
-import pytest
 
-from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.collect.scheduler import start_scheduler
 from exporter.collectors import COLLECTORS
 from exporter.collectors.base import QueryCollector
-from exporter.config.settings import query_params
-from exporter.db.database import Database
 from exporter.expose.http import MetricsServer
-from exporter.expose.snapshot import SnapshotStore
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import ahttp_get, http_get, samples, series, value
-
-
-@dataclass
-class Rig:
-    database: Database
-    store: SnapshotStore
-    collector: Collector
-
-    @property
-    def text(self) -> str:
-        return self.store.current.text.body.decode()
-
-    def errors(self, query: str, reason: str) -> float | None:
-        return value(self.text, "tw_exporter_query_errors_total", query=query, reason=reason)
-
-
-async def make_rig(
-    dsn: str,
-    *,
-    query_timeout: float = 2.0,
-    max_staleness: float = 60.0,
-    collectors: tuple[QueryCollector, ...] = COLLECTORS,
-) -> Rig:
-    database = Database(dsn, pool_size=len(collectors), query_timeout=query_timeout)
-    await database.open()
-    store = SnapshotStore(interval=1.0, max_staleness=max_staleness, process_metrics=False)
-    return Rig(database, store, Collector(database, store, query_params(), collectors))
-
-
-@pytest.fixture
-async def rigs() -> AsyncIterator[list[Rig]]:
-    created: list[Rig] = []
-    yield created
-    for rig in created:
-        await rig.database.close()
-
-
-async def fill(dsn: str) -> None:
-    """Schema and rows, for a fresh server (the shared ones come with the schema)."""
-    from exporter.ops import dataset
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await dataset.create_schema(conn)
-    finally:
-        await conn.close()
-    await fill_existing(dsn)
+from tests.rig import Rig, fill, fill_existing, make_rig
 
 
 async def test_down_at_start_then_recovers(
@@ -159,21 +107,6 @@ async def test_lock_times_out_one_query_and_scrapes_stay_instant(
     assert value(rig.text, "tw_up") == 1
     # The failed query keeps its last good series (not stale yet); the others refreshed.
     assert value(rig.text, "tw_user_followers", username="ann", verified="false") == 7
-
-
-async def fill_existing(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            """
-            INSERT INTO tw_users (id, username, follower_count) VALUES (1, 'ann', 7), (2, 'ben', 3);
-            INSERT INTO tw_tweets (id, user_id, like_count) VALUES (1, 1, 5), (2, 2, 1);
-            INSERT INTO tw_hashtags (id, tag) VALUES (1, 'db');
-            INSERT INTO tw_tweet_hashtags VALUES (1, 1);
-            """
-        )
-    finally:
-        await conn.close()
 
 
 async def test_missing_table_fails_only_the_queries_that_need_it(

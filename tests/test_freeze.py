@@ -21,7 +21,7 @@ from exporter.db.database import APPLICATION_NAME, CLIENT_GRACE_SECONDS
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import http_get, series, value
-from tests.test_faults import Rig, fill, make_rig
+from tests.rig import Rig, fill, make_rig
 
 QUERY_TIMEOUT = 1.0
 DEADLINE = QUERY_TIMEOUT + CLIENT_GRACE_SECONDS

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -108,6 +109,9 @@ class ActivitySampler:
     samples: int = 0
     seen: list[tuple[float, frozenset[str]]] = field(default_factory=list)
     ran: set[str] = field(default_factory=set)
+    starts: list[tuple[str, datetime]] = field(default_factory=list)
+    """Each statement start ``ran`` counts: (application_name, its ``query_start``, the
+    server's clock), so a test can ask which replica started statements after a moment."""
     error: BaseException | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -146,6 +150,7 @@ class ActivitySampler:
                     )
                     if row["query_start"] is not None and row["query_start"] != before:
                         self.ran.add(row["application_name"])
+                        self.starts.append((row["application_name"], row["query_start"]))
                     last_start[row["pid"]] = row["query_start"]
                 self.samples += 1
                 if names:
@@ -213,6 +218,16 @@ async def lock_holder(dsn: str, key: int) -> str | None:
     finally:
         await conn.close()
     return name
+
+
+async def server_clock(dsn: str) -> datetime:
+    """The database server's clock now (``pg_stat_activity.query_start`` runs on it)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    finally:
+        await conn.close()
+    return now
 
 
 def lock_name(process: ExporterProcess) -> str:
@@ -375,14 +390,24 @@ async def test_a_frozen_leader_loses_the_lock_within_the_lease_and_steps_down_on
         assert released <= LEASE + 1.0, released
         await timed_takeover(follower, moved_at)
         lines_before_wake = len(leader.lines)
+        woke_at = await server_clock(seeded_db)
     finally:
         leader.proc.send_signal(signal.SIGCONT)
     await wait_until(lambda: is_follower(leader), timeout=10)
     assert not has_business(await scrape(leader))
     woke = leader.logs().splitlines()[lines_before_wake:]
     assert any("no longer the leader" in line for line in woke), woke
-    started = [line for line in woke if "rows in" in line]  # debug line of a finished query
-    assert not started, f"the woken leader ran queries: {started}"
+    # Give a woken leader that ignored its lost lock several intervals to start a query, then
+    # ask the database (the sampler's record of every statement start) who started any.
+    runs = value(
+        await scrape(follower), "tw_exporter_query_duration_seconds_count", query="platform_stats"
+    )
+    await wait_until(
+        lambda: _runs_above(follower, (runs or 0) + 3), timeout=3 * INTERVAL + TAKEOVER_SLACK
+    )
+    after_wake = {name for name, started in sampler.starts if started >= woke_at}
+    assert query_name(follower) in after_wake, "the sampler saw the new leader's statements"
+    assert query_name(leader) not in after_wake, "the woken leader started statements"
     print(f"lock released {released:.2f}s after SIGSTOP (lease {LEASE}s)")
     await sampler.watched(leader, follower)
     assert sampler.worst <= 1, sampler.seen[-5:]
@@ -498,6 +523,26 @@ async def test_a_transaction_pooler_on_the_lock_path_is_refused_with_one_line(
     assert len(errors) == 1, replica.logs()
     assert "--ha-dsn goes through a transaction pooler" in errors[0]
     assert "connect it to PostgreSQL directly or through a session pooler" in errors[0]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+async def test_ha_through_a_pooler_that_shares_backends_is_refused(
+    mode: str, pg_server: PgServer, seeded_db: str, exporter_proc: StartExporter
+) -> None:
+    """The issue's set-up: --dsn (so also the lock) through a stock transaction pooler, which
+    happened to keep the lock session on one backend, so the check at election passed and the
+    replica flapped leader every few seconds. Now refused before campaigning, one line."""
+    with run_pgbouncer(pg_server.dsn, mode) as bouncer:
+        replica = exporter_proc("--dsn", bouncer.dsn_for(seeded_db), *HA_FLAGS)
+        listening = time.monotonic()
+        assert replica.proc.wait(15) == 1
+        print(f"{mode} pooler: exit 1 {time.monotonic() - listening:.2f}s after listening")
+    logs = replica.logs()
+    errors = [line for line in logs.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, logs
+    assert "--ha-dsn goes through a transaction pooler" in errors[0], logs
+    assert "elected leader" not in logs, logs
+    assert "Traceback" not in logs and "AttributeError" not in logs, logs
 
 
 async def test_a_session_pooler_on_the_lock_path_works(

@@ -4,24 +4,21 @@ of the inline file rolls the pod through a checksum annotation."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import pytest
 import yaml
 
 from exporter.config.queries_file import parse
 from exporter.config.settings import query_params
 from tests.helm_support import MINIMAL_VALUES, RELEASE, Manifest, manifests, one, render
+from tests.helpers import unavailable
 
 try:
     import helm_python  # noqa: F401
 except ImportError:
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("helm-python-sdk is not installed", allow_module_level=True)
+    unavailable("helm-python-sdk is not installed (pip install -e '.[test]')")
 
 REPO = Path(__file__).resolve().parent.parent
 FULLNAME = f"{RELEASE}-tw-exporter"

@@ -20,9 +20,7 @@ PostgreSQL ``text`` cannot hold NUL (``\\x00``), so neither test produces it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -30,18 +28,13 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as parse_openmetrics,
-)
-from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter.collectors import platform_stats, top_users, trending_hashtags
-from exporter.config.settings import query_params
-from exporter.expose.labels import DEFAULT_MAX_LABEL_LENGTH, fits, rewrite
+from exporter.config.settings import DEFAULT_MAX_LABEL_LENGTH, query_params
+from exporter.expose.labels import fits, rewrite
 from exporter.expose.snapshot import OPENMETRICS_CONTENT_TYPE, SnapshotStore
-from tests import helpers
 from tests.conftest import StartExporter, wait_until_sync
-from tests.helpers import http_get, value
+from tests.helpers import Labels, both_formats, http_get, promtool_check, value
 
 BIGINT_MAX, BIGINT_MIN = 2**63 - 1, -(2**63)
 INT_MAX, INT_MIN = 2**31 - 1, -(2**31)
@@ -79,19 +72,6 @@ HOSTILE_TEXT: tuple[str, ...] = (
 # Text a PostgreSQL text column can hold: any code point but NUL (and no lone surrogates).
 PG_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
 
-Labels = tuple[tuple[str, str], ...]
-
-
-def parsed_series(families: Iterable[object], name: str) -> dict[Labels, float]:
-    result: dict[Labels, float] = {}
-    for family in families:
-        for sample in family.samples:  # type: ignore[attr-defined]
-            if sample.name == name:
-                key = tuple(sorted(sample.labels.items()))
-                assert key not in result, f"duplicate series {key}"
-                result[key] = sample.value
-    return result
-
 
 def exported_as(values: Iterable[str], limit: int = DEFAULT_MAX_LABEL_LENGTH) -> dict[str, str]:
     """What each of one label's values is exported as, per docs/label-values.md: itself when it
@@ -109,24 +89,6 @@ def exported_as(values: Iterable[str], limit: int = DEFAULT_MAX_LABEL_LENGTH) ->
         taken.add(new)
         result[original] = new
     return result
-
-
-@functools.lru_cache(maxsize=8)
-def _families(body: bytes, openmetrics: bool) -> tuple[object, ...]:
-    """Each exposition parsed once, however many metrics are then read from it (the property
-    test reads four from every example)."""
-    text = body.decode("utf-8")
-    if openmetrics:
-        return tuple(parse_openmetrics(text))  # type: ignore[no-untyped-call]
-    return tuple(parse_text(text))
-
-
-def both_formats(text: bytes, openmetrics: bytes, name: str) -> dict[Labels, float]:
-    """The series of ``name`` in both formats; they must agree."""
-    from_text = parsed_series(_families(text, False), name)
-    from_openmetrics = parsed_series(_families(openmetrics, True), name)
-    assert from_text == from_openmetrics
-    return from_text
 
 
 # ------------------------------------------------------------------ in-process property
@@ -290,18 +252,6 @@ def bounded(series: dict[Labels, float]) -> dict[Labels, float]:
 # metric need an exception, list a substring of its lint line here with the reason.
 ACCEPTABLE_LINT: Sequence[str] = ()
 PROMTOOL_PARSE_ERROR = 1
-
-
-def promtool_check(exposition: bytes) -> subprocess.CompletedProcess[str]:
-    promtool = helpers.promtool()
-    return subprocess.run(
-        [promtool, "check", "metrics"],
-        input=exposition.decode(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.slow

@@ -30,9 +30,8 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter.config.webconfig import WebConfig
 from tests.conftest import StartExporter, wait_until_sync
-from tests.helpers import HTTPResult, http_get
+from tests.helpers import HTTPResult, http_get, https_get
 from tests.pki import PKI
-from tests.test_web_security_e2e import https_get
 
 HEADER_TIMEOUT = 1.0
 IDLE_TIMEOUT = 2.0

@@ -25,18 +25,20 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.expose.labels import (
-    DEFAULT_MAX_LABEL_LENGTH,
-    EMPTY,
-    MAX_MAX_LABEL_LENGTH,
-    digest,
-    rewrite,
-    shorten,
-)
+from exporter.config.settings import DEFAULT_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH
+from exporter.expose.labels import EMPTY
 from tests import hostile_labels as hostile
 from tests.conftest import MakeDb, StartExporter, wait_until_sync
-from tests.helpers import by_label, http_get, poll, prometheus_binary, start_prometheus, value
-from tests.test_hostile_data import both_formats, promtool_check
+from tests.helpers import (
+    both_formats,
+    by_label,
+    http_get,
+    poll,
+    prometheus_binary,
+    promtool_check,
+    start_prometheus,
+    value,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +48,52 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "label-values.md"
 OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"}
 
 
-def exported_tag(tag: str) -> str:
-    """What a tag is exported as: the crafted tag owns the big tag's first shortened form, so
-    the big tag is re-hashed once (the collision rule of docs/label-values.md)."""
-    if tag == hostile.BIG_TAG:
-        return rewrite(tag, LIMIT, attempt=1)
-    return shorten(tag, LIMIT)
+# What each hostile value is exported as at the default limit (256 bytes), written out: a value
+# that fits stays as it is; a longer one becomes its longest prefix of at most 241 bytes that
+# ends on a whole character (an emoji, an accented letter, a joined family), "…" (3 bytes) and
+# the first 12 hex digits of the SHA-256 of the whole value (docs/label-values.md). The big tag
+# collides with the crafted tag (which is its first shortened form) and is re-hashed once.
+EXPORTED_TAGS = {
+    hostile.BIG_TAG: "spam" * 60 + "s…973445d91e15",
+    hostile.TWIN_A: "twin-" + "x" * 236 + "…2cff12c6f005",
+    hostile.TWIN_B: "twin-" + "x" * 236 + "…90c084e2df54",
+    hostile.EMOJI_TAG: "🔥" * 60 + "…592515b7c413",
+    hostile.COMBINING_TAG: "e\u0301" * 80 + "…4dc4b777f3c1",
+    hostile.CRAFTED_TAG: hostile.CRAFTED_TAG,
+    "": "(empty)",
+    "python": "python",
+    "grafana": "grafana",
+}
+EXPORTED_USERS = {
+    hostile.BIG_USER: "whale" * 48 + "w…4ffb7ef3cfef",
+    hostile.ZWJ_USER: "👩\u200d👩\u200d👧" * 13 + "…ec376f259f9d",
+    "🔥" * 100: "🔥" * 60 + "…e6df8fd41eaa",
+    "": "(empty)",
+    "alice": "alice",
+    "bob": "bob",
+}
+# The first shortened form's hash of each long tag (no re-hash), as the documented SQL takes it.
+FIRST_HASHES = {
+    hostile.BIG_TAG: "338b4df77133",
+    hostile.TWIN_A: "2cff12c6f005",
+    hostile.TWIN_B: "90c084e2df54",
+    hostile.EMOJI_TAG: "592515b7c413",
+    hostile.COMBINING_TAG: "4dc4b777f3c1",
+}
+EXPECTED_TAGS = {EXPORTED_TAGS[tag]: float(n) for tag, n in hostile.TAGS.items()}
+EXPECTED_USERS = {EXPORTED_USERS[name]: float(f) for name, (f, _) in hostile.USERS.items()}
 
 
-EXPECTED_TAGS = {exported_tag(tag): float(n) for tag, n in hostile.TAGS.items()}
-EXPECTED_USERS = {shorten(name, LIMIT): float(f) for name, (f, _) in hostile.USERS.items()}
+def test_the_written_out_values_fit_the_limit() -> None:
+    """The literals above are what the rule says (the bound, the marker, the hash's length)."""
+    assert LIMIT == 256, "the literals are written for the default limit"
+    for original, exported in (*EXPORTED_TAGS.items(), *EXPORTED_USERS.items()):
+        assert len(exported.encode()) <= LIMIT
+        if len(original.encode()) > LIMIT:
+            prefix, marker, digits = exported.rpartition("…")
+            assert marker and original.startswith(prefix) and len(digits) == 12
+            # the longest whole-character prefix: a character here is at most 18 bytes
+            assert LIMIT - 15 - 18 < len(prefix.encode()) <= LIMIT - 15
 
 
 def label_values(families: Any) -> Iterator[str]:
@@ -99,8 +137,8 @@ async def test_hostile_rows_are_exported_within_the_limit_as_distinct_series(
     # keeps its text, the big tag gets a re-hashed name, empty names get the placeholder.
     tags = both_formats(text, openmetrics, "tw_hashtag_tweets")
     assert tags == {(("tag", t), ("window", "7d")): n for t, n in EXPECTED_TAGS.items()}
-    assert tags[(("tag", exported_tag(hostile.TWIN_A)), ("window", "7d"))] == 30.0
-    assert tags[(("tag", exported_tag(hostile.TWIN_B)), ("window", "7d"))] == 20.0
+    assert tags[(("tag", EXPORTED_TAGS[hostile.TWIN_A]), ("window", "7d"))] == 30.0
+    assert tags[(("tag", EXPORTED_TAGS[hostile.TWIN_B]), ("window", "7d"))] == 20.0
     assert tags[(("tag", hostile.CRAFTED_TAG), ("window", "7d"))] == 10.0
     assert tags[(("tag", EMPTY), ("window", "7d"))] == 8.0
     users = both_formats(text, openmetrics, "tw_user_followers")
@@ -132,12 +170,12 @@ async def test_the_documented_sql_finds_the_original_of_a_shortened_value(make_d
     dsn = await make_db()
     await hostile.load_hostile_labels(dsn)
     (sql,) = re.findall(r"```sql\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
-    documented = shorten(hostile.BIG_TAG, LIMIT).rpartition("…")[2]
+    documented = FIRST_HASHES[hostile.BIG_TAG]
     assert documented in sql  # the example's hash is the real one
     conn = await asyncpg.connect(dsn)
     try:
         for tag in hostile.LONG_TAGS:
-            found = await conn.fetch(sql.replace(documented, digest(tag)))
+            found = await conn.fetch(sql.replace(documented, FIRST_HASHES[tag]))
             assert [row["tag"] for row in found] == [tag]
     finally:
         await conn.close()

@@ -16,14 +16,17 @@ from prometheus_client.metrics_core import Metric
 
 from exporter.cli import build_parser
 from exporter.collectors import top_users, trending_hashtags
-from exporter.config.settings import query_params, settings_from
-from exporter.expose import labels
-from exporter.expose.labels import (
+from exporter.config.settings import (
     DEFAULT_MAX_LABEL_LENGTH,
-    EMPTY,
-    MARKER,
     MAX_MAX_LABEL_LENGTH,
     MIN_MAX_LABEL_LENGTH,
+    query_params,
+    settings_from,
+)
+from exporter.expose import labels
+from exporter.expose.labels import (
+    EMPTY,
+    MARKER,
     LabelBounder,
     fits,
     rewrite,

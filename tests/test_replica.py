@@ -11,14 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import pwd
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -27,129 +21,19 @@ from exporter.collectors import COLLECTORS
 from exporter.config.settings import query_params
 from exporter.db.database import Database
 from tests.conftest import REPO, exporter_command, wait_until
-from tests.helpers import unavailable, value
-from tests.test_faults import Rig, fill, make_rig, rigs  # noqa: F401
-from tests.test_postgres_tls import _free_port, _run_as, _server_user
+from tests.helpers import free_port, value
+from tests.pg_cluster import STANDBY_DELAY_MS, Pair, replayed, replication_pair
+from tests.rig import Rig, fill, make_rig
 
-STANDBY_DELAY_MS = 100
 TOP_USERS = next(c for c in COLLECTORS if c.name == "top_users")
 
 pytestmark = pytest.mark.slow
 
 
-def _bindir() -> Path:
-    pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        unavailable("pg_config is not installed (Debian package postgresql-15)")
-    path = Path(
-        subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
-    )
-    missing = [b for b in ("initdb", "pg_ctl", "pg_basebackup") if not (path / b).exists()]
-    if missing:
-        unavailable(f"PostgreSQL binaries missing in {path}: {', '.join(missing)}")
-    return path
-
-
-@dataclass(frozen=True)
-class Pair:
-    primary_port: int
-    standby_port: int
-    bindir: Path
-    user: pwd.struct_passwd | None
-    root: Path
-
-    def stop_standby(self) -> None:
-        _run_as(
-            self.user,
-            [str(self.bindir / "pg_ctl"), "-D", str(self.root / "standby"), "-m", "fast",
-             "-w", "stop"],
-            self.root,
-        )  # fmt: skip
-
-    def start_standby(self) -> None:
-        _start(self.bindir, self.user, self.root / "standby", self.root)
-
-    @property
-    def primary(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.primary_port}/postgres"
-
-    @property
-    def standby(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.standby_port}/postgres"
-
-
-def _start(bindir: Path, user: pwd.struct_passwd | None, data: Path, root: Path) -> None:
-    log = root / f"{data.name}.log"
-    _run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start"], root)
-
-
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    bindir = _bindir()
-    user = _server_user()
-    root = Path(tempfile.mkdtemp(prefix="tw-pg-replica-"))
-    started: list[Path] = []
-    try:
-        if user is not None:
-            os.chown(root, user.pw_uid, user.pw_gid)
-        primary, standby = root / "primary", root / "standby"
-        ports = Pair(_free_port(), _free_port(), bindir, user, root)
-        _run_as(
-            user,
-            [str(bindir / "initdb"), "-D", str(primary), "-U", "postgres", "--auth=trust",
-             "-E", "UTF8", "--locale=C", "--no-sync"],
-            root,
-        )  # fmt: skip
-        with (primary / "postgresql.conf").open("a") as conf:
-            conf.write(
-                f"\nport = {ports.primary_port}\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{root}'\nfsync = off\n"
-            )
-        with (primary / "pg_hba.conf").open("a") as hba:
-            hba.write("host replication all 127.0.0.1/32 trust\n")
-        _start(bindir, user, primary, root)
-        started.append(primary)
-        _run_as(
-            user,
-            [str(bindir / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(ports.primary_port),
-             "-U", "postgres", "-D", str(standby), "-R", "-X", "stream", "--no-sync"],
-            root,
-        )  # fmt: skip
-        with (standby / "postgresql.conf").open("a") as conf:
-            conf.write(
-                f"\nport = {ports.standby_port}\nhot_standby = on\n"
-                "hot_standby_feedback = off\n"
-                f"max_standby_streaming_delay = {STANDBY_DELAY_MS}ms\n"
-            )
-        _start(bindir, user, standby, root)
-        started.append(standby)
-        yield ports
-    finally:
-        for data in reversed(started):
-            _run_as(
-                user, [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], root
-            )
-        shutil.rmtree(root, ignore_errors=True)
-
-
-async def replayed(pair: Pair) -> None:
-    """Wait until the standby has replayed everything the primary has written so far."""
-    primary = await asyncpg.connect(pair.primary)
-    try:
-        lsn = await primary.fetchval("SELECT pg_current_wal_lsn()")
-    finally:
-        await primary.close()
-    standby = await asyncpg.connect(pair.standby)
-    try:
-
-        async def caught_up() -> bool:
-            return bool(
-                await standby.fetchval("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn)
-            )
-
-        await wait_until(caught_up, timeout=15)
-    finally:
-        await standby.close()
+    with replication_pair() as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +48,7 @@ def seeded_pair(pair: Pair) -> Pair:
 
 async def test_exporter_on_the_standby_exports_the_primarys_numbers(
     seeded_pair: Pair,
-    rigs: list[Rig],  # noqa: F811
+    rigs: list[Rig],
 ) -> None:
     pair = seeded_pair
     rig = await make_rig(pair.standby)
@@ -187,7 +71,7 @@ async def test_exporter_on_the_standby_exports_the_primarys_numbers(
 
 async def test_recovery_conflict_is_counted_as_conflict_and_the_next_run_recovers(
     seeded_pair: Pair,
-    rigs: list[Rig],  # noqa: F811
+    rigs: list[Rig],
 ) -> None:
     """A lock taken on the primary conflicts with the standby query holding the table: after
     max_standby_streaming_delay replay cancels the query with SQLSTATE 40001. The query is the
@@ -269,7 +153,7 @@ IN_RECOVERY = "SELECT pg_is_in_recovery() AS standby, current_setting('port') AS
 
 
 async def test_multi_host_dsn_skips_a_host_that_is_down(seeded_pair: Pair) -> None:
-    down = _free_port()  # nothing listens here
+    down = free_port()  # nothing listens here
     database = Database(
         _hosts(down, seeded_pair.primary_port, attrs="any"), pool_size=3, query_timeout=5.0
     )

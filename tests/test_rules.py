@@ -16,15 +16,25 @@ import yaml
 
 from exporter.expose.catalog import ALL_METRICS, all_sample_names, sample_names
 from exporter.expose.health import FAILURE_REASONS
+from exporter.monitoring.alerts import ALERTS
+from exporter.monitoring.files import stale_files, write_files
+from exporter.monitoring.params import DEFAULTS
+from exporter.monitoring.paths import (
+    HELM_RULES_PATH,
+    HELM_THRESHOLDS_PATH,
+    RULES_PATH,
+    RULES_TEST_PATH,
+)
+from exporter.monitoring.promql import REASON_TIMEOUT, promql_metric_names
+from exporter.monitoring.render import render_rules, runbook_markdown
 from tests import helpers
 from tests.helpers import unavailable
-from tools import monitoring, readme_tables
-from tools.monitoring.promql import REASON_TIMEOUT
+from tools import readme_tables
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / monitoring.RULES_PATH
-RULES_TESTS = ROOT / monitoring.RULES_TEST_PATH
-HELM_FILES = ROOT / monitoring.HELM_RULES_PATH.parent
+RULES = ROOT / RULES_PATH
+RULES_TESTS = ROOT / RULES_TEST_PATH
+HELM_FILES = ROOT / HELM_RULES_PATH.parent
 TARGET_LABELS = {"job", "instance"}
 
 
@@ -48,7 +58,7 @@ def run(*args: str, stdin: str | None = None, cwd: Path = ROOT) -> subprocess.Co
 def test_promtool_check_rules(promtool: str) -> None:
     result = run(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(monitoring.ALERTS)} rules found" in result.stdout
+    assert f"SUCCESS: {len(ALERTS)} rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass(promtool: str) -> None:
@@ -66,7 +76,7 @@ def test_every_alert_is_unit_tested_firing_and_quiet(rules: list[dict[str, Any]]
         for case in group.get("alert_rule_test", []):
             (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
     names = {rule["alert"] for rule in rules}
-    assert names == {alert.name for alert in monitoring.ALERTS}
+    assert names == {alert.name for alert in ALERTS}
     assert names - firing == set(), "alerts without a firing unit test"
     assert names - quiet == set(), "alerts without a quiet unit test"
     assert (firing | quiet) - names == set(), "unit tests for alerts that do not exist"
@@ -103,7 +113,7 @@ def test_every_failure_reason_fires_its_own_alert_and_not_the_other() -> None:
 def test_rules_use_only_catalogue_metrics(rules: list[dict[str, Any]]) -> None:
     known = all_sample_names() | {"up"}
     for rule in rules:
-        used = monitoring.promql_metric_names(rule["expr"])
+        used = promql_metric_names(rule["expr"])
         assert used, rule["alert"]
         assert used <= known, f"{rule['alert']} uses unknown metrics {used - known}"
 
@@ -111,7 +121,7 @@ def test_rules_use_only_catalogue_metrics(rules: list[dict[str, Any]]) -> None:
 def test_annotations_only_name_labels_the_alert_has(rules: list[dict[str, Any]]) -> None:
     by_sample = {name: spec for spec in ALL_METRICS for name in sample_names(spec)}
     for rule in rules:
-        used = monitoring.promql_metric_names(rule["expr"]) - {"up"}
+        used = promql_metric_names(rule["expr"]) - {"up"}
         available = TARGET_LABELS.union(*(by_sample[name].labels for name in used))
         if rule["expr"].startswith("absent("):
             available = set()
@@ -121,7 +131,7 @@ def test_annotations_only_name_labels_the_alert_has(rules: list[dict[str, Any]])
 
 
 def test_every_alert_is_documented_and_routable(rules: list[dict[str, Any]]) -> None:
-    base = str(monitoring.DEFAULTS["runbookBaseUrl"])
+    base = str(DEFAULTS["runbookBaseUrl"])
     for rule in rules:
         name = rule["alert"]
         assert re.fullmatch(r"Tw[A-Za-z]+", name)
@@ -134,34 +144,34 @@ def test_every_alert_is_documented_and_routable(rules: list[dict[str, Any]]) -> 
 
 
 def test_runbook_has_a_section_per_alert() -> None:
-    text = monitoring.runbook_markdown()
-    for alert in monitoring.ALERTS:
+    text = runbook_markdown()
+    for alert in ALERTS:
         assert f'<a id="runbook-{alert.name.lower()}"></a>' in text
         assert f"### {alert.name}\n" in text
 
 
 def test_generated_files_are_up_to_date() -> None:
-    result = run(sys.executable, "-m", "tools.monitoring", "--check")
+    result = run(sys.executable, "-m", "exporter.monitoring", "--check")
     assert result.returncode == 0, result.stderr
 
 
 def test_check_mode_reports_missing_or_edited_files(tmp_path: Path) -> None:
-    result = run(sys.executable, "-m", "tools.monitoring", "--check", "--root", str(tmp_path))
+    result = run(sys.executable, "-m", "exporter.monitoring", "--check", "--root", str(tmp_path))
     assert result.returncode == 1
-    assert str(monitoring.RULES_PATH) in result.stderr
-    assert monitoring.write_files(tmp_path)
-    assert monitoring.stale_files(tmp_path) == []
-    (tmp_path / monitoring.RULES_PATH).write_text("groups: []\n", encoding="utf-8")
-    assert monitoring.stale_files(tmp_path) == [monitoring.RULES_PATH]
+    assert str(RULES_PATH) in result.stderr
+    assert write_files(tmp_path)
+    assert stale_files(tmp_path) == []
+    (tmp_path / RULES_PATH).write_text("groups: []\n", encoding="utf-8")
+    assert stale_files(tmp_path) == [RULES_PATH]
 
 
 def test_thresholds_file_lists_every_parameter_default() -> None:
-    values = yaml.safe_load((ROOT / monitoring.HELM_THRESHOLDS_PATH).read_text(encoding="utf-8"))
-    assert values == dict(monitoring.DEFAULTS)
+    values = yaml.safe_load((ROOT / HELM_THRESHOLDS_PATH).read_text(encoding="utf-8"))
+    assert values == dict(DEFAULTS)
 
 
 def test_render_rules_overrides_thresholds(promtool: str, tmp_path: Path) -> None:
-    text = monitoring.render_rules(
+    text = render_rules(
         {
             "followersMilestone": 5,
             "hashtagSurgeWindow": "5m",
@@ -179,9 +189,9 @@ def test_render_rules_overrides_thresholds(promtool: str, tmp_path: Path) -> Non
     result = run(promtool, "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     with pytest.raises(KeyError, match="unknownKey"):
-        monitoring.render_rules({"unknownKey": 1})
+        render_rules({"unknownKey": 1})
     with pytest.raises(ValueError, match="whole number"):
-        monitoring.render_rules({"followersMilestone": 1.5})
+        render_rules({"followersMilestone": 1.5})
 
 
 def test_promql_metric_name_extraction() -> None:
@@ -189,8 +199,8 @@ def test_promql_metric_name_extraction() -> None:
         'histogram_quantile(0.9, sum by (query, le) (rate(a_bucket{job=~"$job"}[5m]))) '
         "> on (job, instance) group_left () 3 * b offset 1h and c unless absent(d) or e[1m:]"
     )
-    assert monitoring.promql_metric_names(expr) == {"a_bucket", "b", "c", "d", "e"}
-    assert monitoring.promql_metric_names('time() - x{y="z"} > bool 1e6') == {"x"}
+    assert promql_metric_names(expr) == {"a_bucket", "b", "c", "d", "e"}
+    assert promql_metric_names('time() - x{y="z"} > bool 1e6') == {"x"}
 
 
 def _render_helm_template(values: dict[str, Any], chart_dir: Path) -> Any:
@@ -214,14 +224,14 @@ def _render_helm_template(values: dict[str, Any], chart_dir: Path) -> Any:
 
 
 def test_helm_template_renders_to_the_rules_file(tmp_path: Path) -> None:
-    defaults = yaml.safe_load((ROOT / monitoring.HELM_THRESHOLDS_PATH).read_text(encoding="utf-8"))
+    defaults = yaml.safe_load((ROOT / HELM_THRESHOLDS_PATH).read_text(encoding="utf-8"))
     rendered = _render_helm_template(defaults, tmp_path / "defaults")
     assert rendered == yaml.safe_load(RULES.read_text(encoding="utf-8"))
 
     # Helm reads numbers as float64: large ones must still print as plain integers.
     custom = {**defaults, "followersMilestone": 25_000_000, "followerDropRatio": 0.25}
     rendered = _render_helm_template(custom, tmp_path / "custom")
-    assert rendered == yaml.safe_load(monitoring.render_rules(custom))
+    assert rendered == yaml.safe_load(render_rules(custom))
     texts = yaml.safe_dump(rendered)
     assert "25000000" in texts
     assert "e+" not in texts

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import ssl
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import bcrypt
 
 from tests.conftest import StartExporter, exporter_command, wait_until_sync
-from tests.helpers import HTTPResult
+from tests.helpers import https_get
 from tests.pki import PKI
-
-
-def https_get(url: str, ca: Path, auth: tuple[str, str] | None = None) -> HTTPResult:
-    context = ssl.create_default_context(cafile=str(ca))
-    headers = {}
-    if auth:
-        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=5, context=context) as response:
-            return HTTPResult(response.status, dict(response.headers), response.read())
-    except urllib.error.HTTPError as error:
-        return HTTPResult(error.code, dict(error.headers), error.read())
 
 
 def test_tls_and_basic_auth(

@@ -65,13 +65,47 @@ def demo_table() -> list[str]:
     return _command_table(add_demo_options)
 
 
+def monitoring_table() -> list[str]:
+    from exporter.cli import add_monitoring_options
+
+    return _command_table(add_monitoring_options)
+
+
+#: Where a command's row points for more than its help line (links relative to docs/).
+COMMAND_LINKS = {
+    "monitoring": "[what it writes](custom-queries.md"
+    "#five-minutes-from-a-file-to-a-dashboard-panel-and-an-alert)",
+    "demo": "`--tweets N`, `--data-dir PATH`; [its flags](your-own-database.md#the-demos-flags)",
+    "sample-data": "[details](your-own-database.md#sample-data-tw-exporter-sample-data)",
+}
+
+
+def commands_table() -> list[str]:
+    """Every command of ``tw-exporter --help``, with its help line (``exporter/cli.py``)."""
+    from exporter.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    rows = ["| command | what it does |", "|---|---|"]
+    for choice in commands._choices_actions:
+        link = COMMAND_LINKS.get(choice.dest)
+        rows.append(
+            f"| `tw-exporter {choice.dest}` | {choice.help}{f' ({link})' if link else ''} |"
+        )
+    rows.append("| `tw-exporter --version` | the version |")
+    rows.append(
+        "| `tw-exporter COMMAND --help` | the command's flags, with their defaults and variables |"
+    )
+    return rows
+
+
 def sample_data_table() -> list[str]:
     from exporter.ops.sample_data import add_sample_data_options
 
     return _command_table(add_sample_data_options)
 
 
-# ---------------------------------------------------------------- tables from tools.monitoring
+# ---------------------------------------------------------------- tables from exporter.monitoring
 # Imported when called: the monitoring generator is large and only the docs need it here.
 
 RUNBOOK_PAGE = "runbook.md"
@@ -93,39 +127,39 @@ def _from_docs(markdown: str) -> str:
 
 def alerts_table() -> str:
     """The alert table, for a page beside the runbook: its links go to ``runbook.md``."""
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    table = _from_docs(monitoring.alerts_markdown())
+    table = _from_docs(render.alerts_markdown())
     return table.replace("](#runbook-", f"]({RUNBOOK_PAGE}#runbook-")
 
 
 def alert_parameters_table() -> str:
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    return _from_docs(monitoring.thresholds_markdown())
+    return _from_docs(render.thresholds_markdown())
 
 
 def panels_table() -> str:
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    return _from_docs(monitoring.panels_markdown())
+    return _from_docs(render.panels_markdown())
 
 
 def runbook_sections() -> str:
     """One section per alert, under the runbook page's own title (the generator's
     ``## Runbook`` heading is the page's ``# Runbook`` here)."""
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    return _from_docs(monitoring.runbook_markdown().removeprefix("## Runbook\n").lstrip("\n"))
+    return _from_docs(render.runbook_markdown().removeprefix("## Runbook\n").lstrip("\n"))
 
 
 def runbook_redirects() -> str:
     """For the README: an anchor per alert where the runbook used to be, linking to its entry
     in docs/runbook.md, so ``runbook_url``s of rules deployed from earlier versions still land
     next to the right link."""
-    from tools import monitoring
+    from exporter.monitoring import render
 
-    entries = re.findall(r'<a id="(runbook-[^"]+)"></a>\s+### (\S+)', monitoring.runbook_markdown())
+    entries = re.findall(r'<a id="(runbook-[^"]+)"></a>\s+### (\S+)', render.runbook_markdown())
     return "".join(
         f'- <a id="{anchor}"></a>[{name}](docs/{RUNBOOK_PAGE}#{anchor})\n'
         for anchor, name in entries
@@ -157,6 +191,8 @@ def _lines(rows: Callable[[], list[str]]) -> Callable[[], str]:
 
 BLOCKS: tuple[Block, ...] = (
     Block("configuration", Path("docs/configuration.md"), _lines(configuration_table)),
+    Block("commands", Path("docs/configuration.md"), _lines(commands_table)),
+    Block("monitoring-flags", Path("docs/configuration.md"), _lines(monitoring_table)),
     Block("metrics", Path("docs/metrics.md"), _lines(metrics_table)),
     Block("demo-flags", Path("docs/your-own-database.md"), _lines(demo_table)),
     Block("sample-data-flags", Path("docs/your-own-database.md"), _lines(sample_data_table)),

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -88,11 +89,16 @@ class Reloader:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[Outcome]] = field(default_factory=set)
 
-    def request(self) -> None:
-        """SIGHUP's handler: start a reload (a signal handler cannot await one)."""
-        task = asyncio.get_running_loop().create_task(self.reload())
+    def request(self, run: Callable[[], Awaitable[Outcome]] | None = None) -> None:
+        """SIGHUP's handler: start a reload (a signal handler cannot await one); ``run`` is
+        what to await instead of ``reload`` (the app's, which re-reads DSN files first)."""
+        task = asyncio.get_running_loop().create_task(self._run(run or self.reload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _run(run: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        return await run()
 
     async def reload(self) -> Outcome:
         """Read, prove, then swap; on any failure keep everything as it is."""

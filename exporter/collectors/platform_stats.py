@@ -5,7 +5,7 @@ does; an empty window yields 0 tweets, 0 active users and 0 likes, and *no* like
 sample (an average of nothing is undefined, and exporting NaN breaks alert arithmetic).
 
 The shape stays the seed's: with the covering index on ``created_at`` from
-``sql/recommended-indexes.sql`` PostgreSQL answers it by an index-only scan of the window's
+``exporter/sql/recommended-indexes.sql`` PostgreSQL answers it by an index-only scan of the window's
 rows (0.4 s instead of 1.6 s at 10M tweets; its cost grows with the window, not the table).
 Rewrites (GROUP BY user_id first, DISTINCT in a subquery) measured slower.
 """

@@ -4,8 +4,8 @@ Two fixes over the seed's SQL: users with a NULL ``follower_count`` are excluded
 sorts NULLs first under ``DESC``, so the seed would export them as the "top" users), and ties
 are broken by username (byte order, ``COLLATE "C"``, so the result does not depend on the
 database's collation) and the exported set is the same every cycle instead of flapping.
-With the index on ``(follower_count DESC, username COLLATE "C")`` from
-``sql/recommended-indexes.sql`` the top N come off the index already in this exact order (no
+With the index on ``(follower_count DESC, username COLLATE "C")`` from the recommended
+indexes (``exporter/sql/``) the top N come off the index already in this exact order (no
 sort at all; the query's ``IS NOT NULL`` skips the NULL counts inside the index): 0.4 ms
 instead of sorting every user (50 ms at 500k users). The index is not partial, so PostgreSQL
 17+ can use it when the column is ``NOT NULL`` too (docs/schema-variants.md).

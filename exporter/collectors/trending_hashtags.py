@@ -19,7 +19,7 @@ tag. Ties at the LIMIT boundary are broken by tag (byte order, ``COLLATE "C"``, 
 the database's collation) so the exported set is stable between cycles;
 NULL tags (impossible with the shipped schema) are skipped because a label cannot be NULL.
 ``tests/test_query_equivalence.py`` proves the result equal to the seed's SQL. Indexes that make
-it fast: ``sql/recommended-indexes.sql``.
+it fast: ``exporter/sql/recommended-indexes.sql``.
 """
 
 from __future__ import annotations

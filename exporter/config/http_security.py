@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.config.settings import Settings
-from exporter.expose.http import Authenticator
+
+if TYPE_CHECKING:
+    from exporter.config.webconfig import WebConfig
 
 
 @dataclass(frozen=True)
 class HTTPSecurity:
-    """What the web config file contributes to the server (TLS, auth, headers)."""
+    """What the web config file contributes to the server (TLS, auth, headers). The server
+    states what it needs of the authenticator (``exporter.expose.http.Authenticator``, a
+    protocol the web config satisfies); the configuration names only its own type, so it does
+    not import the HTTP module it configures."""
 
     ssl_context: ssl.SSLContext | None = None
-    authenticator: Authenticator | None = None
+    authenticator: WebConfig | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
 

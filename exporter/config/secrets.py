@@ -55,9 +55,28 @@ def redact_dsn(dsn: str) -> str:
     parts = _split_userinfo(dsn)
     if parts is not None:
         dsn = f"{parts[0]}:{MASK}{parts[2]}"
+    elif "://" in dsn:
+        dsn = _mask_non_port(dsn)
     # Everything after "password=" up to white space: a password containing "&" must not
     # leave its tail behind.
     return _PASSWORD_TAIL.sub(rf"\1{MASK}", dsn)
+
+
+def _mask_non_port(dsn: str) -> str:
+    """A URI without '@' whose first host has a port that is not a number may be
+    ``user:password`` that lost its ``@host`` (``postgresql://tw:S3#cr/t@``...): everything
+    after that colon is masked, since the password may hold '/', '?' or ','."""
+    scheme, _, rest = dsn.partition("://")
+    if rest.startswith("["):
+        return dsn
+    host, colon, tail = rest.partition(":")
+    if not colon or "/" in host or "?" in host:
+        return dsn
+    port = re.match(r"\d*", tail)
+    end = port.end() if port else 0
+    if end and (end == len(tail) or tail[end] in "/?,"):
+        return dsn
+    return f"{scheme}://{host}:{MASK}"
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:

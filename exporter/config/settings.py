@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +19,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from exporter import __version__
+from exporter.config import dsn as dsn_uri
 from exporter.config.secrets import redact_dsn
-from exporter.expose.labels import (
-    DEFAULT_MAX_LABEL_LENGTH,
-    MAX_MAX_LABEL_LENGTH,
-    MIN_MAX_LABEL_LENGTH,
-)
 
 PROG = "tw-exporter"
 ENV_PREFIX = "TW_EXPORTER_"
@@ -41,8 +36,15 @@ MAX_TOP_N = 1000
 MAX_DAYS = 3650
 MAX_CONNECTIONS = 65_535
 DEFAULT_MAX_CONNECTIONS = 5
-DSN_SCHEMES = ("postgresql", "postgres")
+DSN_SCHEMES = dsn_uri.SCHEMES
 MAX_GROUP_LENGTH = 200
+# --max-label-length, in bytes (exporter.expose.labels shortens longer values to fit).
+DEFAULT_MAX_LABEL_LENGTH = 256
+# The smallest limit that still leaves room for a readable prefix before the marker and hash.
+MIN_MAX_LABEL_LENGTH = 32
+# A ceiling so a typo cannot switch the bound off; above 2,048 bytes Mimir, Cortex and Grafana
+# Cloud already reject the series, so larger limits only suit a Prometheus without any limit.
+MAX_MAX_LABEL_LENGTH = 65_536
 DEFAULT_HA_LEASE = 15.0
 # The lease must outlast a query a frozen leader started just before it froze (query timeout
 # plus the client's grace), so that query has ended before the lock can pass on.
@@ -84,6 +86,10 @@ class Settings:
     web_idle_timeout: float = 75.0
     web_max_connections: int = 256
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # The file the DSN was read from (--dsn-file), re-read when it changes; likewise the HA
+    # lock's DSN when it is that same file's.
+    dsn_file: Path | None = None
+    ha_dsn_file: Path | None = None
 
     @property
     def redacted_dsn(self) -> str:
@@ -153,24 +159,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 def parse_dsn(text: str) -> str:
     """A PostgreSQL URI, with one host or libpq's comma-separated list of ``host[:port]``
     (``postgresql://u@h1:5432,h2:5432/db?target_session_attrs=prefer-standby``), each port
-    a number from 1 to 65535."""
-    dsn = text.strip()
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or scheme not in DSN_SCHEMES or not rest:
-        raise ValueError("expected a PostgreSQL URI such as postgresql://user@host:5432/dbname")
-    # The host list ends at the path or query; the user part (which may hold a password with
-    # any character) ends at the last "@" before that.
-    authority = re.split(r"[/?]", rest.rpartition("@")[2], maxsplit=1)[0]
-    for host in authority.split(",") if authority else []:
-        if not _HOST_PORT.fullmatch(host):
-            raise ValueError(
-                f"expected a PostgreSQL URI with valid hosts and numeric ports "
-                f"(host:port, or host1:port1,host2:port2), got host {host!r}"
-            )
-        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
-        if port and not 1 <= int(port) <= 65535:
-            raise ValueError(f"expected a PostgreSQL URI with ports from 1 to 65535, got {port}")
-    return dsn
+    a number from 1 to 65535; every part is checked (``exporter.config.dsn``)."""
+    dsn_uri.parse(text)
+    return text.strip()
 
 
 def parse_bool(text: str) -> bool:
@@ -191,23 +182,14 @@ def parse_group(text: str) -> str:
     return value
 
 
-def dsn_hosts(dsn: str) -> int:
-    """How many hosts a (possibly multi-host) PostgreSQL URI names (split as ``parse_dsn``
-    does)."""
-    authority = re.split(r"[/?]", dsn.partition("://")[2].rpartition("@")[2], maxsplit=1)[0]
-    return max(1, len(authority.split(",")))
+def dsn_hosts(text: str) -> int:
+    """How many hosts a (possibly multi-host) PostgreSQL URI names."""
+    return len(dsn_uri.parse(text).hosts)
 
 
-def requires_primary(dsn: str) -> bool:
+def requires_primary(text: str) -> bool:
     """Whether a multi-host DSN is pinned to the primary (``target_session_attrs``)."""
-    from urllib.parse import parse_qs, urlsplit
-
-    attrs = parse_qs(urlsplit(dsn).query).get("target_session_attrs", [""])[-1]
-    return attrs in ("read-write", "primary")
-
-
-# host, [IPv6], or empty (libpq's default host), then an optional numeric port
-_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.%\w]+\]|[^\s:/?#\[\],@]*)(?::[0-9]{1,5})?")
+    return dsn_uri.parse(text).target_session_attrs in ("read-write", "primary")
 
 
 def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
@@ -276,7 +258,9 @@ CONNECTION_OPTIONS = (
     Option(
         "--dsn-file",
         "PATH",
-        "File whose content is the PostgreSQL URI (e.g. a mounted Kubernetes Secret).",
+        "File whose content is the PostgreSQL URI, one line (e.g. a mounted Kubernetes "
+        "Secret); read again when it changes, on SIGHUP and when the server rejects the "
+        "password, so a rotated password needs no restart.",
         parse_existing_file,
     ),
 )
@@ -412,6 +396,14 @@ HA_OPTIONS = (
         parse_dsn,
         default_doc="the --dsn value",
         secret=True,
+    ),
+    Option(
+        "--ha-dsn-file",
+        "PATH",
+        "File whose content is the --ha-dsn URI, one line; followed like --dsn-file (read "
+        "again when it changes, on SIGHUP and when the server rejects the password).",
+        parse_existing_file,
+        default_doc="(none): the --ha-dsn value",
     ),
     Option(
         "--ha-lease",
@@ -554,7 +546,8 @@ def resolve(
     return values
 
 
-def _read_dsn(values: Mapping[str, Any], required: bool) -> str:
+def _read_dsn(values: Mapping[str, Any], required: bool) -> tuple[str, Path | None]:
+    """The DSN, and the file it came from (``--dsn-file``), if any."""
     dsn_source = values.get("dsn__source")
     file_source = values.get("dsn_file__source")
     both_flags = dsn_source == "--dsn" and file_source == "--dsn-file"
@@ -567,25 +560,38 @@ def _read_dsn(values: Mapping[str, Any], required: bool) -> str:
     if use_file:
         path: Path = values["dsn_file"]
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise SettingsError(
-                f"{file_source}: cannot read {str(path)!r}: {error.__class__.__name__}"
-            ) from None
-        try:
-            return parse_dsn(text)
-        except ValueError as error:
-            raise SettingsError(
-                f"{file_source}: the content of {str(path)!r} is not valid: {error}"
-            ) from None
+            return dsn_uri.read_dsn_file(path), path
+        except dsn_uri.DsnError as error:
+            raise SettingsError(f"{file_source}: {error}") from None
     if "dsn" in values:
-        return str(values["dsn"])
+        return str(values["dsn"]), None
     if required:
         raise SettingsError(
             "a database is required: give --dsn URI or --dsn-file PATH "
             "(or TW_EXPORTER_DSN / TW_EXPORTER_DSN_FILE)"
         )
-    return ""
+    return "", None
+
+
+def _read_ha_dsn(
+    values: Mapping[str, Any], dsn: str, dsn_file: Path | None
+) -> tuple[str, Path | None]:
+    """The HA lock's DSN and the file it follows: --ha-dsn-file, --ha-dsn, else the queries'
+    (whose file, if any, it then follows too)."""
+    if "ha_dsn_file" in values:
+        if "ha_dsn" in values:
+            raise SettingsError(
+                f"{values['ha_dsn__source']} and {values['ha_dsn_file__source']} are mutually "
+                "exclusive: give one"
+            )
+        path: Path = values["ha_dsn_file"]
+        try:
+            return dsn_uri.read_dsn_file(path), path
+        except dsn_uri.DsnError as error:
+            raise SettingsError(f"{values['ha_dsn_file__source']}: {error}") from None
+    if "ha_dsn" in values:
+        return str(values["ha_dsn"]), None
+    return dsn, dsn_file
 
 
 def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> Settings:
@@ -611,11 +617,17 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
     else:
         max_staleness = STALENESS_INTERVALS * interval
     host, port = merged["listen"]
-    dsn = _read_dsn(values, dsn_required)
-    ha_dsn: str = values.get("ha_dsn", dsn)
+    dsn, dsn_file = _read_dsn(values, dsn_required)
+    ha_dsn, ha_dsn_file = _read_ha_dsn(values, dsn, dsn_file)
     ha_lease = _ha_lease(values, query_timeout)
     if merged["ha"] and ha_dsn and dsn_hosts(ha_dsn) > 1 and not requires_primary(ha_dsn):
-        source = values.get("ha_dsn__source") or values.get("dsn__source") or "--dsn"
+        source = (
+            values.get("ha_dsn_file__source")
+            or values.get("ha_dsn__source")
+            or values.get("dsn_file__source")
+            or values.get("dsn__source")
+            or "--dsn"
+        )
         raise SettingsError(
             f"{source}: invalid value {redact_dsn(ha_dsn)!r} for the HA lock: expected a "
             "multi-host URI with target_session_attrs=read-write, so the lock is taken on the "
@@ -623,6 +635,8 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
         )
     return Settings(
         dsn=dsn,
+        dsn_file=dsn_file,
+        ha_dsn_file=ha_dsn_file,
         listen_host=host,
         listen_port=port,
         interval=interval,

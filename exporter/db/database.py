@@ -81,8 +81,10 @@ from typing import Any
 
 import asyncpg
 
+from exporter.config.dsn import DsnSource
 from exporter.config.settings import DEFAULT_MAX_CONNECTIONS
 from exporter.db import keepalive
+from exporter.db.connect import Connector
 from exporter.expose.health import FailureReason
 
 log = logging.getLogger(__name__)
@@ -378,14 +380,15 @@ class Database:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | DsnSource,
         *,
         pool_size: int,
         query_timeout: float,
         application_name: str = APPLICATION_NAME,
         max_connection_age: float = MAX_CONNECTION_AGE,
     ) -> None:
-        self._dsn = dsn
+        # Host by host, each with its own connect timeout, the DSN read at each connect.
+        self._connector = Connector(dsn)
         self._application_name = application_name
         self._pool_size = pool_size
         self._query_timeout = query_timeout
@@ -403,11 +406,12 @@ class Database:
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self._dsn,
+            connect=self._connector.connect,
             min_size=0,
             max_size=self._pool_size,
-            # asyncpg applies it to the whole connect: TCP, TLS, startup and authentication.
-            timeout=self._query_timeout,  # connect timeout
+            # Per host: TCP, TLS, startup, authentication and the session check (see
+            # exporter.db.connect; the URI's connect_timeout wins).
+            timeout=self._query_timeout,
             command_timeout=None,
             init=self._tune_socket,
             max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME,
@@ -416,6 +420,11 @@ class Database:
             reset=_no_session_state,
             server_settings={"application_name": self._application_name},
         )
+
+    def drain(self) -> None:
+        """The DSN changed (a rotated password file): connections open from now on use it,
+        and the open ones are replaced as they come back to the pool (none is cut mid-query)."""
+        self._generation_started = -math.inf
 
     @property
     def slots(self) -> Slots:

@@ -17,7 +17,11 @@ Three rules make this safe rather than lucky:
   The lease is longer than the query timeout, so a query a frozen leader started before the
   freeze has ended (``statement_timeout``) before its lock can pass to another replica.
 * Where the lock lives. Advisory locks are per server: the lock connection refuses a standby,
-  and a transaction pooler, detected because the lock is not held by the session's own backend.
+  and a transaction pooler, detected before campaigning (a second connection is handed the
+  lock session's backend, or the lock session moves to another one) and again after each
+  grant (the lock is not held by the session's own backend). It connects host by host like
+  the pool (``exporter.db.connect``), so a hung host in a multi-host ``--ha-dsn`` costs one
+  connect timeout, and it reads the DSN at each connect (a rotated ``--dsn-file``).
 
 The interface is deliberately narrow so any scheduler shape can use it: ``is_leader``,
 ``confirm()``, ``on_elected`` / ``on_lost`` callbacks and ``answered`` (for ``tw_up`` on a
@@ -37,7 +41,9 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from exporter.config.dsn import DsnSource
 from exporter.db import keepalive
+from exporter.db.connect import Connector
 from exporter.db.database import describe
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,8 @@ KEY_PREFIX = b"tw-exporter:"
 MIN_SERVER_VERSION = 140000
 # A reconnect after a failure waits this long at most (it starts at a tenth of it).
 MAX_RETRY_SECONDS = 2.0
+# Rounds of the pooler check at connect (``_refuse_shared_backends``): two round trips each.
+PIN_PROBES = 3
 
 _HELD_SQL = """
 SELECT EXISTS (
@@ -102,7 +110,7 @@ class Leadership:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | DsnSource,
         group: str,
         *,
         lease: float,
@@ -117,7 +125,8 @@ class Leadership:
         self.key = group_key(group)
         self.lease = lease
         self.heartbeat = lease / 3
-        self._dsn = dsn
+        # Host by host like the pool (exporter.db.connect), the DSN read at each connect.
+        self._connector = Connector(dsn)
         self.application_name = application_name(LOCK_APPLICATION_PREFIX, replica or replica_name())
         self._connect_timeout = connect_timeout
         self.on_elected = on_elected
@@ -193,8 +202,7 @@ class Leadership:
             retry = min(MAX_RETRY_SECONDS, retry * 2)
 
     async def _connect(self) -> None:
-        self._conn = await asyncpg.connect(
-            self._dsn,
+        self._conn = await self._connector.connect(
             timeout=self._connect_timeout,
             command_timeout=None,
             statement_cache_size=0,
@@ -225,6 +233,7 @@ class Leadership:
                 "live on the primary; point it at the primary, or add "
                 "target_session_attrs=read-write to a multi-host DSN"
             )
+        await self._refuse_shared_backends()
         lease_ms = max(1, round(self.lease * 1000))
         await self._roundtrip(
             self._conn.execute(
@@ -237,6 +246,38 @@ class Leadership:
                 "SET lock_timeout = 0"
             )
         )
+
+    async def _refuse_shared_backends(self) -> None:
+        """Refuse a pooler that does not pin this session to one backend (PgBouncer in
+        transaction or statement mode), before campaigning: there a session lock belongs to
+        whichever backend ran the statement, and the lock session may later run on another.
+
+        A second connection asks for its backend between two questions of the lock session:
+        a transaction pooler hands it the backend the lock session just released (PgBouncer
+        reuses the most recently used one), or moves the lock session to another backend; a
+        direct connection or a session pooler keeps the two apart. The check after each
+        grant (``_try_acquire``) still catches a pooler that dodges this one."""
+        own = await self._roundtrip(self._conn.fetchval("SELECT pg_backend_pid()"))
+        probe = await self._connector.connect(
+            timeout=self._connect_timeout,
+            command_timeout=None,
+            statement_cache_size=0,
+            server_settings={"application_name": self.application_name},
+        )
+        try:
+            for _ in range(PIN_PROBES):
+                other = await self._roundtrip(probe.fetchval("SELECT pg_backend_pid()"))
+                again = await self._roundtrip(self._conn.fetchval("SELECT pg_backend_pid()"))
+                if other == own or again != own:
+                    seen = "another connection" if other == own else f"backend {again} next"
+                    raise HAConfigError(
+                        f"--ha-dsn goes through a transaction pooler (this session's backend "
+                        f"{own} served {seen}): connect it to PostgreSQL directly or through a "
+                        "session pooler (queries may keep a transaction pooler in --dsn, with "
+                        "--ha-dsn for the lock)"
+                    )
+        finally:
+            probe.terminate()
 
     async def _try_acquire(self) -> None:
         """Wait for the lock (up to one heartbeat, the session's statement_timeout); when it
@@ -273,6 +314,9 @@ class Leadership:
         self._checks_started += 1
         number = self._checks_started
         high, low = key_halves(self.key)
+        if self._conn is None:  # the campaign dropped the connection: nothing holds the lock
+            self._last_check = (number, False)
+            return False
         try:
             held = bool(
                 await self._roundtrip(self._conn.fetchval(_HELD_SQL, high, low), self.heartbeat)

@@ -109,6 +109,19 @@ RELOAD_SUCCESS_TIMESTAMP = MetricSpec(
     "gauge",
     "Unix time of the last successful configuration load (the start counts as one).",
 )
+DSN_RELOADS = MetricSpec(
+    "tw_exporter_dsn_reloads_total",
+    "counter",
+    "Times a re-read of the DSN file (--dsn-file; the HA lock's too when it uses it) brought "
+    "a new DSN into use: the file changed (a rotated Secret), SIGHUP, or the server rejected "
+    "the password. New connections use it; open ones are replaced as they come back.",
+)
+DSN_RELOAD_FAILURES = MetricSpec(
+    "tw_exporter_dsn_reload_failures_total",
+    "counter",
+    "Re-reads of the DSN file that failed (unreadable, not one line, not a valid URI): the "
+    "previous DSN stays in use.",
+)
 INTERVAL = MetricSpec(
     "tw_exporter_interval_seconds",
     "gauge",
@@ -148,6 +161,8 @@ HEALTH_METRICS: tuple[MetricSpec, ...] = (
     QUERY_INTERVAL,
     RELOAD_SUCCESSFUL,
     RELOAD_SUCCESS_TIMESTAMP,
+    DSN_RELOADS,
+    DSN_RELOAD_FAILURES,
     BUILD_INFO,
     LABEL_VALUES_TRUNCATED,
     LEADER,
@@ -231,6 +246,8 @@ class HealthMetrics:
         self.reload_successful.set(1)
         self.reload_success_timestamp = _gauge(RELOAD_SUCCESS_TIMESTAMP, registry)
         self.reload_success_timestamp.set_to_current_time()
+        self.dsn_reloads = _counter(DSN_RELOADS, registry)
+        self.dsn_reload_failures = _counter(DSN_RELOAD_FAILURES, registry)
         interval = _gauge(INTERVAL, registry)
         interval.set(interval_seconds)
         build_info = _gauge(BUILD_INFO, registry)

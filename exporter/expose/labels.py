@@ -34,14 +34,13 @@ from dataclasses import dataclass, field
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-log = logging.getLogger(__name__)
+from exporter.config.settings import (
+    DEFAULT_MAX_LABEL_LENGTH,
+    MAX_MAX_LABEL_LENGTH,
+    MIN_MAX_LABEL_LENGTH,
+)
 
-DEFAULT_MAX_LABEL_LENGTH = 256
-# The smallest limit that still leaves room for a readable prefix before the marker and hash.
-MIN_MAX_LABEL_LENGTH = 32
-# A ceiling so a typo cannot switch the bound off; above 2,048 bytes Mimir, Cortex and Grafana
-# Cloud already reject the series, so larger limits only suit a Prometheus without any limit.
-MAX_MAX_LABEL_LENGTH = 65_536
+log = logging.getLogger(__name__)
 
 MARKER = "…"  # U+2026: shows a person reading the legend that the value goes on
 HASH_HEX_DIGITS = 12  # 48 bits: collisions are negligible among the top N/K, and re-hashed anyway

@@ -38,8 +38,9 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.registry import Collector
 
 from exporter.collectors import QUERY_NAMES
+from exporter.config.settings import DEFAULT_MAX_LABEL_LENGTH
 from exporter.expose.health import HealthMetrics
-from exporter.expose.labels import DEFAULT_MAX_LABEL_LENGTH, LabelBounder
+from exporter.expose.labels import LabelBounder
 
 # What prometheus_client's own server answers: text version 0.0.4 unless the client asks for
 # text/plain version 1.0.0 (whose Content-Type is CONTENT_TYPE_LATEST from 0.22 on). Same bytes:

@@ -5,8 +5,8 @@ run on this database (the shape ``exporter.collectors.schema`` picks) with the q
 parameters (plain EXPLAIN plans without running anything; ``analyze=True`` also runs it, read-only,
 to report its time). The verdict comes from the plan, not from the index definitions: a query is
 "ok" when its plan reads no large table sequentially (size from ``pg_class.reltuples``) and
-uses an index serving each recommended index of ``sql/recommended-indexes.sql`` that applies to
-it. For a recommended index the plan does not use, the advice says why it may be:
+uses an index serving each recommended index (``exporter/sql/recommended-indexes.sql``) that
+applies to it. For a recommended index the plan does not use, the advice says why it may be:
 
 * no index like it exists: the exact ``CREATE INDEX CONCURRENTLY`` statement;
 * a similar index exists but differs where it matters: a partial predicate that tests a
@@ -44,7 +44,7 @@ _COLLATE_RE = re.compile(r'\s+COLLATE\s+"?([^"\s]+)"?', re.I)
 
 @dataclass(frozen=True)
 class RecommendedIndex:
-    """One index of ``sql/recommended-indexes.sql`` and the queries (and shapes) it serves."""
+    """One index of ``exporter/sql/recommended-indexes.sql`` and the queries (shapes) it serves."""
 
     name: str
     table: str
@@ -154,11 +154,51 @@ class TableFacts:
 
 
 @dataclass(frozen=True)
+class IndexUse:
+    """What the plan does with one recommended index that applies to the query: the line
+    ``check`` prints for it, so "ok" never stands for an index that is not there."""
+
+    index: RecommendedIndex
+    rows: float  # of its table (pg_class.reltuples)
+    min_rows: float  # below this the table is small and the index optional
+    used_as: tuple[str, ...] = ()  # indexes the plan scans on its keys and order (any name)
+    present: tuple[str, ...] = ()  # indexes like it (its keys and included columns)
+
+    @property
+    def state(self) -> str:
+        """used (the plan reads an index like it), unused (one exists, the plan reads none of
+        them) or missing (none exists, even if the plan reads one on the same keys)."""
+        if set(self.used_as) & set(self.present):
+            return "used"
+        return "unused" if self.present else "missing"
+
+    def format(self) -> str:
+        name = self.index.name
+        if self.state == "used":
+            others = [n for n in self.used_as if n != name and n in self.present]
+            return f"{name} used" + (f" (as {', '.join(others)})" if others else "")
+        if self.present:
+            text = f"{name} present ({', '.join(self.present)}) but not used by the plan"
+        else:
+            text = f"{name} missing"
+        notes = []
+        if self.used_as:  # e.g. the primary key on id, without the included columns
+            notes.append(f"the plan reads {', '.join(self.used_as)} on the same keys instead")
+        if self.rows < self.min_rows:
+            notes.append(
+                f"fine while {self.index.table} has ~{self.rows:,.0f} rows, "
+                f"below {self.min_rows:,.0f}"
+            )
+        return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+@dataclass(frozen=True)
 class QueryAdvice:
     """What ``check`` prints for one query."""
 
     query: str
     seq_scans: tuple[SeqScan, ...] = ()
+    indexes: tuple[IndexUse, ...] = ()  # each recommended index for this query and shape
     missing: tuple[RecommendedIndex, ...] = ()
     unused: tuple[str, ...] = ()  # why a recommended index the plan should use is not used
     shape: str | None = None  # the statement's shape, for a query that has several
@@ -185,12 +225,12 @@ class QueryAdvice:
             facts.append(f"plan cost {self.estimated_cost:,.0f}")
         for scan in self.seq_scans:
             facts.append(scan.format())
+        # Index by index, what the plan really does: a small table may rightly do without one,
+        # and then the line says so instead of claiming the index is used.
+        facts += [use.format() for use in self.indexes]
         if self.ok:
-            # Custom queries have no recommended indexes: only the scans are judged.
-            covered = any(self.query in index.queries for index in RECOMMENDED)
-            facts.append(
-                "the plan uses the recommended indexes" if covered else "no large sequential scan"
-            )
+            if not self.indexes and not self.seq_scans:
+                facts.append("no large sequential scan")  # custom queries: nothing recommended
             return head + "ok (" + ", ".join(facts) + ")"
         if self.unused:
             facts.append(f"{len(self.unused)} recommended index(es) not used by the plan")
@@ -435,6 +475,29 @@ def why_unused(
     return f"{wanted.name} on {wanted.table}: " + "; ".join(reasons)
 
 
+def index_use(
+    wanted: RecommendedIndex,
+    table_indexes: Sequence[ExistingIndex],
+    used: set[str],
+    rows: float,
+    min_rows: float,
+) -> IndexUse:
+    """Whether the plan (``used``: the indexes it scans) reads an index serving ``wanted``, or
+    one like it exists unused, or none does. A used index with the recommended keys serves
+    even if it covers fewer columns (the primary key on ``id``, say), as in ``why_unused``."""
+    return IndexUse(
+        wanted,
+        rows,
+        min_rows,
+        used_as=tuple(
+            e.name
+            for e in table_indexes
+            if e.name in used and _same_keys(e, wanted) and not differences(e, wanted)
+        ),
+        present=tuple(e.name for e in table_indexes if _same_columns_and_order(e, wanted)),
+    )
+
+
 # ------------------------------------------------------------------ plans
 
 
@@ -525,6 +588,13 @@ async def advise(
         if unknown:
             rows = {**rows, **await table_rows(conn, sorted(unknown))}
         used = used_indexes(plan)
+        uses = tuple(
+            index_use(
+                wanted, indexes.get(wanted.table, ()), used, rows.get(wanted.table, 0.0), min_rows
+            )
+            for wanted in RECOMMENDED
+            if wanted.applies(collector.name, shape) and wanted.table in rows
+        )
         unused = []
         for wanted in RECOMMENDED:
             if (
@@ -548,6 +618,7 @@ async def advise(
                 seq_scans=seq_scans(
                     plan, rows, min_rows, EXPECTED_SEQ_SCANS.get((collector.name, shape))
                 ),
+                indexes=uses,
                 missing=missing,
                 unused=tuple(unused),
                 shape=shown,

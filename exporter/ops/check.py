@@ -26,6 +26,7 @@ from exporter.collect.custom import collectors_for
 from exporter.collectors import COLLECTORS, QueryCollector, schema
 from exporter.config.queries_file import QueriesConfig, config_for
 from exporter.config.settings import Settings
+from exporter.db.connect import Connector
 from exporter.db.database import (
     APPLICATION_NAME,
     STATEMENT_CACHE_SIZE,
@@ -37,8 +38,14 @@ from exporter.db.database import (
 )
 from exporter.ops.advice import advise
 from exporter.ops.check_queries import prepare_custom, schedule_lines
+from exporter.ops.schema_file import SCHEMA_PATH
 
 Print = Callable[[str], None]
+
+#: Connections ``check`` holds at once: its inspection connection is closed before it runs the
+#: queries, one after another. A session pooler's pool needs this many beyond the exporter's
+#: (docs/running-against-your-database.md; the walkthrough test runs it with exactly that).
+CHECK_CONNECTIONS = 1
 
 COLUMNS_SQL = """
 SELECT c.table_name, c.column_name
@@ -47,8 +54,8 @@ WHERE c.table_schema = ANY (current_schemas(false)) AND c.table_name = ANY ($1::
 """
 
 SCHEMA_HINT = (
-    "schema: hint: create the tables with sql/schema.sql "
-    "(psql -v ON_ERROR_STOP=1 -f sql/schema.sql), or load the demo's sample data into an empty "
+    f"schema: hint: create the tables with {SCHEMA_PATH} "
+    f"(psql -v ON_ERROR_STOP=1 -f {SCHEMA_PATH}), or load the demo's sample data into an empty "
     "database with: tw-exporter sample-data --dsn URI"
 )
 
@@ -169,8 +176,7 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
     for line in schedule_lines(config):
         out(line)
     try:
-        conn = await asyncpg.connect(
-            settings.dsn,
+        conn = await Connector(settings.dsn).connect(
             timeout=settings.query_timeout,
             statement_cache_size=STATEMENT_CACHE_SIZE,
             server_settings={"application_name": APPLICATION_NAME},

@@ -1,15 +1,18 @@
 """``tw-exporter sample-data``: the demo's tables and moving data in a database the user names.
 
 The way from "I have a PostgreSQL" to "``check`` passes and ``/metrics`` shows numbers" without
-the embedded server: create the four tables of ``sql/schema.sql`` in an empty database, load the
-demo's synthetic dataset once and, with ``--keep-adding``, keep adding tweets, likes and followers
-as the demo does.
+the embedded server: create the four tables of ``exporter/sql/schema.sql`` in an empty database,
+load the demo's synthetic dataset once and, with ``--keep-adding``, keep adding tweets, likes and
+followers as the demo does.
 
-It only ever touches tables it has just created: a database that already has a relation of one of
-the four names (in a schema on its search path) is refused before anything is written, the tables
-are created without ``IF NOT EXISTS`` in the same transaction as the load (so a concurrent creator
-makes it fail instead of sharing), and a failure rolls everything back. There is deliberately no
-flag to append to existing tables.
+It only ever writes to the sample's own tables: a database with none of the four is given them
+(created without ``IF NOT EXISTS`` in the same transaction as the load, so a concurrent creator
+makes it fail instead of sharing); a database whose four tables are exactly the sample's (the
+columns and types of ``exporter/sql/schema.sql``, as an earlier ``sample-data`` or ``psql -f
+exporter/sql/schema.sql`` left them) is loaded when they are empty and otherwise left as it
+is, so the docs' order (load once, then ``--keep-adding``; or the schema file, then
+``sample-data``) works as written. Anything else with one of the four names is refused before
+anything is written, naming what differs; a failure rolls everything back.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -27,7 +31,7 @@ from exporter.config import settings as cfg
 from exporter.config.secrets import dsn_password, redact_dsn
 from exporter.db.database import describe
 from exporter.ops import dataset
-from exporter.ops.schema_file import create_tables_sql
+from exporter.ops.schema_file import column_types, create_tables_sql
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +40,19 @@ ACTIVITY_EVERY_SECONDS = 2.0
 CONNECT_TIMEOUT = 10.0
 
 EXISTING_SQL = """
-SELECT n.nspname AS schema, c.relname AS name
+SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind,
+       array(SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum) AS columns
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = ANY ($1::text[]) AND n.nspname = ANY (current_schemas(false))
 ORDER BY 2, 1
 """
+
+# The server's spelling of each type the schema names ("timestamptz" -> "timestamp with time
+# zone"), so the comparison with the catalog needs no table of aliases here.
+TYPE_NAMES_SQL = "SELECT array(SELECT t::regtype::text FROM unnest($1::text[]) AS t)"
 
 
 class SampleDataError(Exception):
@@ -100,7 +112,9 @@ def run_sample_data(args: argparse.Namespace) -> int:
 async def load_sample_data(
     dsn: str, tweets: int, *, keep_adding: bool = False, out: bool = True
 ) -> None:
-    """Create the tables in ``dsn`` (which must have none of them) and load the dataset."""
+    """Create the tables in ``dsn`` and load the dataset; a database that already has the
+    sample's tables is loaded only when they are empty (``exporter/sql/schema.sql``), then, with
+    ``keep_adding``, given new activity until SIGINT or SIGTERM."""
     shown = redact_dsn(dsn)
     try:
         conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
@@ -109,32 +123,24 @@ async def load_sample_data(
     try:
         existing = await conn.fetch(EXISTING_SQL, list(dataset.TABLES))
         if existing:
-            names = ", ".join(f"{row['schema']}.{row['name']}" for row in existing)
-            raise SampleDataError(
-                f"refused: {shown} already has {names}; this command only creates new tables "
-                "and never changes existing ones: give it an empty database "
-                "(e.g. createdb tw_sample)"
-            )
-        schema = await conn.fetchval("SELECT current_schema()")
-        if schema is None:
-            raise SampleDataError(f"refused: {shown} has no schema on its search_path to use")
-        if out:
-            print(f"loading {tweets} tweets into {shown} (schema {schema}) ...", flush=True)
-        started = time.monotonic()
-        spec = dataset.DatasetSpec(tweets=tweets)
-        try:
-            async with conn.transaction():
-                await conn.execute(create_tables_sql())
-                await dataset.load_dataset(conn, spec)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
-            raise SampleDataError(f"nothing loaded: {describe(error)}") from None
-        if out:
-            print(
-                f"created {', '.join(dataset.TABLES)} and loaded {tweets} tweets, "
-                f"{spec.n_users} users and {spec.n_hashtags} hashtags in "
-                f"{time.monotonic() - started:.1f} s",
-                flush=True,
-            )
+            await _require_sample_tables(conn, existing, shown)
+            tweets_there = await conn.fetchval("SELECT count(*) FROM tw_tweets")
+            users_there = await conn.fetchval("SELECT count(*) FROM tw_users")
+            if tweets_there or users_there:
+                if out:
+                    print(
+                        f"nothing loaded: {shown} already has the sample's tables "
+                        f"(schema {existing[0]['schema']}, {tweets_there} tweets, "
+                        f"{users_there} users)",
+                        flush=True,
+                    )
+            else:
+                await _load(conn, tweets, shown, str(existing[0]["schema"]), False, out)
+        else:
+            schema = await conn.fetchval("SELECT current_schema()")
+            if schema is None:
+                raise SampleDataError(f"refused: {shown} has no schema on its search_path to use")
+            await _load(conn, tweets, shown, str(schema), True, out)
     finally:
         await conn.close()
     if keep_adding:
@@ -149,6 +155,70 @@ async def load_sample_data(
                 flush=True,
             )
         await keep_busy(dsn, stop)
+
+
+async def _require_sample_tables(
+    conn: asyncpg.Connection, existing: Sequence[asyncpg.Record], shown: str
+) -> None:
+    """Raise unless the relations found are exactly the sample's four tables, in one schema,
+    with the columns and types of ``exporter/sql/schema.sql``: the only tables this command will
+    write to besides those it creates."""
+    wanted = column_types()
+    types = [kind for columns in wanted.values() for _, kind in columns]
+    spelled = dict(zip(types, await conn.fetchval(TYPE_NAMES_SQL, types), strict=True))
+    problems = []
+    found = {row["name"]: row for row in existing}
+    schemas = sorted({row["schema"] for row in existing})
+    if len(schemas) > 1 or len(existing) != len(found):
+        problems.append("the tables are spread over schemas " + ", ".join(schemas))
+    absent = [table for table in dataset.TABLES if table not in found]
+    if absent:
+        problems.append("it lacks " + ", ".join(absent))
+    for table, row in found.items():
+        name = f"{row['schema']}.{table}"
+        if row["kind"] not in ("r", "p"):
+            problems.append(f"{name} is not a table")
+            continue
+        have = set(row["columns"])
+        need = {f"{column} {spelled[kind]}" for column, kind in wanted[table]}
+        if have != need:
+            differs = [f"lacks {c}" for c in sorted(need - have)]
+            differs += [f"has {c}" for c in sorted(have - need)]
+            problems.append(f"{name} " + ", ".join(differs))
+    if problems:
+        names = ", ".join(f"{row['schema']}.{row['name']}" for row in existing)
+        raise SampleDataError(
+            f"refused: {shown} already has {names}, which are not the sample's tables "
+            f"({'; '.join(problems)}); this command adds to the tables of "
+            "exporter/sql/schema.sql only and never changes others: give it an empty database "
+            "(e.g. createdb tw_sample)"
+        )
+
+
+async def _load(
+    conn: asyncpg.Connection, tweets: int, shown: str, schema: str, create: bool, out: bool
+) -> None:
+    """Create the tables (``create``) or use the sample's empty ones, and load the dataset,
+    all in one transaction."""
+    where = "" if create else "the existing empty tables of "
+    if out:
+        print(f"loading {tweets} tweets into {where}{shown} (schema {schema}) ...", flush=True)
+    started = time.monotonic()
+    spec = dataset.DatasetSpec(tweets=tweets)
+    try:
+        async with conn.transaction():
+            if create:
+                await conn.execute(create_tables_sql())
+            await dataset.load_dataset(conn, spec)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as error:
+        raise SampleDataError(f"nothing loaded: {describe(error)}") from None
+    if out:
+        print(
+            f"{'created' if create else 'filled'} {', '.join(dataset.TABLES)} and loaded "
+            f"{tweets} tweets, {spec.n_users} users and {spec.n_hashtags} hashtags in "
+            f"{time.monotonic() - started:.1f} s",
+            flush=True,
+        )
 
 
 async def keep_busy(dsn: str, stop: asyncio.Event) -> None:

@@ -1,4 +1,4 @@
-"""The tables the demo and ``sample-data`` create, as the annotated ``sql/schema.sql``.
+"""The tables the demo and ``sample-data`` create, as the annotated ``exporter/sql/schema.sql``.
 
 One source: ``exporter.ops.dataset.SCHEMA_SQL`` (what the demo has always run). The file adds a
 comment on every column the exporter reads, taken from the collectors' ``tables`` (the same
@@ -10,14 +10,19 @@ a test fails when it differs from :func:`annotated_schema`.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from exporter.collectors import COLLECTORS
 from exporter.ops.dataset import SCHEMA_SQL, TABLES
 
-SCHEMA_FILE = "sql/schema.sql"
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+"""The SQL files a user applies by hand (``schema.sql``, ``recommended-indexes.sql``,
+``least-privilege.sql``): package data, so an installed exporter (the image, ``pip install``)
+has the files ``check``'s hints name, and the repository has them in one place only."""
+SCHEMA_PATH = SQL_DIR / "schema.sql"
 
 _CREATE = re.compile(r"^CREATE TABLE (?:IF NOT EXISTS )?(\w+) \($")
-_COLUMN = re.compile(r"^    (\w+) ")
+_COLUMN = re.compile(r"^    (\w+) (\w+)")
 _NOT_COLUMNS = ("PRIMARY", "UNIQUE", "CONSTRAINT", "FOREIGN", "CHECK")
 
 
@@ -39,19 +44,25 @@ def read_columns() -> dict[str, dict[str, list[str]]]:
 
 def schema_columns() -> dict[str, list[str]]:
     """table -> its columns, in order, as the schema declares them."""
-    columns: dict[str, list[str]] = {}
+    return {table: [name for name, _ in columns] for table, columns in column_types().items()}
+
+
+def column_types() -> dict[str, list[tuple[str, str]]]:
+    """table -> (column, type as the schema writes it, e.g. ``timestamptz``), in order."""
+    columns: dict[str, list[tuple[str, str]]] = {}
     table = None
     for line in SCHEMA_SQL.splitlines():
         if created := _CREATE.match(line):
             table = created.group(1)
             columns[table] = []
         elif table and (column := _COLUMN.match(line)) and column.group(1) not in _NOT_COLUMNS:
-            columns[table].append(column.group(1))
+            columns[table].append((column.group(1), column.group(2)))
     return columns
 
 
 def annotated_schema() -> str:
-    """The content of ``sql/schema.sql``; raises if a query reads a column the schema lacks."""
+    """The content of ``exporter/sql/schema.sql``; raises if a query reads a column the schema
+    lacks."""
     reads = read_columns()
     declared = schema_columns()
     absent = [
@@ -70,8 +81,8 @@ def annotated_schema() -> str:
         "--",
         '-- Columns marked "read by" are the ones the exporter queries (and `tw-exporter check`',
         "-- verifies); the others are only there for the sample data. Apply it to an empty",
-        '-- database with: psql "$DSN" -v ON_ERROR_STOP=1 -f sql/schema.sql',
-        "-- then sql/recommended-indexes.sql for the indexes the queries want.",
+        '-- database with: psql "$DSN" -v ON_ERROR_STOP=1 -f exporter/sql/schema.sql',
+        "-- then exporter/sql/recommended-indexes.sql for the indexes the queries want.",
         "",
     ]
     table = None
@@ -86,4 +97,11 @@ def annotated_schema() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SCHEMA_FILE", "TABLES", "annotated_schema", "create_tables_sql", "read_columns"]
+__all__ = [
+    "SCHEMA_PATH",
+    "SQL_DIR",
+    "TABLES",
+    "annotated_schema",
+    "create_tables_sql",
+    "read_columns",
+]

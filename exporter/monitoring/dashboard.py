@@ -23,6 +23,8 @@ from exporter.expose.health import (
     BUILD_INFO,
     CYCLE_DURATION,
     CYCLES_SKIPPED,
+    DSN_RELOAD_FAILURES,
+    DSN_RELOADS,
     FAILURE_REASONS,
     INTERVAL,
     LABEL_VALUES_TRUNCATED,
@@ -37,9 +39,9 @@ from exporter.expose.health import (
     RELOAD_SUCCESSFUL,
     UP,
 )
-from tools.monitoring.grafana import RATE, Panel, Row, Target, dashboard_json, sel
-from tools.monitoring.params import DEFAULTS, PARAMS_BY_KEY, format_value
-from tools.monitoring.promql import (
+from exporter.monitoring.grafana import RATE, Panel, Row, Target, dashboard_json, sel
+from exporter.monitoring.params import DEFAULTS, PARAMS_BY_KEY, format_value
+from exporter.monitoring.promql import (
     FOLLOWERS,
     HASHTAGS,
     QUERY,
@@ -49,6 +51,7 @@ from tools.monitoring.promql import (
     WINDOW,
     bucket,
     label,
+    per_row,
     reason_list,
 )
 
@@ -110,6 +113,31 @@ def _bars(title: str, description: str, expr: str) -> Panel:
     )
 
 
+def trend(
+    title: str,
+    description: str,
+    expr: str,
+    labels: Sequence[str],
+    *,
+    width: int,
+    height: int = 10,
+    legend: str = "",
+    unit: str = "short",
+) -> Panel:
+    """A business metric over time, one line per row (``labels``) whichever replica exports it:
+    the shipped trends and every custom metric's panel (``custom``)."""
+    legend = legend or " ".join(f"{{{{{label}}}}}" for label in labels)
+    return Panel(
+        title=title,
+        kind="timeseries",
+        description=description,
+        targets=(Target(per_row(expr, labels), legend),),
+        width=width,
+        height=height,
+        unit=unit,
+    )
+
+
 def _stat(
     title: str, spec: MetricSpec, description: str, floor_key: str | None, decimals: int = 0
 ) -> Panel:
@@ -122,7 +150,7 @@ def _stat(
         title=title,
         kind="stat",
         description=description,
-        targets=(Target(f"max by (window) ({sel(spec)})", "last {{window}}"),),
+        targets=(Target(per_row(sel(spec), ["window"]), "last {{window}}"),),
         width=6,
         height=5,
         decimals=decimals,
@@ -145,7 +173,7 @@ ROWS: tuple[Row, ...] = (
                 ),
                 targets=(
                     Target(
-                        f"sort_desc(max by ({USERNAME}) ({sel(USER_FOLLOWERS)}))",
+                        f"sort_desc({per_row(sel(USER_FOLLOWERS), [USERNAME])})",
                         f"{{{{{USERNAME}}}}}",
                         instant=True,
                     ),
@@ -167,18 +195,13 @@ ROWS: tuple[Row, ...] = (
                     "maxVizHeight": 300,
                 },
             ),
-            Panel(
-                title="Follower trends",
-                kind="timeseries",
-                description=(
-                    f"Followers of each top user over time ({FOLLOWERS}). A line ends when "
-                    "its user leaves the top N."
-                ),
-                targets=(
-                    Target(f"max by ({USERNAME}) ({sel(USER_FOLLOWERS)})", f"{{{{{USERNAME}}}}}"),
-                ),
+            trend(
+                "Follower trends",
+                f"Followers of each top user over time ({FOLLOWERS}). A line ends when its user "
+                "leaves the top N.",
+                sel(USER_FOLLOWERS),
+                [USERNAME],
                 width=10,
-                height=10,
             ),
             Panel(
                 title="Follower change over 1h",
@@ -190,7 +213,7 @@ ROWS: tuple[Row, ...] = (
                 ),
                 targets=(
                     Target(
-                        f"max by ({USERNAME}) (delta({sel(USER_FOLLOWERS)}[1h]))",
+                        per_row(f"delta({sel(USER_FOLLOWERS)}[1h])", [USERNAME]),
                         f"{{{{{USERNAME}}}}}",
                     ),
                 ),
@@ -213,7 +236,7 @@ ROWS: tuple[Row, ...] = (
                 ),
                 targets=(
                     Target(
-                        f"sort_desc(max by ({TAG}, {WINDOW}) ({sel(HASHTAG_TWEETS)}))",
+                        f"sort_desc({per_row(sel(HASHTAG_TWEETS), [TAG, WINDOW])})",
                         instant=True,
                         table=True,
                     ),
@@ -242,16 +265,14 @@ ROWS: tuple[Row, ...] = (
                 ),
                 steps=(("green", None), ("orange", float(DEFAULTS["hashtagTweets"]))),
             ),
-            Panel(
-                title="Hashtag tweets over time",
-                kind="timeseries",
-                description=(
-                    f"Tweets per trending hashtag within the trailing window ({HASHTAGS}); a "
-                    "steep rise is what TwHashtagSurge alerts on."
-                ),
-                targets=(Target(f"max by ({TAG}) ({sel(HASHTAG_TWEETS)})", f"#{{{{{TAG}}}}}"),),
+            trend(
+                "Hashtag tweets over time",
+                f"Tweets per trending hashtag within the trailing window ({HASHTAGS}); a "
+                "steep rise is what TwHashtagSurge alerts on.",
+                sel(HASHTAG_TWEETS),
+                [TAG],
                 width=16,
-                height=10,
+                legend=f"#{{{{{TAG}}}}}",
             ),
         ),
     ),
@@ -372,6 +393,29 @@ ROWS: tuple[Row, ...] = (
                 width=6,
                 height=4,
                 unit="s",
+                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
+            ),
+            Panel(
+                title="DSN file re-reads, last hour",
+                kind="stat",
+                description=(
+                    f"New DSNs taken from --dsn-file ({DSN_RELOADS.name}: a rotated Secret, "
+                    f"SIGHUP, a rejected password) and failed re-reads "
+                    f"({DSN_RELOAD_FAILURES.name}: the previous DSN stays in use) per instance."
+                ),
+                targets=(
+                    Target(
+                        f"sum by (instance) (increase({sel(DSN_RELOADS)}[1h]))",
+                        "{{instance}} new DSN",
+                    ),
+                    Target(
+                        f"sum by (instance) (increase({sel(DSN_RELOAD_FAILURES)}[1h]))",
+                        "{{instance}} failed",
+                    ),
+                ),
+                width=6,
+                height=4,
+                unit="none",
                 options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
             ),
             Panel(
@@ -506,7 +550,7 @@ ROWS: tuple[Row, ...] = (
 
 DASHBOARD_DESCRIPTION = (
     "Business metrics of the Twitter-like platform (top users, trending hashtags, "
-    "activity) and the health of tw-exporter. Generated by tools/monitoring."
+    "activity) and the health of tw-exporter. Generated by exporter/monitoring."
 )
 
 
@@ -518,7 +562,7 @@ def build_dashboard(
     description: str = DASHBOARD_DESCRIPTION,
 ) -> dict[str, Any]:
     """The dashboard JSON; other rows, uid and title make a companion dashboard with the same
-    variables (``tools.custom_monitoring`` builds one for a queries file)."""
+    variables (``exporter.monitoring.custom`` builds one for a queries file)."""
     return dashboard_json(
         ROWS if rows is None else rows, uid=uid, title=title, description=description
     )

@@ -20,19 +20,23 @@ from exporter.expose.health import (
     QUERY_LAST_SUCCESS,
     UP,
 )
-from tools.monitoring.promql import (
+from exporter.monitoring.promql import (
     ERROR_REASONS,
     FOLLOWERS,
     HASHTAGS,
     REASON,
     REASON_TIMEOUT,
+    REPLICA_LABELS,
+    across_replicas,
     reason_list,
 )
 
 
 @dataclass(frozen=True)
 class Alert:
-    """One alerting rule; ``<<key>>`` in any text is a parameter from ``PARAMS``."""
+    """One alerting rule; in a shipped alert ``<<key>>`` in any text is a parameter from
+    ``PARAMS`` (an alert generated for a queries file has its values filled in already, and its
+    texts are the file's, rendered as written)."""
 
     name: str
     expr: str
@@ -40,8 +44,9 @@ class Alert:
     severity: Literal["info", "warning", "critical"]
     summary: str
     description: str
-    runbook: tuple[str, str, str]
-    """Meaning, likely causes and what to do, for the README's Runbook section."""
+    runbook: tuple[str, str, str] | None = None
+    """Meaning, likely causes and what to do, for the runbook page; every shipped alert has
+    one (and a ``runbook_url``), an alert generated for a queries file has none."""
 
     @property
     def anchor(self) -> str:
@@ -58,15 +63,6 @@ class Group:
 
 
 _TARGET = '{job=~"<<exporterJobRegex>>"}'
-# The labels that tell replicas apart (a static target's instance; the operator's pod too).
-REPLICA_LABELS = "instance, pod"
-
-
-def across_replicas(metric: str, offset: str = "") -> str:
-    """``metric`` as one series per row whichever replica exports it: the latest sample within
-    ``haBridgeWindow`` (bridging a takeover's gap), the highest across replicas."""
-    shifted = f" offset {offset}" if offset else ""
-    return f"max without ({REPLICA_LABELS}) (last_over_time({metric}[<<haBridgeWindow>>]{shifted}))"
 
 
 # An HA follower runs no queries, so per-query alerts must not read its (absent or frozen)

@@ -1,4 +1,4 @@
-"""``python -m tools.monitoring``: write the generated files; ``--check`` fails on stale ones."""
+"""``python -m exporter.monitoring``: write the generated files; ``--check`` fails on stale ones."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tools.monitoring.files import stale_files, write_files
-from tools.monitoring.paths import ROOT
+from exporter.monitoring.files import stale_files, write_files
+from exporter.monitoring.paths import ROOT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the generated files, or with ``--check`` only report the stale ones (exit 1)."""
     parser = argparse.ArgumentParser(
-        prog="python -m tools.monitoring",
+        prog="python -m exporter.monitoring",
         description="Generate tw-exporter's alert rules, Helm rule template and dashboard.",
     )
     parser.add_argument(
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         stale = stale_files(args.root)
         for path in stale:
-            print(f"out of date: {path} (run: python -m tools.monitoring)", file=sys.stderr)
+            print(f"out of date: {path} (run: python -m exporter.monitoring)", file=sys.stderr)
         return 1 if stale else 0
     for path in write_files(args.root):
         print(f"wrote {path}")

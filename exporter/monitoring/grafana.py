@@ -3,7 +3,7 @@
 ``Panel``, ``Target`` and ``Row`` carry what differs between panels; ``dashboard_json`` writes
 everything else the same way for every panel of a kind (legend, tooltip, line style, stat
 layout), so the dashboard definitions stay short and a field is spelled once. The model is
-shared with ``tools.custom_monitoring``'s companion dashboard.
+shared with ``exporter.monitoring.custom``'s companion dashboard.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.monitoring import paths
-from tools.monitoring.paths import ROOT
-from tools.monitoring.render import (
+from exporter.monitoring import paths
+from exporter.monitoring.paths import ROOT
+from exporter.monitoring.render import (
     render_dashboard,
     render_helm_rules,
     render_rules,

@@ -24,8 +24,9 @@
 -- script sets it; an empty or absent password leaves the role's password unchanged.
 --
 -- Variables (all optional): role (default tw_exporter), schema (default public),
--- password (default: unchanged), connection_limit (default 10: the exporter uses at most 3
--- connections, plus 1 for `tw-exporter check`, per replica).
+-- password (default: unchanged), connection_limit (default 10: per replica, the exporter uses at
+-- most --max-connections (default 5), plus 1 with --ha for its lock, plus 1 while
+-- `tw-exporter check` runs).
 --
 -- The script is idempotent: run it again after a schema change or to re-assert the grants. It
 -- refuses to touch an existing role that is a superuser or can create roles/databases, bypass
@@ -89,7 +90,7 @@ DECLARE
     other name;
     server name;
     -- Marks the roles this script made least-privilege: they get nothing back below.
-    marker text := 'tw-exporter least-privilege role (sql/least-privilege.sql)';
+    marker text := 'tw-exporter least-privilege role (least-privilege.sql)';
 BEGIN
     IF role_name !~ '^[a-z_][a-z0-9_$]*$' THEN
         RAISE EXCEPTION 'role name % must be a lower-case SQL identifier', quote_literal(role_name);

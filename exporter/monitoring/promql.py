@@ -4,6 +4,7 @@ the small lexer the tests use to prove every expression selects only catalogue m
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from exporter.collectors.base import MetricSpec
 from exporter.collectors.top_users import USER_FOLLOWERS
@@ -34,6 +35,37 @@ TAG = label(HASHTAG_TWEETS, "tag")
 WINDOW = label(HASHTAG_TWEETS, "window")
 QUERY = label(QUERY_LAST_SUCCESS, "query")
 REASON = label(QUERY_ERRORS, "reason")
+
+# ---------------------------------------------------------------- HA replicas
+# With --ha the business series move from one replica's ``instance`` (and ``pod``) to another's
+# at a takeover, after a short gap; a follower exports none. Every business alert and panel,
+# shipped or generated for a queries file, reads them through these, never per instance.
+
+REPLICA_LABELS = "instance, pod"
+"""The labels that tell replicas apart (a static target's instance; the operator's pod too)."""
+BRIDGE_WINDOW = "<<haBridgeWindow>>"
+
+
+def across_replicas(metric: str, offset: str = "", window: str = BRIDGE_WINDOW) -> str:
+    """``metric`` as one series per row whichever replica exports it: the latest sample within
+    ``window`` (``haBridgeWindow``, bridging a takeover's gap), the highest across replicas."""
+    shifted = f" offset {offset}" if offset else ""
+    return f"max without ({REPLICA_LABELS}) (last_over_time({metric}[{window}]{shifted}))"
+
+
+def rate_across_replicas(counter: str, window: str, bridge: str = BRIDGE_WINDOW) -> str:
+    """A counter's per-second rate over ``window`` as one series per row whichever replica
+    exports it: the rate of ``across_replicas`` (a subquery), not the highest of each replica's
+    own rate, which dips at a takeover as one replica's samples leave the window before the
+    other's fill it. Right for a count the query reads from the database (the same on every
+    replica); a counter each process counts itself would need the per-replica form."""
+    return f"rate(({across_replicas(counter, window=bridge)})[{window}:])"
+
+
+def per_row(expr: str, labels: Sequence[str]) -> str:
+    """A panel's query: one series per row (``labels``), whichever replica exports it."""
+    return f"max by ({', '.join(labels)}) ({expr})" if labels else f"max({expr})"
+
 
 REASON_TIMEOUT = "timeout"
 assert REASON_TIMEOUT in FAILURE_REASONS
