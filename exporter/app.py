@@ -29,7 +29,7 @@ from exporter.db.leader import (
 )
 from exporter.expose.http import MetricsServer, ServerLimits
 from exporter.expose.snapshot import SnapshotStore
-from exporter.logs import add_secret
+from exporter.logs import add_secret, scrub_secrets
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,9 @@ async def serve(
         """SIGHUP and POST /-/reload: the DSN file(s) too, then the configuration files."""
         for source in followed:
             source.reread("reload requested")
-        return await reloader.reload()
+        outcome = await reloader.reload()
+        # Its line is answered over HTTP: no password in it, as in the log.
+        return Outcome(outcome.ok, scrub_secrets(outcome.line))
 
     if settings.web_enable_lifecycle:
         server.reload = reload

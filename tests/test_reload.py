@@ -363,6 +363,9 @@ async def test_a_reload_reads_the_file_off_the_event_loop(seeded_db: str, tmp_pa
         assert max(lags) < min(0.5, took / 2), (max(lags), took)
 
 
+PASSWORD = "Reload-Pw-7731"
+
+
 def post_text(url: str) -> tuple[int, str]:
     """POST without a body; the status and the response's text."""
     request = urllib.request.Request(url, method="POST")
@@ -378,7 +381,10 @@ def test_a_running_process_refuses_a_broken_reload_says_why_and_stays_ready(
 ) -> None:
     path = tmp_path / "queries.yml"
     path.write_text(FIRST)
-    proc = exporter_proc("--dsn", seeded_db, "--queries-file", str(path), "--web-enable-lifecycle")
+    # A password the server (trust auth) never asks for: only here to be kept out of answers.
+    dsn = seeded_db.replace("postgres@", f"postgres:{PASSWORD}@", 1)
+    assert PASSWORD in dsn
+    proc = exporter_proc("--dsn", dsn, "--queries-file", str(path), "--web-enable-lifecycle")
 
     def metrics() -> str:
         return http_get(proc.url + "/metrics").text
@@ -398,6 +404,14 @@ def test_a_running_process_refuses_a_broken_reload_says_why_and_stays_ready(
     assert value(text, "tw_added") is None
     wait_until_sync(lambda: line in proc.logs())  # stderr is read by a thread: it may trail
     assert http_get(proc.url + "/readyz").status == 200
+
+    # A failure whose text holds the DSN's password is answered without it, as it is logged.
+    path.write_text(
+        SECOND.replace("SELECT 20 AS tw_changed", f'SELECT 20 AS tw_changed FROM "{PASSWORD}"')
+    )
+    status, body = post_text(proc.url + "/-/reload")
+    assert status == 500 and "does not exist" in body
+    assert PASSWORD not in body
 
     # An error of a type nobody planned for, by SIGHUP: one log line, no traceback.
     path.write_text("queries: " + "[" * 5000 + "]" * 5000)
@@ -422,4 +436,5 @@ def test_a_running_process_refuses_a_broken_reload_says_why_and_stays_ready(
     assert value(text, "tw_changed") == 20 and value(text, "tw_removed") is None
     assert http_get(proc.url + "/readyz").status == 200
     assert "Traceback" not in proc.logs()
+    assert PASSWORD not in proc.logs()
     assert proc.stop() == 0
