@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -382,8 +383,9 @@ def test_a_running_process_refuses_a_broken_reload_says_why_and_stays_ready(
     path = tmp_path / "queries.yml"
     path.write_text(FIRST)
     # A password the server (trust auth) never asks for: only here to be kept out of answers.
-    dsn = seeded_db.replace("postgres@", f"postgres:{PASSWORD}@", 1)
-    assert PASSWORD in dsn
+    parts = urlsplit(seeded_db)
+    netloc = f"{parts.username or 'postgres'}:{PASSWORD}@{parts.netloc.rpartition('@')[2]}"
+    dsn = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     proc = exporter_proc("--dsn", dsn, "--queries-file", str(path), "--web-enable-lifecycle")
 
     def metrics() -> str:
