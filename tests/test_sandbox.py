@@ -11,8 +11,6 @@ rollback end, ``conn.fetch`` instead of the cursor, the old readiness rule).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
 import pytest
@@ -27,6 +25,7 @@ from exporter.expose.snapshot import SnapshotStore
 from tests.conftest import PgServer
 from tests.helpers import series, value
 from tests.pgbouncer import run_pgbouncer
+from tests.rig import Rig
 
 SETTINGS = query_params()
 BUILTINS_OFF = (
@@ -35,34 +34,18 @@ BUILTINS_OFF = (
 )
 
 
-@dataclass
-class Rig:
-    database: Database
-    store: SnapshotStore
-    collector: Collector
-    now: list[float]  # the store's clock, which a test may move
-
-    @property
-    def text(self) -> str:
-        return self.store.current.text.body.decode()
-
-    def errors(self, query: str, reason: str) -> float | None:
-        return value(self.text, "tw_exporter_query_errors_total", query=query, reason=reason)
+# The store's clock, which a test may move forward (monotonic seconds).
+Clock = list[float]
 
 
-@pytest.fixture
-async def rigs() -> AsyncIterator[list[Rig]]:
-    made: list[Rig] = []
-    yield made
-    for rig in made:
-        await rig.database.close()
-
-
-async def make_rig(dsn: str, text: str, rigs: list[Rig], pool_size: int = 1) -> Rig:
+async def make_rig(
+    dsn: str, text: str, rigs: list[Rig], pool_size: int = 1, clock: Clock | None = None
+) -> Rig:
+    """The pipeline of ``tests.rig`` on a queries file's queries (closed by ``rigs``)."""
     config: QueriesConfig = parse(text, SETTINGS)
     database = Database(dsn, pool_size=pool_size, query_timeout=5.0)
     await database.open()
-    now = [1000.0]
+    now = clock if clock is not None else [1000.0]
     store = SnapshotStore(
         interval=SETTINGS.interval,
         max_staleness=SETTINGS.max_staleness,
@@ -71,7 +54,7 @@ async def make_rig(dsn: str, text: str, rigs: list[Rig], pool_size: int = 1) -> 
         clock=lambda: now[0],
     )
     collector = Collector(database, store, SETTINGS, collectors_for(config), config.schedules)
-    rig = Rig(database, store, collector, now)
+    rig = Rig(database, store, collector)
     rigs.append(rig)
     return rig
 
@@ -222,6 +205,7 @@ async def test_a_query_failing_later_keeps_the_exporter_ready(
     seeded_db: str, rigs: list[Rig]
 ) -> None:
     await fetchval(seeded_db, "CREATE TABLE tw_sandbox_t AS SELECT 1 AS n")
+    now: Clock = [1000.0]
     rig = await make_rig(
         seeded_db,
         """
@@ -232,12 +216,13 @@ queries:
 """,
         rigs,
         pool_size=4,
+        clock=now,
     )
     assert not rig.store.ready  # nothing served yet
     assert await rig.collector.run_cycle() is True
     assert rig.store.ready
     await fetchval(seeded_db, "DROP TABLE tw_sandbox_t")
-    rig.now[0] += 10 * SETTINGS.max_staleness  # long past the failing query's staleness
+    now[0] += 10 * SETTINGS.max_staleness  # long past the failing query's staleness
     assert await rig.collector.run_cycle() is True
     assert rig.errors("fragile", "sql") == 1
     assert value(rig.text, "tw_fragile") is None  # its series went stale
