@@ -13,7 +13,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.allocator import pin_mmap_threshold
 from exporter.collect.custom import collectors_for
-from exporter.collect.reload import Reloader
+from exporter.collect.reload import Outcome, Reloader
 from exporter.collect.scheduler import Collector, start_scheduler
 from exporter.config.dsn import DsnFile, DsnSource
 from exporter.config.http_security import HTTPSecurity
@@ -29,7 +29,7 @@ from exporter.db.leader import (
 )
 from exporter.expose.http import MetricsServer, ServerLimits
 from exporter.expose.snapshot import SnapshotStore
-from exporter.logs import add_secret
+from exporter.logs import add_secret, scrub_secrets
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +167,18 @@ async def serve(
         leadership.start()
     reloader = Reloader(settings, config, collector, scheduler, server)
 
-    def reload() -> bool:
+    async def reload() -> Outcome:
         """SIGHUP and POST /-/reload: the DSN file(s) too, then the configuration files."""
         for source in followed:
             source.reread("reload requested")
-        return reloader.reload()
+        outcome = await reloader.reload()
+        # Its line is answered over HTTP: no password in it, as in the log.
+        return Outcome(outcome.ok, scrub_secrets(outcome.line))
 
     if settings.web_enable_lifecycle:
         server.reload = reload
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request, reload)
     watcher = loop.create_task(_watch_dsn_files(followed), name="dsn-files")
     try:
         await stop.wait()

@@ -8,7 +8,7 @@ import time
 
 from pythonjsonlogger.json import JsonFormatter
 
-from exporter.config.secrets import SecretScrubbingFilter
+from exporter.config.secrets import SecretScrubbingFilter, scrub
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -80,3 +80,13 @@ class UnraisableLog:
             if error is not None
             else None,
         )
+
+
+def scrub_secrets(text: str) -> str:
+    """``text`` without any secret the log handlers scrub: for a line that leaves the process
+    another way (the answer to ``POST /-/reload``)."""
+    for handler in logging.getLogger().handlers:
+        for log_filter in handler.filters:
+            if isinstance(log_filter, SecretScrubbingFilter):
+                text = scrub(text, log_filter.secrets)
+    return text

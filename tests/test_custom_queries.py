@@ -151,7 +151,7 @@ async def test_bad_rows_count_as_data_errors_and_the_valid_rows_are_served(
     assert rig.errors("clean", "data") == 0
     problems = [r.getMessage() for r in caplog.records if "cannot serve" in r.getMessage()]
     assert len(problems) == 1
-    assert "beyond max_series (3)" in problems[0]
+    assert "more than max_series (3) rows" in problems[0]
     assert "tw_text_value: 2 row(s) whose column s is not a number" in problems[0]
     assert await rig.collector.run_cycle() is True
     assert rig.errors("mixed", "data") == 2

@@ -30,7 +30,7 @@ import math
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NoReturn, Protocol
@@ -114,6 +114,15 @@ MAX_REMEMBERED_REQUEST = 2048
 # Failed bcrypt checks on one connection; the last one's 401 closes the connection, so a
 # password guesser must reconnect (and, with TLS, handshake) for every few guesses.
 MAX_AUTH_FAILURES = 3
+
+
+class ReloadOutcome(Protocol):
+    """What a reload answers (``exporter.collect.reload.Outcome``)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def line(self) -> str: ...
 
 
 class SnapshotSource(Protocol):
@@ -218,8 +227,9 @@ class MetricsServer:
         # Every open connection, TLS handshakes included: what the cap counts and the sweep
         # visits.
         self.connections: set[_Connection] = set()
-        # ``POST /-/reload`` (--web-enable-lifecycle): re-reads the configuration; True = ok.
-        self.reload: Callable[[], bool] | None = None
+        # ``POST /-/reload`` (--web-enable-lifecycle): re-reads the configuration, off the event
+        # loop, and answers whether it applied and the one line that says why (Reloader.reload).
+        self.reload: Callable[[], Awaitable[ReloadOutcome]] | None = None
         # Handshakes, password checks and accepted sockets being wrapped in transports:
         # referenced here so none is garbage collected half-way, and cancelled on close.
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -402,21 +412,32 @@ class MetricsServer:
         # passwords can neither stall the event loop nor queue ahead of the database's host
         # name lookups in asyncio's default executor.
         if await asyncio.wrap_future(check):
-            return self._route(path, headers, method)
+            routed = self._route(path, headers, method)
+            return routed if isinstance(routed, Response) else await routed
         return UNAUTHORIZED
 
-    def _route(self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET") -> Response:
+    def _route(
+        self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET"
+    ) -> Response | Coroutine[Any, Any, Response]:
         if path == RELOAD_PATH and self.reload is not None:
             if method != b"POST":
                 return POST_ONLY
-            if self.reload():
-                return Response(200, b"reloaded\n")
-            return Response(500, b"reload failed: the old configuration keeps running\n")
+            return self._reload(self.reload)
         if path == b"/metrics":
             return self._metrics(headers)
         if path == b"/":
             return LANDING
         return NOT_FOUND
+
+    @staticmethod
+    async def _reload(reload: Callable[[], Awaitable[ReloadOutcome]]) -> Response:
+        """``POST /-/reload``: 200, or 500 with the one line that says why nothing changed."""
+        outcome = await reload()
+        if outcome.ok:
+            return Response(200, f"{outcome.line}\n".encode())
+        return Response(
+            500, f"reload failed, the running configuration is kept: {outcome.line}\n".encode()
+        )
 
     def _probe(self, path: bytes) -> Response:
         if path == b"/healthz":
