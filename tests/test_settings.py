@@ -143,6 +143,30 @@ def test_missing_dsn_and_conflicting_dsn_sources(
     assert str(dsn_file) in line and "PostgreSQL URI" in line
 
 
+@pytest.mark.parametrize("option", ["--dsn", "--ha-dsn"])
+def test_a_uri_and_its_file_follow_one_rule(option: str, tmp_path: Path) -> None:
+    """--dsn/--dsn-file and --ha-dsn/--ha-dsn-file: two of the same layer clash, across
+    layers the flag wins (the lock's pair once refused a flag beside a variable)."""
+    uri, from_file = "postgresql://tw@flag/app", "postgresql://tw@file/app"
+    path = tmp_path / "uri"
+    path.write_text(from_file + "\n")
+    variable = cfg.ENV_PREFIX + option.removeprefix("--").replace("-", "_").upper()
+    base = [] if option == "--dsn" else ["--dsn", DSN]
+
+    def resolved(argv: list[str], env: dict[str, str]) -> str:
+        settings = parse(base + argv, env)
+        return settings.dsn if option == "--dsn" else settings.ha_dsn
+
+    assert resolved([option, uri], {variable + "_FILE": str(path)}) == uri
+    assert resolved([f"{option}-file", str(path)], {variable: uri}) == from_file
+    for argv, env in (
+        ([option, uri, f"{option}-file", str(path)], {}),
+        ([], {variable: uri, variable + "_FILE": str(path)}),
+    ):
+        with pytest.raises(cfg.SettingsError, match="mutually exclusive"):
+            parse(base + argv, env)
+
+
 @pytest.mark.parametrize(
     "dsn",
     [
