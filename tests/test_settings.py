@@ -211,3 +211,16 @@ def test_help_never_shows_a_password_from_the_environment(
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "hunter2pw" not in capsys.readouterr().out
+
+
+def test_the_http_servers_own_limits_are_the_flags_defaults() -> None:
+    """``ServerLimits()`` (what tests and benchmarks serve with) writes the --web-* defaults
+    again; the option table is their source, so the two must agree."""
+    from exporter.expose.http import ServerLimits
+
+    limits, settings = ServerLimits(), cfg.query_params()
+    assert (limits.header_timeout, limits.idle_timeout, limits.max_connections) == (
+        settings.web_header_timeout,
+        settings.web_idle_timeout,
+        settings.web_max_connections,
+    )
