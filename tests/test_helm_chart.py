@@ -559,7 +559,8 @@ def test_config_defaults_are_the_exporters() -> None:
                 f"config.{key} = {config[key]!r} but {flag} defaults to {option.default}"
             )
     assert defaults["ha"]["lease"] is None and option_for("--ha-lease").default is None
-    port = exporter_settings.DEFAULT_PORT
+    host, port = exporter_settings.parse_listen(exporter_settings.DEFAULT_LISTEN)
+    assert defaults["listenHost"] == host
     assert defaults["containerPort"] == defaults["service"]["port"] == port
 
 
