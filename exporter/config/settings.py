@@ -563,10 +563,11 @@ def _uri_or_file(values: Mapping[str, Any], dest: str) -> tuple[str, Path | None
     the file it came from; None when neither was. Both from the same layer (two flags, two
     variables) is an error; across layers the flag wins, as for every option."""
     file_dest = f"{dest}_file"
-    uri_source = values.get(f"{dest}__source")
-    file_source = values.get(f"{file_dest}__source")
-    use_file = file_source is not None
-    if uri_source is not None and file_source is not None:
+    flag = "--" + dest.replace("_", "-")
+    uri_source = values.get(f"{dest}__source", flag)
+    file_source = values.get(f"{file_dest}__source", f"{flag}-file")
+    use_file = file_dest in values
+    if use_file and dest in values:
         if uri_source.startswith("--") == file_source.startswith("--"):
             raise SettingsError(f"{uri_source} and {file_source} are mutually exclusive: give one")
         use_file = file_source.startswith("--")
@@ -576,7 +577,7 @@ def _uri_or_file(values: Mapping[str, Any], dest: str) -> tuple[str, Path | None
             return dsn_uri.read_dsn_file(path), path
         except dsn_uri.DsnError as error:
             raise SettingsError(f"{file_source}: {error}") from None
-    if uri_source is not None:
+    if dest in values:
         return str(values[dest]), None
     return None
 
