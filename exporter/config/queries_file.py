@@ -51,6 +51,8 @@ from exporter.config.settings import (
     STALENESS_INTERVALS,
     Settings,
     SettingsError,
+    default_max_staleness,
+    default_query_timeout,
 )
 from exporter.config.webconfig import load_yaml
 
@@ -369,7 +371,7 @@ def _resolve(
         timeout = min(settings.query_timeout, interval)
         sources["timeout"] = f"{settings.sources['query_timeout']} (capped at the interval)"
     else:
-        timeout = min(DEFAULT_QUERY_TIMEOUT_CAP, interval)
+        timeout = default_query_timeout(interval)
         sources["timeout"] = f"default (min({DEFAULT_QUERY_TIMEOUT_CAP:g}s, interval))"
     if file_values.max_staleness is not None:
         staleness, sources["max_staleness"] = file_values.max_staleness, where
@@ -377,7 +379,7 @@ def _resolve(
         staleness = max(settings.max_staleness, interval)
         sources["max_staleness"] = settings.sources["max_staleness"]
     else:
-        staleness = STALENESS_INTERVALS * interval
+        staleness = default_max_staleness(interval)
         sources["max_staleness"] = f"default ({STALENESS_INTERVALS} x interval)"
     max_series = DEFAULT_MAX_SERIES
     if isinstance(file_values, QueryDef):
