@@ -10,7 +10,7 @@ once per period; a connection cap that evicts the connection which has made the 
 progress for the longest instead of refusing a newcomer, so probes and scrapes always get in;
 header bytes and lines counted; no request bodies; reading paused while responses wait
 unread or a password check runs; a cap on pipelined requests; bcrypt on its own bounded
-executor (``WebConfig.submit``), with a cap on failed checks per connection. A connection
+executor (``BasicAuth.submit``), with a cap on failed checks per connection. A connection
 holds no buffer and no parser before its first bytes, and is freed by reference counting
 when it closes (issue #21); accepting and the TLS upgrade live in ``accepting`` and ``tls``.
 
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 
 class Authenticator(Protocol):
-    """Basic-auth verification (``WebConfig`` implements it)."""
+    """Basic-auth verification (``exporter.config.basic_auth.BasicAuth`` implements it)."""
 
     def check_cached(self, authorization: bytes | None) -> bool | None:
         """The verdict if it is cheap to tell (cache hit, malformed header), else None."""
@@ -253,7 +253,7 @@ class MetricsServer:
     @authenticator.setter
     def authenticator(self, new: Authenticator | None) -> None:
         """A reload's new authenticator takes over the old one's verified logins for users
-        whose hash did not change (``WebConfig.adopt_cache``): a reload must not send every
+        whose hash did not change (``BasicAuth.adopt_cache``): a reload must not send every
         scraper back to bcrypt, behind a flood of wrong passwords (issue #21)."""
         old = self._authenticator
         adopt = getattr(new, "adopt_cache", None)
