@@ -1,8 +1,12 @@
-"""exporter.config.webconfig against real TLS handshakes, real bcrypt and the real promtool checker.
+"""The web config (exporter.config.webconfig, web_tls, basic_auth) against real TLS handshakes on
+the exporter's own server, real bcrypt and the real promtool checker.
 
-Certificates come from the ``openssl`` CLI (the ``cryptography`` package is not a dependency):
-a CA, a server certificate, a client certificate, a second server certificate for rotation
-and an unrelated CA whose client certificate must be refused.
+TLS tests serve through ``MetricsServer``, whose connections upgrade themselves to TLS
+(``exporter.expose.tls.start_tls``), so client certificates, protocol limits and certificate
+rotation are checked on the path production runs. Certificates come from the ``openssl`` CLI
+(the ``cryptography`` package is not a dependency): a CA, a server certificate, a client
+certificate, a second server certificate for rotation and an unrelated CA whose client
+certificate must be refused.
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from exporter.config.basic_auth import BasicAuth
 from exporter.config.web_fields import WebConfigError
 from exporter.config.web_tls import TLSConfig, TLSContextProvider
 from exporter.config.webconfig import WebConfig, load_web_config
+from exporter.expose.http import MetricsServer
+from exporter.expose.snapshot import SnapshotStore
 from tests import helpers
 from tests.pki import PKI, Pair
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "web-config"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 @pytest.fixture
@@ -61,19 +66,20 @@ def write_config(directory: Path, text: str, name: str = "web.yml") -> Path:
 
 TLS_BASE = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
 
-# ------------------------------------------------------------------ a real asyncio TLS server
+# ------------------------------------------------------------------ the exporter's own TLS server
 
 
 class _HandshakeErrors(logging.Handler):
-    """Collects the server side's TLS handshake errors, which asyncio logs only in debug mode."""
+    """Collects the TLS handshakes the server refused: ``Connection._handshake`` logs each at
+    debug level with the error (port scanners make them routine)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.errors: list[BaseException] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
-            self.errors.append(record.exc_info[1])
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.errors += [a for a in args if isinstance(a, ssl.SSLError)]
 
     def reasons(self) -> list[str]:
         return [getattr(e, "reason", None) or str(e) for e in self.errors]
@@ -87,34 +93,24 @@ class Server:
 
 @asynccontextmanager
 async def tls_server(ctx: ssl.SSLContext) -> AsyncIterator[Server]:
-    """A real asyncio server on 127.0.0.1 answering every request with RESPONSE."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(RESPONSE)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    loop = asyncio.get_running_loop()
-    was_debug = loop.get_debug()
+    """The exporter's HTTP server (``MetricsServer``) on 127.0.0.1 with ``ctx``: every
+    connection is accepted as TCP and upgraded to TLS by the connection itself
+    (``exporter.expose.tls.start_tls``), as in production."""
+    store = SnapshotStore(interval=1, max_staleness=3, process_metrics=False)
+    store.render()
     collector = _HandshakeErrors()
-    asyncio_logger = logging.getLogger("asyncio")
-    old_level = asyncio_logger.level
-    asyncio_logger.addHandler(collector)
-    asyncio_logger.setLevel(logging.DEBUG)
-    loop.set_debug(True)
+    logger = logging.getLogger("exporter.expose.http")  # the connections' logger
+    old_level = logger.level
+    logger.addHandler(collector)
+    logger.setLevel(logging.DEBUG)
+    server = MetricsServer(store, ssl_context=ctx)
     try:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
-        async with server:
-            yield Server(server.sockets[0].getsockname()[1], collector)
+        port = (await server.start("127.0.0.1", 0))[0][1]
+        yield Server(port, collector)
     finally:
-        loop.set_debug(was_debug)
-        asyncio_logger.removeHandler(collector)
-        asyncio_logger.setLevel(old_level)
+        await server.close()
+        logger.removeHandler(collector)
+        logger.setLevel(old_level)
 
 
 @dataclass
@@ -135,7 +131,7 @@ def fetch_blocking(port: int, client: ssl.SSLContext) -> Fetched:
         peercert = tls.getpeercert()
         assert peercert is not None
         info = (peercert, tls.version(), cipher and cipher[0])
-        tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         chunks = []
         while chunk := tls.recv(65536):
             chunks.append(chunk)
