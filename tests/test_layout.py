@@ -7,7 +7,9 @@ table itself is checked for cycles): cli -> ops -> app -> collect -> db -> expos
 collectors, with cli -> monitoring -> expose beside them, never back, so a reader can start at
 either end and a change that needs an arrow not in the table has to add it here, where a reviewer
 sees it. Imports inside functions and under
-``TYPE_CHECKING`` count: a lazy import still ties two modules together.
+``TYPE_CHECKING`` count: a lazy import still ties two modules together. ``WITHIN`` does the same
+inside a room for the modules that were split by job (the web config's sections, the HTTP
+server and its connections).
 """
 
 from __future__ import annotations
