@@ -20,7 +20,6 @@ import asyncio
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,8 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.common import ADMIN_DSN, RESULTS, ROOT, dsn_for, log, machine
-from benchmarks.soak import value
+from benchmarks.common import RESULTS, ROOT, create_database, drop_database, log, machine
+from benchmarks.soak import listening_url, value
 from exporter.collectors import COLLECTORS, QUERY_NAMES
 from exporter.ops import dataset
 
@@ -49,13 +48,7 @@ OWNER = {spec.name: c.name for c in COLLECTORS for spec in c.metrics}
 
 
 async def prepare() -> str:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    dsn = dsn_for(DATABASE)
+    dsn = await create_database(DATABASE)
     conn = await asyncpg.connect(dsn)
     try:
         await dataset.create_schema(conn)
@@ -72,7 +65,7 @@ async def prepare() -> str:
 
 def start(
     dsn: str, offset: Path, ha: bool, logs: Path, tree: Path
-) -> tuple[subprocess.Popen[str], str]:
+) -> tuple[subprocess.Popen[bytes], str]:
     offset.write_text("+0\n")
     env = {
         **os.environ,
@@ -90,14 +83,7 @@ def start(
         argv += ["--ha", "--ha-lease", "3"]
     with logs.open("w") as sink:
         proc = subprocess.Popen(argv, env=env, cwd=tree, stdin=subprocess.DEVNULL, stderr=sink)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (\S+)/metrics", logs.read_text())
-        if found:
-            return proc, found.group(1)
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the exporter did not start")
+    return proc, listening_url(proc, logs, "the exporter")
 
 
 class Watch:
@@ -244,14 +230,7 @@ def main() -> None:
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     log(f"wrote benchmarks/results/{args.out}.md")
 
-    async def drop() -> None:
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
+    asyncio.run(drop_database(DATABASE))
 
 
 if __name__ == "__main__":

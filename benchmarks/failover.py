@@ -43,7 +43,7 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.common import ADMIN_DSN, RESULTS, ROOT, dsn_for, log, machine
+from benchmarks.common import RESULTS, ROOT, create_database, log, machine
 from exporter.db.leader import LOCK_APPLICATION_PREFIX, QUERY_APPLICATION_PREFIX
 from exporter.ops import dataset
 
@@ -148,13 +148,7 @@ class Sampler:
 
 
 async def prepare() -> str:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    dsn = dsn_for(DATABASE)
+    dsn = await create_database(DATABASE)
     conn = await asyncpg.connect(dsn)
     try:
         await dataset.create_schema(conn)
