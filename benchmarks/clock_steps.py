@@ -28,12 +28,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from benchmarks.common import RESULTS, ROOT, create_database, drop_database, log, machine
+from benchmarks.common import RESULTS, ROOT, drop_database, log, machine, schema_database
 from benchmarks.soak import listening_url, value
 from exporter.collectors import COLLECTORS, QUERY_NAMES
-from exporter.ops import dataset
 
 DATABASE = "tw_clock_steps"
 # Debian's faketime package, on any architecture (x86_64-linux-gnu, aarch64-linux-gnu, ...).
@@ -48,19 +45,13 @@ OWNER = {spec.name: c.name for c in COLLECTORS for spec in c.metrics}
 
 
 async def prepare() -> str:
-    dsn = await create_database(DATABASE)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await dataset.create_schema(conn)
-        await conn.execute(
-            "INSERT INTO tw_users (id, username, follower_count) VALUES (1, 'ann', 7);"
-            "INSERT INTO tw_tweets (id, user_id, like_count) VALUES (1, 1, 5);"
-            "INSERT INTO tw_hashtags (id, tag) VALUES (1, 'db');"
-            "INSERT INTO tw_tweet_hashtags VALUES (1, 1)"
-        )
-    finally:
-        await conn.close()
-    return dsn
+    return await schema_database(
+        DATABASE,
+        "INSERT INTO tw_users (id, username, follower_count) VALUES (1, 'ann', 7);"
+        "INSERT INTO tw_tweets (id, user_id, like_count) VALUES (1, 1, 5);"
+        "INSERT INTO tw_hashtags (id, tag) VALUES (1, 'db');"
+        "INSERT INTO tw_tweet_hashtags VALUES (1, 1)",
+    )
 
 
 def start(

@@ -56,6 +56,19 @@ async def create_database(name: str, *, fresh: bool = True) -> str:
     return dsn_for(name)
 
 
+async def schema_database(name: str, rows: str) -> str:
+    """A fresh database ``name`` with the shipped schema and the few ``rows`` (INSERT
+    statements) a run needs; its DSN."""
+    dsn = await create_database(name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await dataset.create_schema(conn)
+        await conn.execute(rows)
+    finally:
+        await conn.close()
+    return dsn
+
+
 async def drop_database(name: str) -> None:
     admin = await asyncpg.connect(ADMIN_DSN)
     try:

@@ -43,9 +43,8 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.common import RESULTS, ROOT, create_database, log, machine
+from benchmarks.common import RESULTS, ROOT, log, machine, schema_database
 from exporter.db.leader import LOCK_APPLICATION_PREFIX, QUERY_APPLICATION_PREFIX
-from exporter.ops import dataset
 
 DATABASE = "tw_bench_failover"
 FLAGS = ("--interval", "1", "--query-timeout", "0.5")
@@ -148,16 +147,9 @@ class Sampler:
 
 
 async def prepare() -> str:
-    dsn = await create_database(DATABASE)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await dataset.create_schema(conn)
-        await conn.execute(
-            "INSERT INTO tw_users (username, follower_count) VALUES ('ann', 7), ('bob', 3)"
-        )
-    finally:
-        await conn.close()
-    return dsn
+    return await schema_database(
+        DATABASE, "INSERT INTO tw_users (username, follower_count) VALUES ('ann', 7), ('bob', 3)"
+    )
 
 
 async def leader_and_follower(a: Replica, b: Replica) -> tuple[Replica, Replica]:
