@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from benchmarks.common import ADMIN_DSN, RESULTS, dsn_for, log
+from benchmarks.common import RESULTS, create_database, log
 
 DATABASE = "tw_bench_max_series"
 MAX_SERIES = 100
@@ -58,13 +58,7 @@ def queries_file() -> str:
 async def ensure_rows(rows: int) -> str:
     """The benchmark's database with ``rows`` rows (created once; recreated if the count
     differs)."""
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
-            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    dsn = dsn_for(DATABASE)
+    dsn = await create_database(DATABASE, fresh=False)
     conn = await asyncpg.connect(dsn)
     try:
         have = -1

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psutil
 
-from benchmarks.common import ADMIN_DSN, RESULTS, dsn_for, log
+from benchmarks.common import RESULTS, create_database, drop_database, log
 
 DATABASE = "tw_bench_reload_stall"
 OFF = (
@@ -134,24 +133,15 @@ async def measure(dsn: str, text: str) -> dict[str, Any]:
 
 
 async def run() -> dict[str, Any]:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
+    dsn = await create_database(DATABASE)
     try:
         report = {}
         for name, text in (("big", big_file()), ("many", many_file())):
             log(f"reloading {name}")
-            report[name] = await measure(dsn_for(DATABASE), text)
+            report[name] = await measure(dsn, text)
         return report
     finally:
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(DATABASE)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ import gzip
 import time
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from exporter.collect.custom import collectors_for
@@ -20,7 +19,7 @@ from exporter.config.settings import query_params
 from exporter.db.database import MAX_POOL_SIZE, Database, pool_size_for
 from exporter.expose.snapshot import SnapshotStore
 from tests.conftest import StartExporter, wait_until, wait_until_sync
-from tests.helpers import http_get, samples, series, value
+from tests.helpers import execute, http_get, samples, series, value
 from tests.rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,14 +49,6 @@ def custom(text: str) -> QueriesConfig:
     off = "builtins: {top_users: {enabled: false}, trending_hashtags: {enabled: false}, "
     off += "platform_stats: {enabled: false}}\n"
     return parse(off + text, SETTINGS)
-
-
-async def execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 DATA = """

@@ -55,6 +55,19 @@ class Running:
     scheduler: AsyncIOScheduler
     reloader: Reloader
 
+    def text(self) -> str:
+        """The text exposition served now."""
+        return self.store.current.text.body.decode()
+
+    async def first_served(self) -> None:
+        """Wait until every query of ``FIRST`` has served its series."""
+
+        async def all_ran() -> bool:
+            text = self.text()
+            return all(value(text, f"tw_{n}") is not None for n in ("kept", "changed", "removed"))
+
+        await wait_until(all_ran)
+
 
 @contextlib.asynccontextmanager
 async def running(dsn: str, path: Path) -> AsyncIterator[Running]:
@@ -81,15 +94,8 @@ async def test_a_valid_file_applies_the_difference_and_keeps_unchanged_series(
     path = tmp_path / "queries.yml"
     path.write_text(FIRST)
     async with running(seeded_db, path) as rig:
-        store, scheduler, reloader = rig.store, rig.scheduler, rig.reloader
-
-        def text() -> str:
-            return store.current.text.body.decode()
-
-        async def all_ran() -> bool:
-            return all(value(text(), f"tw_{n}") is not None for n in ("kept", "changed", "removed"))
-
-        await wait_until(all_ran)
+        store, scheduler, reloader, text = rig.store, rig.scheduler, rig.reloader, rig.text
+        await rig.first_served()
         kept_part = store.queries["kept"].part
         kept_success = value(
             text(), "tw_exporter_query_last_success_timestamp_seconds", query="kept"
@@ -235,15 +241,8 @@ async def test_a_failed_reload_changes_nothing_whatever_went_wrong(
     path = tmp_path / "queries.yml"
     path.write_text(FIRST)
     async with running(seeded_db, path) as rig:
-        store, collector, reloader = rig.store, rig.collector, rig.reloader
-
-        def text() -> str:
-            return store.current.text.body.decode()
-
-        async def all_ran() -> bool:
-            return all(value(text(), f"tw_{n}") is not None for n in ("kept", "changed", "removed"))
-
-        await wait_until(all_ran)
+        collector, reloader, text = rig.collector, rig.reloader, rig.text
+        await rig.first_served()
         jobs, collectors = dict(collector.jobs), collector.collectors
         for expected, broken in BROKEN.items():
             path.write_text(broken)
@@ -279,10 +278,7 @@ async def test_a_reload_while_a_query_runs_keeps_its_series_and_reruns_it_at_onc
     blocker = await asyncpg.connect(seeded_db)
     try:
         async with running(seeded_db, path) as rig:
-            store, collector = rig.store, rig.collector
-
-            def text() -> str:
-                return store.current.text.body.decode()
+            store, collector, text = rig.store, rig.collector, rig.text
 
             async def changed_served() -> bool:
                 return value(text(), "tw_changed") == 2 and value(text(), "tw_kept") == 1

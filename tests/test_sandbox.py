@@ -23,7 +23,7 @@ from exporter.config.settings import query_params
 from exporter.db.database import Database
 from exporter.expose.snapshot import SnapshotStore
 from tests.conftest import PgServer
-from tests.helpers import series, value
+from tests.helpers import fetchval, series, value
 from tests.pgbouncer import run_pgbouncer
 from tests.rig import Rig
 
@@ -57,14 +57,6 @@ async def make_rig(
     rig = Rig(database, store, collector)
     rigs.append(rig)
     return rig
-
-
-async def fetchval(dsn: str, sql: str) -> object:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
 
 
 ADVISORY_LOCKS = (
