@@ -449,6 +449,9 @@ class Database:
     ) -> None:
         # Host by host, each with its own connect timeout, the DSN read at each connect.
         self._connector = Connector(dsn)
+        # Connects of ours in flight (see ``_scarce``): the server counts a connection from its
+        # startup on, the pool only once the connect (session check included) has returned.
+        self._connecting = 0
         self._application_name = application_name
         self._pool_size = pool_size
         self._query_timeout = query_timeout
@@ -469,7 +472,7 @@ class Database:
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
-            connect=self._connector.connect,
+            connect=self._connect,
             min_size=0,
             max_size=self._pool_size,
             # Per host: TCP, TLS, startup, authentication and the session check (see
@@ -483,6 +486,14 @@ class Database:
             reset=_no_session_state,
             server_settings={"application_name": self._application_name},
         )
+
+    async def _connect(self, *args: Any, **kwargs: Any) -> Any:
+        """The pool's connect hook: the connector's, counted while in flight."""
+        self._connecting += 1
+        try:
+            return await self._connector.connect(*args, **kwargs)
+        finally:
+            self._connecting -= 1
 
     def drain(self) -> None:
         """The DSN changed (a rotated password file): connections open from now on use it,
@@ -656,10 +667,12 @@ class Database:
             return False
         if getattr(error, "sqlstate", None) != _TOO_MANY_CONNECTIONS:
             return False
-        open_now = self.connections()
+        # Ours that the server counts: open, or still connecting (three queries that start
+        # together race; the one refused may hear so before the winner's connect returns).
+        open_now = self.connections() + self._connecting
         if open_now == 0:
             return False  # nothing to share: a connection failure
-        if self._slots.usable > open_now:
+        if self._slots.usable >= self._slots.capacity:  # one line per episode
             log.warning(
                 "query %s: the database refused another connection (%s); sharing the %d "
                 "open one(s) among the queries for %gs",
@@ -668,7 +681,7 @@ class Database:
                 open_now,
                 SCARCE_SECONDS,
             )
-        self._slots.limit(open_now, SCARCE_SECONDS)
+        self._slots.limit(min(open_now, self._slots.usable), SCARCE_SECONDS)
         return True
 
     def _may_retry(
