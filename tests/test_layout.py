@@ -27,7 +27,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     # check, demo, sample-data: they may use everything below, including the real wiring
     "ops": frozenset({"app", "collect", "collectors", "config", "db", "expose", "logs"}),
     # wires config -> db -> collect -> expose and runs until a signal
-    "app": frozenset({"allocator", "collect", "collectors", "config", "db", "expose", "logs"}),
+    "app": frozenset(
+        {"allocator", "collect", "collectors", "config", "db", "expose", "logs", "pipeline"}
+    ),
+    # builds database -> collector -> snapshot store (and scheduler, reloader): app and tests
+    "pipeline": frozenset({"collect", "collectors", "config", "db", "expose"}),
     "logs": frozenset({"config"}),
     # glibc's mmap threshold, fixed at start (issue #11)
     "allocator": frozenset(),
