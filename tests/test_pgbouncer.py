@@ -21,7 +21,7 @@ import pytest
 from exporter.collectors import COLLECTORS
 from exporter.config.settings import query_params
 from exporter.db.database import Database, QueryError
-from exporter.expose.health import FAILURE_REASONS
+from exporter.db.failures import FAILURE_REASONS
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import (
     REPO,

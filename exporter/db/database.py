@@ -69,17 +69,18 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
+from exporter.collectors.base import Resolve
 from exporter.config.dsn import DsnSource
 from exporter.config.settings import DEFAULT_MAX_CONNECTIONS
 from exporter.db import keepalive
 from exporter.db.connect import Connector
-from exporter.expose.health import FailureReason
+from exporter.db.failures import FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,6 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.memo: dict[str, Any] = {}
-
-
-# A statement that depends on the connection it runs on: resolved there, inside the query's
-# read-only transaction and deadline, so a failure to resolve it is counted like the query's.
-Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 
 
 def pool_size_for(queries: int, max_connections: int = MAX_POOL_SIZE) -> int:
