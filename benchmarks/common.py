@@ -44,21 +44,48 @@ def db_name(scale: str) -> str:
     return f"tw_bench_{scale}"
 
 
-async def ensure_dataset(scale: str, *, rebuild: bool = False, database: str | None = None) -> str:
-    """Create ``tw_bench_<scale>`` (or ``database``) with the shared generator unless it already
-    holds the data."""
-    name, tweets = database or db_name(scale), SCALES[scale]
+async def create_database(name: str, *, fresh: bool = True) -> str:
+    """Create the database ``name`` beside ``ADMIN_DSN`` and return its DSN. ``fresh`` drops
+    it first, so a run starts from nothing; otherwise one that exists is kept, data and all,
+    for a run that reuses what an earlier one built."""
     admin = await asyncpg.connect(ADMIN_DSN)
     try:
+        if fresh:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if exists and rebuild:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            exists = None
         if not exists:
             await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    dsn = dsn_for(name)
+    return dsn_for(name)
+
+
+async def schema_database(name: str, rows: str) -> str:
+    """A fresh database ``name`` with the shipped schema and the few ``rows`` (INSERT
+    statements) a run needs; its DSN."""
+    dsn = await create_database(name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await dataset.create_schema(conn)
+        await conn.execute(rows)
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def drop_database(name: str) -> None:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def ensure_dataset(scale: str, *, rebuild: bool = False, database: str | None = None) -> str:
+    """Create ``tw_bench_<scale>`` (or ``database``) with the shared generator unless it already
+    holds the data."""
+    name, tweets = database or db_name(scale), SCALES[scale]
+    dsn = await create_database(name, fresh=rebuild)
     conn = await asyncpg.connect(dsn)
     try:
         await dataset.create_schema(conn)
@@ -81,11 +108,7 @@ async def ensure_dataset(scale: str, *, rebuild: bool = False, database: str | N
 
 
 async def drop_dataset(scale: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db_name(scale)}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(db_name(scale))
 
 
 # ------------------------------------------------------------------ indexes

@@ -191,9 +191,30 @@ http {{
 """
 
 
+def start_nginx(workdir: Path) -> Server:
+    """nginx (``NGINX_CONF``: one worker) serving ``workdir``'s ``metrics`` file (and its
+    ``metrics.gz``, if there is one) on a free port, once it answers; stopped if it never
+    does."""
+    os.chmod(workdir, 0o755)  # noqa: S103 - nginx's worker (user nobody) reads the bytes
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Server(proc, f"http://127.0.0.1:{port}")
+    try:
+        wait_for(server.url + "/metrics")
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
 def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="tw-bench-nginx-"))
-    os.chmod(workdir, 0o755)  # noqa: S103 - nginx's worker (user nobody) reads the bytes
     path = workdir / "queries.yml"
     path.write_text(queries_file(builtins=True))
     port = free_port()
@@ -204,7 +225,7 @@ def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
         "/readyz",
     )  # fmt: skip
     out: dict[str, Any] = {"wrk_seconds": seconds}
-    nginx: subprocess.Popen[bytes] | None = None
+    nginx: Server | None = None
     try:
         _, body = get(exporter.url + "/metrics")  # /readyz: every query's data is served
         assert body.count(b"# TYPE tw_bench_q") == QUERIES
@@ -218,27 +239,17 @@ def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
         out["body_bytes"] = len(body)
         out["exporter_plain"] = measure_wrk(exporter, "/metrics", seconds)
         out["exporter_gzip"] = measure_wrk_gzip(exporter, seconds)
-        nport = free_port()
-        conf = workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=workdir, port=nport))
-        nginx = subprocess.Popen(
-            ["nginx", "-c", str(conf), "-p", str(workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(f"http://127.0.0.1:{nport}/metrics")
-        server = Server(nginx, f"http://127.0.0.1:{nport}")
-        worker = list(psutil.Process(nginx.pid).children())
-        out["nginx_plain"] = measure_wrk(server, "/metrics", seconds)
-        out["nginx_gzip"] = measure_wrk_gzip(server, seconds)
+        nginx = start_nginx(workdir)
+        worker = list(psutil.Process(nginx.proc.pid).children())
+        out["nginx_plain"] = measure_wrk(nginx, "/metrics", seconds)
+        out["nginx_gzip"] = measure_wrk_gzip(nginx, seconds)
         out["nginx_workers"] = len(worker)
         for kind in ("plain", "gzip"):
             out[f"ratio_{kind}"] = out[f"exporter_{kind}"]["rps"] / out[f"nginx_{kind}"]["rps"]
     finally:
         exporter.stop()
         if nginx is not None:
-            nginx.terminate()
-            nginx.wait(10)
+            nginx.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return out
 

@@ -22,8 +22,9 @@ unmapped on ``free``, never added to the heap, and the heap's top is trimmed pas
 cost is a few system calls and page faults when that happens (at most about 30 us per
 ``gzip.compress`` of a 20 KiB exposition on the soak machine): rendering happens once per query
 run, never per scrape. Scrapes allocate no such block: the HTTP server is a buffered protocol
-that reads (TCP and TLS alike) into a 16 KiB buffer per connection; before it was, asyncio's TLS
-layer allocated 256 KiB per record read, and mapping each of those halved the TLS ceiling.
+that reads (TCP and TLS alike) into buffers it shares between connections (16 KiB plaintext,
+32 KiB ciphertext), and writes response bytes built once per snapshot; before it was, asyncio's
+TLS layer allocated 256 KiB per record read, and mapping each of those halved the TLS ceiling.
 Anywhere else (musl, macOS) this does nothing, and an operator's own ``MALLOC_MMAP_THRESHOLD_``
 wins.
 """

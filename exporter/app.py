@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.allocator import pin_mmap_threshold
+from exporter.collect.reload import Outcome
 from exporter.collect.scheduler import Collector
 from exporter.config.dsn import DsnFile, DsnSource
 from exporter.config.http_security import HTTPSecurity
@@ -29,7 +30,7 @@ from exporter.db.leader import (
 )
 from exporter.expose.http import MetricsServer, ServerLimits
 from exporter.expose.snapshot import SnapshotStore
-from exporter.logs import add_secret
+from exporter.logs import add_secret, scrub_secrets
 from exporter.pipeline import build_pipeline, build_store
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ async def listen(
             header_timeout=settings.web_header_timeout,
             idle_timeout=settings.web_idle_timeout,
             max_connections=settings.web_max_connections,
+            # The database pool's connections and the HA lock connection need descriptors too.
+            reserved_descriptors=settings.max_connections + (1 if settings.ha else 0),
         ),
     )
     try:
@@ -125,7 +128,13 @@ async def serve(
     scheme = "https" if security.ssl_context else "http"
     for host, port in listener.addresses:
         shown = f"[{host}]" if ":" in host else host
-        log.info("listening on %s://%s:%d/metrics", scheme, shown, port)
+        log.info(
+            "listening on %s://%s:%d/metrics (at most %d connections)",
+            scheme,
+            shown,
+            port,
+            server.max_connections,  # lowered to fit the open-files limit: logged at start
+        )
     log.info(
         "collecting from %s every %gs (query timeout %gs, max staleness %gs)",
         settings.redacted_dsn,
@@ -151,16 +160,18 @@ async def serve(
         leadership.on_elected = lambda: _lead(store, scheduler)
         leadership.start()
 
-    def reload() -> bool:
+    async def reload() -> Outcome:
         """SIGHUP and POST /-/reload: the DSN file(s) too, then the configuration files."""
         for source in followed:
             source.reread("reload requested")
-        return reloader.reload()
+        outcome = await reloader.reload()
+        # Its line is answered over HTTP: no password in it, as in the log.
+        return Outcome(outcome.ok, scrub_secrets(outcome.line))
 
     if settings.web_enable_lifecycle:
         server.reload = reload
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request, reload)
     watcher = loop.create_task(_watch_dsn_files(followed), name="dsn-files")
     try:
         await stop.wait()

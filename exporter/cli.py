@@ -173,6 +173,8 @@ def _run(args: argparse.Namespace) -> int:
         security = load_http_security(settings)
     except ValueError as error:  # WebConfigError
         cfg.fail(f"--web-config-file: {error}")
+    except RecursionError:  # YAML nested thousands deep: one line, not a traceback
+        cfg.fail(f"--web-config-file: {settings.web_config_file}: nested too deeply to be read")
     try:
         run(settings, security)
     except StartupError as error:

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -36,6 +37,9 @@ from exporter.config.secrets import redact_dsn
 from exporter.ops import dataset
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.pki import pki  # noqa: F401 - the shared certificate fixture
+
+if TYPE_CHECKING:
+    from tests.http_target import Target
 from tests.rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -312,7 +316,11 @@ def exporter_proc() -> Iterator[StartExporter]:
     started_procs: list[ExporterProcess] = []
 
     def start(
-        *args: str, env: dict[str, str] | None = None, command: str = "run", wait: float = 30.0
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: str = "run",
+        wait: float = 30.0,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> ExporterProcess:
         argv = [command, *args]
         if "--listen" not in args:
@@ -325,6 +333,7 @@ def exporter_proc() -> Iterator[StartExporter]:
             text=True,
             env={**os.environ, **(env or {})},
             cwd=REPO,
+            preexec_fn=preexec_fn,  # e.g. a lower resource limit for the exporter alone
         )
         process = ExporterProcess(proc)
         started_procs.append(process)
@@ -367,6 +376,31 @@ def wait_until_sync(condition: Callable[[], bool], timeout: float = 15.0) -> Non
         time.sleep(0.05)
 
 
+async def run_until(argv: list[str], moved: Callable[[], Awaitable[bool]]) -> str:
+    """Start a long-running command (from the repository root), wait until ``moved()`` holds,
+    then Ctrl-C it: it must exit 0. Returns its output (stdout and stderr); a command that
+    exits before its work showed fails at once, with that output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO
+    )
+
+    async def moved_while_running() -> bool:
+        if proc.returncode is not None:  # refused or failed: no point waiting
+            output = (await proc.communicate())[0].decode()
+            raise AssertionError(f"exited with {proc.returncode} before its work showed:\n{output}")
+        return await moved()
+
+    try:
+        await wait_until(moved_while_running, timeout=60, interval=0.2)
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        output = (await proc.communicate())[0].decode()
+    return output
+
+
 @pytest.fixture
 def frozen_pg(restartable_pg: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
     """``restartable_pg``, which this test may ``freeze()``: thawed at teardown whatever
@@ -384,3 +418,11 @@ async def rigs() -> AsyncIterator[list[Rig]]:
     yield created
     for rig in created:
         await rig.database.close()
+
+
+@pytest.fixture
+def target(seeded_db: str, exporter_proc: StartExporter) -> Target:
+    """A real exporter with the attack tests' small limits (``tests.http_target``)."""
+    from tests.http_target import start_target
+
+    return start_target(exporter_proc, seeded_db)

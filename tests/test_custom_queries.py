@@ -10,7 +10,6 @@ import gzip
 import time
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from exporter.collect.scheduler import start_scheduler
@@ -18,7 +17,7 @@ from exporter.config.queries_file import QueriesConfig, load, parse
 from exporter.config.settings import query_params
 from exporter.db.database import MAX_POOL_SIZE
 from tests.conftest import StartExporter, wait_until, wait_until_sync
-from tests.helpers import http_get, samples, series, value
+from tests.helpers import execute, http_get, samples, series, value
 from tests.rig import Rig
 from tests.rig import make_rig as rig_for
 
@@ -38,14 +37,6 @@ def custom(text: str) -> QueriesConfig:
     off = "builtins: {top_users: {enabled: false}, trending_hashtags: {enabled: false}, "
     off += "platform_stats: {enabled: false}}\n"
     return parse(off + text, SETTINGS)
-
-
-async def execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 DATA = """
@@ -139,7 +130,7 @@ async def test_bad_rows_count_as_data_errors_and_the_valid_rows_are_served(
     assert rig.errors("clean", "data") == 0
     problems = [r.getMessage() for r in caplog.records if "cannot serve" in r.getMessage()]
     assert len(problems) == 1
-    assert "beyond max_series (3)" in problems[0]
+    assert "more than max_series (3) rows" in problems[0]
     assert "tw_text_value: 2 row(s) whose column s is not a number" in problems[0]
     assert await rig.run_all() is True
     assert rig.errors("mixed", "data") == 2

@@ -17,16 +17,8 @@ import pytest
 
 from exporter.collectors import COLLECTORS, platform_stats, top_users, trending_hashtags
 from tests.conftest import StartExporter, wait_until
-from tests.helpers import series, value
+from tests.helpers import execute, series, value
 from tests.rig import UUID_MIGRATION, Rig, fill_existing, make_rig
-
-
-async def execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def database_name(dsn: str) -> str:

@@ -29,7 +29,7 @@ import pytest
 
 import exporter
 from exporter import cli
-from exporter.config.settings import DEFAULT_PORT
+from exporter.config.settings import DEFAULT_PORT, parse_listen
 from exporter.ops.schema_file import SQL_DIR
 from tests.helm_support import REPO
 from tests.helpers import require_tool
@@ -212,8 +212,14 @@ def test_base_image_is_pinned_to_a_release_and_digest() -> None:
 
 
 def test_exposed_port_is_the_exporters_default() -> None:
-    (expose,) = parse_dockerfile().final.all("EXPOSE")
+    final = parse_dockerfile().final
+    (expose,) = final.all("EXPOSE")
     assert expose.value.split() == [str(DEFAULT_PORT)]
+    # Without TW_EXPORTER_LISTEN the HEALTHCHECK probes the port the exporter listens on.
+    healthcheck = final.all("HEALTHCHECK")[-1].value
+    fallback = re.search(r"environ\.get\('TW_EXPORTER_LISTEN', '([^']*)'\)", healthcheck)
+    assert fallback, f"the HEALTHCHECK no longer reads TW_EXPORTER_LISTEN: {healthcheck}"
+    assert parse_listen(fallback.group(1))[1] == DEFAULT_PORT, fallback.group(0)
 
 
 def test_runs_as_a_numeric_non_root_user() -> None:

@@ -18,6 +18,7 @@ from exporter.collectors import COLLECTORS
 from exporter.config import settings as cfg
 from exporter.config.queries_file import DEFAULT_MAX_SERIES
 from exporter.db.database import MAX_CONNECTION_AGE
+from exporter.expose.accepting import BASE_DESCRIPTORS, MAX_ACCEPT_BATCH, accept_batch
 from exporter.ops.check import CHECK_CONNECTIONS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,13 @@ BUILTIN = len(COLLECTORS)  # queries, so connections, with no queries file
 # says so in its first line; tests/test_ha.py runs it).
 HA_LOCK = 1
 WEB_CONNECTIONS = next(o.default for o in cfg.ALL_OPTIONS if o.flag == "--web-max-connections")
+LOW_NOFILE = 64  # the docs' example of a low open-files limit
+#: The cap the server fits beside BASE_DESCRIPTORS and the default pool under that limit.
+LOW_NOFILE_CAP = max(
+    c
+    for c in range(1, int(WEB_CONNECTIONS) + 1)
+    if c + accept_batch(c) <= LOW_NOFILE - BASE_DESCRIPTORS - POOL
+)
 WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
 
 
@@ -93,7 +101,12 @@ CLAIMS: dict[str, list[str]] = {
     ],
     "docs/how-it-works.md": [f"at most `--max-connections`, default {POOL};"],
     "docs/high-availability.md": [f"Each replica opens **{WORDS[HA_LOCK]} plain connection"],
-    "docs/http-limits.md": [f"the default cap of {WEB_CONNECTIONS} plain-HTTP connections"],
+    "docs/http-limits.md": [
+        f"At the default cap of {WEB_CONNECTIONS} connections",
+        f"With `ulimit -n {LOW_NOFILE}`, the default cap of {WEB_CONNECTIONS} and the default pool "
+        f"of {POOL}, the cap becomes {LOW_NOFILE_CAP}:",
+        f"at most `cap / 8` (1 to {MAX_ACCEPT_BATCH}) new connections",
+    ],
 }
 
 #: Numbers next to "connection(s)" that are not the exporter's database connections.
@@ -110,7 +123,13 @@ NOT_POOL_COUNTS = {
         "at least one connection keeps",
     ],
     "docs/high-availability.md": ["keeps one server connection per client"],
-    "docs/http-limits.md": ["32 per connection", "503 Too many connections"],
+    "docs/http-limits.md": [
+        "32 per connection",
+        "503 Too many connections",
+        "1,000 idle connections to an in-process server",  # a measurement's setup
+        "allocated 256 KiB per connection",  # bytes, not a count
+        "as one of the server's connections closes",
+    ],
     "docs/performance.md": ["over one kept-alive connection", "16 KiB buffer per connection"],
     "docs/running-against-your-database.md": [
         "keeps one server connection for all",

@@ -182,6 +182,7 @@ def test_no_database_fails_with_a_clear_message() -> None:
         ({"config": {"interval": "30s"}}, "at '/config/interval': got string, want number"),
         ({"config": {"logFormat": "xml"}}, "at '/config/logFormat'"),
         ({"config": {"topUsers": 0}}, "at '/config/topUsers'"),
+        ({"config": {"interval": 0.01}}, "at '/config/interval'"),
         ({"serviceMonitor": {"interval": "30 seconds"}}, "at '/serviceMonitor/interval'"),
         ({"prometheusRule": {"thresholds": {"hashtagTweet": 5}}}, "'hashtagTweet' not allowed"),
         ({"database": {"dsn": "mysql://db/app"}}, "at '/database/dsn'"),
@@ -194,6 +195,7 @@ def test_no_database_fails_with_a_clear_message() -> None:
         "duration-for-seconds",
         "bad-enum",
         "out-of-range",
+        "below-the-exporters-minimum",
         "bad-duration",
         "unknown-threshold",
         "not-postgres",
@@ -510,6 +512,139 @@ def test_config_env_is_what_the_exporter_reads(objects: dict[str, list[Manifest]
         for key, flag in CONFIG_FLAGS.items():
             option = next(o for o in exporter_settings.ALL_OPTIONS if o.flag == flag)
             assert (option.env in env) == (config[key] is not None), key
+
+
+# Chart defaults that deliberately differ from the exporter's own, and why.
+CHART_CHOICES = {
+    # A pod's output goes to a log pipeline: one JSON object per line.
+    "logFormat": "json",
+}
+# Chart values the exporter parses, beyond `config` (the lock's settings).
+PARSED_VALUES = {
+    **{f"config.{key}": flag for key, flag in CONFIG_FLAGS.items()},
+    "ha.group": "--ha-group",
+    "ha.lease": "--ha-lease",
+}
+
+
+def option_for(flag: str) -> exporter_settings.Option:
+    return next(o for o in exporter_settings.ALL_OPTIONS if o.flag == flag)
+
+
+def value_at(tree: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_config_defaults_are_the_exporters() -> None:
+    """The exporter's option table is the one source of its defaults: a chart default equals
+    it, is null where the exporter derives it (from the interval, the query timeout), or is a
+    deliberate choice listed in CHART_CHOICES."""
+    defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    config = defaults["config"]
+    assert set(config) == set(CONFIG_FLAGS)
+    for key, flag in CONFIG_FLAGS.items():
+        option = option_for(flag)
+        exporter_default = exporter_settings.DEFAULTS.get(option.dest)
+        if key in CHART_CHOICES:
+            assert config[key] == CHART_CHOICES[key] != exporter_default, key
+        elif option.default is None:
+            assert config[key] is None, (
+                f"config.{key} = {config[key]!r}: leave it null, the exporter's default is "
+                f"{option.shown_default}"
+            )
+        else:
+            assert option.parse(str(config[key])) == exporter_default, (
+                f"config.{key} = {config[key]!r} but {flag} defaults to {option.default}"
+            )
+    assert defaults["ha"]["lease"] is None and option_for("--ha-lease").default is None
+    host, port = exporter_settings.parse_listen(exporter_settings.DEFAULT_LISTEN)
+    assert defaults["listenHost"] == host
+    assert defaults["containerPort"] == defaults["service"]["port"] == port
+
+
+def _accepts(option: exporter_settings.Option, value: object) -> bool:
+    try:
+        option.parse(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("path", list(PARSED_VALUES))
+def test_schema_bounds_are_the_exporters(path: str) -> None:
+    """values.schema.json admits exactly what the exporter's parser does at each end, so a
+    value the chart accepts never crash-loops the pod and the exporter's range is all there."""
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    node = schema
+    for part in path.split("."):
+        node = node["properties"][part]
+    option = option_for(PARSED_VALUES[path])
+    types = node.get("type", [])
+    if "enum" in node:
+        assert all(_accepts(option, value) for value in node["enum"]), node["enum"]
+    elif "string" in types:
+        most = node["maxLength"]
+        assert _accepts(option, "x" * most) and not _accepts(option, "x" * (most + 1)), path
+    else:
+        differs = f"{path}: the schema's range {node} is not what {option.flag} accepts"
+        assert "exclusiveMinimum" not in node and "exclusiveMaximum" not in node, differs
+        step = 1 if "integer" in types else 0.001
+        low, high = node.get("minimum"), node.get("maximum")
+        assert low is not None and high is not None, differs
+        assert _accepts(option, low) and not _accepts(option, round(low - step, 3)), differs
+        assert _accepts(option, high) and not _accepts(option, high + step), differs
+
+
+def _config_texts() -> dict[str, list[str]]:
+    """What the chart README's row and values.yaml's comment say of each config value."""
+    readme = (CHART_DIR / "README.md").read_text()
+    values_text = (CHART_DIR / "values.yaml").read_text()
+    config_block = values_text[values_text.index("\nconfig:\n") :].split("\n\n")[0]
+    texts: dict[str, list[str]] = {}
+    for key in CONFIG_FLAGS:
+        row = re.search(rf"^\| `config\.{key}` \|.*$", readme, flags=re.MULTILINE)
+        comment = re.search(rf"^  # -- (.*)\n  {key}:", config_block, flags=re.MULTILINE)
+        assert row and comment, key
+        texts[key] = [row.group(0), comment.group(1)]
+    return texts
+
+
+def test_config_docs_state_the_exporters_ranges_and_derived_defaults() -> None:
+    """A range written beside a config value is the schema's (which the test above ties to
+    the exporter), and a derived default is told from the exporter's own constants."""
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    typed = schema["properties"]["config"]["properties"]
+    derived = {
+        "queryTimeout": f"null = min({exporter_settings.DEFAULT_QUERY_TIMEOUT_CAP:g}, interval)",
+        "maxStaleness": f"null = {exporter_settings.STALENESS_INTERVALS} x interval",
+    }
+    for key, texts in _config_texts().items():
+        for text in texts:
+            for low, high in re.findall(r"\((\d+)-(\d+)\)", text):
+                assert (int(low), int(high)) == (typed[key]["minimum"], typed[key]["maximum"]), (
+                    f"config.{key}: {text!r} states a range other than the exporter's"
+                )
+            if key in derived:
+                assert derived[key] in text, f"config.{key}: {text!r} lacks {derived[key]!r}"
+
+
+def test_readme_defaults_are_the_values() -> None:
+    """The chart README's default column repeats values.yaml: each backticked default must be
+    the value itself (prose defaults describe objects and are left alone)."""
+    readme = (CHART_DIR / "README.md").read_text()
+    defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    rows = re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", readme, flags=re.MULTILINE)
+    assert len(rows) > 50
+    for path, shown in rows:
+        if path == "prometheusRule.thresholds":  # equal to that file: see the test above
+            assert shown == "files/thresholds.yaml"
+            continue
+        assert yaml.safe_load(shown) == value_at(defaults, path), (
+            f"the chart README shows {path} = {shown} but values.yaml has "
+            f"{value_at(defaults, path)!r}"
+        )
 
 
 def test_helm_test_hook(objects: dict[str, list[Manifest]]) -> None:

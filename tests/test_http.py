@@ -146,6 +146,48 @@ async def test_keep_alive_and_pipelining(serve: Callable[..., object]) -> None:
     assert response.index(b"ok\n") < response.index(b"tw_user_followers")
 
 
+async def test_a_request_sent_again_is_answered_from_its_bytes_like_the_first_time(
+    store: SnapshotStore, serve: Callable[..., object]
+) -> None:
+    """A scraper's request, remembered by its bytes after the first parse, gets the current
+    snapshot and the same headers; requests that close, or that carry a body, are parsed
+    (and refused) every time."""
+    address = await serve()  # type: ignore[misc]
+    server = serve.servers[-1]  # type: ignore[attr-defined]
+    scrape = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+    reader, writer = await asyncio.open_connection(*address)
+
+    async def exchange(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status, headers, _ = split(head)
+        length = 0 if raw.startswith(b"HEAD") else int(headers["content-length"])
+        return status, headers, await asyncio.wait_for(reader.readexactly(length), 5)
+
+    first = await exchange(scrape)
+    assert scrape in server.parsed
+    again = await exchange(scrape)
+    assert again == first and first[1]["content-encoding"] == "gzip"
+    store.record_success("top_users", users(("cat", 9)), 0)
+    store.render()
+    _, _, body = await exchange(scrape)  # the same bytes, the new snapshot
+    assert series(gzip.decompress(body).decode(), "tw_user_followers") == {
+        (("username", "cat"), ("verified", "false")): 9.0
+    }
+    head = scrape.replace(b"GET", b"HEAD")
+    for _ in range(2):  # a HEAD gets the head alone, then the connection goes on
+        status, headers, _ = await exchange(head)
+        assert status == "HTTP/1.1 200 OK" and headers["content-length"] == str(len(body))
+    assert (await exchange(scrape))[2] == body
+    writer.close()
+    closing = get("/healthz")
+    with_body = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+    for _ in range(2):
+        assert split(await request(address, closing))[1]["connection"] == "close"
+        assert split(await request(address, with_body))[0].startswith("HTTP/1.1 413")
+    assert closing not in server.parsed and with_body not in server.parsed
+
+
 class FakeBcrypt:
     """Stands in for WebConfig's verifier (tested with real bcrypt in test_webconfig):
     "u:p" verifies only the slow way first, then from the cache."""
@@ -427,3 +469,83 @@ async def test_requests_longer_than_the_read_buffer_arrive_whole(
     writer.close()
     assert data.count(b"HTTP/1.1 200 OK\r\n") == 3, data[:300]
     assert data.count(b"HTTP/1.1 ") == 3
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_closed_connections_are_freed_without_the_garbage_collector(
+    serve: Callable[..., object], pki: PKI, tls: bool
+) -> None:
+    """With the collector off, every connection object is gone once its connection is: reset
+    before a byte, reset mid-request, answered, evicted (cap 4), or with TLS failed in its
+    handshake (evicted, reset, timed out). Before issue #21 each stayed in a reference cycle
+    (its parser holding its callbacks; a failed handshake's traceback holding the frames that
+    held it) until a full collection, which under churn came after thousands."""
+    import gc
+    import socket
+    import struct
+    import weakref
+
+    from exporter.expose import http
+
+    kwargs: dict[str, object] = {"limits": ServerLimits(header_timeout=0.3, max_connections=4)}
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(pki.server.cert, pki.server.key)
+        kwargs["ssl_context"] = context
+    address = await serve(**kwargs)  # type: ignore[misc]
+    server = serve.servers[-1]  # type: ignore[attr-defined]
+    made: list[weakref.ref[http._Connection]] = []
+    original = http._Connection.__init__
+
+    def tracked(self: http._Connection, owner: MetricsServer) -> None:
+        original(self, owner)
+        made.append(weakref.ref(self))
+
+    loop = asyncio.get_running_loop()
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(http._Connection, "__init__", tracked)
+            for i in range(40):
+                sock = socket.socket()
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+                if i % 3 == 1:
+                    await loop.sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                elif i % 3 == 2 and not tls:
+                    await loop.sock_sendall(sock, get("/healthz"))
+                    await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+                await asyncio.sleep(0.01)
+                if i % 2:  # a reset; the others are left to the deadline or to eviction
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+            async def settled() -> bool:
+                idle = not (server.connections or server.tasks)
+                return idle and server.acceptor.open_sockets == 0
+
+            await wait_until(settled, timeout=10)
+            await asyncio.sleep(0.1)  # connection_lost and handshake tasks finish their step
+        assert len(made) == 40
+        alive = [ref() for ref in made if ref() is not None]
+        assert not alive, f"{len(alive)} of 40 connections still alive without a GC"
+    finally:
+        gc.enable()
+
+
+async def test_the_loop_reports_each_message_once_a_minute_through_logging(
+    serve: Callable[..., object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server installs an exception handler that logs through the ``asyncio`` logger (so
+    in the configured format) and leaves out repeats: a hostile client must not be able to
+    turn asyncio's one-traceback-per-event into a flood."""
+    await serve()  # type: ignore[misc]
+    loop = asyncio.get_running_loop()
+    with caplog.at_level("ERROR", logger="asyncio"):
+        for _ in range(100):
+            loop.call_exception_handler({"message": "boom", "exception": RuntimeError("x")})
+        loop.call_exception_handler({"message": "other"})
+    messages = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert messages == ["boom: RuntimeError('x')", "other"]
+    loop.set_exception_handler(None)

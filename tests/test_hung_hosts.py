@@ -163,6 +163,15 @@ def tcp_host(dsn: str) -> tuple[str, str]:
     return f"{parts.hostname}:{parts.port or 5432}", parts.path
 
 
+@contextlib.contextmanager
+def hung_first(dsn: str, query: str) -> Iterator[str]:
+    """A two-host DSN, a hung host first and then the test database ``dsn`` (over TCP), with
+    the parameters ``query``; the hung host listens until the block ends."""
+    real, database = tcp_host(dsn)
+    with hung_host() as port:
+        yield f"postgresql://postgres@127.0.0.1:{port},{real}{database}?{query}"
+
+
 @pytest.mark.parametrize(
     ("attrs", "primary", "standby", "read_only_primary"),
     [
@@ -186,12 +195,7 @@ def test_session_attrs_accept_what_libpq_accepts(
 async def test_each_host_gets_its_own_timeout_and_a_hung_one_goes_last(
     seeded_db: str,
 ) -> None:
-    real, database = tcp_host(seeded_db)
-    with hung_host() as port:
-        dsn = (
-            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
-            "?target_session_attrs=read-write&connect_timeout=2"
-        )
+    with hung_first(seeded_db, "target_session_attrs=read-write&connect_timeout=2") as dsn:
         connector = Connector(dsn)
         started = time.monotonic()
         conn = await connector.connect(timeout=30)  # connect_timeout wins: 2 s per host
@@ -217,13 +221,11 @@ async def test_each_host_gets_its_own_timeout_and_a_hung_one_goes_last(
 async def test_no_suitable_host_names_the_attribute_and_how_many_failed(
     seeded_db: str,
 ) -> None:
-    real, database = tcp_host(seeded_db)
-    with hung_host() as port:
-        dsn = (
-            f"postgresql://postgres@127.0.0.1:{port},{real}{database}?target_session_attrs=standby"
-        )
-        with pytest.raises(NoSuitableHost) as caught:
-            await Connector(dsn).connect(timeout=0.5)
+    with (
+        hung_first(seeded_db, "target_session_attrs=standby") as dsn,
+        pytest.raises(NoSuitableHost) as caught,
+    ):
+        await Connector(dsn).connect(timeout=0.5)
     assert str(caught.value) == (
         "none of the 2 host(s) accepts target_session_attrs=standby; 1 did not answer "
         "(TimeoutError)"
@@ -231,12 +233,8 @@ async def test_no_suitable_host_names_the_attribute_and_how_many_failed(
 
 
 async def test_prefer_standby_does_not_wait_again_for_a_standby_that_hung(seeded_db: str) -> None:
-    real, database = tcp_host(seeded_db)
-    with hung_host() as port:
-        connector = Connector(
-            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
-            "?target_session_attrs=prefer-standby&connect_timeout=2"
-        )
+    with hung_first(seeded_db, "target_session_attrs=prefer-standby&connect_timeout=2") as dsn:
+        connector = Connector(dsn)
         took = []
         for _ in range(2):
             started = time.monotonic()
@@ -249,12 +247,7 @@ async def test_prefer_standby_does_not_wait_again_for_a_standby_that_hung(seeded
 
 def test_check_reaches_the_primary_past_a_hung_host(seeded_db: str) -> None:
     """``check`` connects like the exporter: it failed with TimeoutError on such a list."""
-    real, database = tcp_host(seeded_db)
-    with hung_host() as port:
-        dsn = (
-            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
-            "?target_session_attrs=read-write"
-        )
+    with hung_first(seeded_db, "target_session_attrs=read-write") as dsn:
         result = subprocess.run(
             exporter_command("check", "--dsn", dsn, "--query-timeout", "2", "--interval", "5"),
             capture_output=True,

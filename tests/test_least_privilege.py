@@ -276,7 +276,16 @@ WRITES = {
     "drop_table": "DROP TABLE tw_tweets CASCADE",
     "alter_table": "ALTER TABLE tw_users ADD COLUMN evil int",
     "nextval": "SELECT nextval('tw_users_id_seq')",
+    "setval": "SELECT setval('tw_users_id_seq', 1000)",
     "read_other_table": "SELECT * FROM tw_private_messages",
+    # Writes that need no table privilege at all (PostgreSQL 15 allows the large-object ones
+    # even in a read-only transaction): the script revokes them.
+    "lo_from_bytea": "SELECT lo_from_bytea(0, 'stored by the exporter role')",
+    "lo_create": "SELECT lo_create(0)",
+    "lo_creat": "SELECT lo_creat(-1)",
+    "lo_import": "SELECT lo_import('/etc/hostname')",
+    "pg_notify": "SELECT pg_notify('tw_least_privilege', 'sent by the exporter role')",
+    "pg_logical_emit_message": "SELECT pg_logical_emit_message(false, 'tw', 'into the WAL')",
 }
 DENIED = (asyncpg.InsufficientPrivilegeError, asyncpg.ReadOnlySQLTransactionError)
 
@@ -313,5 +322,6 @@ async def test_role_cannot_write(role: Role) -> None:
         counts = [await admin.fetchval(f"SELECT count(*) FROM {t}") for t in dataset.TABLES]
         assert counts == [2, 2, 1, 2]
         assert await admin.fetchval("SELECT to_regclass('tw_evil')") is None
+        assert await admin.fetchval("SELECT count(*) FROM pg_largeobject_metadata") == 0
     finally:
         await admin.close()

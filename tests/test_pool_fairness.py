@@ -206,7 +206,7 @@ async def test_a_reload_resizes_the_pool_to_the_queries_enabled(
         await wait_until(three_in_use, timeout=15)
 
         path.write_text(one)
-        assert reloader.reload() is True
+        assert (await reloader.reload()).ok is True
         assert rig.database.slots.capacity == 1  # one query left: one connection
 
         async def down_to_one() -> bool:
@@ -225,7 +225,7 @@ async def test_a_reload_resizes_the_pool_to_the_queries_enabled(
         assert rig.metric("tw_exporter_query_errors_total", query="q0", reason="connection") == 0
 
         path.write_text(four)
-        assert reloader.reload() is True
+        assert (await reloader.reload()).ok is True
         assert rig.database.slots.capacity == 3
         await wait_until(three_in_use, timeout=15)
     finally:

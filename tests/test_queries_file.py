@@ -4,6 +4,7 @@ defaults and precedence (file over flag over default); the published JSON Schema
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from exporter.config.queries_file import (
     parse_duration,
 )
 from exporter.config.settings import query_params
+from tests.conftest import exporter_command
 from tools.schemas import QUERIES_SCHEMA, render_queries_schema
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,6 +111,45 @@ BAD = [
         "invalid YAML at line 1, column 63: duplicate key 'a'",
     ),
     ("queries: [", "invalid YAML"),
+    # OpenMetrics: a counter tw_x_total is the family tw_x, and suffixes name samples.
+    (
+        "queries: {a: {sql: 'SELECT 1 AS x', metrics: {tw_x: {help: h, value: x}, "
+        "tw_x_total: {help: h, type: counter, value: x}}}}",
+        "query a, field metrics.tw_x_total: 'tw_x_total' collides with 'tw_x' of query a: both "
+        "are the OpenMetrics family 'tw_x'",
+    ),
+    (
+        "queries: {a: {sql: 'SELECT 1 AS x', metrics: {tw_x: {help: h, value: x}}}, "
+        "b: {sql: 'SELECT 1 AS x', metrics: {tw_x_created: {help: h, value: x}}}}",
+        "query b, field metrics.tw_x_created: 'tw_x_created' collides with 'tw_x' of query a: "
+        "the families 'tw_x_created' and 'tw_x' differ by an OpenMetrics suffix",
+    ),
+    (
+        q(
+            "sql: 'SELECT 1 AS x', metrics: {tw_user_followers_total: {help: h, type: counter, "
+            "value: x}}"
+        ),
+        "'tw_user_followers_total' collides with 'tw_user_followers' of the built-in queries",
+    ),
+    (
+        q("sql: 'SELECT 1 AS x', metrics: {tw_hashtag_tweets_info: {help: h, value: x}}"),
+        "'tw_hashtag_tweets_info' collides with 'tw_hashtag_tweets' of the built-in queries",
+    ),
+    (
+        q("sql: 'SELECT 1 AS x', metrics: {tw_up_sum: {help: h, value: x}}"),
+        "'tw_up_sum' collides with 'tw_up' of the exporter itself",
+    ),
+    # What once escaped as OverflowError or RecursionError.
+    (
+        q(
+            "sql: 'SELECT $1::interval AS x', params: [{interval: 200000000w}], "
+            "metrics: {m: {help: h, value: x}}"
+        ),
+        "query q, field params[0]: invalid duration '200000000w': expected at most 999999999d",
+    ),
+    (q("interval: " + "9" * 400 + ", " + OK), "expected a finite, positive duration"),
+    ("queries: " + "[" * 5000 + "]" * 5000, "nested too deeply to be read"),
+    ("queries: " + "{a: " * 5000 + "1" + "}" * 5000, "nested too deeply to be read"),
 ]
 
 
@@ -284,3 +325,49 @@ def test_ha_lease_must_outlast_the_longest_query_timeout_of_the_file(
     path.write_text(q("sql: 'SELECT 1 AS m', interval: 60s, timeout: 30s, metrics: {m: {help: h}}"))
     with pytest.raises(QueriesFileError, match="30s needs --ha-lease >= 32"):
         config_for(ok)
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_run_and_check_report_a_hostile_file_in_one_line(command: str, tmp_path: Path) -> None:
+    """Deep nesting and huge durations: exit 2 and one line, never a traceback."""
+    files = {
+        "deep.yml": ("queries: " + "[" * 5000 + "]" * 5000, "nested too deeply to be read"),
+        "huge.yml": (
+            q(
+                "sql: 'SELECT $1::interval AS x', params: [{interval: 200000000w}], "
+                "metrics: {m: {help: h, value: x}}"
+            ),
+            "expected at most 999999999d",
+        ),
+    }
+    for name, (text, expected) in files.items():
+        path = tmp_path / name
+        path.write_text(text)
+        result = subprocess.run(
+            exporter_command(
+                command, "--dsn", "postgresql://u@127.0.0.1:1/db", "--queries-file", str(path)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        lines = result.stderr.splitlines()
+        assert result.returncode == 2, result.stderr
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+    if command == "run":  # the web config, read by `run` only, holds the same way
+        web = tmp_path / "web.yml"
+        web.write_text("basic_auth_users: " + "[" * 5000 + "]" * 5000)
+        result = subprocess.run(
+            exporter_command(
+                "run", "--dsn", "postgresql://u@127.0.0.1:1/db", "--web-config-file", str(web)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"tw-exporter: error: --web-config-file: {web}"), lines

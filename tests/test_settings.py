@@ -143,6 +143,30 @@ def test_missing_dsn_and_conflicting_dsn_sources(
     assert str(dsn_file) in line and "PostgreSQL URI" in line
 
 
+@pytest.mark.parametrize("option", ["--dsn", "--ha-dsn"])
+def test_a_uri_and_its_file_follow_one_rule(option: str, tmp_path: Path) -> None:
+    """--dsn/--dsn-file and --ha-dsn/--ha-dsn-file: two of the same layer clash, across
+    layers the flag wins (the lock's pair once refused a flag beside a variable)."""
+    uri, from_file = "postgresql://tw@flag/app", "postgresql://tw@file/app"
+    path = tmp_path / "uri"
+    path.write_text(from_file + "\n")
+    variable = cfg.ENV_PREFIX + option.removeprefix("--").replace("-", "_").upper()
+    base = [] if option == "--dsn" else ["--dsn", DSN]
+
+    def resolved(argv: list[str], env: dict[str, str]) -> str:
+        settings = parse(base + argv, env)
+        return settings.dsn if option == "--dsn" else settings.ha_dsn
+
+    assert resolved([option, uri], {variable + "_FILE": str(path)}) == uri
+    assert resolved([f"{option}-file", str(path)], {variable: uri}) == from_file
+    for argv, env in (
+        ([option, uri, f"{option}-file", str(path)], {}),
+        ([], {variable: uri, variable + "_FILE": str(path)}),
+    ):
+        with pytest.raises(cfg.SettingsError, match="mutually exclusive"):
+            parse(base + argv, env)
+
+
 @pytest.mark.parametrize(
     "dsn",
     [
@@ -187,3 +211,16 @@ def test_help_never_shows_a_password_from_the_environment(
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "hunter2pw" not in capsys.readouterr().out
+
+
+def test_the_http_servers_own_limits_are_the_flags_defaults() -> None:
+    """``ServerLimits()`` (what tests and benchmarks serve with) writes the --web-* defaults
+    again; the option table is their source, so the two must agree."""
+    from exporter.expose.http import ServerLimits
+
+    limits, settings = ServerLimits(), cfg.query_params()
+    assert (limits.header_timeout, limits.idle_timeout, limits.max_connections) == (
+        settings.web_header_timeout,
+        settings.web_idle_timeout,
+        settings.web_max_connections,
+    )

@@ -519,6 +519,24 @@ def test_cache_never_lets_a_changed_password_through(
     assert len(checkpw_calls) == 3
 
 
+def test_a_reloaded_config_keeps_the_logins_of_users_whose_hash_is_unchanged(
+    tmp_path: Path, checkpw_calls: list[bytes]
+) -> None:
+    """What a reload does (``MetricsServer.authenticator`` adopts the old cache): alice's
+    hash is the same in the new file, bob's changed, carol was removed."""
+    old = users_config(tmp_path, alice="a-pw", bob="b-pw", carol="c-pw")
+    for user, password in (("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")):
+        assert old.authorize(basic(user, password))
+    new_bob = bcrypt.hashpw(b"b-pw", bcrypt.gensalt(rounds=4)).decode()
+    text = f"basic_auth_users:\n  alice: {old.basic_auth_users['alice'].decode()}\n"
+    new = load_web_config(write_config(tmp_path, text + f"  bob: {new_bob}\n"))
+    new.adopt_cache(old)
+    assert new.check_cached(basic("alice", "a-pw")) is True
+    assert new.check_cached(basic("bob", "b-pw")) is None  # bcrypt against the new hash
+    assert new.check_cached(basic("carol", "c-pw")) is None  # unknown now: decoy bcrypt
+    assert list(new._verified) == ["alice"]
+
+
 def test_passwords_beyond_72_bytes_behave_like_go_and_htpasswd(tmp_path: Path) -> None:
     """bcrypt reads 72 bytes; Go's x/crypto/bcrypt (exporter-toolkit) ignores the rest too."""
     long_password = "x" * 72 + "tail"

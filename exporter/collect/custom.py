@@ -3,9 +3,13 @@
 A query from the queries file becomes the same object the built-in three are: SQL, bound
 parameters and a row-to-families mapping. The mapping follows the built-ins' rules: a NULL value
 or a NULL label skips that row. What the built-ins cannot meet but a user's SQL can (a value
-that is not a number, two rows with the same labels, more rows than ``max_series``) does not
-fail the query: the valid rows are served and the problems are raised together as
-:class:`PartialData`, which the scheduler counts once per run under the ``data`` reason.
+that is not a number, a counter below zero, two rows with the same labels, more rows than
+``max_series``) does not fail the query: the valid rows are served and the problems are raised
+together as :class:`PartialData`, which the scheduler counts once per run under the ``data`` reason.
+
+Rows beyond ``max_series`` are never read: the query's ``max_rows`` is ``max_series + 1``, so
+the database streams at most one row more than is served, and that row only says the cap was
+hit (``exporter.db.database.read_at_most``).
 
 Every label value a custom query emits is made by :func:`label_value`, the one hook where a
 bound on label values applies.
@@ -24,6 +28,9 @@ from prometheus_client.metrics_core import Metric
 from exporter.collectors import COLLECTORS
 from exporter.collectors.base import MetricSpec, PartialData, QueryCollector, QueryParams, Row
 from exporter.config.queries_file import MetricDef, QueriesConfig, QueryDef, bind
+
+# PostgreSQL types a sample value can come from (asyncpg returns int, float or Decimal).
+NUMERIC_TYPES = frozenset({"int2", "int4", "int8", "float4", "float8", "numeric", "oid", "money"})
 
 
 def label_value(value: object) -> str:
@@ -70,7 +77,11 @@ def to_families(
     built: list[Metric] = []
     problems: list[str] = []
     if len(rows) > max_series:
-        problems.append(f"{len(rows) - max_series} row(s) beyond max_series ({max_series})")
+        # At most one row more was read (``max_rows``): how many more exist is not known.
+        problems.append(
+            f"more than max_series ({max_series}) rows: the first {max_series} are served, "
+            "the rest were not read"
+        )
         rows = rows[:max_series]
     for family in families:
         metric = family.new()
@@ -84,7 +95,8 @@ def to_families(
             )
             continue
         seen: set[tuple[str, ...]] = set()
-        bad_values = duplicates = 0
+        bad_values = duplicates = negative = 0
+        counter = family.definition.type == "counter"
         for row in rows:
             raw = row[family.value_column]
             labels_raw = [row[c] for c in family.definition.labels]
@@ -93,6 +105,9 @@ def to_families(
             value = numeric(raw)
             if value is None:
                 bad_values += 1
+                continue
+            if counter and value < 0:
+                negative += 1  # OpenMetrics: a counter is never negative (the scrape fails)
                 continue
             labels = (*(label_value(v) for v in labels_raw), *const)
             if labels in seen:
@@ -104,6 +119,11 @@ def to_families(
             problems.append(
                 f"{family.name}: {bad_values} row(s) whose column {family.value_column} "
                 "is not a number"
+            )
+        if negative:
+            problems.append(
+                f"{family.name}: {negative} row(s) with a negative value, which a counter "
+                "cannot have"
             )
         if duplicates:
             problems.append(f"{family.name}: {duplicates} row(s) repeat a label set already seen")
@@ -134,7 +154,28 @@ def collector(name: str, query: QueryDef, max_series: int) -> QueryCollector:
         ),
         params=params,
         to_families=mapping,
+        max_rows=max_series + 1,
     )
+
+
+def column_problems(query: QueryDef, columns: dict[str, str]) -> list[str]:
+    """What is wrong between the file's columns and the statement's result columns (name ->
+    type name, as the database describes a prepared statement): what ``check`` prints and what
+    makes a reload refuse a query."""
+    problems = []
+    for metric_name, metric in query.metrics.items():
+        value = metric.value or metric_name
+        if value not in columns:
+            problems.append(f"{metric_name}: value column {value!r} is not in the result")
+        elif columns[value] not in NUMERIC_TYPES:
+            problems.append(
+                f"{metric_name}: value column {value!r} has type {columns[value]}, "
+                "expected a number"
+            )
+        for label in metric.labels:
+            if label not in columns:
+                problems.append(f"{metric_name}: label column {label!r} is not in the result")
+    return problems
 
 
 def collectors_for(config: QueriesConfig) -> tuple[QueryCollector, ...]:

@@ -71,6 +71,10 @@ class Collector:
         self.schedules: dict[str, Schedule] = dict(schedules or {})
         self.runs_completed: dict[str, int] = {}
         self._running: set[asyncio.Task[Any]] = set()
+        # Each query's APScheduler job id (see ``add_query_job``).
+        self.jobs: dict[str, str] = {}
+        self._job_generation = 0
+        self._job_names: set[str] = set()  # queries that have had a job
         self._render_pending = False
         self._last_render = -math.inf
         # The least time between two renders caused by finishing runs; a benchmark timing
@@ -191,6 +195,7 @@ class Collector:
                 collector.params(self.params),
                 schedule.timeout if schedule else None,
                 query=collector.name,
+                max_rows=collector.max_rows,
             )
             try:
                 families = collector.to_families(result.rows, self.params)
@@ -234,13 +239,31 @@ class Collector:
         log.debug("query %s: %d rows in %.3fs", collector.name, len(result.rows), result.seconds)
         return True
 
+    def job_id(self, name: str) -> str:
+        """A new job id for ``name``: ``query:NAME`` for its first job, ``query:NAME#N`` for
+        any later job of the same query (a reload changed it, or removed and added it back).
+        APScheduler counts running instances per job id, so a fresh id lets the new
+        definition run at once while a run of the old one is still in flight (which
+        ``max_instances=1`` would otherwise refuse)."""
+        if name not in self._job_names:
+            self._job_names.add(name)
+            return JOB_PREFIX + name
+        self._job_generation += 1
+        return f"{JOB_PREFIX}{name}#{self._job_generation}"
+
+    def remove_job(self, scheduler: AsyncIOScheduler, name: str) -> None:
+        """Stop scheduling ``name`` (a run in flight is left to finish)."""
+        job_id = self.jobs.pop(name, None)
+        if job_id is not None and scheduler.get_job(job_id) is not None:
+            scheduler.remove_job(job_id)
+
     def count_skipped(self, event: JobEvent, jump: Jump | None = None) -> None:
         """APScheduler listener: a tick found that query's previous run still running
         (``EVENT_JOB_MAX_INSTANCES``) or fired too late to run (``EVENT_JOB_MISSED``). The log
         line says why: a wall-clock step or a process that stood still (``jump``, noticed just
         before) is the real reason when there is one, not the run it left behind."""
-        query = event.job_id.removeprefix(JOB_PREFIX)
-        if query not in self.store.queries:
+        query = event.job_id.removeprefix(JOB_PREFIX).partition("#")[0]
+        if query not in self.store.queries or self.jobs.get(query) != event.job_id:
             return
         self.store.health.cycles_skipped.labels(query=query).inc()
         # Re-render so the counter, and the expiry of stale series, show without waiting.
@@ -308,12 +331,13 @@ def add_query_job(
     scheduler: AsyncIOScheduler, collector: Collector, name: str, interval: float
 ) -> None:
     """One query's job: now, then every ``interval`` seconds, never two runs at once."""
+    job_id = collector.jobs[name] = collector.job_id(name)
     scheduler.add_job(
         collector.run_query,
         "interval",
         args=(name,),
         seconds=interval,
-        id=JOB_PREFIX + name,
+        id=job_id,
         next_run_time=datetime.now(UTC),
         max_instances=1,
         coalesce=True,

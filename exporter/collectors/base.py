@@ -65,6 +65,10 @@ class QueryCollector:
     # Statements by schema shape (exporter.collectors.schema) for a query whose fastest SQL only
     # works on some schemas; ``sql`` runs wherever no shape is listed. Empty: one statement for all.
     shapes: Mapping[schema.Shape, str] = field(default_factory=dict)
+    # The most rows a run reads (streamed; the server sends no more): a custom query's
+    # ``max_series`` + 1, so one row more than it serves tells that the cap was hit. None: all
+    # (the built-ins bound their rows in SQL).
+    max_rows: int | None = None
 
     def sql_for(self, ids: schema.TweetIds) -> str:
         """The statement to run on a database whose tweet ids are ``ids``."""

@@ -43,7 +43,18 @@ HASHTAG_TWEETS = MetricSpec(
     labels=("tag", "window"),
 )
 
-SQL = """
+# Both shapes end alike: ``in_window`` holds (hashtag_id, tweet_count); the tag names are
+# joined last, grouped by name, and the top $2 kept with ties broken by tag in byte order.
+_TOP_TAGS = """SELECT h.tag, sum(w.tweet_count)::bigint AS tweet_count
+FROM in_window w
+JOIN tw_hashtags h ON h.id = w.hashtag_id
+WHERE h.tag IS NOT NULL
+GROUP BY h.tag
+ORDER BY tweet_count DESC, h.tag COLLATE "C" ASC
+LIMIT $2
+"""
+
+SQL = f"""
 WITH bound AS MATERIALIZED (
     -- lo: the smallest id among the window's tweets, so every tweet in the window has an
     -- id >= lo however ids are assigned. "id + 0" keeps the planner from answering min(id)
@@ -72,17 +83,10 @@ WITH bound AS MATERIALIZED (
     ) th ON th.tweet_id = t.id
     GROUP BY th.hashtag_id
 )
-SELECT h.tag, sum(w.tweet_count)::bigint AS tweet_count
-FROM in_window w
-JOIN tw_hashtags h ON h.id = w.hashtag_id
-WHERE h.tag IS NOT NULL
-GROUP BY h.tag
-ORDER BY tweet_count DESC, h.tag COLLATE "C" ASC
-LIMIT $2
-"""
+{_TOP_TAGS}"""
 
 
-SQL_WINDOW_JOIN = """
+SQL_WINDOW_JOIN = f"""
 WITH in_window AS (
     -- The window's tweets (an index-only scan of the created_at index) and their links,
     -- counted per hashtag_id before the few thousand tag names are joined.
@@ -92,14 +96,7 @@ WITH in_window AS (
     WHERE t.created_at >= now() - make_interval(days => $1::int)
     GROUP BY th.hashtag_id
 )
-SELECT h.tag, sum(w.tweet_count)::bigint AS tweet_count
-FROM in_window w
-JOIN tw_hashtags h ON h.id = w.hashtag_id
-WHERE h.tag IS NOT NULL
-GROUP BY h.tag
-ORDER BY tweet_count DESC, h.tag COLLATE "C" ASC
-LIMIT $2
-"""
+{_TOP_TAGS}"""
 
 
 def _params(settings: QueryParams) -> tuple[Any, ...]:

@@ -51,6 +51,8 @@ from exporter.config.settings import (
     STALENESS_INTERVALS,
     Settings,
     SettingsError,
+    default_max_staleness,
+    default_query_timeout,
 )
 from exporter.config.webconfig import load_yaml
 
@@ -62,6 +64,19 @@ BUILTIN_METRICS: frozenset[str] = frozenset(m.name for c in COLLECTORS for m in 
 RESERVED_METRIC_NAMES = frozenset({"tw_up"})
 RESERVED_METRIC_PREFIXES = ("tw_exporter_", "process_", "python_")
 RESERVED_LABELS = frozenset({"job", "instance"})
+# The suffixes OpenMetrics puts after a family's name in its samples (counter, info, histogram,
+# summary, gauge histogram): two metrics collide when one's family name is the other's plus
+# one of these, since a scrape would then hold samples a parser attributes to both.
+OPENMETRICS_SUFFIXES = (
+    "_total",
+    "_created",
+    "_info",
+    "_bucket",
+    "_count",
+    "_sum",
+    "_gcount",
+    "_gsum",
+)
 
 QUERY_NAME = r"^[a-z][a-z0-9_]*$"
 METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
@@ -80,6 +95,12 @@ class QueriesFileError(SettingsError):
 # ---------------------------------------------------------------- durations
 
 
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut short: an error line names the value without repeating a huge one."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def parse_duration(value: object) -> float:
     """Seconds from a number or a Prometheus-style duration (``90s``, ``5m``, ``1h30m``, ``7d``).
 
@@ -89,18 +110,21 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration: seconds as a number, or text such as 30s, 5m, 1h")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float
+            seconds = math.inf
     elif isinstance(value, str) and _DURATION_RE.match(value.strip()):
         seconds = sum(
             float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value.strip())
         )
     else:
         raise ValueError(
-            f"invalid duration {value!r}: expected seconds as a number, or text such as "
+            f"invalid duration {_shown(value)}: expected seconds as a number, or text such as "
             "30s, 5m, 1h30m, 7d"
         )
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: expected a finite, positive duration")
+        raise ValueError(f"invalid duration {_shown(value)}: expected a finite, positive duration")
     return seconds
 
 
@@ -108,7 +132,7 @@ def _schedule_seconds(value: object) -> float:
     seconds = parse_duration(value)
     if not MIN_SECONDS <= seconds <= MAX_INTERVAL:
         raise ValueError(
-            f"invalid duration {value!r}: expected from {MIN_SECONDS:g}s to {MAX_INTERVAL:g}s"
+            f"invalid duration {_shown(value)}: expected from {MIN_SECONDS:g}s to {MAX_INTERVAL:g}s"
         )
     return seconds
 
@@ -140,10 +164,28 @@ class _Strict(BaseModel):
 # ---------------------------------------------------------------- parameters
 
 
+def _interval_seconds(value: object) -> float:
+    """A duration that fits a ``timedelta`` (what asyncpg binds as an interval), checked here
+    so that a huge one is an error in the file, not an ``OverflowError`` when it is bound."""
+    seconds = parse_duration(value)
+    if seconds > MAX_TIMEDELTA_SECONDS:
+        raise ValueError(
+            f"invalid duration {_shown(value)}: expected at most "
+            f"{MAX_TIMEDELTA_SECONDS / 86400:.0f}d"
+        )
+    return seconds
+
+
+MAX_TIMEDELTA_SECONDS = float(timedelta.max.days) * 86400
+IntervalSeconds = Annotated[
+    float, BeforeValidator(_interval_seconds), WithJsonSchema(_DURATION_SCHEMA)
+]
+
+
 class IntervalParam(_Strict):
     """A duration bound as a PostgreSQL ``interval`` (a ``timedelta``): ``$1::interval``."""
 
-    interval: DurationSeconds
+    interval: IntervalSeconds
 
     def bound(self) -> timedelta:
         return timedelta(seconds=self.interval)
@@ -329,7 +371,7 @@ def _resolve(
         timeout = min(settings.query_timeout, interval)
         sources["timeout"] = f"{settings.sources['query_timeout']} (capped at the interval)"
     else:
-        timeout = min(DEFAULT_QUERY_TIMEOUT_CAP, interval)
+        timeout = default_query_timeout(interval)
         sources["timeout"] = f"default (min({DEFAULT_QUERY_TIMEOUT_CAP:g}s, interval))"
     if file_values.max_staleness is not None:
         staleness, sources["max_staleness"] = file_values.max_staleness, where
@@ -337,7 +379,7 @@ def _resolve(
         staleness = max(settings.max_staleness, interval)
         sources["max_staleness"] = settings.sources["max_staleness"]
     else:
-        staleness = STALENESS_INTERVALS * interval
+        staleness = default_max_staleness(interval)
         sources["max_staleness"] = f"default ({STALENESS_INTERVALS} x interval)"
     max_series = DEFAULT_MAX_SERIES
     if isinstance(file_values, QueryDef):
@@ -549,22 +591,58 @@ def semantic_errors(config: QueriesConfig) -> Iterator[str]:
                 f"built-in query {name}, field max_staleness: {schedule.max_staleness:g}s is "
                 f"shorter than the interval {schedule.interval:g}s"
             )
-    owners: dict[str, str] = dict.fromkeys(BUILTIN_METRICS, "the built-in queries")
+    families = _Families()
+    for collector in COLLECTORS:
+        for spec in collector.metrics:
+            families.claim(spec.name, spec.kind, "the built-in queries")
+    for reserved in RESERVED_METRIC_NAMES:
+        families.claim(reserved, "gauge", "the exporter itself")
     for name, (query, schedule) in config.custom.items():
         if name in BUILTIN_NAMES:
             yield f"query {name}: the name of a built-in query (tune it under builtins:)"
         for where, message in _query_errors(name, query, schedule):
             yield f"query {name}, field {where}: {message}"
-        for metric_name in query.metrics:
+        for metric_name, metric in query.metrics.items():
             where = f"query {name}, field metrics.{metric_name}"
             if metric_name in RESERVED_METRIC_NAMES or metric_name.startswith(
                 RESERVED_METRIC_PREFIXES
             ):
                 yield f"{where}: the name {metric_name!r} is reserved for the exporter itself"
-            elif metric_name in owners:
-                yield f"{where}: {metric_name!r} is already produced by {owners[metric_name]}"
-            else:
-                owners[metric_name] = f"query {name}"
+            elif clash := families.claim(metric_name, metric.type, f"query {name}"):
+                yield f"{where}: {clash}"
+
+
+def family_name(metric_name: str, kind: str) -> str:
+    """The OpenMetrics family a metric is exposed as: a counter's name without ``_total``."""
+    return metric_name.removesuffix("_total") if kind == "counter" else metric_name
+
+
+class _Families:
+    """The OpenMetrics family names claimed so far, and by whom."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, tuple[str, str]] = {}  # family -> (metric name, owner)
+
+    def claim(self, metric_name: str, kind: str, owner: str) -> str | None:
+        """Claim ``metric_name``'s family; returns why it cannot be had, or None."""
+        family = family_name(metric_name, kind)
+        related = [family, *(family + suffix for suffix in OPENMETRICS_SUFFIXES)]
+        related += [family.removesuffix(s) for s in OPENMETRICS_SUFFIXES if family.endswith(s)]
+        for other in related:
+            if other in self._owners:
+                theirs, by = self._owners[other]
+                if theirs == metric_name:
+                    return f"{metric_name!r} is already produced by {by}"
+                if other == family:
+                    why = f"both are the OpenMetrics family {family!r}"
+                else:
+                    why = (
+                        f"the families {family!r} and {other!r} differ by an OpenMetrics "
+                        "suffix, so their samples would be read as one family's"
+                    )
+                return f"{metric_name!r} collides with {theirs!r} of {by}: {why}"
+        self._owners[family] = (metric_name, owner)
+        return None
 
 
 # ---------------------------------------------------------------- loading
@@ -573,6 +651,25 @@ def semantic_errors(config: QueriesConfig) -> Iterator[str]:
 def parse(text: str, settings: Settings, path: Path | None = None) -> QueriesConfig:
     """Validate a file's text; raise ``QueriesFileError`` with the first problem's line."""
     shown = str(path) if path else "queries file"
+    try:
+        return _parse(text, settings, path, shown)
+    except QueriesFileError:
+        raise
+    except RecursionError:
+        raise QueriesFileError(f"{shown}: nested too deeply to be read") from None
+    except Exception as error:  # whatever else a hostile file finds: one line, never a traceback
+        raise QueriesFileError(f"{shown}: cannot be read: {one_line(error)}") from None
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An unexpected error as one short line: its type and the start of its message."""
+    text = " ".join(str(error).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _parse(text: str, settings: Settings, path: Path | None, shown: str) -> QueriesConfig:
     try:
         raw = load_yaml(text)
     except ValueError as error:

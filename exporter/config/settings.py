@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -25,6 +25,7 @@ from exporter.config.secrets import redact_dsn
 PROG = "tw-exporter"
 ENV_PREFIX = "TW_EXPORTER_"
 DEFAULT_PORT = 10093
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_QUERY_TIMEOUT_CAP = 10.0
 STALENESS_INTERVALS = 3
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -59,6 +60,9 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, resolved. No field has a default of its own: the option table holds
+    them, and ``build_settings`` (or ``query_params``) fills every field from it."""
+
     dsn: str
     listen_host: str
     listen_port: int
@@ -73,23 +77,23 @@ class Settings:
     log_level: str
     log_format: str
     web_config_file: Path | None
-    ha: bool = False
-    ha_group: str = "tw-exporter"
-    ha_dsn: str = ""
-    ha_lease: float = 15.0
-    queries_file: Path | None = None
-    web_enable_lifecycle: bool = False
+    ha: bool
+    ha_group: str
+    ha_dsn: str
+    ha_lease: float
+    queries_file: Path | None
+    web_enable_lifecycle: bool
     # Where each explicitly given value came from (flag or env variable), by option dest:
     # the queries file resolves per-query defaults and ``check`` reports them from it.
-    sources: Mapping[str, str] = field(default_factory=dict)
-    web_header_timeout: float = 10.0
-    web_idle_timeout: float = 75.0
-    web_max_connections: int = 256
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    sources: Mapping[str, str]
+    web_header_timeout: float
+    web_idle_timeout: float
+    web_max_connections: int
+    max_connections: int
     # The file the DSN was read from (--dsn-file), re-read when it changes; likewise the HA
     # lock's DSN when it is that same file's.
-    dsn_file: Path | None = None
-    ha_dsn_file: Path | None = None
+    dsn_file: Path | None
+    ha_dsn_file: Path | None
 
     @property
     def redacted_dsn(self) -> str:
@@ -103,6 +107,17 @@ class Settings:
     def listen(self) -> str:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"{host}:{self.listen_port}"
+
+
+def default_query_timeout(interval: float) -> float:
+    """The query timeout when none is given: the cap, or the interval if that is shorter, so
+    a query never outlasts its cycle."""
+    return min(DEFAULT_QUERY_TIMEOUT_CAP, interval)
+
+
+def default_max_staleness(interval: float) -> float:
+    """How long last good series outlive failures when --max-staleness is not given."""
+    return STALENESS_INTERVALS * interval
 
 
 # ---------------------------------------------------------------- value parsers
@@ -140,7 +155,10 @@ parse_label_length = _int_in_range(MIN_MAX_LABEL_LENGTH, MAX_MAX_LABEL_LENGTH, "
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    expected = "expected HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:10093 or [::1]:10093"
+    expected = (
+        f"expected HOST:PORT with a port from 0 to 65535, e.g. {DEFAULT_LISTEN} or "
+        f"[::1]:{DEFAULT_PORT}"
+    )
     host, sep, port_text = text.rpartition(":")
     if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(expected)
@@ -245,6 +263,13 @@ class Option:
         return self.default_doc or self.default or "(none)"
 
 
+def _top_n_option(flag: str, metavar: str, what: str) -> Option:
+    """A "how many rows" flag: its help states the very range ``parse_top_n`` accepts."""
+    return Option(
+        flag, metavar, f"How many {what} to export (1-{MAX_TOP_N}).", parse_top_n, default="10"
+    )
+
+
 CONNECTION_OPTIONS = (
     Option(
         "--dsn",
@@ -286,21 +311,9 @@ QUERY_OPTIONS = (
         parse_seconds,
         default_doc=f"{DEFAULT_QUERY_TIMEOUT_CAP:g} or the interval, whichever is smaller",
     ),
-    Option(
-        "--top-users",
-        "N",
-        f"How many top users by followers to export (1-{MAX_TOP_N}).",
-        parse_top_n,
-        default="10",
-    ),
+    _top_n_option("--top-users", "N", "top users by followers"),
     Option("--trending-days", "D", "Trending hashtags window in days.", parse_days, default="7"),
-    Option(
-        "--trending-limit",
-        "K",
-        f"How many trending hashtags to export (1-{MAX_TOP_N}).",
-        parse_top_n,
-        default="10",
-    ),
+    _top_n_option("--trending-limit", "K", "trending hashtags"),
     Option("--stats-days", "D", "Platform stats window in days.", parse_days, default="7"),
     Option(
         "--max-label-length",
@@ -327,7 +340,7 @@ SERVE_OPTIONS = (
         "HOST:PORT",
         "Address for /metrics, /healthz and /readyz.",
         parse_listen,
-        default=f"0.0.0.0:{DEFAULT_PORT}",
+        default=DEFAULT_LISTEN,
     ),
     INTERVAL_OPTION,
     Option(
@@ -469,7 +482,6 @@ ALL_OPTIONS = RUN_OPTIONS
 DEFAULTS: Mapping[str, Any] = {
     option.dest: option.parse(option.default) for option in ALL_OPTIONS if option.default
 }
-DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_INTERVAL: float = DEFAULTS["interval"]
 
 
@@ -546,25 +558,35 @@ def resolve(
     return values
 
 
-def _read_dsn(values: Mapping[str, Any], required: bool) -> tuple[str, Path | None]:
-    """The DSN, and the file it came from (``--dsn-file``), if any."""
-    dsn_source = values.get("dsn__source")
-    file_source = values.get("dsn_file__source")
-    both_flags = dsn_source == "--dsn" and file_source == "--dsn-file"
-    both_env = dsn_source == "TW_EXPORTER_DSN" and file_source == "TW_EXPORTER_DSN_FILE"
-    if both_flags or both_env:
-        raise SettingsError(f"{dsn_source} and {file_source} are mutually exclusive: give one")
-    use_file = "dsn_file" in values and (
-        "dsn" not in values or (file_source == "--dsn-file" and dsn_source != "--dsn")
-    )
+def _uri_or_file(values: Mapping[str, Any], dest: str) -> tuple[str, Path | None] | None:
+    """A URI option (``dsn``, ``ha_dsn``) or its ``*_file`` twin, whichever was given, with
+    the file it came from; None when neither was. Both from the same layer (two flags, two
+    variables) is an error; across layers the flag wins, as for every option."""
+    file_dest = f"{dest}_file"
+    flag = "--" + dest.replace("_", "-")
+    uri_source = values.get(f"{dest}__source", flag)
+    file_source = values.get(f"{file_dest}__source", f"{flag}-file")
+    use_file = file_dest in values
+    if use_file and dest in values:
+        if uri_source.startswith("--") == file_source.startswith("--"):
+            raise SettingsError(f"{uri_source} and {file_source} are mutually exclusive: give one")
+        use_file = file_source.startswith("--")
     if use_file:
-        path: Path = values["dsn_file"]
+        path: Path = values[file_dest]
         try:
             return dsn_uri.read_dsn_file(path), path
         except dsn_uri.DsnError as error:
             raise SettingsError(f"{file_source}: {error}") from None
-    if "dsn" in values:
-        return str(values["dsn"]), None
+    if dest in values:
+        return str(values[dest]), None
+    return None
+
+
+def _read_dsn(values: Mapping[str, Any], required: bool) -> tuple[str, Path | None]:
+    """The DSN, and the file it came from (``--dsn-file``), if any."""
+    found = _uri_or_file(values, "dsn")
+    if found is not None:
+        return found
     if required:
         raise SettingsError(
             "a database is required: give --dsn URI or --dsn-file PATH "
@@ -578,20 +600,7 @@ def _read_ha_dsn(
 ) -> tuple[str, Path | None]:
     """The HA lock's DSN and the file it follows: --ha-dsn-file, --ha-dsn, else the queries'
     (whose file, if any, it then follows too)."""
-    if "ha_dsn_file" in values:
-        if "ha_dsn" in values:
-            raise SettingsError(
-                f"{values['ha_dsn__source']} and {values['ha_dsn_file__source']} are mutually "
-                "exclusive: give one"
-            )
-        path: Path = values["ha_dsn_file"]
-        try:
-            return dsn_uri.read_dsn_file(path), path
-        except dsn_uri.DsnError as error:
-            raise SettingsError(f"{values['ha_dsn_file__source']}: {error}") from None
-    if "ha_dsn" in values:
-        return str(values["ha_dsn"]), None
-    return dsn, dsn_file
+    return _uri_or_file(values, "ha_dsn") or (dsn, dsn_file)
 
 
 def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> Settings:
@@ -606,7 +615,7 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
                 f"a number of seconds <= the interval ({interval:g}), so cycles cannot overlap"
             )
     else:
-        query_timeout = min(DEFAULT_QUERY_TIMEOUT_CAP, interval)
+        query_timeout = default_query_timeout(interval)
     if "max_staleness" in values:
         max_staleness: float = values["max_staleness"]
         if max_staleness < interval:
@@ -615,7 +624,7 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
                 f"a number of seconds >= the interval ({interval:g})"
             )
     else:
-        max_staleness = STALENESS_INTERVALS * interval
+        max_staleness = default_max_staleness(interval)
     host, port = merged["listen"]
     dsn, dsn_file = _read_dsn(values, dsn_required)
     ha_dsn, ha_dsn_file = _read_ha_dsn(values, dsn, dsn_file)
@@ -633,35 +642,27 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
             "multi-host URI with target_session_attrs=read-write, so the lock is taken on the "
             "primary (advisory locks are per server)"
         )
-    return Settings(
-        dsn=dsn,
-        dsn_file=dsn_file,
-        ha_dsn_file=ha_dsn_file,
-        listen_host=host,
-        listen_port=port,
-        interval=interval,
-        query_timeout=query_timeout,
-        top_users=merged["top_users"],
-        trending_days=merged["trending_days"],
-        trending_limit=merged["trending_limit"],
-        stats_days=merged["stats_days"],
-        max_staleness=max_staleness,
-        max_label_length=merged["max_label_length"],
-        log_level=merged["log_level"],
-        log_format=merged["log_format"],
-        web_config_file=merged.get("web_config_file"),
-        ha=merged["ha"],
-        ha_group=merged["ha_group"],
-        ha_dsn=ha_dsn,
-        ha_lease=ha_lease,
-        queries_file=merged.get("queries_file"),
-        web_enable_lifecycle=merged["web_enable_lifecycle"],
-        sources={k.removesuffix("__source"): v for k, v in values.items() if "__" in k},
-        web_header_timeout=merged["web_header_timeout"],
-        web_idle_timeout=merged["web_idle_timeout"],
-        web_max_connections=merged["web_max_connections"],
-        max_connections=merged["max_connections"],
-    )
+    derived: dict[str, Any] = {
+        "dsn": dsn,
+        "dsn_file": dsn_file,
+        "ha_dsn": ha_dsn,
+        "ha_dsn_file": ha_dsn_file,
+        "listen_host": host,
+        "listen_port": port,
+        "query_timeout": query_timeout,
+        "max_staleness": max_staleness,
+        "ha_lease": ha_lease,
+        "sources": {k.removesuffix("__source"): v for k, v in values.items() if "__" in k},
+    }
+    # Every other field is its option's value, given or defaulted; an option without a
+    # default (a file) is None when not given, and a field no option fills is a KeyError.
+    optional = {option.dest for option in ALL_OPTIONS if option.default is None}
+    plain: dict[str, Any] = {
+        f.name: merged.get(f.name) if f.name in optional else merged[f.name]
+        for f in dataclasses.fields(Settings)
+        if f.name not in derived
+    }
+    return Settings(**plain, **derived)
 
 
 def _ha_lease(values: Mapping[str, Any], query_timeout: float) -> float:

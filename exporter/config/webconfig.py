@@ -806,6 +806,31 @@ class WebConfig:
             return True
         return None
 
+    def adopt_cache(self, previous: object) -> None:
+        """Take over ``previous``'s verified logins for users whose hash is unchanged.
+
+        Called when a reload replaces the running configuration: without it every scraper's
+        next request needed bcrypt again, and during a flood of wrong passwords (every bcrypt
+        slot taken) a scraper whose login had been cached got 503 on every scrape. A user
+        whose hash changed, or who was removed, is dropped: the cached proof covers the hash
+        (``_cache_token``), so it could never match anyway."""
+        if not isinstance(previous, WebConfig) or previous is self:
+            return
+        with previous._cache_lock:
+            verified = list(previous._verified.items())
+        kept = [
+            (user, token)
+            for user, token in verified
+            if user in self.basic_auth_users
+            and previous.basic_auth_users.get(user) == self.basic_auth_users[user]
+        ]
+        with self._cache_lock:
+            for user, token in reversed(kept):
+                self._verified.setdefault(user, token)
+                self._verified.move_to_end(user, last=False)  # older than this config's own
+            while len(self._verified) > self.CACHE_SIZE:
+                self._verified.popitem(last=False)
+
     def submit(self, authorization: bytes | None) -> concurrent.futures.Future[bool] | None:
         """Run :meth:`authorize` on the bcrypt thread; None when :attr:`BCRYPT_SLOTS` checks
         are already admitted (a flood of wrong passwords), so the caller can refuse at once

@@ -53,12 +53,26 @@ different server connections:
   itself;
 * statements are unnamed (``statement_cache_size=0``) and always parsed inside the open
   transaction, so no prepared statement outlives the server connection it was made on;
-* a released connection is not reset with ``RESET ALL``/``UNLISTEN *``: there is nothing to
-  reset, and on a transaction pooler that round trip would run on some other client's server.
+* every transaction ends in ``ROLLBACK``, never ``COMMIT``, so whatever a (custom) query
+  changed inside it is undone where it was made, on that server connection, pooler or not:
+  ``set_config(..., false)``/``SET``, ``LISTEN``, large objects it created, notifications it
+  queued (only a commit sends them). Session advisory locks survive a rollback, so the same
+  message also releases them (``pg_advisory_unlock_all()``): before the ``ROLLBACK`` after a
+  success, right after it after a failure (an aborted transaction runs nothing else). One
+  simple-query message is answered as a whole, so a transaction pooler keeps the client on
+  the same server connection until both are done. (Not a savepoint to roll back to: on a hot
+  standby, PostgreSQL resolves a recovery conflict of a query inside a subtransaction by
+  terminating the session instead of cancelling the statement.) The connection goes back as
+  it was lent: a released connection needs no ``RESET ALL``, which on
+  a transaction pooler would run on some other client's server anyway.
+
+A query may be read with a row limit (``max_rows``): its rows are streamed through a cursor
+inside the transaction and reading stops at the limit, so a runaway query costs the exporter
+no more memory than the limit (the rest is never sent by the server).
 
 Each query's time is split where a pooler makes a client wait: ``wait`` is the pool acquire
 plus the transaction's first round trip (PgBouncer assigns a server connection when that
-message arrives), ``run`` is the statement and its commit.
+message arrives), ``run`` is the statement and the end of its transaction.
 """
 
 from __future__ import annotations
@@ -69,7 +83,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +159,16 @@ def transaction_setup(query_timeout: float) -> str:
     return f"BEGIN READ ONLY; {local_timeouts(query_timeout)}"
 
 
+# How every query's transaction ends (one message, one round trip, like the COMMIT it
+# replaces): session advisory locks are released (they outlive a rollback), then everything
+# else the statement changed is rolled back. Nothing of a run is ever committed.
+END_TRANSACTION = "SELECT pg_advisory_unlock_all(); ROLLBACK"
+# After a failed statement the transaction is aborted and runs nothing but its end: roll back,
+# then release the advisory locks in the same message (so on the same server connection, also
+# behind a transaction pooler, which reassigns it only once the whole message is answered).
+END_FAILED_TRANSACTION = "ROLLBACK; SELECT pg_advisory_unlock_all()"
+
+
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
     """asyncpg's connection plus ``memo``, facts learned about this one connection (such as the
     query shape its schema needs, ``exporter.collectors.schema``): they are worked out once per
@@ -156,6 +180,37 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.memo: dict[str, Any] = {}
+
+
+# How a statement's result is read on its connection (inside the transaction).
+Read = Callable[[asyncpg.Connection, str, Sequence[Any]], Awaitable[Any]]
+
+
+async def read_all(conn: asyncpg.Connection, text: str, args: Sequence[Any]) -> Any:
+    """Every row (the built-in queries bound their rows in SQL)."""
+    return await conn.fetch(text, *args)
+
+
+def read_at_most(max_rows: int) -> Read:
+    """At most ``max_rows`` rows, streamed: an unnamed statement (the pool caches none) bound
+    to a portal that lives only inside this transaction, and one ``Execute`` with a row limit,
+    so the server stops there and the exporter never holds more (works through a transaction
+    pooler: statement and portal never outlive the transaction)."""
+
+    async def read(conn: asyncpg.Connection, text: str, args: Sequence[Any]) -> Any:
+        statement = await conn.prepare(text)
+        cursor = await statement.cursor(*args)
+        return await cursor.fetch(max_rows)
+
+    return read
+
+
+async def read_columns(conn: asyncpg.Connection, text: str, args: Sequence[Any]) -> Any:
+    """Prove a statement without running it: parsed, analysed, and bound with its parameters
+    (which plans it) but never executed; returns its result columns and their type names."""
+    statement = await conn.prepare(text)
+    await statement.cursor(*args)
+    return {a.name: a.type.name for a in statement.get_attributes()}
 
 
 def pool_size_for(queries: int, max_connections: int = MAX_POOL_SIZE) -> int:
@@ -318,7 +373,7 @@ class QueryResult:
     wait_seconds: float = 0.0
     """Pool acquire plus the transaction's first round trip (retries included)."""
     run_seconds: float = 0.0
-    """The statement and its commit."""
+    """The statement and the end of its transaction."""
 
 
 def classify(error: BaseException) -> FailureReason:
@@ -490,8 +545,11 @@ class Database:
         query_timeout: float | None = None,
         *,
         query: str | None = None,
+        max_rows: int | None = None,
     ) -> QueryResult:
         """Run one read-only query within the deadline; raise ``QueryError`` on any failure.
+
+        ``max_rows``: read at most that many rows (streamed, the rest never read).
 
         ``query_timeout`` is this query's own timeout (default: the pool's ``query_timeout``): its
         transaction's ``SET LOCAL`` timeouts and its client deadline are built from it. The
@@ -517,6 +575,35 @@ class Database:
         the transaction's first round trip (a pooler with no free server connection), the time
         waited is still observed as wait time.
         """
+        read = read_all if max_rows is None else read_at_most(max_rows)
+        rows, attempt = await self._run(sql, args, query_timeout, query, read)
+        assert attempt.wait_seconds is not None
+        seconds = attempt.elapsed()
+        return QueryResult(
+            rows=rows,
+            seconds=seconds,
+            wait_seconds=attempt.wait_seconds,
+            run_seconds=seconds - attempt.wait_seconds,
+        )
+
+    async def columns(
+        self, sql: str, args: Sequence[Any], query_timeout: float | None = None
+    ) -> dict[str, str]:
+        """A statement's result columns (name -> type), proved on the database the way a run
+        would reach it (same transaction, timeouts and deadline) without running it; raises
+        ``QueryError`` like ``fetch``. What a reload does before it applies a new query."""
+        columns, _ = await self._run(sql, args, query_timeout, None, read_columns)
+        return dict(columns)
+
+    async def _run(
+        self,
+        sql: str | Resolve,
+        args: Sequence[Any],
+        query_timeout: float | None,
+        query: str | None,
+        read: Read,
+    ) -> tuple[Any, _Attempt]:
+        """``read`` the statement within the deadline (see ``fetch``)."""
         if self._pool is None:
             raise QueryError("connection", "the connection pool is not open")
         timeout = self._query_timeout if query_timeout is None else query_timeout
@@ -538,11 +625,11 @@ class Database:
                         )
                         try:
                             try:
-                                rows = await self._fetch_once(sql, args, attempt)
+                                rows = await self._fetch_once(sql, args, attempt, read)
                             except Exception as error:
                                 if not self._may_retry(error, sql, attempt, query):
                                     raise
-                                rows = await self._fetch_once(sql, args, attempt)
+                                rows = await self._fetch_once(sql, args, attempt, read)
                         finally:
                             expiry.cancel()
                     break
@@ -557,14 +644,7 @@ class Database:
         finally:
             self._slots.release(hold)
             self._close_idle_beyond_capacity()
-        assert attempt.wait_seconds is not None
-        seconds = attempt.elapsed()
-        return QueryResult(
-            rows=rows,
-            seconds=seconds,
-            wait_seconds=attempt.wait_seconds,
-            run_seconds=seconds - attempt.wait_seconds,
-        )
+        return rows, attempt
 
     def _scarce(self, error: BaseException, attempt: _Attempt, query: str | None) -> bool:
         """The server refused one more connection (too many connections) while some of ours
@@ -625,8 +705,8 @@ class Database:
             await self._pool.expire_connections()
 
     async def _fetch_once(
-        self, sql: str | Resolve, args: Sequence[Any], attempt: _Attempt
-    ) -> Sequence[asyncpg.Record]:
+        self, sql: str | Resolve, args: Sequence[Any], attempt: _Attempt, read: Read
+    ) -> Any:
         pool = self._pool  # close() may drop the attribute while this attempt unwinds
         attempt.phase = "connect"
         attempt.wait_seconds = None
@@ -645,8 +725,8 @@ class Database:
             attempt.wait_seconds = attempt.elapsed()
             attempt.phase = "query"
             text = sql if isinstance(sql, str) else await sql(conn)
-            rows: Sequence[asyncpg.Record] = await conn.fetch(text, *args)
-            await conn.execute("COMMIT")
+            rows = await read(conn, text, args)
+            await conn.execute(END_TRANSACTION)  # nothing a run did is kept (module docstring)
             return rows
         except BaseException:
             # After the deadline the connection is already terminated: nothing to roll back.
@@ -663,24 +743,27 @@ class Database:
 
 
 async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
-    """End a failed query's transaction, as ``Transaction.__aexit__`` would: the connection
-    goes back to the pool (and, on a pooler, its server to other clients) idle, not aborted.
-    A connection that is already broken is left to the pool, which discards it."""
+    """End a failed query's transaction, as ``Transaction.__aexit__`` would, and undo its
+    session state as a successful run's end does (roll back, release advisory locks): the
+    connection goes back to the pool (and, on a pooler, its server to other clients) idle and
+    as it was lent. A connection that is already broken is left to the pool, which discards
+    it."""
     try:
         if conn.is_closed() or not conn.is_in_transaction():
             return
     except asyncpg.InterfaceError:  # lost: asyncpg already detached it from the pool
         return
     try:
-        await conn.execute("ROLLBACK")
+        await conn.execute(END_FAILED_TRANSACTION)
     except Exception as error:
         log.debug("rollback failed: %s", describe(error))
 
 
 async def _no_session_state(conn: asyncpg.Connection[Any]) -> None:
-    """The pool's reset hook: the exporter keeps no session state (timeouts are ``SET LOCAL``,
-    no LISTEN, cursors or advisory locks), so a released connection needs no reset query.
-    asyncpg still rolls back an open transaction before calling this."""
+    """The pool's reset hook: every transaction already ended by undoing what it changed
+    (``END_TRANSACTION``: timeouts are ``SET LOCAL``, a query's own ``set_config``/``LISTEN``/
+    large objects are rolled back, its advisory locks released), so a released connection
+    needs no reset query. asyncpg still rolls back an open transaction before calling this."""
 
 
 @dataclass

@@ -215,6 +215,10 @@ class Answered:
     def up(self) -> bool:
         return any(self._latest.values())
 
+    def attempted(self, query: str) -> bool:
+        """Whether ``query`` has had an attempt (since it was added or this replica led)."""
+        return query in self._latest
+
 
 class HealthMetrics:
     """Owns the health metric objects, registered in the exporter's private registry."""

@@ -10,7 +10,13 @@ once per period; a connection cap that evicts the connection which has made the 
 progress for the longest instead of refusing a newcomer, so probes and scrapes always get in;
 header bytes and lines counted; no request bodies; reading paused while responses wait
 unread or a password check runs; a cap on pipelined requests; bcrypt on its own bounded
-executor (``WebConfig.submit``), with a cap on failed checks per connection.
+executor (``WebConfig.submit``), with a cap on failed checks per connection. A connection
+holds no buffer and no parser before its first bytes, and is freed by reference counting
+when it closes (issue #21); accepting and the TLS upgrade live in ``accepting`` and ``tls``.
+
+A scrape costs little Python: the response's bytes are built once per snapshot and format
+(``MetricsServer.wire``), and a request whose bytes were seen before is not parsed again
+(``_Connection.data_received``); see docs/performance.md for the comparison with nginx.
 """
 
 from __future__ import annotations
@@ -21,16 +27,24 @@ import functools
 import html
 import logging
 import math
+import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NoReturn, Protocol
 
 import httptools
 
 from exporter import __version__
+from exporter.expose.accepting import (
+    BASE_DESCRIPTORS,
+    Acceptor,
+    LoopErrorLog,
+    bind,
+    fit_connection_cap,
+)
 from exporter.expose.negotiation import Negotiated, negotiate
 from exporter.expose.snapshot import (
     OPENMETRICS_CONTENT_TYPE,
@@ -38,6 +52,7 @@ from exporter.expose.snapshot import (
     TEXT_CONTENT_TYPE_V1,
     Rendered,
 )
+from exporter.expose.tls import TLS_READ_BUFFER_BYTES, drop_tracebacks, start_tls
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +89,14 @@ _SINGLE_HEADERS = frozenset({b"accept-encoding", b"authorization"})
 
 # Request line plus header lines, counted on the wire (see ``_Connection.data_received``).
 MAX_HEADER_BYTES = 16 * 1024
-# Each connection reads into one buffer of its own (``_Connection.get_buffer``), instead of
-# asyncio allocating a fresh 256 KiB bytes object for every socket read and every TLS record
-# (issue #11). A request's headers fit (see MAX_HEADER_BYTES), and so does the largest TLS
-# record; anything longer simply arrives in more reads. Below the 64 KiB mmap threshold that
-# exporter.allocator fixes, so it comes from the heap and is not mapped per connection.
+# Every read lands in one of the server's two shared buffers (plaintext: ``_Connection.get_buffer``;
+# TLS ciphertext: ``exporter.expose.tls.TLSProtocol``) instead of asyncio allocating a fresh 256 KiB
+# bytes object for every socket read and TLS record (issue #11), or a buffer per connection
+# (issue #21: 16 KiB per connection, plus asyncio's 256 KiB per TLS connection, allocated before
+# a client had sent a byte). Sharing is safe because a read is parsed before the next one
+# starts: asyncio calls ``get_buffer``, reads, then ``buffer_updated`` without yielding, and the
+# parser copies what it keeps. A request's headers fit (see MAX_HEADER_BYTES), and so does the
+# largest TLS record; anything longer simply arrives in more reads.
 READ_BUFFER_BYTES = 16 * 1024
 RELOAD_PATH = b"/-/reload"
 MAX_HEADER_LINES = 100
@@ -89,9 +107,22 @@ _HEADER_LINE_BYTES = 3
 # Requests parsed but not yet answered on one connection (they queue only while the client does
 # not read its responses or a password check runs); one more gets 503 and the connection closes.
 MAX_PIPELINED = 32
+# Requests remembered by their bytes (``_Connection.data_received``): a scraper sends the same
+# bytes for every scrape, so its request is parsed once, not once per scrape.
+PARSED_CACHE_SIZE = 32
+MAX_REMEMBERED_REQUEST = 2048
 # Failed bcrypt checks on one connection; the last one's 401 closes the connection, so a
 # password guesser must reconnect (and, with TLS, handshake) for every few guesses.
 MAX_AUTH_FAILURES = 3
+
+
+class ReloadOutcome(Protocol):
+    """What a reload answers (``exporter.collect.reload.Outcome``)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def line(self) -> str: ...
 
 
 class SnapshotSource(Protocol):
@@ -114,6 +145,9 @@ class ServerLimits:
     header_timeout: float = 10.0
     idle_timeout: float = 75.0  # keep-alive connections idle longer are closed
     max_connections: int = 256  # TLS handshakes included; full -> evict, never refuse
+    # Descriptors the rest of the process may hold (database pool, HA lock connection); the
+    # connection cap is lowered at start so that both fit under RLIMIT_NOFILE.
+    reserved_descriptors: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +157,12 @@ class Response:
     content_type: bytes = b"text/plain; charset=utf-8"
     gzipped: bool = False
     extra: bytes = b""
+    # The bytes on the wire, per (keep-alive, HEAD, the server's extra headers): built once
+    # per response object (``MetricsServer.wire``). /metrics responses are kept per snapshot
+    # (``MetricsServer._metrics``), so a scrape writes bytes built before it arrived.
+    wire: dict[tuple[bool, bool, bytes], bytes] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 UNAUTHORIZED = Response(
@@ -139,6 +179,11 @@ DUPLICATE_HEADER = Response(400, b"Repeated Authorization or Accept-Encoding hea
 HEADERS_TOO_LARGE = Response(431, b"Request headers too large\n")
 TOO_MANY_PIPELINED = Response(503, b"Too many pipelined requests\n")
 METHOD_NOT_ALLOWED = Response(405, b"Method Not Allowed\n", extra=b"Allow: GET, HEAD\r\n")
+NOT_FOUND = Response(404, b"Not Found\n")
+HEALTHY = Response(200, b"ok\n")
+READY = Response(200, b"ready\n")
+REQUEST_TIMEOUT = Response(408, b"Request Timeout\n")
+POST_ONLY = Response(405, b"Method Not Allowed\n", extra=b"Allow: POST\r\n")
 
 LANDING_PAGE = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>tw-exporter</title></head>
@@ -147,6 +192,8 @@ LANDING_PAGE = f"""<!doctype html>
 <ul><li><a href="metrics">/metrics</a></li><li><a href="healthz">/healthz</a></li>
 <li><a href="readyz">/readyz</a></li></ul></body></html>
 """.encode()
+
+LANDING = Response(200, LANDING_PAGE, content_type=b"text/html; charset=utf-8")
 
 _NEGOTIATED_CACHE_SIZE = 64
 _PLAIN = Negotiated(openmetrics=False, text_v1=False, gzip=False)
@@ -170,22 +217,49 @@ class MetricsServer:
         limits: ServerLimits | None = None,
     ) -> None:
         self.snapshot = snapshot
-        self.authenticator = authenticator
+        self._authenticator = authenticator
         self.extra_headers = encode_headers(extra_headers)
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
+        # The cap in force: --web-max-connections, lowered at start to fit the open-files limit.
+        self.max_connections = self.limits.max_connections
+        self.descriptor_limit: int | None = None
         # Every open connection, TLS handshakes included: what the cap counts and the sweep
         # visits.
         self.connections: set[_Connection] = set()
-        # ``POST /-/reload`` (--web-enable-lifecycle): re-reads the configuration; True = ok.
-        self.reload: Callable[[], bool] | None = None
-        # Handshakes and password checks in flight: referenced here so none is garbage
-        # collected half-way, and cancelled on close.
+        # ``POST /-/reload`` (--web-enable-lifecycle): re-reads the configuration, off the event
+        # loop, and answers whether it applied and the one line that says why (Reloader.reload).
+        self.reload: Callable[[], Awaitable[ReloadOutcome]] | None = None
+        # Handshakes, password checks and accepted sockets being wrapped in transports:
+        # referenced here so none is garbage collected half-way, and cancelled on close.
         self.tasks: set[asyncio.Task[Any]] = set()
         self.evictions = 0
+        self.acceptor = Acceptor(self._serve_socket, self.max_connections)
+        self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
+        self.tls_read_buffer = memoryview(bytearray(TLS_READ_BUFFER_BYTES))
         self._negotiated: dict[tuple[bytes | None, bytes | None], Negotiated] = {}
-        self._server: asyncio.Server | None = None
+        # Requests seen whole in one read, by their bytes: (method, path, headers) of a
+        # keep-alive GET or HEAD, which is all answering it needs (see data_received).
+        self.parsed: dict[bytes, tuple[bytes, bytes, dict[bytes, bytes]]] = {}
+        # /metrics responses of the snapshot last served, one per negotiated format.
+        self._metrics_of: Rendered | None = None
+        self._metrics_responses: dict[Negotiated, Response] = {}
         self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def authenticator(self) -> Authenticator | None:
+        return self._authenticator
+
+    @authenticator.setter
+    def authenticator(self, new: Authenticator | None) -> None:
+        """A reload's new authenticator takes over the old one's verified logins for users
+        whose hash did not change (``WebConfig.adopt_cache``): a reload must not send every
+        scraper back to bcrypt, behind a flood of wrong passwords (issue #21)."""
+        old = self._authenticator
+        adopt = getattr(new, "adopt_cache", None)
+        if old is not None and new is not old and adopt is not None:
+            adopt(old)
+        self._authenticator = new
 
     async def _sweep_expired(self) -> None:
         """Close connections past their deadline.
@@ -204,37 +278,85 @@ class MetricsServer:
                 connection.expire()
 
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Bind and start accepting; returns the bound addresses.
+
+        The server accepts connections itself rather than through ``loop.create_server``: to
+        accept in small batches, to stop accepting while its sockets are at their budget, and
+        to pause after EMFILE/ENFILE (``exporter.expose.accepting``). Each connection is plain
+        TCP even with TLS: it upgrades itself (``exporter.expose.tls``) so that a handshake
+        counts toward the cap and is bounded by the header deadline."""
         loop = asyncio.get_running_loop()
-        self._sweeper = loop.create_task(self._sweep_expired())
-        # Plain TCP even with TLS: each connection upgrades itself with ``loop.start_tls`` so
-        # that a handshake counts toward the cap and is bounded by the header deadline
-        # (``create_server(ssl=...)`` only shows a connection once its handshake is done).
-        self._server = await loop.create_server(
-            lambda: _Connection(self),
-            host=host or None,
-            port=port,
-            reuse_address=True,
-            backlog=1024,
+        if loop.get_exception_handler() is None:
+            loop.set_exception_handler(LoopErrorLog())
+        self.max_connections, self.descriptor_limit = fit_connection_cap(
+            self.limits.max_connections, self.limits.reserved_descriptors
         )
-        return [sock.getsockname()[:2] for sock in self._server.sockets]
+        self.acceptor = Acceptor(self._serve_socket, self.max_connections)
+        self._log_cap()
+        listeners = await bind(loop, host, port)
+        self._sweeper = loop.create_task(self._sweep_expired())
+        self.acceptor.start(listeners)
+        return [sock.getsockname()[:2] for sock in listeners]
+
+    def _log_cap(self) -> None:
+        """A warning when the cap had to be lowered to fit the open-files limit."""
+        configured, limit = self.limits.max_connections, self.descriptor_limit
+        if self.max_connections < configured:
+            log.warning(
+                "at most %d HTTP connections, not %d (--web-max-connections): the open-files "
+                "limit (RLIMIT_NOFILE) is %s and %d descriptors are kept for the database "
+                "connections, listening sockets and files; raise it (ulimit -n, or the "
+                "container runtime's nofile limit) to allow more",
+                self.max_connections,
+                configured,
+                limit,
+                BASE_DESCRIPTORS + self.limits.reserved_descriptors,
+            )
+        # Otherwise the cap is in the "listening on" line (exporter.app).
 
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
-            for connection in list(self.connections):
-                connection.close()
-            for task in list(self.tasks):
-                task.cancel()
-            await self._server.wait_closed()
+        self.acceptor.close()
+        for connection in list(self.connections):
+            connection.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=self.limits.header_timeout)
+        await asyncio.sleep(0)  # let the transports closed above run their connection_lost
+
+    # ------------------------------------------------------------ accepting
+
+    def _serve_socket(self, sock: socket.socket) -> None:
+        self.spawn(self._connect(sock))
+
+    async def _connect(self, sock: socket.socket) -> None:
+        """Wrap an accepted socket in asyncio's transport and a ``_Connection``."""
+        created: list[_Connection] = []
+
+        def factory() -> _Connection:
+            created.append(_Connection(self))
+            return created[0]
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
+        except BaseException as error:
+            sock.close()
+            if created:
+                created[0].release_socket()
+            else:
+                self.acceptor.socket_closed()
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            log.debug("could not set up an accepted connection: %r", error)
 
     def admit(self, connection: _Connection) -> None:
         """Count a new connection; when the cap is reached, first evict the connection that has
         made the least progress for the longest (idle keep-alive, trickled headers, a stalled
         handshake or unread responses): refusing newcomers would let whoever holds the slots
         deny every scrape and probe."""
-        if len(self.connections) >= self.limits.max_connections:
+        if len(self.connections) >= self.max_connections:
             victim = min(self.connections, key=attrgetter("progress_at"))
             self.evictions += 1
             victim.evict()
@@ -290,27 +412,38 @@ class MetricsServer:
         # passwords can neither stall the event loop nor queue ahead of the database's host
         # name lookups in asyncio's default executor.
         if await asyncio.wrap_future(check):
-            return self._route(path, headers, method)
+            routed = self._route(path, headers, method)
+            return routed if isinstance(routed, Response) else await routed
         return UNAUTHORIZED
 
-    def _route(self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET") -> Response:
+    def _route(
+        self, path: bytes, headers: dict[bytes, bytes], method: bytes = b"GET"
+    ) -> Response | Coroutine[Any, Any, Response]:
         if path == RELOAD_PATH and self.reload is not None:
             if method != b"POST":
-                return Response(405, b"Method Not Allowed\n", extra=b"Allow: POST\r\n")
-            if self.reload():
-                return Response(200, b"reloaded\n")
-            return Response(500, b"reload failed: the old configuration keeps running\n")
+                return POST_ONLY
+            return self._reload(self.reload)
         if path == b"/metrics":
             return self._metrics(headers)
         if path == b"/":
-            return Response(200, LANDING_PAGE, content_type=b"text/html; charset=utf-8")
-        return Response(404, b"Not Found\n")
+            return LANDING
+        return NOT_FOUND
+
+    @staticmethod
+    async def _reload(reload: Callable[[], Awaitable[ReloadOutcome]]) -> Response:
+        """``POST /-/reload``: 200, or 500 with the one line that says why nothing changed."""
+        outcome = await reload()
+        if outcome.ok:
+            return Response(200, f"{outcome.line}\n".encode())
+        return Response(
+            500, f"reload failed, the running configuration is kept: {outcome.line}\n".encode()
+        )
 
     def _probe(self, path: bytes) -> Response:
         if path == b"/healthz":
-            return Response(200, b"ok\n")
+            return HEALTHY
         if self.snapshot.ready:
-            return Response(200, b"ready\n")
+            return READY
         stale = ", ".join(self.snapshot.stale_queries())
         return Response(503, f"not ready: no fresh data for {stale}\n".encode())
 
@@ -330,6 +463,15 @@ class MetricsServer:
     def _metrics(self, headers: dict[bytes, bytes]) -> Response:
         rendered = self.snapshot.current
         choice = self._negotiate(headers)
+        if rendered is not self._metrics_of:
+            self._metrics_of, self._metrics_responses = rendered, {}
+        found = self._metrics_responses.get(choice)
+        if found is None:
+            found = self._metrics_responses[choice] = self._metrics_response(rendered, choice)
+        return found
+
+    @staticmethod
+    def _metrics_response(rendered: Rendered, choice: Negotiated) -> Response:
         if choice.openmetrics:
             encoded, content_type = rendered.openmetrics, OPENMETRICS_CONTENT_TYPE
         else:
@@ -338,6 +480,40 @@ class MetricsServer:
         if choice.gzip:
             return Response(200, encoded.gzipped, content_type.encode(), gzipped=True)
         return Response(200, encoded.body, content_type.encode())
+
+    def wire(self, response: Response, keep_alive: bool, head: bool = False) -> bytes:
+        """``response`` as written: status line, headers and (unless ``head``) the body.
+
+        Built once per response object and kept on it: a /metrics response is reused for
+        every scrape of a snapshot, so a scrape no longer formats the head and copies the
+        body into a new bytes object of the body's size (a 22 kB allocation and copy per
+        scrape, issue #21)."""
+        key = (keep_alive, head, self.extra_headers)
+        found = response.wire.get(key)
+        if found is None:
+            found = _encode(response, keep_alive, head, self.extra_headers)
+            if len(response.wire) >= 8:  # bounded: the extra headers change only at reloads
+                response.wire.clear()
+            response.wire[key] = found
+        return found
+
+
+def _encode(response: Response, keep_alive: bool, head: bool, extra_headers: bytes) -> bytes:
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
+        b"Content-Type: " + response.content_type + b"\r\n",
+        b"Content-Length: %d\r\n" % len(response.body),
+        response.extra,
+        extra_headers,
+    ]
+    if response.gzipped:
+        lines.append(b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n")
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head:
+        lines.append(response.body)
+    return b"".join(lines)
 
 
 class _Stop(Exception):
@@ -348,9 +524,9 @@ class _Stop(Exception):
 class _Connection(asyncio.BufferedProtocol):
     """One client connection: parses requests with httptools and answers them in order.
 
-    A buffered protocol: asyncio reads into ``self.buffer`` (``recv_into`` for TCP,
-    ``SSLObject.read`` into it for TLS) and ``buffer_updated`` parses what arrived, so a read
-    allocates nothing large (see READ_BUFFER_BYTES).
+    A buffered protocol: asyncio reads into the server's shared ``read_buffer`` (``recv_into``
+    for TCP, ``SSLObject.read`` into it for TLS) and ``buffer_updated`` parses what arrived, so
+    a read allocates nothing large and an idle connection holds no buffer (READ_BUFFER_BYTES).
 
     Reading is paused while a password check runs, while the transport's write buffer is
     above its high-water mark (the client is not reading) and once parsing has stopped; after
@@ -359,7 +535,12 @@ class _Connection(asyncio.BufferedProtocol):
 
     def __init__(self, server: MetricsServer) -> None:
         self.server = server
-        self.parser = httptools.HttpRequestParser(self)
+        # Created with the first bytes (most hostile connections never send any) and dropped
+        # with the connection: it holds this protocol's bound methods, a reference cycle that
+        # only the garbage collector would otherwise free (issue #21: ~3,500 connections of a
+        # churning client alive at once).
+        self.parser: httptools.HttpRequestParser | None = None
+        self.socket_held = True  # counted in ``server.open_sockets`` until released
         self.transport: asyncio.Transport | None = None
         self.raw: asyncio.Transport | None = None  # the TCP transport while TLS handshakes
         self.early: list[bytes] | None = None  # plaintext delivered before start_tls returned
@@ -384,7 +565,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.final: Response | None = None
         self.stop_reason: Response | None = None  # why a callback raised _Stop
         self.auth_failures = 0
-        self.buffer = memoryview(bytearray(READ_BUFFER_BYTES))
+        # The last request parsed: (method, path, headers, keep-alive), for ``_remember``.
+        self.last: tuple[bytes, bytes, dict[bytes, bytes], bool] | None = None
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -405,33 +587,33 @@ class _Connection(asyncio.BufferedProtocol):
         if raw.is_closing():  # evicted or expired before this task ran: nothing to upgrade
             self.raw = self.early = None
             self._forget()
+            self.release_socket()
             return
         try:
             async with asyncio.timeout(2 * timeout):  # defence in depth over asyncio's own
-                transport = await self.loop.start_tls(
-                    raw,
-                    self,
-                    context,
-                    server_side=True,
-                    ssl_handshake_timeout=timeout,
-                    ssl_shutdown_timeout=timeout,
+                transport = await start_tls(
+                    raw, self, context, timeout, self.server.tls_read_buffer
                 )
         except asyncio.CancelledError:  # the server is shutting down
             self.early = None
             self._forget()
+            self.release_socket()
             raise
         except Exception as error:
-            # Failed, timed out or evicted: start_tls has closed the socket, and asyncio does
+            # Failed, timed out or evicted: start_tls has aborted the socket, and asyncio does
             # not call connection_lost for a connection that never finished its handshake.
             # Routine for port scanners and broken clients, so debug level only.
             log.debug("TLS handshake failed: %r", error)
+            drop_tracebacks(error)
             self.early = None
             self._forget()
+            self.release_socket()
             return
         finally:
             self.raw = None
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing():  # aborted: connection_lost(None)
             self._forget()
+            self.release_socket()
             return
         self.transport = transport
         if self.write_paused or self.stopped:
@@ -443,12 +625,12 @@ class _Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # A memoryview, not the bytearray: asyncio's TLS layer reads the rest of a record into
         # ``buf[offset:]``, which must be a view of this buffer, not a copy.
-        return self.buffer
+        return self.server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         # data_received copies what it keeps for later (records that arrive before start_tls
-        # returns), since this buffer is reused by the next read.
-        self.data_received(self.buffer[:nbytes])
+        # returns), since this buffer is reused by the next read, of any connection.
+        self.data_received(self.server.read_buffer[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
         """Parse ``data`` (httptools copies what it keeps); the wire-byte limits apply here."""
@@ -458,6 +640,27 @@ class _Connection(asyncio.BufferedProtocol):
             if self.early is not None:
                 self.early.append(bytes(data))  # a copy: ``data`` may view the read buffer
             return
+        # Between requests, with nothing queued: a read holding exactly a request parsed before
+        # (the same bytes, so the same method, path, headers and keep-alive) is answered
+        # without parsing it again. Only without basic auth, whose verdict is not a function
+        # of the bytes alone (a reload changes the users).
+        remember = None
+        if (
+            not (self.in_request or self.pending or self.waiting or self.write_paused)
+            and len(data) <= MAX_REMEMBERED_REQUEST
+            and self.server.authenticator is None
+            and not self.closing
+        ):
+            remember = bytes(data)
+            known = self.server.parsed.get(remember)
+            if known is not None:
+                self.begun += 1
+                self._answer(self.transport, *known, True)
+                return
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
+        begun = self.begun
         try:
             if self.carried:
                 # This request's headers did not end in an earlier read: count these bytes on
@@ -465,13 +668,13 @@ class _Connection(asyncio.BufferedProtocol):
                 room = MAX_HEADER_BYTES - self.header_bytes
                 if len(data) > room:
                     begun = self.begun
-                    self.parser.feed_data(data[:room])
+                    parser.feed_data(data[:room])
                     if self.in_headers and self.begun == begun:
                         self._halt(HEADERS_TOO_LARGE)
                     data = data[room:]
                 else:
                     self.header_bytes += len(data)
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except _Stop:
             self._stop(self.stop_reason)
         except httptools.HttpParserUpgrade:
@@ -481,6 +684,20 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             if self.in_headers:
                 self.carried = True
+            elif remember is not None and self.begun == begun + 1 and not self.stopped:
+                self._remember(remember)
+
+    def _remember(self, raw: bytes) -> None:
+        """Keep the request just answered under its bytes, if answering it again needs
+        nothing but them: one whole keep-alive GET or HEAD, answered at once."""
+        if self.last is None or self.waiting or self.pending:
+            return
+        method, path, headers, keep_alive = self.last
+        if keep_alive and method in (b"GET", b"HEAD") and path != RELOAD_PATH:
+            parsed = self.server.parsed
+            if len(parsed) >= PARSED_CACHE_SIZE:
+                parsed.clear()  # bounded: a hostile client can vary its requests
+            parsed[raw] = (method, path, headers)
 
     def pause_writing(self) -> None:
         """The write buffer is above its high-water mark: the client is not reading."""
@@ -502,6 +719,14 @@ class _Connection(asyncio.BufferedProtocol):
         self._forget()
         self.transport = None
         self.pending.clear()
+        self.parser = None  # the cycle (see __init__): freed now, by reference counting
+        self.release_socket()
+
+    def release_socket(self) -> None:
+        """Stop counting this connection's socket in ``server.open_sockets`` (once)."""
+        if self.socket_held:
+            self.socket_held = False
+            self.server.acceptor.socket_closed()
 
     def close(self) -> None:
         transport = self.transport or self.raw
@@ -561,12 +786,20 @@ class _Connection(asyncio.BufferedProtocol):
         if len(self.pending) >= MAX_PIPELINED:
             self._halt(TOO_MANY_PIPELINED)
         parser = self.parser
+        assert parser is not None  # this is its callback
         # An Upgrade or CONNECT request is answered like any other, with Connection: close,
         # because llhttp hands everything after it to the (unsupported) new protocol.
         keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
-        self.pending.append(
-            (parser.get_method(), self.url.split(b"?", 1)[0], self.headers, keep_alive)
-        )
+        url = self.url
+        path = url.split(b"?", 1)[0] if b"?" in url else url
+        self.last = (parser.get_method(), path, self.headers, keep_alive)
+        if not (self.pending or self.waiting or self.write_paused or self.stopped):
+            # Nothing queued before it (the common case): answered at once, not queued.
+            transport = self.transport
+            if transport is not None and not (self.closing or transport.is_closing()):
+                self._answer(transport, parser.get_method(), path, self.headers, keep_alive)
+                return
+        self.pending.append((parser.get_method(), path, self.headers, keep_alive))
         if not (self.waiting or self.write_paused):
             self._answer_pending()
 
@@ -578,20 +811,8 @@ class _Connection(asyncio.BufferedProtocol):
             if transport is None or transport.is_closing() or self.closing:
                 self.pending.clear()
                 return
-            method, path, headers, keep_alive = self.pending.popleft()
-            head = method == b"HEAD"
-            if self.server.allows(method, path):
-                response = self.server.respond(path, headers, method)
-            else:
-                response = METHOD_NOT_ALLOWED
-            if isinstance(response, Response):
-                self._finish(response, keep_alive, head)
-                continue
-            self.waiting = True
-            transport.pause_reading()
-            task = self.server.spawn(response)
-            task.add_done_callback(functools.partial(self._resume, keep_alive, head))
-            return
+            if not self._answer(transport, *self.pending.popleft()):
+                return
         if self.stopped and not (self.pending or self.waiting or self.write_paused):
             transport = self.transport
             if transport is not None and not (transport.is_closing() or self.closing):
@@ -599,6 +820,29 @@ class _Connection(asyncio.BufferedProtocol):
                     self._send(self.final, keep_alive=False)
                 else:
                     self._close(transport)
+
+    def _answer(
+        self,
+        transport: asyncio.Transport,
+        method: bytes,
+        path: bytes,
+        headers: dict[bytes, bytes],
+        keep_alive: bool,
+    ) -> bool:
+        """Answer one request; False when it waits for a password check (``_resume``)."""
+        head = method == b"HEAD"
+        if self.server.allows(method, path):
+            response = self.server.respond(path, headers, method)
+        else:
+            response = METHOD_NOT_ALLOWED
+        if isinstance(response, Response):
+            self._finish(response, keep_alive, head)
+            return True
+        self.waiting = True
+        transport.pause_reading()
+        task = self.server.spawn(response)
+        task.add_done_callback(functools.partial(self._resume, keep_alive, head))
+        return False
 
     def _resume(self, keep_alive: bool, head: bool, done: asyncio.Task[Response]) -> None:
         self.waiting = False
@@ -659,19 +903,7 @@ class _Connection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self.closing:
             return
-        head_lines = [
-            b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
-            b"Content-Type: " + response.content_type + b"\r\n",
-            b"Content-Length: %d\r\n" % len(response.body),
-            response.extra,
-            self.server.extra_headers,
-        ]
-        if response.gzipped:
-            head_lines.append(b"Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n")
-        if not keep_alive:
-            head_lines.append(b"Connection: close\r\n")
-        head_lines.append(b"\r\n")
-        transport.write(b"".join(head_lines) if head else b"".join(head_lines) + response.body)
+        transport.write(self.server.wire(response, keep_alive, head))
         if not keep_alive:
             self._close(transport)
 
@@ -711,7 +943,7 @@ class _Connection(asyncio.BufferedProtocol):
         if transport.is_closing() or self.closing or self.write_paused:
             transport.abort()  # responses left unread: drop them and the connection
         elif self.in_request:
-            self._send(Response(408, b"Request Timeout\n"), keep_alive=False)
+            self._send(REQUEST_TIMEOUT, keep_alive=False)
         else:
             self._close(transport)
 

@@ -237,6 +237,8 @@ class SnapshotStore:
         }
         # An HA follower (see ``drop_business``); the leader and a lone exporter are not.
         self.following = False
+        # Became ready once (see ``ready``): stays so until the process stops.
+        self._started = False
         self._generation = self._published = 0
         self._served: frozenset[str] = frozenset()
         # What ``current`` was joined from, to drop an expired part at scrape time.
@@ -251,10 +253,26 @@ class SnapshotStore:
 
     # ------------------------------------------------------------ the set of queries
 
-    def add_query(self, query: str, interval: float, max_staleness: float) -> None:
-        """A query added by a reload (or whose definition changed: its old series go)."""
+    def add_query(
+        self, query: str, interval: float, max_staleness: float, *, health: bool = True
+    ) -> None:
+        """A query added by a reload. ``health=False``: its health series were already
+        created (``HealthMetrics.add_query``, which a reload runs in a worker thread: for
+        thousands of queries it takes a second)."""
         self.queries[query] = QueryState(max_staleness=max_staleness)
-        self.health.add_query(query, interval)
+        if health:
+            self.health.add_query(query, interval)
+
+    def change_query(self, query: str, interval: float, max_staleness: float) -> None:
+        """A query whose definition a reload changed: its new schedule applies at once, and
+        its current series stay served until a run of the new definition replaces them (or
+        they go stale, as after any failed run): a reload never hides a query's series."""
+        state = self.queries.get(query)
+        if state is None:
+            self.add_query(query, interval, max_staleness)
+            return
+        state.max_staleness = max_staleness
+        self.health.query_interval.labels(query=query).set(interval)
 
     def remove_query(self, query: str) -> None:
         self.queries.pop(query, None)
@@ -361,7 +379,30 @@ class SnapshotStore:
 
     @property
     def ready(self) -> bool:
-        return self.following or all(self._served_fresh(name) for name in self.queries)
+        """``/readyz``: this process serves scrapes (docs/configuration.md#endpoints).
+
+        Not ready until it has something to serve: every query's data is served, or every
+        query has been attempted, the database answered, and whatever succeeded is served.
+        From then on ready until it stops, whatever queries do: a custom query that fails, a
+        reload, even the database going away are shown by the metrics (``tw_up``, the error
+        counters), which Prometheus can only scrape from a pod in service. An HA follower is
+        always ready (it must stay scrapeable), and stays ready when it is elected (no flap
+        while it runs its first queries as the leader)."""
+        if self.following:
+            self._started = True  # it serves scrapes; elected later, it stays in service
+        if self._started:
+            return True
+        attempted = self.health.answered
+        self._started = all(self._served_fresh(name) for name in self.queries) or (
+            attempted.up
+            and all(attempted.attempted(name) for name in self.queries)
+            and all(
+                self._served_fresh(name)
+                for name, state in self.queries.items()
+                if state.succeeded_at is not None
+            )
+        )
+        return self._started
 
     def stale_queries(self) -> list[str]:
         return [name for name in self.queries if not self._served_fresh(name)]

@@ -270,32 +270,6 @@ and
     ),
 )
 
-NO_LEADER = Alert(
-    name="TwExporterNoLeader",
-    expr=f"max by (job) ({LEADER.name}{_TARGET}) == 0",
-    for_="5m",
-    severity="critical",
-    summary="No tw-exporter replica of job {{ $labels.job }} leads: no business metrics",
-    description=(
-        "Every scraped replica of job {{ $labels.job }} has been an HA follower "
-        "(tw_exporter_leader == 0) for 5 minutes: nobody runs the queries, so business metrics "
-        "are absent."
-    ),
-    runbook=(
-        "With `--ha`, only the replica holding the group's advisory lock runs the queries; "
-        "here every scraped replica is a follower.",
-        "The lock database is down or unreachable from every replica (then "
-        "TwExporterDatabaseDown fires too); the leader is running but not scraped (its "
-        "target is down or missing from the ServiceMonitor); another process holds the "
-        "advisory lock of the same `--ha-group` key.",
-        "Read the replicas' logs (`elected leader`, `no longer the leader`, lock errors); "
-        "find the lock holder with the query in "
-        "[docs/high-availability.md](docs/high-availability.md); check that every pod is "
-        "scraped.",
-    ),
-)
-
-
 HEALTH = Group(
     "tw-exporter.health",
     (
@@ -530,7 +504,30 @@ HEALTH = Group(
                 "make the data older than the interval suggests.",
             ),
         ),
-        NO_LEADER,
+        Alert(
+            name="TwExporterNoLeader",
+            expr=f"max by (job) ({LEADER.name}{_TARGET}) == 0",
+            for_="5m",
+            severity="critical",
+            summary="No tw-exporter replica of job {{ $labels.job }} leads: no business metrics",
+            description=(
+                "Every scraped replica of job {{ $labels.job }} has been an HA follower "
+                f"({LEADER.name} == 0) for 5 minutes: nobody runs the queries, so business "
+                "metrics are absent."
+            ),
+            runbook=(
+                "With `--ha`, only the replica holding the group's advisory lock runs the queries; "
+                "here every scraped replica is a follower.",
+                "The lock database is down or unreachable from every replica (then "
+                "TwExporterDatabaseDown fires too); the leader is running but not scraped (its "
+                "target is down or missing from the ServiceMonitor); another process holds the "
+                "advisory lock of the same `--ha-group` key.",
+                "Read the replicas' logs (`elected leader`, `no longer the leader`, lock errors); "
+                "find the lock holder with the query in "
+                "[docs/high-availability.md](docs/high-availability.md); check that every pod is "
+                "scraped.",
+            ),
+        ),
     ),
 )
 

@@ -98,6 +98,27 @@ def _state_stat(
     )
 
 
+def _fact_stat(
+    title: str,
+    description: str,
+    *targets: Target,
+    unit: str = "short",
+    text_mode: str = "auto",
+) -> Panel:
+    """A small uncoloured stat panel without a sparkline, one value per instance: facts about
+    each exporter (its version, interval, reloads) to read, not values to judge."""
+    return Panel(
+        title=title,
+        kind="stat",
+        description=description,
+        targets=targets,
+        width=6,
+        height=4,
+        unit=unit,
+        options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none", "textMode": text_mode},
+    )
+
+
 def _bars(title: str, description: str, expr: str) -> Panel:
     """Per-query counts of events that should not happen (skipped runs, shortened values) as
     bars, orange from one event on."""
@@ -327,38 +348,22 @@ ROWS: tuple[Row, ...] = (
                 "exporter cannot be scraped (TwExporterTargetDown).",
                 f"min by (instance) ({sel('up')})",
             ),
-            Panel(
-                title="Exporter version",
-                kind="stat",
-                description=f"The tw-exporter version each instance runs ({BUILD_INFO.name}).",
-                targets=(
-                    Target(
-                        f"max by (instance, {label(BUILD_INFO, 'version')}) ({sel(BUILD_INFO)})",
-                        "{{instance}}: {{version}}",
-                        instant=True,
-                    ),
+            _fact_stat(
+                "Exporter version",
+                f"The tw-exporter version each instance runs ({BUILD_INFO.name}).",
+                Target(
+                    f"max by (instance, {label(BUILD_INFO, 'version')}) ({sel(BUILD_INFO)})",
+                    "{{instance}}: {{version}}",
+                    instant=True,
                 ),
-                width=6,
-                height=4,
-                options={
-                    **_STAT_OPTIONS,
-                    "graphMode": "none",
-                    "colorMode": "none",
-                    "textMode": "name",
-                },
+                text_mode="name",
             ),
-            Panel(
-                title="Collection interval",
-                kind="stat",
-                description=(
-                    f"Configured collection interval ({INTERVAL.name}, --interval): how often "
-                    "business values refresh. Keep Prometheus' scrape interval at or below it."
-                ),
-                targets=(Target(f"max by (instance) ({sel(INTERVAL)})", "{{instance}}"),),
-                width=6,
-                height=4,
+            _fact_stat(
+                "Collection interval",
+                f"Configured collection interval ({INTERVAL.name}, --interval): how often "
+                "business values refresh. Keep Prometheus' scrape interval at or below it.",
+                Target(f"max by (instance) ({sel(INTERVAL)})", "{{instance}}"),
                 unit="s",
-                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
             ),
             _state_stat(
                 "HA role",
@@ -378,46 +383,30 @@ ROWS: tuple[Row, ...] = (
                 off=("FAILED", "red"),
                 on=("OK", "green"),
             ),
-            Panel(
-                title="Configuration loaded",
-                kind="stat",
-                description=(
-                    "Time since each instance last loaded its configuration successfully "
-                    f"(time() - {RELOAD_SUCCESS_TIMESTAMP.name}; the start counts)."
+            _fact_stat(
+                "Configuration loaded",
+                "Time since each instance last loaded its configuration successfully "
+                f"(time() - {RELOAD_SUCCESS_TIMESTAMP.name}; the start counts).",
+                Target(
+                    f"time() - max by (instance) ({sel(RELOAD_SUCCESS_TIMESTAMP)})",
+                    "{{instance}}",
                 ),
-                targets=(
-                    Target(
-                        f"time() - max by (instance) ({sel(RELOAD_SUCCESS_TIMESTAMP)})",
-                        "{{instance}}",
-                    ),
-                ),
-                width=6,
-                height=4,
                 unit="s",
-                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
             ),
-            Panel(
-                title="DSN file re-reads, last hour",
-                kind="stat",
-                description=(
-                    f"New DSNs taken from --dsn-file ({DSN_RELOADS.name}: a rotated Secret, "
-                    f"SIGHUP, a rejected password) and failed re-reads "
-                    f"({DSN_RELOAD_FAILURES.name}: the previous DSN stays in use) per instance."
+            _fact_stat(
+                "DSN file re-reads, last hour",
+                f"New DSNs taken from --dsn-file ({DSN_RELOADS.name}: a rotated Secret, "
+                f"SIGHUP, a rejected password) and failed re-reads "
+                f"({DSN_RELOAD_FAILURES.name}: the previous DSN stays in use) per instance.",
+                Target(
+                    f"sum by (instance) (increase({sel(DSN_RELOADS)}[1h]))",
+                    "{{instance}} new DSN",
                 ),
-                targets=(
-                    Target(
-                        f"sum by (instance) (increase({sel(DSN_RELOADS)}[1h]))",
-                        "{{instance}} new DSN",
-                    ),
-                    Target(
-                        f"sum by (instance) (increase({sel(DSN_RELOAD_FAILURES)}[1h]))",
-                        "{{instance}} failed",
-                    ),
+                Target(
+                    f"sum by (instance) (increase({sel(DSN_RELOAD_FAILURES)}[1h]))",
+                    "{{instance}} failed",
                 ),
-                width=6,
-                height=4,
                 unit="none",
-                options={**_STAT_OPTIONS, "graphMode": "none", "colorMode": "none"},
             ),
             Panel(
                 title="Data age per query, in its intervals",

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from exporter.config.queries_file import QueriesConfig, QueryDef, Schedule, bind
+from exporter.collect.custom import NUMERIC_TYPES, column_problems
+from exporter.config.queries_file import QueriesConfig, Schedule, bind
 
-# PostgreSQL types a sample value can come from (asyncpg returns int, float or Decimal).
-NUMERIC_TYPES = frozenset({"int2", "int4", "int8", "float4", "float8", "numeric", "oid", "money"})
+__all__ = ["NUMERIC_TYPES", "Prepared", "column_problems", "prepare_custom", "schedule_lines"]
 
 
 def schedule_lines(config: QueriesConfig) -> Iterator[str]:
@@ -41,24 +41,6 @@ def _describe(schedule: Schedule) -> str:
     if "max_series" in src:
         parts.append(f"max series {schedule.max_series} ({src['max_series']})")
     return ", ".join(parts)
-
-
-def column_problems(query: QueryDef, columns: dict[str, str]) -> list[str]:
-    """What is wrong between the file's columns and the statement's result columns."""
-    problems = []
-    for metric_name, metric in query.metrics.items():
-        value = metric.value or metric_name
-        if value not in columns:
-            problems.append(f"{metric_name}: value column {value!r} is not in the result")
-        elif columns[value] not in NUMERIC_TYPES:
-            problems.append(
-                f"{metric_name}: value column {value!r} has type {columns[value]}, "
-                "expected a number"
-            )
-        for label in metric.labels:
-            if label not in columns:
-                problems.append(f"{metric_name}: label column {label!r} is not in the result")
-    return problems
 
 
 @dataclass

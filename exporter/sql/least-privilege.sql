@@ -2,7 +2,9 @@
 --
 -- What the role may do: connect to THIS database, use the schema, and SELECT from the four
 -- tables the exporter reads (tw_users, tw_tweets, tw_hashtags, tw_tweet_hashtags). Nothing
--- else: no INSERT/UPDATE/DELETE/TRUNCATE, no CREATE in the schema, no other table. As a
+-- else: no INSERT/UPDATE/DELETE/TRUNCATE, no CREATE in the schema, no other table, and none of
+-- the functions through which a role without any table privilege can still write (see
+-- "Writing without table privileges" below). As a
 -- backstop for anyone who logs in with this role by hand, every session of the role also
 -- defaults to read-only transactions and a 10 s statement_timeout (the exporter sets its own,
 -- shorter timeouts per connection on top of these).
@@ -30,6 +32,23 @@
 -- refuses to touch an existing role that is a superuser or can create roles/databases, bypass
 -- row-level security or replicate: such a role is not "least privilege" and should not be
 -- silently downgraded by a script.
+--
+-- Writing without table privileges. PostgreSQL lets every role (PUBLIC) execute functions that
+-- store data however few privileges the role has: large objects (lo_create, lo_creat,
+-- lo_from_bytea, lo_put, lowrite, lo_truncate, lo_unlink; PostgreSQL 15 even allows them in a
+-- read-only transaction), notifications (pg_notify) and logical decoding messages written to
+-- the WAL (pg_logical_emit_message). A privilege granted to PUBLIC cannot be taken from one
+-- role, so the script revokes EXECUTE on these from PUBLIC in THIS database and grants it back
+-- to the other roles that use this database now (its owner, and roles owning or granted a table,
+-- view or sequence in it; superusers need no grant): applications keep working; a role that
+-- needs large objects or pg_notify and is not one of those needs
+--   GRANT EXECUTE ON FUNCTION lo_create(oid), ... TO that_role;
+-- (the script's NOTICE lists the functions). The same for the functions of the dblink
+-- extension, if installed (a second connection that commits on its own), and the role loses
+-- USAGE on every foreign server (postgres_fdw writes through its own connection too). The
+-- exporter itself never commits anything (every run ends in ROLLBACK), which also undoes
+-- these where the script was not applied; the NOTIFY command cannot be revoked, and sends
+-- nothing from a transaction that rolls back.
 --
 -- PostgreSQL 14 and older grant CREATE on schema public to PUBLIC (every role). There, also run
 --   REVOKE CREATE ON SCHEMA public FROM PUBLIC;
@@ -67,6 +86,11 @@ DECLARE
     max_connections int := current_setting('tw_exporter.connection_limit')::int;
     existing pg_roles%ROWTYPE;
     tbl text;
+    fn regprocedure;
+    other name;
+    server name;
+    -- Marks the roles this script made least-privilege: they get nothing back below.
+    marker text := 'tw-exporter least-privilege role (least-privilege.sql)';
 BEGIN
     IF role_name !~ '^[a-z_][a-z0-9_$]*$' THEN
         RAISE EXCEPTION 'role name % must be a lower-case SQL identifier', quote_literal(role_name);
@@ -115,6 +139,53 @@ BEGIN
             RAISE EXCEPTION 'table %.% does not exist: create the schema first', schema_name, tbl;
         END IF;
         EXECUTE format('GRANT SELECT ON TABLE %I.%I TO %I', schema_name, tbl, role_name);
+    END LOOP;
+
+    EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, marker);
+
+    -- Functions that write without any table privilege (see "Writing without table
+    -- privileges" above), and those of the dblink extension if it is installed.
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE (p.pronamespace = 'pg_catalog'::regnamespace
+               AND p.proname IN ('lo_create', 'lo_creat', 'lo_from_bytea', 'lo_import', 'lo_put',
+                                 'lowrite', 'lo_truncate', 'lo_truncate64', 'lo_unlink',
+                                 'pg_notify', 'pg_logical_emit_message'))
+           OR p.oid IN (SELECT d.objid FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+                        WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
+                          AND e.extname = 'dblink')
+        ORDER BY 1
+    LOOP
+        IF has_function_privilege(role_name, fn, 'EXECUTE')
+           AND EXISTS (SELECT 1 FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+                       WHERE p.oid = fn AND a.grantee = 0 AND a.privilege_type = 'EXECUTE') THEN
+            -- Granted to PUBLIC: revoke there, give back to the roles that use this database
+            -- (own it, own a relation in it or hold a privilege on one).
+            EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
+            FOR other IN
+                SELECT r.rolname FROM pg_roles r
+                WHERE r.rolname <> role_name AND r.rolname !~ '^pg_' AND NOT r.rolsuper
+                  AND coalesce(shobj_description(r.oid, 'pg_authid'), '') <> marker
+                  AND (r.oid = (SELECT datdba FROM pg_database WHERE datname = current_database())
+                       OR EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid
+                                  AND c.relnamespace NOT IN ('pg_catalog'::regnamespace,
+                                                             'information_schema'::regnamespace))
+                       OR EXISTS (SELECT 1 FROM pg_class c, aclexplode(c.relacl) a
+                                  WHERE a.grantee = r.oid))
+            LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, other);
+            END LOOP;
+            RAISE NOTICE 'revoked EXECUTE on % from PUBLIC (granted back to the roles using this database)', fn;
+        END IF;
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', fn, role_name);
+        IF has_function_privilege(role_name, fn, 'EXECUTE') THEN
+            RAISE WARNING 'role % can still execute % (through a role it is a member of)', role_name, fn;
+        END IF;
+    END LOOP;
+
+    -- Foreign servers: a foreign table's writes go through a connection of their own.
+    FOR server IN SELECT srvname FROM pg_foreign_server LOOP
+        EXECUTE format('REVOKE ALL ON FOREIGN SERVER %I FROM %I', server, role_name);
     END LOOP;
 END
 $$;
