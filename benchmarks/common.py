@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
@@ -9,14 +10,17 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from exporter.collectors.base import QueryCollector
+from exporter.config.settings import Settings, query_params
 from exporter.ops import dataset
 from exporter.ops.schema_file import SQL_DIR
+from exporter.pipeline import Pipeline, build_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -187,3 +191,31 @@ async def pg_description(dsn: str) -> str:
         await conn.close()
     extra = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
     return f"PostgreSQL {version} ({extra})"
+
+
+async def open_pipeline(
+    dsn: str,
+    params: Settings | None = None,
+    *,
+    query_timeout: float,
+    max_staleness: float = 3600.0,
+    interval: float = 3600.0,
+    collectors: Sequence[QueryCollector] | None = None,
+    process_metrics: bool = True,
+) -> Pipeline:
+    """The exporter's pipeline as ``run`` builds it (``exporter.pipeline``), opened;
+    ``run_all`` runs every query's scheduled job function once. Each run renders as soon as
+    it finishes (``render_gap`` 0): a timed cycle is its queries and renders, not the wait
+    that spaces renders out in production. Nothing is scheduled: ``interval`` only bounds the
+    queries' timeout (a timeout is at most the interval), so it is long by default."""
+    given = {"dsn": dsn, "query_timeout": query_timeout, "max_staleness": max_staleness}
+    settings = dataclasses.replace(
+        params or query_params(),
+        interval=interval,
+        **given,
+        sources={**(params.sources if params else {}), **dict.fromkeys(given, "given")},
+    )
+    pipeline = build_pipeline(settings, collectors=collectors, process_metrics=process_metrics)
+    pipeline.collector.render_gap = 0.0
+    await pipeline.open()
+    return pipeline

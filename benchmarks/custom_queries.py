@@ -44,12 +44,12 @@ import psutil
 
 from benchmarks.common import ADMIN_DSN, RESULTS, ensure_dataset, log
 from benchmarks.scrape import Server, free_port, get, measure_wrk, start, wait_for
-from exporter.collect.custom import collectors_for
 from exporter.collect.scheduler import Collector, start_scheduler
 from exporter.config.queries_file import QueriesConfig, parse
 from exporter.config.settings import query_params
-from exporter.db.database import MAX_POOL_SIZE, Database, pool_size_for
+from exporter.db.database import MAX_POOL_SIZE, Database
 from exporter.expose.snapshot import SnapshotStore
+from exporter.pipeline import build_pipeline
 
 QUERIES = 50
 SERIES = 100
@@ -78,19 +78,11 @@ def queries_file(queries: int = QUERIES, series: int = SERIES, builtins: bool = 
 
 
 async def rig(dsn: str, config: QueriesConfig) -> tuple[Database, SnapshotStore, Collector]:
-    schedules = config.schedules
-    database = Database(dsn, pool_size=pool_size_for(len(schedules)), query_timeout=10.0)
-    await database.open()
-    store = SnapshotStore(
-        interval=15.0,
-        max_staleness=3600.0,
-        queries=config.store_queries,
-    )
-    return (
-        database,
-        store,
-        Collector(database, store, query_params(), collectors_for(config), schedules),
-    )
+    """The exporter's pipeline on ``config``, as ``run`` builds it, opened."""
+    settings = query_params(dsn=dsn, query_timeout=10.0, max_staleness=3600.0)
+    pipeline = build_pipeline(settings, config)
+    await pipeline.open()
+    return pipeline.database, pipeline.store, pipeline.collector
 
 
 async def worst_stall(work: Any, settle: float = 0.3) -> tuple[float, float]:
@@ -133,7 +125,7 @@ async def burst_and_render(dsn: str) -> dict[str, Any]:
     scheduler.shutdown(wait=False)
 
     async def burst() -> None:  # all 50 queries finishing together, as their jobs do
-        await asyncio.gather(*(collector.run_query(name) for name in names))
+        await collector.run_all()
 
     all_done, worst = await worst_stall(burst)
     rss = psutil.Process().memory_info().rss / 2**20
@@ -293,18 +285,16 @@ async def fast_beside_slow(
         )
     text += "  fast: {sql: 'SELECT 1 AS tw_fast', interval: 1, metrics: {tw_fast: {help: h}}}\n"
     config = parse(text, query_params())
-    schedules = config.schedules
     application_name = f"tw-bench-fair-{os.getpid()}-{slow_queries}-{int(fair)}"
-    database = Database(
-        dsn, pool_size=MAX_POOL_SIZE, query_timeout=10.0, application_name=application_name
+    pipeline = build_pipeline(
+        query_params(
+            dsn=dsn, query_timeout=10.0, max_staleness=3600.0, max_connections=MAX_POOL_SIZE
+        ),
+        config,
+        application_name=application_name,
     )
-    await database.open()
-    store = SnapshotStore(
-        interval=15.0,
-        max_staleness=3600.0,
-        queries=config.store_queries,
-    )
-    collector = Collector(database, store, query_params(), collectors_for(config), schedules)
+    await pipeline.open()
+    database, store, collector = pipeline.database, pipeline.store, pipeline.collector
     database.slots.fair = fair  # the private switch: False is plain first come, first served
     successes: list[float] = []
     original = store.record_success

@@ -81,11 +81,9 @@ async def measure(dsn: str, mode: str, runs: int) -> dict[str, Any]:
     """One mode, in this process: ``runs`` runs of the query, RSS and times."""
     from exporter.allocator import pin_mmap_threshold
     from exporter.collect.custom import collectors_for
-    from exporter.collect.scheduler import Collector
     from exporter.config.queries_file import parse
     from exporter.config.settings import query_params
-    from exporter.db.database import Database
-    from exporter.expose.snapshot import SnapshotStore
+    from exporter.pipeline import build_pipeline
 
     pin_mmap_threshold()
     settings = query_params()
@@ -93,12 +91,14 @@ async def measure(dsn: str, mode: str, runs: int) -> dict[str, Any]:
     collectors = collectors_for(config)
     if mode == "all":
         collectors = tuple(dataclasses.replace(c, max_rows=None) for c in collectors)
-    database = Database(dsn, pool_size=1, query_timeout=60)
-    await database.open()
-    store = SnapshotStore(
-        interval=120, max_staleness=360, process_metrics=False, queries=config.store_queries
+    pipeline = build_pipeline(
+        dataclasses.replace(settings, dsn=dsn, max_connections=1, query_timeout=60),
+        config,
+        collectors=collectors,
+        process_metrics=False,
     )
-    collector = Collector(database, store, settings, collectors, config.schedules)
+    await pipeline.open()
+    database, store, collector = pipeline.database, pipeline.store, pipeline.collector
     process = psutil.Process()
     loop = asyncio.get_running_loop()
     worst = 0.0

@@ -18,13 +18,12 @@ import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.collect.custom import collectors_for
 from exporter.collect.reload import Reloader
-from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.collect.scheduler import Collector
 from exporter.config.queries_file import load
 from exporter.config.settings import query_params
-from exporter.db.database import Database
 from exporter.expose.snapshot import SnapshotStore
+from exporter.pipeline import build_pipeline
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import http_get, value
 
@@ -71,21 +70,15 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running(dsn: str, path: Path) -> AsyncIterator[Running]:
-    settings = query_params(queries_file=path)
-    config = load(path, settings)
-    database = Database(dsn, pool_size=5, query_timeout=5)
-    await database.open()
-    store = SnapshotStore(
-        interval=30, max_staleness=90, process_metrics=False, queries=config.store_queries
-    )
-    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
-    scheduler = start_scheduler(collector, 30)
+    """The exporter's pipeline on the queries file at ``path``, started as ``run`` starts it."""
+    settings = query_params(queries_file=path, dsn=dsn)
+    pipeline = build_pipeline(settings, load(path, settings), process_metrics=False)
+    await pipeline.open()
     try:
-        yield Running(store, collector, scheduler, Reloader(settings, config, collector, scheduler))
+        scheduler, reloader = pipeline.start()
+        yield Running(pipeline.store, pipeline.collector, scheduler, reloader)
     finally:
-        scheduler.shutdown(wait=False)
-        await collector.cancel_running(1.0)
-        await database.close()
+        await pipeline.close(1.0)
 
 
 async def test_a_valid_file_applies_the_difference_and_keeps_unchanged_series(

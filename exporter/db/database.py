@@ -89,11 +89,12 @@ from typing import Any
 
 import asyncpg
 
+from exporter.collectors.base import Resolve
 from exporter.config.dsn import DsnSource
 from exporter.config.settings import DEFAULT_MAX_CONNECTIONS
 from exporter.db import keepalive
 from exporter.db.connect import Connector
-from exporter.expose.health import FailureReason
+from exporter.db.failures import FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +182,6 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is 
         self.memo: dict[str, Any] = {}
 
 
-# A statement that depends on the connection it runs on: resolved there, inside the query's
-# read-only transaction and deadline, so a failure to resolve it is counted like the query's.
-Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 # How a statement's result is read on its connection (inside the transaction).
 Read = Callable[[asyncpg.Connection, str, Sequence[Any]], Awaitable[Any]]
 
