@@ -15,26 +15,22 @@ import time
 
 import asyncpg
 
-from benchmarks.common import db_name, dsn_for, ensure_dataset, median_time
+from benchmarks.common import db_name, dsn_for, ensure_dataset, median_time, open_pipeline
 from benchmarks.db_cycle import PARAMS, QUERY_TIMEOUT
-from exporter.collect.scheduler import Collector
 from exporter.collectors import COLLECTORS
-from exporter.db.database import Database
-from exporter.expose.snapshot import SnapshotStore
 
 
 async def cycle(dsn: str, label: str) -> None:
-    database = Database(dsn, pool_size=len(COLLECTORS), query_timeout=QUERY_TIMEOUT)
-    await database.open()
+    pipeline = await open_pipeline(dsn, PARAMS, query_timeout=QUERY_TIMEOUT)
+    database = pipeline.database
     try:
         per = {
             c.name: await median_time(lambda c=c: database.fetch(c.sql, c.params(PARAMS)), 3)
             for c in COLLECTORS
         }
-        collector = Collector(database, SnapshotStore(interval=15, max_staleness=3600), PARAMS)
-        total = await median_time(collector.run_cycle, 3)
+        total = await median_time(pipeline.run_all, 3)
     finally:
-        await database.close()
+        await pipeline.close(5.0)
     queries = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in per.items())
     print(f"{label}: cycle {total * 1000:.0f} ms ({queries})", flush=True)
 

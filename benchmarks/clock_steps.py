@@ -20,7 +20,6 @@ import asyncio
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -29,12 +28,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from benchmarks.common import ADMIN_DSN, RESULTS, ROOT, dsn_for, log, machine
-from benchmarks.soak import value
+from benchmarks.common import RESULTS, ROOT, drop_database, log, machine, schema_database
+from benchmarks.soak import listening_url, value
 from exporter.collectors import COLLECTORS, QUERY_NAMES
-from exporter.ops import dataset
 
 DATABASE = "tw_clock_steps"
 # Debian's faketime package, on any architecture (x86_64-linux-gnu, aarch64-linux-gnu, ...).
@@ -49,30 +45,18 @@ OWNER = {spec.name: c.name for c in COLLECTORS for spec in c.metrics}
 
 
 async def prepare() -> str:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    dsn = dsn_for(DATABASE)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await dataset.create_schema(conn)
-        await conn.execute(
-            "INSERT INTO tw_users (id, username, follower_count) VALUES (1, 'ann', 7);"
-            "INSERT INTO tw_tweets (id, user_id, like_count) VALUES (1, 1, 5);"
-            "INSERT INTO tw_hashtags (id, tag) VALUES (1, 'db');"
-            "INSERT INTO tw_tweet_hashtags VALUES (1, 1)"
-        )
-    finally:
-        await conn.close()
-    return dsn
+    return await schema_database(
+        DATABASE,
+        "INSERT INTO tw_users (id, username, follower_count) VALUES (1, 'ann', 7);"
+        "INSERT INTO tw_tweets (id, user_id, like_count) VALUES (1, 1, 5);"
+        "INSERT INTO tw_hashtags (id, tag) VALUES (1, 'db');"
+        "INSERT INTO tw_tweet_hashtags VALUES (1, 1)",
+    )
 
 
 def start(
     dsn: str, offset: Path, ha: bool, logs: Path, tree: Path
-) -> tuple[subprocess.Popen[str], str]:
+) -> tuple[subprocess.Popen[bytes], str]:
     offset.write_text("+0\n")
     env = {
         **os.environ,
@@ -90,14 +74,7 @@ def start(
         argv += ["--ha", "--ha-lease", "3"]
     with logs.open("w") as sink:
         proc = subprocess.Popen(argv, env=env, cwd=tree, stdin=subprocess.DEVNULL, stderr=sink)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (\S+)/metrics", logs.read_text())
-        if found:
-            return proc, found.group(1)
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the exporter did not start")
+    return proc, listening_url(proc, logs, "the exporter")
 
 
 class Watch:
@@ -244,14 +221,7 @@ def main() -> None:
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     log(f"wrote benchmarks/results/{args.out}.md")
 
-    async def drop() -> None:
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
+    asyncio.run(drop_database(DATABASE))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
@@ -9,14 +10,17 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from exporter.collectors.base import QueryCollector
+from exporter.config.settings import Settings, query_params
 from exporter.ops import dataset
 from exporter.ops.schema_file import SQL_DIR
+from exporter.pipeline import Pipeline, build_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -40,21 +44,48 @@ def db_name(scale: str) -> str:
     return f"tw_bench_{scale}"
 
 
-async def ensure_dataset(scale: str, *, rebuild: bool = False, database: str | None = None) -> str:
-    """Create ``tw_bench_<scale>`` (or ``database``) with the shared generator unless it already
-    holds the data."""
-    name, tweets = database or db_name(scale), SCALES[scale]
+async def create_database(name: str, *, fresh: bool = True) -> str:
+    """Create the database ``name`` beside ``ADMIN_DSN`` and return its DSN. ``fresh`` drops
+    it first, so a run starts from nothing; otherwise one that exists is kept, data and all,
+    for a run that reuses what an earlier one built."""
     admin = await asyncpg.connect(ADMIN_DSN)
     try:
+        if fresh:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if exists and rebuild:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            exists = None
         if not exists:
             await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    dsn = dsn_for(name)
+    return dsn_for(name)
+
+
+async def schema_database(name: str, rows: str) -> str:
+    """A fresh database ``name`` with the shipped schema and the few ``rows`` (INSERT
+    statements) a run needs; its DSN."""
+    dsn = await create_database(name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await dataset.create_schema(conn)
+        await conn.execute(rows)
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def drop_database(name: str) -> None:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def ensure_dataset(scale: str, *, rebuild: bool = False, database: str | None = None) -> str:
+    """Create ``tw_bench_<scale>`` (or ``database``) with the shared generator unless it already
+    holds the data."""
+    name, tweets = database or db_name(scale), SCALES[scale]
+    dsn = await create_database(name, fresh=rebuild)
     conn = await asyncpg.connect(dsn)
     try:
         await dataset.create_schema(conn)
@@ -77,11 +108,7 @@ async def ensure_dataset(scale: str, *, rebuild: bool = False, database: str | N
 
 
 async def drop_dataset(scale: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db_name(scale)}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(db_name(scale))
 
 
 # ------------------------------------------------------------------ indexes
@@ -164,3 +191,31 @@ async def pg_description(dsn: str) -> str:
         await conn.close()
     extra = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
     return f"PostgreSQL {version} ({extra})"
+
+
+async def open_pipeline(
+    dsn: str,
+    params: Settings | None = None,
+    *,
+    query_timeout: float,
+    max_staleness: float = 3600.0,
+    interval: float = 3600.0,
+    collectors: Sequence[QueryCollector] | None = None,
+    process_metrics: bool = True,
+) -> Pipeline:
+    """The exporter's pipeline as ``run`` builds it (``exporter.pipeline``), opened;
+    ``run_all`` runs every query's scheduled job function once. Each run renders as soon as
+    it finishes (``render_gap`` 0): a timed cycle is its queries and renders, not the wait
+    that spaces renders out in production. Nothing is scheduled: ``interval`` only bounds the
+    queries' timeout (a timeout is at most the interval), so it is long by default."""
+    given = {"dsn": dsn, "query_timeout": query_timeout, "max_staleness": max_staleness}
+    settings = dataclasses.replace(
+        params or query_params(),
+        interval=interval,
+        **given,
+        sources={**(params.sources if params else {}), **dict.fromkeys(given, "given")},
+    )
+    pipeline = build_pipeline(settings, collectors=collectors, process_metrics=process_metrics)
+    pipeline.collector.render_gap = 0.0
+    await pipeline.open()
+    return pipeline

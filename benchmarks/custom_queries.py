@@ -44,12 +44,12 @@ import psutil
 
 from benchmarks.common import ADMIN_DSN, RESULTS, ensure_dataset, log
 from benchmarks.scrape import Server, free_port, get, measure_wrk, start, wait_for
-from exporter.collect.custom import collectors_for
 from exporter.collect.scheduler import Collector, start_scheduler
 from exporter.config.queries_file import QueriesConfig, parse
 from exporter.config.settings import query_params
-from exporter.db.database import MAX_POOL_SIZE, Database, pool_size_for
+from exporter.db.database import MAX_POOL_SIZE, Database
 from exporter.expose.snapshot import SnapshotStore
+from exporter.pipeline import build_pipeline
 
 QUERIES = 50
 SERIES = 100
@@ -78,19 +78,11 @@ def queries_file(queries: int = QUERIES, series: int = SERIES, builtins: bool = 
 
 
 async def rig(dsn: str, config: QueriesConfig) -> tuple[Database, SnapshotStore, Collector]:
-    schedules = config.schedules
-    database = Database(dsn, pool_size=pool_size_for(len(schedules)), query_timeout=10.0)
-    await database.open()
-    store = SnapshotStore(
-        interval=15.0,
-        max_staleness=3600.0,
-        queries=config.store_queries,
-    )
-    return (
-        database,
-        store,
-        Collector(database, store, query_params(), collectors_for(config), schedules),
-    )
+    """The exporter's pipeline on ``config``, as ``run`` builds it, opened."""
+    settings = query_params(dsn=dsn, query_timeout=10.0, max_staleness=3600.0)
+    pipeline = build_pipeline(settings, config)
+    await pipeline.open()
+    return pipeline.database, pipeline.store, pipeline.collector
 
 
 async def worst_stall(work: Any, settle: float = 0.3) -> tuple[float, float]:
@@ -133,7 +125,7 @@ async def burst_and_render(dsn: str) -> dict[str, Any]:
     scheduler.shutdown(wait=False)
 
     async def burst() -> None:  # all 50 queries finishing together, as their jobs do
-        await asyncio.gather(*(collector.run_query(name) for name in names))
+        await collector.run_all()
 
     all_done, worst = await worst_stall(burst)
     rss = psutil.Process().memory_info().rss / 2**20
@@ -199,9 +191,30 @@ http {{
 """
 
 
+def start_nginx(workdir: Path) -> Server:
+    """nginx (``NGINX_CONF``: one worker) serving ``workdir``'s ``metrics`` file (and its
+    ``metrics.gz``, if there is one) on a free port, once it answers; stopped if it never
+    does."""
+    os.chmod(workdir, 0o755)  # noqa: S103 - nginx's worker (user nobody) reads the bytes
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Server(proc, f"http://127.0.0.1:{port}")
+    try:
+        wait_for(server.url + "/metrics")
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
 def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="tw-bench-nginx-"))
-    os.chmod(workdir, 0o755)  # noqa: S103 - nginx's worker (user nobody) reads the bytes
     path = workdir / "queries.yml"
     path.write_text(queries_file(builtins=True))
     port = free_port()
@@ -212,7 +225,7 @@ def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
         "/readyz",
     )  # fmt: skip
     out: dict[str, Any] = {"wrk_seconds": seconds}
-    nginx: subprocess.Popen[bytes] | None = None
+    nginx: Server | None = None
     try:
         _, body = get(exporter.url + "/metrics")  # /readyz: every query's data is served
         assert body.count(b"# TYPE tw_bench_q") == QUERIES
@@ -226,27 +239,17 @@ def scrape_vs_nginx(dsn: str, seconds: int) -> dict[str, Any]:
         out["body_bytes"] = len(body)
         out["exporter_plain"] = measure_wrk(exporter, "/metrics", seconds)
         out["exporter_gzip"] = measure_wrk_gzip(exporter, seconds)
-        nport = free_port()
-        conf = workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=workdir, port=nport))
-        nginx = subprocess.Popen(
-            ["nginx", "-c", str(conf), "-p", str(workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(f"http://127.0.0.1:{nport}/metrics")
-        server = Server(nginx, f"http://127.0.0.1:{nport}")
-        worker = list(psutil.Process(nginx.pid).children())
-        out["nginx_plain"] = measure_wrk(server, "/metrics", seconds)
-        out["nginx_gzip"] = measure_wrk_gzip(server, seconds)
+        nginx = start_nginx(workdir)
+        worker = list(psutil.Process(nginx.proc.pid).children())
+        out["nginx_plain"] = measure_wrk(nginx, "/metrics", seconds)
+        out["nginx_gzip"] = measure_wrk_gzip(nginx, seconds)
         out["nginx_workers"] = len(worker)
         for kind in ("plain", "gzip"):
             out[f"ratio_{kind}"] = out[f"exporter_{kind}"]["rps"] / out[f"nginx_{kind}"]["rps"]
     finally:
         exporter.stop()
         if nginx is not None:
-            nginx.terminate()
-            nginx.wait(10)
+            nginx.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return out
 
@@ -282,18 +285,16 @@ async def fast_beside_slow(
         )
     text += "  fast: {sql: 'SELECT 1 AS tw_fast', interval: 1, metrics: {tw_fast: {help: h}}}\n"
     config = parse(text, query_params())
-    schedules = config.schedules
     application_name = f"tw-bench-fair-{os.getpid()}-{slow_queries}-{int(fair)}"
-    database = Database(
-        dsn, pool_size=MAX_POOL_SIZE, query_timeout=10.0, application_name=application_name
+    pipeline = build_pipeline(
+        query_params(
+            dsn=dsn, query_timeout=10.0, max_staleness=3600.0, max_connections=MAX_POOL_SIZE
+        ),
+        config,
+        application_name=application_name,
     )
-    await database.open()
-    store = SnapshotStore(
-        interval=15.0,
-        max_staleness=3600.0,
-        queries=config.store_queries,
-    )
-    collector = Collector(database, store, query_params(), collectors_for(config), schedules)
+    await pipeline.open()
+    database, store, collector = pipeline.database, pipeline.store, pipeline.collector
     database.slots.fair = fair  # the private switch: False is plain first come, first served
     successes: list[float] = []
     original = store.record_success

@@ -5,8 +5,9 @@ For each scale and index state it measures, in one run and on the same connectio
 * ``seed``: the seed dashboard's original three statements (the "before" numbers);
 * ``bare``: the exporter's three statements through a bare ``asyncpg`` pool (``conn.fetch``);
 * ``exporter``: the same statements through ``exporter.db.database.Database`` (read-only
-  transaction, timeouts, error classification) and a full ``Collector.run_cycle`` (concurrent
-  queries, row -> metric mapping, snapshot render), exactly as the scheduler runs it;
+  transaction, timeouts, error classification) and a full cycle, ``Pipeline.run_all``: every
+  query's scheduled job function at once (row -> metric mapping, snapshot render), built by
+  ``exporter.pipeline`` as ``run`` builds it;
 * sequential vs concurrent: the bare statements one after another vs ``asyncio.gather``.
 """
 
@@ -24,12 +25,10 @@ from benchmarks.common import (
     ensure_dataset,
     log,
     median_time,
+    open_pipeline,
 )
-from exporter.collect.scheduler import Collector
 from exporter.collectors import COLLECTORS, seed
 from exporter.config.settings import query_params
-from exporter.db.database import Database
-from exporter.expose.snapshot import SnapshotStore
 
 SEED_SQL: dict[str, tuple[str, tuple[Any, ...]]] = {
     "top_users": (seed.TOP_USERS, (10,)),
@@ -46,8 +45,8 @@ async def measure_state(dsn: str, repeat: int) -> dict[str, Any]:
     """Every measurement for one database in its current index state."""
     result: dict[str, Any] = {"seed": {}, "bare": {}, "exporter": {}}
     pool = await asyncpg.create_pool(dsn, min_size=3, max_size=3)
-    database = Database(dsn, pool_size=len(COLLECTORS), query_timeout=QUERY_TIMEOUT)
-    await database.open()
+    pipeline = await open_pipeline(dsn, PARAMS, query_timeout=QUERY_TIMEOUT)
+    database, store = pipeline.database, pipeline.store
     try:
         async with pool.acquire() as conn:
             for name, (sql, args) in SEED_SQL.items():
@@ -79,12 +78,9 @@ async def measure_state(dsn: str, repeat: int) -> dict[str, Any]:
         async def seed_concurrent() -> None:
             await asyncio.gather(*(bare_one(s, a) for s, a in SEED_SQL.values()))
 
-        store = SnapshotStore(interval=15.0, max_staleness=3600.0)
-        collector = Collector(database, store, PARAMS)
-
         async def exporter_cycle() -> None:
             started = time.perf_counter()
-            reached = await collector.run_cycle()
+            reached = await pipeline.run_all()
             assert reached and store.ready, "cycle failed"
             result.setdefault("_cycle_samples", []).append(time.perf_counter() - started)
 
@@ -96,7 +92,7 @@ async def measure_state(dsn: str, repeat: int) -> dict[str, Any]:
         }
         result.pop("_cycle_samples", None)
     finally:
-        await database.close()
+        await pipeline.close(5.0)
         await pool.close()
     return result
 
@@ -107,8 +103,6 @@ async def window_sweep(scale: str, days: tuple[int, ...], repeat: int) -> list[d
     dsn = await ensure_dataset(scale)
     rows: list[dict[str, Any]] = []
     conn = await asyncpg.connect(dsn)
-    database = Database(dsn, pool_size=len(COLLECTORS), query_timeout=QUERY_TIMEOUT)
-    await database.open()
     try:
         await create_recommended(conn)
         tweets = await conn.fetchval("SELECT count(*) FROM tw_tweets")
@@ -119,14 +113,15 @@ async def window_sweep(scale: str, days: tuple[int, ...], repeat: int) -> list[d
                 d,
             )
             params = query_params(trending_days=d, stats_days=d)
-            store = SnapshotStore(interval=15.0, max_staleness=3600.0)
-            collector = Collector(database, store, params)
-            cycle = await median_time(collector.run_cycle, repeat)
+            pipeline = await open_pipeline(dsn, params, query_timeout=QUERY_TIMEOUT)
+            try:
+                cycle = await median_time(pipeline.run_all, repeat)
+            finally:
+                await pipeline.close(5.0)
             rows.append({"scale": scale, "tweets": tweets, "days": d, "in_window": in_window,
                          "cycle": cycle})  # fmt: skip
             log(f"[{scale}] window {d}d: {in_window:,} tweets, cycle {cycle * 1000:.0f} ms")
     finally:
-        await database.close()
         await conn.close()
     return rows
 

@@ -43,9 +43,8 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.common import ADMIN_DSN, RESULTS, ROOT, dsn_for, log, machine
+from benchmarks.common import RESULTS, ROOT, log, machine, schema_database
 from exporter.db.leader import LOCK_APPLICATION_PREFIX, QUERY_APPLICATION_PREFIX
-from exporter.ops import dataset
 
 DATABASE = "tw_bench_failover"
 FLAGS = ("--interval", "1", "--query-timeout", "0.5")
@@ -148,22 +147,9 @@ class Sampler:
 
 
 async def prepare() -> str:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    dsn = dsn_for(DATABASE)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await dataset.create_schema(conn)
-        await conn.execute(
-            "INSERT INTO tw_users (username, follower_count) VALUES ('ann', 7), ('bob', 3)"
-        )
-    finally:
-        await conn.close()
-    return dsn
+    return await schema_database(
+        DATABASE, "INSERT INTO tw_users (username, follower_count) VALUES ('ann', 7), ('bob', 3)"
+    )
 
 
 async def leader_and_follower(a: Replica, b: Replica) -> tuple[Replica, Replica]:

@@ -38,7 +38,7 @@ from exporter.collectors import QUERY_NAMES
 from exporter.config.http_security import HTTPSecurity
 from exporter.config.settings import query_params
 from exporter.db.database import APPLICATION_NAME
-from exporter.expose.health import FAILURE_REASONS
+from exporter.db.failures import FAILURE_REASONS
 from exporter.ops import dataset
 from exporter.ops.embedded import EmbeddedPostgres
 

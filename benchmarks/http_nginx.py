@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,43 +27,24 @@ from typing import Any
 import psutil
 
 from benchmarks.common import RESULTS, ROOT, SCALES, drop_dataset, ensure_dataset, log, machine
-from benchmarks.custom_queries import NGINX_CONF
-from benchmarks.scrape import Server, free_port, get, measure_wrk, wait_for
+from benchmarks.custom_queries import start_nginx
+from benchmarks.scrape import Server, free_port, get, measure_wrk, start
 
 SCALE = "http_nginx"  # -> database tw_bench_http_nginx
 
 
 def start_exporter(tree: Path, dsn: str) -> Server:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "run", "--dsn", dsn, "--interval", "1",
-         "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
-        cwd=tree, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    server = Server(proc, f"http://127.0.0.1:{port}")
-    try:
-        wait_for(server.url + "/readyz")
-    except Exception:
-        server.stop()
-        raise
-    return server
+    argv = ["-m", "exporter", "run", "--dsn", dsn, "--interval", "1",
+            "--listen", f"127.0.0.1:{port}", "--log-level", "warning"]  # fmt: skip
+    return start(argv, port, "/readyz", cwd=tree)
 
 
-def start_nginx(workdir: Path, body: bytes) -> Server:
-    os.chmod(workdir, 0o755)  # noqa: S103 - nginx's worker (user nobody) reads the bytes
+def serve_with_nginx(workdir: Path, body: bytes) -> Server:
     (workdir / "metrics").write_bytes(body)
     (workdir / "metrics").chmod(0o644)
-    port = free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
-    proc = subprocess.Popen(
-        ["nginx", "-c", str(conf), "-p", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = Server(proc, f"http://127.0.0.1:{port}")
-    wait_for(server.url + "/metrics")
-    workers = psutil.Process(proc.pid).children()
+    server = start_nginx(workdir)
+    workers = psutil.Process(server.proc.pid).children()
     assert len(workers) == 1, workers
     return server
 
@@ -76,7 +55,7 @@ def run(tree: Path, dsn: str, rounds: int, seconds: int) -> dict[str, Any]:
     nginx: Server | None = None
     try:
         _, body = get(exporter.url + "/metrics")
-        nginx = start_nginx(workdir, body)
+        nginx = serve_with_nginx(workdir, body)
         _, served = get(nginx.url + "/metrics")
         assert served == body
         servers = {"exporter": exporter, "nginx": nginx}

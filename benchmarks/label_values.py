@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import asyncpg
-
-from benchmarks.common import ADMIN_DSN, ROOT, dsn_for
+from benchmarks.common import ROOT, create_database
+from benchmarks.scrape import free_port
 from tests.hostile_labels import TAGS, USERS, load_hostile_labels
 
 DATABASE = "tw_bench_labels"
@@ -31,22 +29,9 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 async def fresh_database() -> str:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    dsn = dsn_for(DATABASE)
+    dsn = await create_database(DATABASE)
     await load_hostile_labels(dsn)
     return dsn
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def get(url: str, headers: dict[str, str]) -> bytes:

@@ -26,10 +26,8 @@ import tracemalloc
 
 from benchmarks.common import log
 from benchmarks.soak import PrivatePostgres, hold_lock, load
-from exporter.collect.scheduler import Collector
 from exporter.config.settings import query_params
-from exporter.db.database import Database
-from exporter.expose.snapshot import SnapshotStore
+from exporter.pipeline import build_pipeline
 
 HARNESS = (__file__, tracemalloc.__file__, "*/tests/pgbouncer.py", "*/benchmarks/soak.py")
 
@@ -50,17 +48,25 @@ async def trace(args: argparse.Namespace) -> None:
             from tests.pgbouncer import run_pgbouncer
 
             dsn = pooler.enter_context(run_pgbouncer(pg.admin_dsn, args.pgbouncer)).dsn_for(dsn)
-        database = Database(dsn, pool_size=3, query_timeout=args.query_timeout)
-        await database.open()
-        store = SnapshotStore(interval=args.interval, max_staleness=60.0)
-        collector = Collector(database, store, query_params())
+        pipeline = build_pipeline(
+            query_params(
+                dsn=dsn,
+                query_timeout=args.query_timeout,
+                interval=args.interval,
+                max_staleness=60.0,
+            )
+        )
+        await pipeline.open()
+        store = pipeline.store
+        cycles = 0
         tracemalloc.start(args.frames)
         started = time.monotonic()
         snapshots: list[tuple[float, tracemalloc.Snapshot]] = []
         locks: list[asyncio.Task[bool]] = []
         next_snapshot, next_restart, next_lock = 60.0, args.restart_every, args.lock_every / 2
         while (now := time.monotonic() - started) < args.minutes * 60:
-            await collector.run_cycle()
+            await pipeline.run_all()
+            cycles += 1
             store.render()
             if now >= next_restart:
                 next_restart += args.restart_every
@@ -77,12 +83,12 @@ async def trace(args: argparse.Namespace) -> None:
                 snapshots.append((now, snapshot))
                 size = sum(stat.size for stat in snapshot.statistics("filename"))
                 log(
-                    f"t={now:.0f}s cycles={collector.cycles_completed} "
+                    f"t={now:.0f}s cycles={cycles} "
                     f"traced (exporter and libraries)={size / 1024:.1f} KiB"
                 )
             await asyncio.sleep(args.interval)
         await asyncio.gather(*locks, return_exceptions=True)
-        await database.close()
+        await pipeline.close(5.0)
     finally:
         pooler.close()
         pg.cleanup()

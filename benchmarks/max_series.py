@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from benchmarks.common import ADMIN_DSN, RESULTS, dsn_for, log
+from benchmarks.common import RESULTS, create_database, log
 
 DATABASE = "tw_bench_max_series"
 MAX_SERIES = 100
@@ -58,13 +58,7 @@ def queries_file() -> str:
 async def ensure_rows(rows: int) -> str:
     """The benchmark's database with ``rows`` rows (created once; recreated if the count
     differs)."""
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
-            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
-    dsn = dsn_for(DATABASE)
+    dsn = await create_database(DATABASE, fresh=False)
     conn = await asyncpg.connect(dsn)
     try:
         have = -1
@@ -87,11 +81,9 @@ async def measure(dsn: str, mode: str, runs: int) -> dict[str, Any]:
     """One mode, in this process: ``runs`` runs of the query, RSS and times."""
     from exporter.allocator import pin_mmap_threshold
     from exporter.collect.custom import collectors_for
-    from exporter.collect.scheduler import Collector
     from exporter.config.queries_file import parse
     from exporter.config.settings import query_params
-    from exporter.db.database import Database
-    from exporter.expose.snapshot import SnapshotStore
+    from exporter.pipeline import build_pipeline
 
     pin_mmap_threshold()
     settings = query_params()
@@ -99,12 +91,14 @@ async def measure(dsn: str, mode: str, runs: int) -> dict[str, Any]:
     collectors = collectors_for(config)
     if mode == "all":
         collectors = tuple(dataclasses.replace(c, max_rows=None) for c in collectors)
-    database = Database(dsn, pool_size=1, query_timeout=60)
-    await database.open()
-    store = SnapshotStore(
-        interval=120, max_staleness=360, process_metrics=False, queries=config.store_queries
+    pipeline = build_pipeline(
+        dataclasses.replace(settings, dsn=dsn, max_connections=1, query_timeout=60),
+        config,
+        collectors=collectors,
+        process_metrics=False,
     )
-    collector = Collector(database, store, settings, collectors, config.schedules)
+    await pipeline.open()
+    database, store, collector = pipeline.database, pipeline.store, pipeline.collector
     process = psutil.Process()
     loop = asyncio.get_running_loop()
     worst = 0.0

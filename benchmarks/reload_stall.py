@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psutil
 
-from benchmarks.common import ADMIN_DSN, RESULTS, dsn_for, log
+from benchmarks.common import RESULTS, create_database, drop_database, log
 
 DATABASE = "tw_bench_reload_stall"
 OFF = (
@@ -64,27 +63,19 @@ def many_file(queries: int = 2000) -> str:
 
 
 async def measure(dsn: str, text: str) -> dict[str, Any]:
-    from exporter.collect.custom import collectors_for
-    from exporter.collect.reload import Reloader
-    from exporter.collect.scheduler import Collector, start_scheduler
     from exporter.config.queries_file import load
     from exporter.config.settings import query_params
-    from exporter.db.database import Database
-    from exporter.expose.snapshot import SnapshotStore
+    from exporter.pipeline import build_pipeline
 
     directory = Path(tempfile.mkdtemp(prefix="tw-reload-stall-"))
     path = directory / "queries.yml"
     path.write_text(START)
-    settings = query_params(queries_file=path)
-    config = load(path, settings)
-    database = Database(dsn, pool_size=5, query_timeout=5)
-    await database.open()
-    store = SnapshotStore(
-        interval=30, max_staleness=90, process_metrics=False, queries=config.store_queries
-    )
-    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
-    scheduler = start_scheduler(collector, 30)
-    reloader = Reloader(settings, config, collector, scheduler)
+    settings = query_params(queries_file=path, dsn=dsn)
+    # The exporter's pipeline, started as ``run`` starts it.
+    pipeline = build_pipeline(settings, load(path, settings), process_metrics=False)
+    await pipeline.open()
+    scheduler, reloader = pipeline.start()
+    database, collector = pipeline.database, pipeline.collector
     loop = asyncio.get_running_loop()
     stamps: list[tuple[float, float]] = []
     done = asyncio.Event()
@@ -134,24 +125,15 @@ async def measure(dsn: str, text: str) -> dict[str, Any]:
 
 
 async def run() -> dict[str, Any]:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await admin.close()
+    dsn = await create_database(DATABASE)
     try:
         report = {}
         for name, text in (("big", big_file()), ("many", many_file())):
             log(f"reloading {name}")
-            report[name] = await measure(dsn_for(DATABASE), text)
+            report[name] = await measure(dsn, text)
         return report
     finally:
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(DATABASE)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -189,9 +189,9 @@ def write(results: dict[str, Any]) -> str:
         "## DB cost per collection cycle",
         "",
         "`seed` is the seed dashboard's original SQL; `exporter` is the exporter's SQL through "
-        "its own `Database` and a full `Collector.run_cycle` (three queries concurrently, rows "
-        "mapped to metrics, exposition rendered); `bare pool` is the exporter's three "
-        "statements through a bare `asyncpg` pool with `asyncio.gather`.",
+        "its own `Database` and a full cycle, `Pipeline.run_all` (every query's scheduled job "
+        "at once, rows mapped to metrics, exposition rendered); `bare pool` is the exporter's "
+        "three statements through a bare `asyncpg` pool with `asyncio.gather`.",
         "",
         db_tables(results["db"]),
         "",

@@ -26,12 +26,16 @@ import time
 
 import asyncpg
 
-from benchmarks.common import ADMIN_DSN, create_recommended, dsn_for, log, median_time
-from exporter.collect.scheduler import Collector
+from benchmarks.common import (
+    ADMIN_DSN,
+    create_recommended,
+    dsn_for,
+    log,
+    median_time,
+    open_pipeline,
+)
 from exporter.collectors import COLLECTORS, schema, top_users, trending_hashtags
 from exporter.config.settings import query_params
-from exporter.db.database import Database
-from exporter.expose.snapshot import SnapshotStore
 from exporter.ops import advice, dataset
 
 PARAMS = query_params()
@@ -83,25 +87,21 @@ async def cycles(dsn: str, repeat: int) -> tuple[float, float]:
         for c in COLLECTORS
     )
     timings: dict[str, list[float]] = {"shapes": [], "fixed": []}
-    databases = {}
-    collectors = {}
-    for key, chosen in (("shapes", COLLECTORS), ("fixed", fixed)):
-        database = Database(dsn, pool_size=len(COLLECTORS), query_timeout=120.0)
-        await database.open()
-        databases[key] = database
-        store = SnapshotStore(interval=15.0, max_staleness=3600.0)
-        collectors[key] = Collector(database, store, PARAMS, chosen)
+    pipelines = {
+        key: await open_pipeline(dsn, PARAMS, query_timeout=120.0, collectors=chosen)
+        for key, chosen in (("shapes", COLLECTORS), ("fixed", fixed))
+    }
     try:
-        for collector in collectors.values():
-            await collector.run_cycle()
-        order = list(collectors)
+        for pipeline in pipelines.values():
+            await pipeline.run_all()
+        order = list(pipelines)
         for _ in range(repeat):
             for key in order:
-                timings[key].append(await median_time(collectors[key].run_cycle, 1, warmup=0))
+                timings[key].append(await median_time(pipelines[key].run_all, 1, warmup=0))
             order.reverse()
     finally:
-        for database in databases.values():
-            await database.close()
+        for pipeline in pipelines.values():
+            await pipeline.close(5.0)
     return statistics.median(timings["shapes"]), statistics.median(timings["fixed"])
 
 

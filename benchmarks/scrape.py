@@ -77,9 +77,15 @@ class Server:
             self.proc.wait()
 
 
-def start(argv: list[str], port: int, ready_path: str) -> Server:
+def start(argv: list[str], port: int, ready_path: str, cwd: Path = ROOT) -> Server:
+    """``python <argv>`` run in ``cwd`` (the tree whose code it runs), once ``ready_path``
+    answers 200 on ``port``; stopped again if it never does."""
     proc = subprocess.Popen(
-        [sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, *argv],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     server = Server(proc, f"http://127.0.0.1:{port}")
     try:

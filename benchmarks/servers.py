@@ -23,12 +23,9 @@ from typing import Any
 
 
 def run_exporter(args: argparse.Namespace) -> None:
-    from exporter.collect.scheduler import Collector, start_scheduler
-    from exporter.collectors import COLLECTORS
     from exporter.config.settings import query_params
-    from exporter.db.database import Database
     from exporter.expose.http import MetricsServer
-    from exporter.expose.snapshot import SnapshotStore
+    from exporter.pipeline import build_pipeline
 
     cycle_log = Path(args.cycle_log) if args.cycle_log else None
 
@@ -37,12 +34,18 @@ def run_exporter(args: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        store = SnapshotStore(interval=args.interval, max_staleness=3 * args.interval + 60)
-        database = Database(args.dsn, pool_size=len(COLLECTORS), query_timeout=args.query_timeout)
-        await database.open()
-        server = MetricsServer(store)
+        pipeline = build_pipeline(
+            query_params(
+                dsn=args.dsn,
+                query_timeout=args.query_timeout,
+                interval=args.interval,
+                max_staleness=3 * args.interval + 60,
+            )
+        )
+        await pipeline.open()
+        server = MetricsServer(pipeline.store)
         await server.start("127.0.0.1", args.port)
-        collector = Collector(database, store, query_params())
+        collector = pipeline.collector
         cycles: list[tuple[float, float]] = []
         original = collector.run_query
 
@@ -54,12 +57,11 @@ def run_exporter(args: argparse.Namespace) -> None:
                 cycles.append((started, time.time()))
 
         collector.run_query = logged_run  # type: ignore[method-assign]
-        scheduler = start_scheduler(collector, args.interval)
+        pipeline.start()
         print("ready", flush=True)
         await stop.wait()
-        scheduler.shutdown(wait=False)
+        await pipeline.close(5.0)
         await server.close()
-        await database.close()
         if cycle_log:
             cycle_log.write_text(json.dumps(cycles))
 

@@ -1,4 +1,6 @@
-"""Wires settings -> database -> collector -> snapshot -> HTTP together and runs until a signal."""
+"""Runs the exporter until a signal: binds the HTTP server, builds the pipeline
+(``exporter.pipeline``: database -> collector -> snapshot store) and wires HA, DSN-file
+rotation and reloads around it."""
 
 from __future__ import annotations
 
@@ -12,9 +14,8 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.allocator import pin_mmap_threshold
-from exporter.collect.custom import collectors_for
-from exporter.collect.reload import Outcome, Reloader
-from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.collect.reload import Outcome
+from exporter.collect.scheduler import Collector
 from exporter.config.dsn import DsnFile, DsnSource
 from exporter.config.http_security import HTTPSecurity
 from exporter.config.queries_file import QueriesConfig, config_for
@@ -30,6 +31,7 @@ from exporter.db.leader import (
 from exporter.expose.http import MetricsServer, ServerLimits
 from exporter.expose.snapshot import SnapshotStore
 from exporter.logs import add_secret, scrub_secrets
+from exporter.pipeline import build_pipeline, build_store
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,7 @@ async def listen(
     ``queries`` is the queries file already read (the CLI validates it first); without it the
     file named by the settings, if any, is read here."""
     config = queries if queries is not None else config_for(settings)
-    store = SnapshotStore(
-        interval=settings.interval,
-        max_staleness=settings.max_staleness,
-        queries=config.store_queries,
-        max_label_length=settings.max_label_length,
-    )
+    store = build_store(settings, config)
     server = MetricsServer(
         store,
         authenticator=security.authenticator,
@@ -110,22 +107,21 @@ async def serve(
     if listener is None:
         listener = await listen(settings, security, queries)
     store, server, config = listener.store, listener.server, listener.config
-    schedules = config.schedules
     replica = replica_name()
     query_dsn, ha_dsn = dsn_sources(settings)
-    database = Database(
-        query_dsn,
-        # The bound; the collector fits it to the enabled queries (again at each reload), and
-        # connections open only on demand.
-        pool_size=settings.max_connections,
-        query_timeout=settings.query_timeout,
+    pipeline = build_pipeline(
+        settings,
+        config,
+        store=store,
+        dsn=query_dsn,
         # With --ha, pg_stat_activity shows which replica runs the queries.
         application_name=application_name(QUERY_APPLICATION_PREFIX, replica)
         if settings.ha
         else APPLICATION_NAME,
     )
+    database, collector = pipeline.database, pipeline.collector
     try:
-        await database.open()
+        await pipeline.open()
     except BaseException:
         await server.close()
         raise
@@ -153,19 +149,16 @@ async def serve(
             len(config.builtins),
             len(config.custom),
         )
-    collector = Collector(database, store, settings, collectors_for(config), schedules=schedules)
     # The files to follow: the lock's only with --ha.
     followed = {query_dsn, ha_dsn} if settings.ha else {query_dsn}
     _follow_dsn_files(followed, query_dsn, database, store)
     leadership = (
         _leadership(settings, ha_dsn, replica, collector, store, stop) if settings.ha else None
     )
-    collector.fence = leadership
-    scheduler = start_scheduler(collector, settings.interval)
+    scheduler, reloader = pipeline.start(server, fence=leadership)
     if leadership is not None:
         leadership.on_elected = lambda: _lead(store, scheduler)
         leadership.start()
-    reloader = Reloader(settings, config, collector, scheduler, server)
 
     async def reload() -> Outcome:
         """SIGHUP and POST /-/reload: the DSN file(s) too, then the configuration files."""

@@ -376,6 +376,31 @@ def wait_until_sync(condition: Callable[[], bool], timeout: float = 15.0) -> Non
         time.sleep(0.05)
 
 
+async def run_until(argv: list[str], moved: Callable[[], Awaitable[bool]]) -> str:
+    """Start a long-running command (from the repository root), wait until ``moved()`` holds,
+    then Ctrl-C it: it must exit 0. Returns its output (stdout and stderr); a command that
+    exits before its work showed fails at once, with that output."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO
+    )
+
+    async def moved_while_running() -> bool:
+        if proc.returncode is not None:  # refused or failed: no point waiting
+            output = (await proc.communicate())[0].decode()
+            raise AssertionError(f"exited with {proc.returncode} before its work showed:\n{output}")
+        return await moved()
+
+    try:
+        await wait_until(moved_while_running, timeout=60, interval=0.2)
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        output = (await proc.communicate())[0].decode()
+    return output
+
+
 @pytest.fixture
 def frozen_pg(restartable_pg: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
     """``restartable_pg``, which this test may ``freeze()``: thawed at teardown whatever

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+import asyncpg
 import pytest
 import yaml
 from prometheus_client.openmetrics.parser import (
@@ -111,6 +112,27 @@ def require_tool(name: str, *candidates: Path, hint: str = "") -> str:
 
 def promtool() -> str:
     return require_tool("promtool", hint="Debian package prometheus")
+
+
+# ------------------------------------------------------------------ the database
+
+
+async def execute(dsn: str, sql: str) -> None:
+    """Run ``sql`` (one statement or several) on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def fetchval(dsn: str, sql: str) -> object:
+    """The first column of the first row of ``sql``, on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
 
 
 # ------------------------------------------------------------------ a real Prometheus

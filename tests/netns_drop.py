@@ -93,7 +93,7 @@ async def scenario(dsn: str) -> dict[str, Any]:
     pool = rig.database._pool
     assert pool is not None
     try:
-        out["first_cycle"] = await rig.collector.run_cycle()
+        out["first_cycle"] = await rig.run_all()
         async with pool.acquire() as conn:
             out["options"] = socket_options(conn)
         # A connection without the options, for contrast.
@@ -107,14 +107,14 @@ async def scenario(dsn: str) -> dict[str, Any]:
 
         # 2. A run now: no pooled connection left, a fresh connect gets no SYN-ACK.
         started = time.monotonic()
-        out["cycle_connect"] = await rig.collector.run_cycle()
+        out["cycle_connect"] = await rig.run_all()
         out["cycle_connect_seconds"] = time.monotonic() - started
         out["up_connect"] = value(rig.text, "tw_up")
         out["connection_errors"] = {q: rig.errors(q, "connection") for q in QUERY_NAMES}
 
         # 3. The path comes back: the next run succeeds with the right numbers.
         drop(False)
-        out["cycle_back"] = await rig.collector.run_cycle()
+        out["cycle_back"] = await rig.run_all()
         out["up_back"] = value(rig.text, "tw_up")
         out["followers_back"] = len(series(rig.text, "tw_user_followers"))
 
@@ -122,7 +122,7 @@ async def scenario(dsn: str) -> dict[str, Any]:
         #    queries get no answer and the deadline closes them.
         drop(True)
         started = time.monotonic()
-        out["cycle_deadline"] = await rig.collector.run_cycle()
+        out["cycle_deadline"] = await rig.run_all()
         out["cycle_deadline_seconds"] = time.monotonic() - started
         out["timeout_errors"] = {q: rig.errors(q, "timeout") for q in QUERY_NAMES}
         out["up_deadline"] = value(rig.text, "tw_up")
@@ -136,7 +136,7 @@ async def scenario(dsn: str) -> dict[str, Any]:
         out["plain_open_at_end"] = not plain.is_closed()
         plain.terminate()
         drop(False)
-        out["cycle_final"] = await rig.collector.run_cycle()
+        out["cycle_final"] = await rig.run_all()
     finally:
         await rig.database.close(grace=1)
     return out

@@ -15,7 +15,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from tests.conftest import wait_until_sync
-from tests.helpers import require_tool
+from tests.helpers import free_port, require_tool
 
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
 LISTENING = "listening on 127.0.0.1:"
@@ -66,20 +65,59 @@ class PgBouncer:
         return "".join(self.lines)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _os_user(backend: Backend) -> str | None:
-    """Who runs PgBouncer: None means ourselves (not root)."""
+def os_account(backend: Backend) -> pwd.struct_passwd | None:
+    """Who runs PgBouncer: None means ourselves (not root); under root ``postgres`` for a
+    server over TCP, or the owner of the server's unix socket directory."""
     if os.geteuid() != 0:
         return None
     if backend.host.startswith("/"):
-        return pwd.getpwuid(Path(backend.host).stat().st_uid).pw_name
-    return "postgres"
+        return pwd.getpwuid(Path(backend.host).stat().st_uid)
+    return pwd.getpwnam("postgres")
+
+
+def start_pgbouncer(
+    argv: list[str], directory: Path, account: pwd.struct_passwd | None
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """PgBouncer (``argv``: its binary and arguments) run in ``directory`` as ``account``,
+    once it listens; its log lines keep arriving in the returned list. Popen switches user
+    itself (no runuser in between), so terminate() reaches PgBouncer. One that exits or never
+    listens is stopped and fails with its log."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=directory,
+        user=None if account is None else account.pw_uid,
+        group=None if account is None else account.pw_gid,
+        extra_groups=None if account is None else [],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        wait_until_sync(lambda: LISTENING in "".join(lines) or proc.poll() is not None)
+        if proc.poll() is not None:
+            raise AssertionError("pgbouncer did not start:\n" + "".join(lines))
+    except BaseException:
+        stop_pgbouncer(proc)
+        raise
+    return proc, lines
+
+
+def stop_pgbouncer(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def _config(backend: Backend, port: int, pool_mode: str, extra: dict[str, str]) -> str:
@@ -111,45 +149,16 @@ def run_pgbouncer(server_dsn: str, pool_mode: str, **extra: str) -> Iterator[PgB
     directory = Path(tempfile.mkdtemp(prefix="tw-exporter-pgbouncer-"))
     try:
         directory.chmod(0o755)
-        port = _free_port()
+        port = free_port()
         config = directory / "pgbouncer.ini"
         config.write_text(_config(backend, port, pool_mode, extra))
         (directory / "userlist.txt").write_text(f'"{backend.user}" ""\n')
         for path in (config, directory / "userlist.txt"):
             path.chmod(0o644)
-        user = _os_user(backend)
-        account = None if user is None else pwd.getpwnam(user)
-        # Popen switches user itself (no runuser in between), so terminate() reaches PgBouncer.
-        proc = subprocess.Popen(
-            [binary, str(config)],
-            cwd=directory,
-            user=None if account is None else account.pw_uid,
-            group=None if account is None else account.pw_gid,
-            extra_groups=None if account is None else [],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        bouncer = PgBouncer(port=port, pool_mode=pool_mode, directory=directory, proc=proc)
-
-        def pump() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                bouncer.lines.append(line)
-
-        threading.Thread(target=pump, daemon=True).start()
+        proc, lines = start_pgbouncer([binary, str(config)], directory, os_account(backend))
         try:
-            wait_until_sync(lambda: LISTENING in bouncer.logs() or proc.poll() is not None)
-            if proc.poll() is not None:
-                raise AssertionError(f"pgbouncer did not start:\n{bouncer.logs()}")
-            yield bouncer
+            yield PgBouncer(port, pool_mode, directory, proc, lines)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_pgbouncer(proc)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -1,27 +1,44 @@
-"""The collection pipeline wired in-process on a database (database, snapshot store, collector)
-and the few rows the fault tests read; shared by the fault, freeze, PgBouncer and replica tests
-(``tests/conftest.py``'s ``rigs`` fixture closes what they open)."""
+"""The collection pipeline in-process on a database, built by ``exporter.pipeline`` as the
+exporter builds it, and the few rows the fault tests read; shared by the fault, freeze,
+PgBouncer, replica and custom-query tests (``tests/conftest.py``'s ``rigs`` fixture closes what
+they open). ``Rig.run_all`` runs every query's scheduled job function once."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
 from exporter.collect.scheduler import Collector
-from exporter.collectors import COLLECTORS
 from exporter.collectors.base import QueryCollector
-from exporter.config.settings import query_params
+from exporter.config.queries_file import QueriesConfig
 from exporter.db.database import Database
 from exporter.expose.snapshot import SnapshotStore
+from exporter.pipeline import Pipeline, build_pipeline, settings_given
 from tests.helpers import value
 
 
 @dataclass
 class Rig:
-    database: Database
-    store: SnapshotStore
-    collector: Collector
+    pipeline: Pipeline
+
+    @property
+    def database(self) -> Database:
+        return self.pipeline.database
+
+    @property
+    def store(self) -> SnapshotStore:
+        return self.pipeline.store
+
+    @property
+    def collector(self) -> Collector:
+        return self.pipeline.collector
+
+    async def run_all(self) -> bool:
+        """Every query's scheduled job function once, concurrently."""
+        return await self.pipeline.run_all()
 
     @property
     def text(self) -> str:
@@ -36,12 +53,20 @@ async def make_rig(
     *,
     query_timeout: float = 2.0,
     max_staleness: float = 60.0,
-    collectors: tuple[QueryCollector, ...] = COLLECTORS,
+    collectors: Sequence[QueryCollector] | None = None,
+    config: QueriesConfig | None = None,
+    **settings: Any,
 ) -> Rig:
-    database = Database(dsn, pool_size=len(collectors), query_timeout=query_timeout)
-    await database.open()
-    store = SnapshotStore(interval=1.0, max_staleness=max_staleness, process_metrics=False)
-    return Rig(database, store, Collector(database, store, query_params(), collectors))
+    """The pipeline ``run`` builds, opened (no scheduler: the test runs the jobs). Settings are
+    ``run``'s defaults but for the arguments, as if given as flags; ``config`` defaults to the
+    built-ins on those settings;
+    ``collectors`` substitutes statements of the test's own under ``config``'s names."""
+    params = settings_given(
+        dsn=dsn, query_timeout=query_timeout, max_staleness=max_staleness, **settings
+    )
+    pipeline = build_pipeline(params, config, collectors=collectors, process_metrics=False)
+    await pipeline.open()
+    return Rig(pipeline)
 
 
 async def fill(dsn: str) -> None:

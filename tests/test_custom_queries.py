@@ -10,18 +10,16 @@ import gzip
 import time
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from exporter.collect.custom import collectors_for
-from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.collect.scheduler import start_scheduler
 from exporter.config.queries_file import QueriesConfig, load, parse
 from exporter.config.settings import query_params
-from exporter.db.database import MAX_POOL_SIZE, Database, pool_size_for
-from exporter.expose.snapshot import SnapshotStore
+from exporter.db.database import MAX_POOL_SIZE
 from tests.conftest import StartExporter, wait_until, wait_until_sync
-from tests.helpers import http_get, samples, series, value
+from tests.helpers import execute, http_get, samples, series, value
 from tests.rig import Rig
+from tests.rig import make_rig as rig_for
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "queries"
@@ -29,18 +27,7 @@ SETTINGS = query_params()
 
 
 async def make_rig(dsn: str, config: QueriesConfig, rigs: list[Rig]) -> Rig:
-    schedules = config.schedules
-    database = Database(dsn, pool_size=pool_size_for(len(schedules)), query_timeout=5.0)
-    await database.open()
-    store = SnapshotStore(
-        interval=SETTINGS.interval,
-        max_staleness=SETTINGS.max_staleness,
-        process_metrics=False,
-        queries=config.store_queries,
-    )
-    rig = Rig(
-        database, store, Collector(database, store, SETTINGS, collectors_for(config), schedules)
-    )
+    rig = await rig_for(dsn, config=config, query_timeout=5.0, max_staleness=SETTINGS.max_staleness)
     rigs.append(rig)
     return rig
 
@@ -50,14 +37,6 @@ def custom(text: str) -> QueriesConfig:
     off = "builtins: {top_users: {enabled: false}, trending_hashtags: {enabled: false}, "
     off += "platform_stats: {enabled: false}}\n"
     return parse(off + text, SETTINGS)
-
-
-async def execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 DATA = """
@@ -79,12 +58,12 @@ async def test_documented_examples_run_on_the_shipped_schema(
 ) -> None:
     await execute(seeded_db, DATA)
     signups = await make_rig(seeded_db, load(EXAMPLES / "signups.yml", SETTINGS), rigs)
-    assert await signups.collector.run_cycle() is True
+    assert await signups.run_all() is True
     assert value(signups.text, "tw_signups_last_hour") == 2  # ann and cy
     assert value(signups.text, "tw_user_followers", username="ann", verified="true") == 7
 
     activity = await make_rig(seeded_db, custom((EXAMPLES / "activity.yml").read_text()), rigs)
-    assert await activity.collector.run_cycle() is True
+    assert await activity.run_all() is True
     text = activity.text
     for query in activity.collector.collectors:
         for reason in ("timeout", "connection", "sql", "data"):
@@ -105,7 +84,7 @@ async def test_documented_examples_run_on_the_shipped_schema(
 
     builtins = await make_rig(seeded_db, load(EXAMPLES / "builtins.yml", SETTINGS), rigs)
     assert [c.name for c in builtins.collector.collectors] == ["top_users", "trending_hashtags"]
-    assert await builtins.collector.run_cycle() is True
+    assert await builtins.run_all() is True
     assert not series(builtins.text, "tw_platform_tweets")
     assert value(builtins.text, "tw_exporter_query_interval_seconds", query="top_users") == 15
 
@@ -139,7 +118,7 @@ async def test_bad_rows_count_as_data_errors_and_the_valid_rows_are_served(
     seeded_db: str, rigs: list[Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
     rig = await make_rig(seeded_db, custom(BAD_DATA), rigs)
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     text = rig.text
     samples(text)  # parses: no duplicate sample, whatever the rows were
     # Rows beyond max_series (3) are not read; of the first three, NULL value and NULL label
@@ -153,7 +132,7 @@ async def test_bad_rows_count_as_data_errors_and_the_valid_rows_are_served(
     assert len(problems) == 1
     assert "more than max_series (3) rows" in problems[0]
     assert "tw_text_value: 2 row(s) whose column s is not a number" in problems[0]
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert rig.errors("mixed", "data") == 2
 
 
@@ -166,7 +145,7 @@ async def test_duplicate_label_sets_keep_the_first_row(seeded_db: str, rigs: lis
         ),
         rigs,
     )
-    await rig.collector.run_cycle()
+    await rig.run_all()
     assert series(rig.text, "tw_dup") == {(("k", "a"),): 1.0, (("k", "b"),): 3.0}
     assert rig.errors("dup", "data") == 1
 
@@ -184,7 +163,7 @@ async def test_each_query_has_its_own_timeout(seeded_db: str, rigs: list[Rig]) -
         rigs,
     )
     started = time.monotonic()
-    await rig.collector.run_cycle()
+    await rig.run_all()
     assert time.monotonic() - started < 5  # the pool's 5 s did not apply to "slow"
     assert rig.errors("slow", "timeout") == 1
     assert value(rig.text, "tw_patient") == 1  # 0.3 s is within its own 20 s
@@ -201,7 +180,7 @@ async def test_forty_queries_share_a_bounded_pool_without_connection_errors(
         for i in range(40)
     )
     rig = await make_rig(seeded_db, custom("queries:\n" + body), rigs)
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     seen = [value(rig.text, f"tw_q{i}") for i in range(40)]
     assert all(v is not None for v in seen)
     assert max(v for v in seen if v is not None) <= MAX_POOL_SIZE
@@ -251,11 +230,11 @@ async def test_series_expire_after_their_own_max_staleness(seeded_db: str, rigs:
     await execute(seeded_db, DATA)
     now = [1000.0]
     rig.store._clock = lambda: now[0]
-    await rig.collector.run_cycle()
+    await rig.run_all()
     assert value(rig.text, "tw_short") == 1 and value(rig.text, "tw_long") == 1
     await execute(seeded_db, "ALTER TABLE tw_users RENAME TO tw_users_gone")
     now[0] += 3
-    await rig.collector.run_cycle()
+    await rig.run_all()
     assert value(rig.text, "tw_short") is None  # past its 2 s
     assert value(rig.text, "tw_long") == 1  # within its 100 s
     assert rig.store.stale_queries() == ["short"]
@@ -273,7 +252,7 @@ async def test_a_run_re_renders_only_its_own_part_and_gzip_members_join(
         ),
         rigs,
     )
-    await rig.collector.run_cycle()
+    await rig.run_all()
     part_a = rig.store.queries["a"].part
     assert part_a is not None
     await rig.collector.run_query("b")

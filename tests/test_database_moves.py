@@ -15,19 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from exporter.collect import scheduler
 from exporter.collectors import COLLECTORS, platform_stats, top_users, trending_hashtags
 from tests.conftest import StartExporter, wait_until
-from tests.helpers import series, value
+from tests.helpers import execute, series, value
 from tests.rig import UUID_MIGRATION, Rig, fill_existing, make_rig
-
-
-async def execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def database_name(dsn: str) -> str:
@@ -102,7 +93,6 @@ async def test_a_connection_the_server_closed_idle_is_retried_and_never_counted_
     seeded_db: str,
     rigs: list[Rig],
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``idle_session_timeout`` just under the time between runs: the server closes the pooled
     connection just as it is reused, and asyncpg reports whatever state it was in (often an
@@ -117,7 +107,7 @@ async def test_a_connection_the_server_closed_idle_is_retried_and_never_counted_
     rigs.append(rig)
     caplog.set_level(logging.DEBUG, logger="exporter.db")
     # Each run renders at once, so the connection's idle time is the sleep below.
-    monkeypatch.setattr(scheduler, "MIN_RENDER_GAP", 0.0)
+    rig.collector.render_gap = 0.0
     for run in range(RUNS):
         answered = await rig.collector.run_query("platform_stats")
         assert answered is True, errors(rig, "platform_stats")

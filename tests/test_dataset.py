@@ -19,6 +19,7 @@ import pytest
 from exporter.ops import dataset
 from exporter.ops.dataset import DatasetSpec
 from tests.conftest import PgServer
+from tests.helpers import execute
 
 TWEETS = 20_000
 SPEC = DatasetSpec(tweets=TWEETS, seed=42)
@@ -77,19 +78,11 @@ def admin_dsn(pg_server: PgServer) -> str:
 @pytest.fixture(scope="module")
 def scratch(admin_dsn: str) -> Iterator[Scratch]:
     name = f"tw_ds_test_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(execute(admin_dsn, f'CREATE DATABASE "{name}"'))
     try:
         yield Scratch(_with_database(admin_dsn, name))
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(execute(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,10 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -32,11 +31,12 @@ from tests.conftest import (
     PgServer,
     StartExporter,
     exporter_command,
+    run_until,
     wait_until,
     wait_until_sync,
 )
 from tests.helpers import free_port, http_get, require_tool, series
-from tests.pgbouncer import LISTENING, PGBOUNCER, Backend
+from tests.pgbouncer import PGBOUNCER, Backend, os_account, start_pgbouncer, stop_pgbouncer
 
 PAGE = REPO / "docs" / "your-own-database.md"
 DOC_DSN = re.compile(r"postgresql://postgres@127\.0\.0\.1:5432/(\w+)")
@@ -103,29 +103,6 @@ async def shell(pg_server: PgServer) -> AsyncIterator[Shell]:
     shell = Shell(pg_server)
     yield shell
     await shell.drop_all()
-
-
-async def run_until(argv: list[str], moved: Callable[[], Awaitable[bool]]) -> str:
-    """Start a long-running step, wait until ``moved()`` holds, then Ctrl-C it: exit 0."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO
-    )
-
-    async def moved_while_running() -> bool:
-        if proc.returncode is not None:  # refused or failed: no point waiting
-            output = (await proc.communicate())[0].decode()
-            raise AssertionError(f"exited with {proc.returncode} before its work showed:\n{output}")
-        return await moved()
-
-    try:
-        await wait_until(moved_while_running, timeout=60, interval=0.2)
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        output = (await proc.communicate())[0].decode()
-    return output
 
 
 async def count(dsn: str, table: str) -> int:
@@ -259,7 +236,7 @@ async def test_the_pgbouncer_section_runs_as_written(
     env: dict[str, str] = {}
     directory: Path | None = None
     bouncer: subprocess.Popen[str] | None = None
-    account = pgbouncer_account(backend)
+    account = os_account(backend)
 
     def swap(word: str) -> str:
         word = word.replace("tw_exporter", role).replace(":6432/", f":{port}/")
@@ -296,7 +273,7 @@ async def test_the_pgbouncer_section_runs_as_written(
                 elif words[0] == "runuser":
                     assert words[1:3] == ["-u", "postgres"], words
                     assert directory is not None
-                    bouncer = start_pgbouncer(words[4:], account, directory)
+                    bouncer = run_page_pgbouncer(words[4:], account, directory)
                 elif words[:2] == ["tw-exporter", "run"]:
                     assert bouncer is not None, "the page runs the exporter before PgBouncer"
                     await run_and_check_beside(words, env, exporter_proc, app, role)
@@ -305,20 +282,9 @@ async def test_the_pgbouncer_section_runs_as_written(
         assert bouncer is not None and bouncer.poll() is None
     finally:
         if bouncer is not None:
-            bouncer.terminate()
-            bouncer.wait(10)
+            stop_pgbouncer(bouncer)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def pgbouncer_account(backend: Backend) -> int | None:
-    """The uid PgBouncer runs as: the page's ``postgres`` over TCP; for the embedded server
-    (a unix socket in its 0700 data directory) the socket's owner; ourselves when not root."""
-    if os.geteuid() != 0:
-        return None
-    if backend.host.startswith("/"):
-        return Path(backend.host).stat().st_uid
-    return pwd.getpwnam("postgres").pw_uid
 
 
 def write_ini(
@@ -372,33 +338,13 @@ async def run_step(
         assert "check: ok" in result.stdout, result.stdout
 
 
-def start_pgbouncer(argv: list[str], uid: int | None, directory: Path) -> subprocess.Popen[str]:
+def run_page_pgbouncer(
+    argv: list[str], account: pwd.struct_passwd | None, directory: Path
+) -> subprocess.Popen[str]:
+    """The page's ``pgbouncer`` command line, as the account it runs as, once it listens."""
     binary = require_tool("pgbouncer", PGBOUNCER, hint="Debian package pgbouncer")
     assert argv[0] == str(PGBOUNCER), argv
-    account = None if uid is None else pwd.getpwuid(uid)
-    proc = subprocess.Popen(
-        [binary, *argv[1:]],
-        cwd=directory,
-        user=uid,
-        group=None if account is None else account.pw_gid,
-        extra_groups=None if account is None else [],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-
-    def started() -> bool:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        lines.append(line)
-        if not line and proc.poll() is not None:
-            raise AssertionError("pgbouncer exited:\n" + "".join(lines))
-        return LISTENING in line
-
-    wait_until_sync(started)
-    return proc
+    return start_pgbouncer([binary, *argv[1:]], directory, account)[0]
 
 
 async def run_and_check_beside(

@@ -54,14 +54,14 @@ def open_fds() -> int:
 
 async def timed_cycle(rig: Rig) -> tuple[bool, float]:
     started = time.monotonic()
-    answered = await rig.collector.run_cycle()
+    answered = await rig.run_all()
     return answered, time.monotonic() - started
 
 
 async def test_deadline_holds_during_a_freeze_and_nothing_leaks(
     frozen_pg: EmbeddedPostgres, rig: Rig
 ) -> None:
-    assert await rig.collector.run_cycle() is True  # three pooled connections, idle
+    assert await rig.run_all() is True  # three pooled connections, idle
     pool = rig.database._pool
     assert pool is not None
     fds, tasks = open_fds(), len(asyncio.all_tasks())
@@ -90,7 +90,7 @@ async def test_deadline_holds_during_a_freeze_and_nothing_leaks(
     assert len(asyncio.all_tasks()) <= tasks
 
     frozen_pg.thaw()
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert value(rig.text, "tw_up") == 1
     assert series(rig.text, "tw_user_followers") == FOLLOWERS
     assert value(rig.text, "tw_platform_tweets", window="7d") == 2
@@ -124,12 +124,12 @@ async def test_server_errors_are_answers_and_client_deadlines_are_not(
     finally:
         await conn.close()
     # Every query fails, but with the server's own error: the database answered.
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert value(rig.text, "tw_up") == 1
     assert all(rig.errors(name, "sql") == 1 for name in QUERY_NAMES)
 
     frozen_pg.freeze()
-    assert await rig.collector.run_cycle() is False
+    assert await rig.run_all() is False
     assert value(rig.text, "tw_up") == 0
     assert all(rig.errors(name, "timeout") == 1 for name in QUERY_NAMES)
 

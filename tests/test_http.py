@@ -190,7 +190,7 @@ async def test_a_request_sent_again_is_answered_from_its_bytes_like_the_first_ti
 
 
 class FakeBcrypt:
-    """Stands in for WebConfig's verifier (tested with real bcrypt in test_webconfig):
+    """Stands in for BasicAuth (tested with real bcrypt in test_webconfig):
     "u:p" verifies only the slow way first, then from the cache."""
 
     def __init__(self) -> None:

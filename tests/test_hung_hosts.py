@@ -14,7 +14,7 @@ import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import psutil
@@ -23,8 +23,9 @@ import pytest
 from exporter.collectors import QUERY_NAMES
 from exporter.db.connect import Connector, NoSuitableHost, suits
 from exporter.db.leader import Leadership
+from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import REPO, ExporterProcess, StartExporter, exporter_command, wait_until
-from tests.helpers import ahttp_get, unavailable, value
+from tests.helpers import ahttp_get, free_port, value
 from tests.pg_cluster import Pair, replayed, replication_pair
 from tests.rig import fill
 
@@ -156,11 +157,33 @@ def hung_host() -> Iterator[int]:
 
 
 def tcp_host(dsn: str) -> tuple[str, str]:
-    """(host:port, /database) of a test database reached over TCP (TW_TEST_DSN)."""
+    """(host:port, /database) of a test database reached over TCP (see ``tcp_db``)."""
     parts = urlsplit(dsn)
-    if not parts.hostname:
-        unavailable("a multi-host DSN needs the test server on TCP: set TW_TEST_DSN")
+    assert parts.hostname, f"not a TCP DSN: {dsn}"
     return f"{parts.hostname}:{parts.port or 5432}", parts.path
+
+
+@pytest.fixture
+async def tcp_db(seeded_db: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The seeded test database over TCP: a host list cannot hold a unix socket directory
+    (libpq's rule, and ours), and the embedded server listens on its socket only. There, a
+    private copy of it restarted on a loopback port, filled the same way."""
+    if urlsplit(seeded_db).hostname:
+        yield seeded_db
+        return
+    server: EmbeddedPostgres = request.getfixturevalue("restartable_pg")
+    dsn = server.restart_on_tcp("127.0.0.1", free_port())
+    await fill(dsn)
+    yield dsn
+
+
+@contextlib.contextmanager
+def hung_first(dsn: str, query: str) -> Iterator[str]:
+    """A two-host DSN, a hung host first and then the test database ``dsn`` (over TCP), with
+    the parameters ``query``; the hung host listens until the block ends."""
+    real, database = tcp_host(dsn)
+    with hung_host() as port:
+        yield f"postgresql://postgres@127.0.0.1:{port},{real}{database}?{query}"
 
 
 @pytest.mark.parametrize(
@@ -183,15 +206,8 @@ def test_session_attrs_accept_what_libpq_accepts(
     assert suits(attrs, standby=False, read_only=True) is read_only_primary
 
 
-async def test_each_host_gets_its_own_timeout_and_a_hung_one_goes_last(
-    seeded_db: str,
-) -> None:
-    real, database = tcp_host(seeded_db)
-    with hung_host() as port:
-        dsn = (
-            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
-            "?target_session_attrs=read-write&connect_timeout=2"
-        )
+async def test_each_host_gets_its_own_timeout_and_a_hung_one_goes_last(tcp_db: str) -> None:
+    with hung_first(tcp_db, "target_session_attrs=read-write&connect_timeout=2") as dsn:
         connector = Connector(dsn)
         started = time.monotonic()
         conn = await connector.connect(timeout=30)  # connect_timeout wins: 2 s per host
@@ -214,29 +230,21 @@ async def test_each_host_gets_its_own_timeout_and_a_hung_one_goes_last(
     assert second < 0.5, second  # the hung host is tried last now
 
 
-async def test_no_suitable_host_names_the_attribute_and_how_many_failed(
-    seeded_db: str,
-) -> None:
-    real, database = tcp_host(seeded_db)
-    with hung_host() as port:
-        dsn = (
-            f"postgresql://postgres@127.0.0.1:{port},{real}{database}?target_session_attrs=standby"
-        )
-        with pytest.raises(NoSuitableHost) as caught:
-            await Connector(dsn).connect(timeout=0.5)
+async def test_no_suitable_host_names_the_attribute_and_how_many_failed(tcp_db: str) -> None:
+    with (
+        hung_first(tcp_db, "target_session_attrs=standby") as dsn,
+        pytest.raises(NoSuitableHost) as caught,
+    ):
+        await Connector(dsn).connect(timeout=0.5)
     assert str(caught.value) == (
         "none of the 2 host(s) accepts target_session_attrs=standby; 1 did not answer "
         "(TimeoutError)"
     )
 
 
-async def test_prefer_standby_does_not_wait_again_for_a_standby_that_hung(seeded_db: str) -> None:
-    real, database = tcp_host(seeded_db)
-    with hung_host() as port:
-        connector = Connector(
-            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
-            "?target_session_attrs=prefer-standby&connect_timeout=2"
-        )
+async def test_prefer_standby_does_not_wait_again_for_a_standby_that_hung(tcp_db: str) -> None:
+    with hung_first(tcp_db, "target_session_attrs=prefer-standby&connect_timeout=2") as dsn:
+        connector = Connector(dsn)
         took = []
         for _ in range(2):
             started = time.monotonic()
@@ -247,14 +255,9 @@ async def test_prefer_standby_does_not_wait_again_for_a_standby_that_hung(seeded
     assert 2 <= took[0] < 3 and took[1] < 0.5, took
 
 
-def test_check_reaches_the_primary_past_a_hung_host(seeded_db: str) -> None:
+def test_check_reaches_the_primary_past_a_hung_host(tcp_db: str) -> None:
     """``check`` connects like the exporter: it failed with TimeoutError on such a list."""
-    real, database = tcp_host(seeded_db)
-    with hung_host() as port:
-        dsn = (
-            f"postgresql://postgres@127.0.0.1:{port},{real}{database}"
-            "?target_session_attrs=read-write"
-        )
+    with hung_first(tcp_db, "target_session_attrs=read-write") as dsn:
         result = subprocess.run(
             exporter_command("check", "--dsn", dsn, "--query-timeout", "2", "--interval", "5"),
             capture_output=True,

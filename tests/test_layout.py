@@ -1,48 +1,71 @@
-"""The package's layout (issue #14): rooms that follow the data flow, imported one way.
+"""The package's layout (issues #14, #24): rooms in data-flow order, imported one way.
 
-``exporter/`` is a few rooms: subpackages (``config``, ``db``, ``collect``, ``collectors``,
-``expose``, ``ops``, ``monitoring``) and the top-level modules ``cli``, ``__main__``, ``app`` and
-``logs``. ``ALLOWED`` says which rooms each room may import. Its arrows point only downwards (the
-table itself is checked for cycles): cli -> ops -> app -> collect -> db -> expose -> config ->
-collectors, with cli -> monitoring -> expose beside them, never back, so a reader can start at
-either end and a change that needs an arrow not in the table has to add it here, where a reviewer
-sees it. Imports inside functions and under
-``TYPE_CHECKING`` count: a lazy import still ties two modules together. ``WITHIN`` does the same
-inside a room for the modules that were split by job (the web config's sections, the HTTP
-server and its connections).
+``exporter/`` is a few rooms: subpackages (``collectors``, ``config``, ``db``, ``expose``,
+``collect``, ``ops``, ``monitoring``) and the top-level modules (``pipeline``, ``app``, ``cli``,
+``__main__``, ``logs``, ``allocator``). ``FLOW`` puts them in the order data flows: what the
+queries are, what the operator configured, the database that runs them, what is served of
+their results, the scheduler that moves rows from the database into what is served, and the
+wiring and commands on top. A room imports only rooms *before* it in ``FLOW`` (and ``ALLOWED``
+says which of those), so no arrow runs back against the data flow; docs/how-it-works.md shows
+the same order (checked here). Imports inside functions and under ``TYPE_CHECKING`` count: a
+lazy import still ties two modules together. ``WITHIN`` does the same inside a room for the
+modules that were split by job (the web config's sections, the HTTP server and its connections).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = "exporter"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+HOW_IT_WORKS = ROOT.parent / "docs" / "how-it-works.md"
 
-ALLOWED: dict[str, frozenset[str]] = {
-    "__main__": frozenset({"cli"}),
-    # the command line: parse, then hand over
-    "cli": frozenset({"app", "config", "logs", "monitoring", "ops"}),
-    # `tw-exporter monitoring` and the shipped rules and dashboard: names from the catalogue
-    "monitoring": frozenset({"collectors", "config", "expose"}),
-    # check, demo, sample-data: they may use everything below, including the real wiring
-    "ops": frozenset({"app", "collect", "collectors", "config", "db", "expose", "logs"}),
-    # wires config -> db -> collect -> expose and runs until a signal
-    "app": frozenset({"allocator", "collect", "collectors", "config", "db", "expose", "logs"}),
-    "logs": frozenset({"config"}),
+# The data flow, upstream first: a room may import only rooms listed before it.
+FLOW: tuple[str, ...] = (
+    # what the built-in queries are: SQL, tables, row -> metric (imports nothing of ours)
+    "collectors",
+    # what the operator writes down (settings, the queries file naming the queries)
+    "config",
+    # logging set-up, secrets scrubbed (the DSN's password comes from config)
+    "logs",
     # glibc's mmap threshold, fixed at start (issue #11)
-    "allocator": frozenset(),
-    # when queries run
-    "collect": frozenset({"collectors", "config", "db", "expose"}),
-    # how a query reaches PostgreSQL
-    "db": frozenset({"collectors", "config", "expose"}),
-    # what the operator writes down: nothing served, run or wired
-    "config": frozenset({"collectors"}),
-    # what is served (the label limits and other settings it serves by come from config)
-    "expose": frozenset({"collectors", "config"}),
-    # what the built-in queries are
+    "allocator",
+    # how a query reaches PostgreSQL, and why it failed (db.failures)
+    "db",
+    # what is served: the snapshot store, its health section, HTTP
+    "expose",
+    # the alert rules, dashboard and runbook, generated from the catalogue
+    "monitoring",
+    # when queries run: the scheduler runs each on db and writes its rows into expose's store
+    "collect",
+    # builds database -> collector -> store (+ scheduler, reloader): app, tests, benchmarks
+    "pipeline",
+    # runs the exporter until a signal: HTTP server, pipeline, HA, DSN files, reloads
+    "app",
+    # check, demo, sample-data
+    "ops",
+    # the command line: parse, then hand over
+    "cli",
+    "__main__",
+)
+ALLOWED: dict[str, frozenset[str]] = {
     "collectors": frozenset(),
+    "config": frozenset({"collectors"}),
+    "logs": frozenset({"config"}),
+    "allocator": frozenset(),
+    "db": frozenset({"collectors", "config"}),
+    "expose": frozenset({"collectors", "config", "db"}),
+    "monitoring": frozenset({"collectors", "config", "db", "expose"}),
+    "collect": frozenset({"collectors", "config", "db", "expose"}),
+    "pipeline": frozenset({"collect", "collectors", "config", "db", "expose"}),
+    "app": frozenset(
+        {"allocator", "collect", "collectors", "config", "db", "expose", "logs", "pipeline"}
+    ),
+    "ops": frozenset({"app", "collect", "collectors", "config", "db", "expose", "logs"}),
+    "cli": frozenset({"app", "config", "logs", "monitoring", "ops"}),
+    "__main__": frozenset({"cli"}),
 }
 # Inside a room, modules split by job (issue #24) import one way too: the web config's sections
 # share ``web_fields`` and never import the file's loader; the HTTP server imports its
@@ -161,6 +184,26 @@ def test_every_module_lives_in_a_known_room() -> None:
 def test_the_allowed_arrows_point_one_way() -> None:
     assert _cycle(ALLOWED) is None, f"ALLOWED has a cycle: {' -> '.join(_cycle(ALLOWED) or [])}"
     assert all(target in ALLOWED for targets in ALLOWED.values() for target in targets)
+
+
+def test_every_arrow_points_upstream_in_the_data_flow() -> None:
+    """A room imports only rooms before it in ``FLOW``: none runs back against the flow."""
+    assert sorted(FLOW) == sorted(ALLOWED), "FLOW and ALLOWED must name the same rooms"
+    back = [
+        f"{room} -> {target}"
+        for room, targets in ALLOWED.items()
+        for target in sorted(targets)
+        if FLOW.index(target) >= FLOW.index(room)
+    ]
+    assert not back, f"arrows against the data flow (tests/test_layout.py FLOW): {back}"
+
+
+def test_how_it_works_shows_the_same_order() -> None:
+    """docs/how-it-works.md's layout section lists the rooms in ``FLOW``'s order."""
+    text = HOW_IT_WORKS.read_text()
+    line = next((row for row in text.splitlines() if row.startswith("Data-flow order:")), None)
+    assert line is not None, "docs/how-it-works.md lost its 'Data-flow order:' line"
+    assert tuple(re.findall(r"`([\w_]+)`", line)) == FLOW, line
 
 
 def test_rooms_import_only_what_the_table_allows() -> None:

@@ -7,7 +7,6 @@ import ast
 import asyncio
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,8 @@ from exporter.ops.check import check
 from exporter.ops.demo import DEMO_DEFAULTS
 from exporter.ops.extras import EXTRAS
 from exporter.ops.schema_file import SCHEMA_PATH, annotated_schema
-from tests.conftest import REPO, MakeDb, PgServer, exporter_command, server_choice, wait_until
+from tests.conftest import REPO, MakeDb, PgServer, exporter_command, run_until, server_choice
+from tests.helpers import fetchval
 from tools.readme_tables import demo_table, metrics_table
 
 PASSWORD = "n3wc0mer-s3cret"
@@ -46,14 +46,6 @@ def _with_password(dsn: str) -> str:
     user = parts.username or "postgres"
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, f"{user}:{PASSWORD}@{host}", parts.path, parts.query, ""))
-
-
-async def _fetchval(dsn: str, sql: str) -> object:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
 
 
 async def _check_lines(dsn: str) -> tuple[int, list[str]]:
@@ -116,8 +108,8 @@ async def test_sample_data_loads_once_and_check_then_passes(make_db: MakeDb) -> 
     assert result.returncode == 0, output
     assert PASSWORD not in output
     assert "loaded 2000 tweets" in output
-    assert await _fetchval(dsn, "SELECT count(*) FROM tw_tweets") == 2000
-    assert await _fetchval(dsn, "SELECT count(*) FROM tw_users") == 100
+    assert await fetchval(dsn, "SELECT count(*) FROM tw_tweets") == 2000
+    assert await fetchval(dsn, "SELECT count(*) FROM tw_users") == 100
     status, lines = await _check_lines(dsn)
     assert status == 0, lines
     # A second run finds the sample's tables, holding rows: it loads nothing and says so.
@@ -125,7 +117,7 @@ async def test_sample_data_loads_once_and_check_then_passes(make_db: MakeDb) -> 
     assert again.returncode == 0, again.stdout + again.stderr
     assert "nothing loaded" in again.stdout and "2000 tweets" in again.stdout
     assert PASSWORD not in again.stdout + again.stderr
-    assert await _fetchval(dsn, "SELECT count(*) FROM tw_tweets") == 2000
+    assert await fetchval(dsn, "SELECT count(*) FROM tw_tweets") == 2000
 
 
 async def test_sample_data_refuses_tables_of_another_shape(seeded_db: str) -> None:
@@ -139,7 +131,7 @@ async def test_sample_data_refuses_tables_of_another_shape(seeded_db: str) -> No
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and "refused" in lines[0] and "public.tw_users has bio text" in lines[0]
-    assert await _fetchval(seeded_db, "SELECT count(*) FROM tw_users") == 0
+    assert await fetchval(seeded_db, "SELECT count(*) FROM tw_users") == 0
 
 
 CONSTRAINTS_SQL = """
@@ -165,14 +157,14 @@ async def test_sample_data_refuses_a_database_with_one_of_the_tables(make_db: Ma
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and "refused" in lines[0] and "public.tw_hashtags" in lines[0], lines
-    assert await _fetchval(dsn, CONSTRAINTS_SQL) == before
-    tables = await _fetchval(
+    assert await fetchval(dsn, CONSTRAINTS_SQL) == before
+    tables = await fetchval(
         dsn,
         "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relkind = 'r'"
         " AND relnamespace = 'public'::regnamespace",
     )
     assert tables == "my_posts,tw_hashtags"
-    assert await _fetchval(dsn, "SELECT label FROM tw_hashtags") == "mine"
+    assert await fetchval(dsn, "SELECT label FROM tw_hashtags") == "mine"
 
 
 async def test_the_loader_never_drops_a_foreign_key_it_did_not_create(seeded_db: str) -> None:
@@ -189,30 +181,18 @@ async def test_the_loader_never_drops_a_foreign_key_it_did_not_create(seeded_db:
 
 async def test_sample_data_keep_adding_moves_the_numbers_until_sigint(make_db: MakeDb) -> None:
     dsn = await make_db()
-    proc = await asyncio.create_subprocess_exec(
-        *exporter_command("sample-data", "--dsn", dsn, "--tweets", "1000", "--keep-adding"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=REPO,
-    )
-    try:
 
-        async def grew() -> bool:
-            conn = await asyncpg.connect(dsn)
-            try:
-                if not await conn.fetchval("SELECT to_regclass('tw_tweets') IS NOT NULL"):
-                    return False  # not committed yet
-                return bool(await conn.fetchval("SELECT count(*) FROM tw_tweets") > 1000)
-            finally:
-                await conn.close()
+    async def grew() -> bool:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if not await conn.fetchval("SELECT to_regclass('tw_tweets') IS NOT NULL"):
+                return False  # not committed yet
+            return bool(await conn.fetchval("SELECT count(*) FROM tw_tweets") > 1000)
+        finally:
+            await conn.close()
 
-        await wait_until(grew, timeout=60, interval=0.2)
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        output = (await proc.communicate())[0].decode()
+    argv = exporter_command("sample-data", "--dsn", dsn, "--tweets", "1000", "--keep-adding")
+    output = await run_until(argv, grew)
     assert "adding tweets, likes and followers" in output
 
 
@@ -280,7 +260,7 @@ def test_pytest_header_names_the_server_this_run_uses(
     header = conftest.pytest_report_header(pytestconfig)
     assert header.startswith("postgresql: ")
     if pg_server.kind.startswith("TW_TEST_DSN"):
-        version = asyncio.run(_fetchval(pg_server.dsn, "SHOW server_version"))
+        version = asyncio.run(fetchval(pg_server.dsn, "SHOW server_version"))
         assert "TW_TEST_DSN service" in header and f"PostgreSQL {version}" in header
     else:
         assert pg_server.kind in header

@@ -21,7 +21,7 @@ import pytest
 from exporter.collectors import COLLECTORS
 from exporter.config.settings import query_params
 from exporter.db.database import Database, QueryError
-from exporter.expose.health import FAILURE_REASONS
+from exporter.db.failures import FAILURE_REASONS
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import (
     REPO,
@@ -246,11 +246,11 @@ async def test_recovers_after_a_database_restart_behind_pgbouncer(
     with run_pgbouncer(restartable_pg.dsn, "transaction") as bouncer:
         rig = await make_rig(bouncer.dsn_for(restartable_pg.dsn))
         rigs.append(rig)
-        assert await rig.collector.run_cycle() is True
+        assert await rig.run_all() is True
         assert value(rig.text, "tw_user_followers", username="ann", verified="false") == 7
 
         restartable_pg.stop()
-        assert await rig.collector.run_cycle() is False
+        assert await rig.run_all() is False
         assert value(rig.text, "tw_up") == 0
         # PgBouncer either refuses at once ("server login has been failing": connection) or
         # queues the client until its deadline (timeout); neither is an answer.
@@ -265,7 +265,7 @@ async def test_recovers_after_a_database_restart_behind_pgbouncer(
         # a cycle may still fail, after that one succeeds with the new numbers.
         cycles = 0
         deadline = time.monotonic() + 15
-        while not await rig.collector.run_cycle():
+        while not await rig.run_all():
             cycles += 1
             assert time.monotonic() < deadline, rig.text
         assert value(rig.text, "tw_up") == 1

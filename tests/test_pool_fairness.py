@@ -6,6 +6,7 @@ a bad bound is one clear line."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 import uuid
@@ -17,13 +18,12 @@ import asyncpg
 import pytest
 
 from exporter.cli import main
-from exporter.collect.custom import collectors_for
-from exporter.collect.reload import Reloader
-from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.collect.scheduler import Collector
 from exporter.config.queries_file import QueriesConfig, load, parse
-from exporter.config.settings import ENV_PREFIX, query_params
+from exporter.config.settings import ENV_PREFIX, Settings, query_params
 from exporter.db.database import Database, Slots
 from exporter.expose.snapshot import SnapshotStore
+from exporter.pipeline import Pipeline, build_pipeline
 from tests.conftest import StartExporter, wait_until
 from tests.helpers import http_get, value
 
@@ -37,12 +37,22 @@ BACKENDS_SQL = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $
 
 @dataclass
 class Rig:
-    database: Database
-    store: SnapshotStore
-    collector: Collector
+    pipeline: Pipeline
     application_name: str
     admin: asyncpg.Connection
     seen: list[int] = field(default_factory=list)
+
+    @property
+    def database(self) -> Database:
+        return self.pipeline.database
+
+    @property
+    def store(self) -> SnapshotStore:
+        return self.pipeline.store
+
+    @property
+    def collector(self) -> Collector:
+        return self.pipeline.collector
 
     @property
     def text(self) -> str:
@@ -65,27 +75,28 @@ async def rigs() -> AsyncIterator[list[Rig]]:
     made: list[Rig] = []
     yield made
     for rig in made:
-        await rig.collector.cancel_running(1.0)
-        await rig.database.close()
+        await rig.pipeline.close(1.0)
         await rig.admin.close()
 
 
-async def make_rig(dsn: str, config: QueriesConfig, max_connections: int, rigs: list[Rig]) -> Rig:
+async def make_rig(
+    dsn: str,
+    config: QueriesConfig,
+    max_connections: int,
+    rigs: list[Rig],
+    settings: Settings = SETTINGS,
+) -> Rig:
+    """The exporter's pipeline on ``config`` (its scheduler not started yet)."""
     # A name of its own: other tests (and other exporters) share the server.
     application_name = f"tw-exporter-fair-{uuid.uuid4().hex[:8]}"
-    database = Database(
-        dsn, pool_size=max_connections, query_timeout=10.0, application_name=application_name
-    )
-    await database.open()
-    schedules = config.schedules
-    store = SnapshotStore(
-        interval=SETTINGS.interval,
-        max_staleness=SETTINGS.max_staleness,
+    pipeline = build_pipeline(
+        dataclasses.replace(settings, dsn=dsn, max_connections=max_connections, query_timeout=10.0),
+        config,
+        application_name=application_name,
         process_metrics=False,
-        queries=config.store_queries,
     )
-    collector = Collector(database, store, SETTINGS, collectors_for(config), schedules)
-    rig = Rig(database, store, collector, application_name, await asyncpg.connect(dsn))
+    await pipeline.open()
+    rig = Rig(pipeline, application_name, await asyncpg.connect(dsn))
     rigs.append(rig)
     return rig
 
@@ -115,7 +126,7 @@ async def test_queries_stuck_on_a_lock_never_starve_a_fast_one(
     await lock.start()
     await locker.execute("LOCK TABLE tw_users IN ACCESS EXCLUSIVE MODE")
     started = time.monotonic()
-    scheduler = start_scheduler(rig.collector, SETTINGS.interval)
+    rig.pipeline.start()
     try:
         successes: set[float] = set()
 
@@ -162,7 +173,7 @@ async def test_queries_stuck_on_a_lock_never_starve_a_fast_one(
         ]
         assert max(waits) >= released - started - 1.0
     finally:
-        scheduler.shutdown(wait=False)
+        await rig.pipeline.close(1.0)
         if not locker.is_closed():
             await locker.close()
 
@@ -184,9 +195,8 @@ async def test_a_reload_resizes_the_pool_to_the_queries_enabled(
     path.write_text(four)
     settings = query_params(queries_file=path)
     config = load(path, settings)
-    rig = await make_rig(seeded_db, config, 3, rigs)
-    scheduler = start_scheduler(rig.collector, settings.interval)
-    reloader = Reloader(settings, config, rig.collector, scheduler)
+    rig = await make_rig(seeded_db, config, 3, rigs, settings)
+    _, reloader = rig.pipeline.start()
     try:
         assert rig.database.slots.capacity == 3  # 4 queries, bound 3
 
@@ -219,7 +229,7 @@ async def test_a_reload_resizes_the_pool_to_the_queries_enabled(
         assert rig.database.slots.capacity == 3
         await wait_until(three_in_use, timeout=15)
     finally:
-        scheduler.shutdown(wait=False)
+        await rig.pipeline.close(1.0)
 
 
 async def test_the_flag_bounds_a_running_exporter(

@@ -4,6 +4,7 @@ boundary and rows outside the window."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -11,10 +12,8 @@ from datetime import timedelta
 
 import asyncpg
 
-from exporter.collectors import platform_stats, top_users, trending_hashtags
 from exporter.config.settings import Settings, query_params
-from exporter.db.database import Database
-from exporter.expose.snapshot import SnapshotStore
+from exporter.pipeline import build_pipeline
 from tests.helpers import series, value
 
 NAMES = [
@@ -136,20 +135,24 @@ def expected_trending(
 
 
 async def scrape(dsn: str, params: Settings) -> str:
-    database = Database(dsn, pool_size=3, query_timeout=5)
-    await database.open()
-    store = SnapshotStore(interval=30, max_staleness=90, process_metrics=False)
+    """What ``/metrics`` serves after every query's scheduled job ran once on ``params``; a
+    query that failed fails here."""
+    pipeline = build_pipeline(
+        dataclasses.replace(params, dsn=dsn, query_timeout=5.0), process_metrics=False
+    )
+    await pipeline.open()
     try:
-        for collector in (
-            top_users.COLLECTOR,
-            trending_hashtags.COLLECTOR,
-            platform_stats.COLLECTOR,
-        ):
-            result = await database.fetch(collector.statement, collector.params(params))
-            store.record_success(collector.name, collector.to_families(result.rows, params), 0)
+        assert await pipeline.run_all() is True
     finally:
-        await database.close()
-    return store.render().text.body.decode()
+        await pipeline.close(1.0)
+    text = pipeline.store.current.text.body.decode()
+    failed = [
+        line
+        for line in text.splitlines()
+        if line.startswith("tw_exporter_query_errors_total") and not line.endswith(" 0.0")
+    ]
+    assert not failed, failed
+    return text
 
 
 async def test_numbers_match_an_independent_computation(seeded_db: str) -> None:

@@ -18,13 +18,12 @@ import asyncpg
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.collect.custom import collectors_for
 from exporter.collect.reload import Reloader
-from exporter.collect.scheduler import Collector, start_scheduler
+from exporter.collect.scheduler import Collector
 from exporter.config.queries_file import load
 from exporter.config.settings import query_params
-from exporter.db.database import Database
 from exporter.expose.snapshot import SnapshotStore
+from exporter.pipeline import build_pipeline
 from tests.conftest import StartExporter, wait_until, wait_until_sync
 from tests.helpers import http_get, value
 
@@ -55,24 +54,31 @@ class Running:
     scheduler: AsyncIOScheduler
     reloader: Reloader
 
+    def text(self) -> str:
+        """The text exposition served now."""
+        return self.store.current.text.body.decode()
+
+    async def first_served(self) -> None:
+        """Wait until every query of ``FIRST`` has served its series."""
+
+        async def all_ran() -> bool:
+            text = self.text()
+            return all(value(text, f"tw_{n}") is not None for n in ("kept", "changed", "removed"))
+
+        await wait_until(all_ran)
+
 
 @contextlib.asynccontextmanager
 async def running(dsn: str, path: Path) -> AsyncIterator[Running]:
-    settings = query_params(queries_file=path)
-    config = load(path, settings)
-    database = Database(dsn, pool_size=5, query_timeout=5)
-    await database.open()
-    store = SnapshotStore(
-        interval=30, max_staleness=90, process_metrics=False, queries=config.store_queries
-    )
-    collector = Collector(database, store, settings, collectors_for(config), config.schedules)
-    scheduler = start_scheduler(collector, 30)
+    """The exporter's pipeline on the queries file at ``path``, started as ``run`` starts it."""
+    settings = query_params(queries_file=path, dsn=dsn)
+    pipeline = build_pipeline(settings, load(path, settings), process_metrics=False)
+    await pipeline.open()
     try:
-        yield Running(store, collector, scheduler, Reloader(settings, config, collector, scheduler))
+        scheduler, reloader = pipeline.start()
+        yield Running(pipeline.store, pipeline.collector, scheduler, reloader)
     finally:
-        scheduler.shutdown(wait=False)
-        await collector.cancel_running(1.0)
-        await database.close()
+        await pipeline.close(1.0)
 
 
 async def test_a_valid_file_applies_the_difference_and_keeps_unchanged_series(
@@ -81,15 +87,8 @@ async def test_a_valid_file_applies_the_difference_and_keeps_unchanged_series(
     path = tmp_path / "queries.yml"
     path.write_text(FIRST)
     async with running(seeded_db, path) as rig:
-        store, scheduler, reloader = rig.store, rig.scheduler, rig.reloader
-
-        def text() -> str:
-            return store.current.text.body.decode()
-
-        async def all_ran() -> bool:
-            return all(value(text(), f"tw_{n}") is not None for n in ("kept", "changed", "removed"))
-
-        await wait_until(all_ran)
+        store, scheduler, reloader, text = rig.store, rig.scheduler, rig.reloader, rig.text
+        await rig.first_served()
         kept_part = store.queries["kept"].part
         kept_success = value(
             text(), "tw_exporter_query_last_success_timestamp_seconds", query="kept"
@@ -235,15 +234,8 @@ async def test_a_failed_reload_changes_nothing_whatever_went_wrong(
     path = tmp_path / "queries.yml"
     path.write_text(FIRST)
     async with running(seeded_db, path) as rig:
-        store, collector, reloader = rig.store, rig.collector, rig.reloader
-
-        def text() -> str:
-            return store.current.text.body.decode()
-
-        async def all_ran() -> bool:
-            return all(value(text(), f"tw_{n}") is not None for n in ("kept", "changed", "removed"))
-
-        await wait_until(all_ran)
+        collector, reloader, text = rig.collector, rig.reloader, rig.text
+        await rig.first_served()
         jobs, collectors = dict(collector.jobs), collector.collectors
         for expected, broken in BROKEN.items():
             path.write_text(broken)
@@ -279,10 +271,7 @@ async def test_a_reload_while_a_query_runs_keeps_its_series_and_reruns_it_at_onc
     blocker = await asyncpg.connect(seeded_db)
     try:
         async with running(seeded_db, path) as rig:
-            store, collector = rig.store, rig.collector
-
-            def text() -> str:
-                return store.current.text.body.decode()
+            store, collector, text = rig.store, rig.collector, rig.text
 
             async def changed_served() -> bool:
                 return value(text(), "tw_changed") == 2 and value(text(), "tw_kept") == 1

@@ -53,7 +53,7 @@ async def test_exporter_on_the_standby_exports_the_primarys_numbers(
     pair = seeded_pair
     rig = await make_rig(pair.standby)
     rigs.append(rig)
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert value(rig.text, "tw_user_followers", username="ann", verified="false") == 7
     assert value(rig.text, "tw_platform_tweets", window="7d") == 2
 
@@ -63,7 +63,7 @@ async def test_exporter_on_the_standby_exports_the_primarys_numbers(
     finally:
         await primary.close()
     await replayed(pair)
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert value(rig.text, "tw_user_followers", username="ann", verified="false") == 70
     for reason in ("timeout", "connection", "conflict", "sql"):
         assert rig.errors("top_users", reason) == 0
@@ -82,7 +82,7 @@ async def test_recovery_conflict_is_counted_as_conflict_and_the_next_run_recover
     )
     rig = await make_rig(pair.standby, query_timeout=8.0, collectors=(slow,))
     rigs.append(rig)
-    cycle = asyncio.create_task(rig.collector.run_cycle())
+    cycle = asyncio.create_task(rig.run_all())
     standby = await asyncpg.connect(pair.standby)
     primary = await asyncpg.connect(pair.primary)
     try:
@@ -107,7 +107,7 @@ async def test_recovery_conflict_is_counted_as_conflict_and_the_next_run_recover
         assert rig.errors("top_users", reason) == 0
 
     # The next run, with nothing in its way, succeeds.
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert rig.errors("top_users", "conflict") == 1
     assert value(rig.text, "tw_user_followers", username="ann", verified="false") is not None
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.db.failures import FAILURE_REASONS
 from exporter.expose.catalog import ALL_METRICS, all_sample_names, sample_names
-from exporter.expose.health import FAILURE_REASONS
 from exporter.monitoring.alerts import ALERTS
 from exporter.monitoring.files import stale_files, write_files
 from exporter.monitoring.params import DEFAULTS

@@ -3,9 +3,10 @@ whatever a query does to its session is undone before its connection is lent aga
 writes is kept, its rows are read only up to ``max_series + 1``, a counter never goes negative,
 and a query failing later does not make the exporter unready (issue #22).
 
-Every test drives the scheduler's own path (``Collector.run_cycle``/``run_query`` on a real
-pool), and each fails on the code before the fix (checked by hand: COMMIT instead of the
-rollback end, ``conn.fetch`` instead of the cursor, the old readiness rule).
+Every test drives the scheduler's own path (``run_all``: every query's scheduled job function,
+or ``run_query``, on a real pool), and each fails on the code before the fix (checked by hand:
+COMMIT instead of the rollback end, ``conn.fetch`` instead of the cursor, the old readiness
+rule).
 """
 
 from __future__ import annotations
@@ -16,16 +17,13 @@ import asyncpg
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from exporter.collect.custom import collectors_for
-from exporter.collect.scheduler import Collector
 from exporter.config.queries_file import QueriesConfig, parse
 from exporter.config.settings import query_params
-from exporter.db.database import Database
-from exporter.expose.snapshot import SnapshotStore
 from tests.conftest import PgServer
-from tests.helpers import series, value
+from tests.helpers import fetchval, series, value
 from tests.pgbouncer import run_pgbouncer
 from tests.rig import Rig
+from tests.rig import make_rig as rig_for
 
 SETTINGS = query_params()
 BUILTINS_OFF = (
@@ -43,28 +41,17 @@ async def make_rig(
 ) -> Rig:
     """The pipeline of ``tests.rig`` on a queries file's queries (closed by ``rigs``)."""
     config: QueriesConfig = parse(text, SETTINGS)
-    database = Database(dsn, pool_size=pool_size, query_timeout=5.0)
-    await database.open()
-    now = clock if clock is not None else [1000.0]
-    store = SnapshotStore(
-        interval=SETTINGS.interval,
+    rig = await rig_for(
+        dsn,
+        config=config,
+        query_timeout=5.0,
         max_staleness=SETTINGS.max_staleness,
-        process_metrics=False,
-        queries=config.store_queries,
-        clock=lambda: now[0],
+        max_connections=pool_size,
     )
-    collector = Collector(database, store, SETTINGS, collectors_for(config), config.schedules)
-    rig = Rig(database, store, collector)
+    now = clock if clock is not None else [1000.0]
+    rig.store._clock = lambda: now[0]  # before anything is recorded
     rigs.append(rig)
     return rig
-
-
-async def fetchval(dsn: str, sql: str) -> object:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(sql)
-    finally:
-        await conn.close()
 
 
 ADVISORY_LOCKS = (
@@ -124,7 +111,7 @@ async def test_a_query_leaves_its_connection_as_it_found_it(
     try:
         await listener.add_listener("tw_sandbox", hear)
         for _ in range(2):
-            assert await rig.collector.run_cycle() is True
+            assert await rig.run_all() is True
         await assert_left_nothing(seeded_db, rig)
         # Notifications are delivered in commit order: a "leaked" one sent by a run would
         # arrive before this marker, sent after every run ended.
@@ -144,12 +131,12 @@ async def test_a_query_leaves_nothing_through_pgbouncer_transaction_mode(
         through = bouncer.dsn_for(seeded_db)
         rig = await make_rig(through, LEAKY, rigs, pool_size=3)
         for _ in range(2):
-            assert await rig.collector.run_cycle() is True
+            assert await rig.run_all() is True
         await assert_left_nothing(seeded_db, rig)
         # Streaming and a reload's proof work through it too (unnamed statements, a portal
         # that lives only inside the transaction).
         capped = await make_rig(through, BUILTINS_OFF + CAPPED, rigs)
-        assert await capped.collector.run_cycle() is True
+        assert await capped.run_all() is True
         assert len(series(capped.text, "tw_v")) == 100
         assert capped.errors("capped", "sql") == 0 and capped.errors("capped", "data") == 1
         columns = await rig.database.columns("SELECT $1::int AS tw_x, 'a'::text AS k", [7])
@@ -172,7 +159,7 @@ async def test_rows_beyond_max_series_are_never_read(
     seeded_db: str, rigs: list[Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
     rig = await make_rig(seeded_db, BUILTINS_OFF + CAPPED, rigs)
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert rig.errors("capped", "sql") == 0, caplog.text
     assert rig.errors("capped", "data") == 1
     assert set(series(rig.text, "tw_v")) == {(("k", str(g)),) for g in range(1, 101)}
@@ -193,7 +180,7 @@ queries:
 """,
         rigs,
     )
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert series(rig.text, "tw_signed_total") == {(("k", "up"),): 3.0}
     assert rig.errors("signed", "data") == 1
     openmetrics = rig.store.current.openmetrics.body.decode()
@@ -219,11 +206,11 @@ queries:
         clock=now,
     )
     assert not rig.store.ready  # nothing served yet
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert rig.store.ready
     await fetchval(seeded_db, "DROP TABLE tw_sandbox_t")
     now[0] += 10 * SETTINGS.max_staleness  # long past the failing query's staleness
-    assert await rig.collector.run_cycle() is True
+    assert await rig.run_all() is True
     assert rig.errors("fragile", "sql") == 1
     assert value(rig.text, "tw_fragile") is None  # its series went stale
     assert value(rig.text, "tw_up") == 1

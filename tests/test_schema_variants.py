@@ -34,12 +34,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from exporter.collect.scheduler import Collector
 from exporter.collectors import COLLECTORS, platform_stats, schema, top_users, trending_hashtags
 from exporter.config.settings import query_params
 from exporter.db.database import Database
-from exporter.expose.snapshot import SnapshotStore
 from exporter.ops import advice
+from exporter.pipeline import build_pipeline, settings_given
 from tests.conftest import PgServer, exporter_command
 from tests.query_oracles import (
     compare_all,
@@ -401,14 +400,15 @@ async def test_the_exporter_serves_every_query_with_the_seeds_numbers(
     """A real collection cycle (pool, per-connection shape) serves all three queries, and on
     the populated tables (many tied follower counts) they equal the seed's SQL."""
     variant, dsn = populated
-    database = Database(dsn, pool_size=len(COLLECTORS), query_timeout=30)
-    await database.open()
-    store = SnapshotStore(interval=30, max_staleness=90, process_metrics=False)
+    pipeline = build_pipeline(
+        settings_given(dsn=dsn, query_timeout=30, max_staleness=90), process_metrics=False
+    )
+    await pipeline.open()
     try:
-        assert await Collector(database, store, query_params()).run_cycle()
+        assert await pipeline.run_all()
     finally:
-        await database.close()
-    text = store.render().text.body.decode()
+        await pipeline.close(1.0)
+    text = pipeline.store.current.text.body.decode()
     errors = [line for line in text.splitlines() if line.startswith("tw_exporter_query_errors")]
     assert errors and all(line.endswith(" 0.0") for line in errors), errors
     for family in ("tw_user_followers{", "tw_hashtag_tweets{", "tw_platform_tweets{"):

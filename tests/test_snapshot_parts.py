@@ -1,11 +1,16 @@
 """The health section's cached rendering is byte for byte what prometheus_client renders,
-after changes to one query, to none, and after a query is removed."""
+after changes to one query, to none, and after a query is removed; it is formatted from a copy
+taken on the loop, in one thread only (``exporter.expose.snapshot``'s concurrency model)."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import threading
+from collections.abc import Sequence
 
 from prometheus_client import exposition
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from exporter.expose.snapshot import SnapshotStore
@@ -78,10 +83,11 @@ async def test_losing_the_ha_lead_drops_every_rendered_part() -> None:
 
 
 async def test_a_snapshot_shows_a_success_timestamp_exactly_with_its_series() -> None:
-    """The health section is rendered in a worker thread while runs keep landing. A success
-    recorded meanwhile must show in neither the health section nor the parts of that snapshot
-    (a scrape must never see a new last-success timestamp beside no series, nor series beside
-    a timestamp of 0); the next render shows both."""
+    """The health section is formatted in the render thread while runs keep landing on the
+    loop. A run that lands meanwhile (its series, its last-success timestamp, its error
+    counter) must show in no part of that snapshot, since the thread formats a copy taken
+    with the parts (a scrape must never see a new last-success timestamp beside no series,
+    nor series beside a timestamp of 0); the next render shows all of it."""
     from prometheus_client.core import GaugeMetricFamily
 
     store = SnapshotStore(
@@ -90,22 +96,51 @@ async def test_a_snapshot_shows_a_success_timestamp_exactly_with_its_series() ->
     family = GaugeMetricFamily("custom_one", "help")
     family.add_metric([], 7)
     render_health = store._render_health
-    landed = False
+    formatting, release = threading.Event(), threading.Event()
 
-    def a_run_lands_during_the_health_render() -> tuple[object, object]:
-        nonlocal landed
-        if not landed:
-            landed = True
-            store.record_success("q1", [family], 1234.0)  # what a run finishing now does
-        return render_health()
+    def held(families: Sequence[Metric]) -> tuple[object, object]:
+        formatting.set()
+        assert release.wait(5)
+        return render_health(families)
 
-    store._render_health = a_run_lands_during_the_health_render  # type: ignore[method-assign]
-    body = (await store.render_async()).text.body
+    store._render_health = held  # type: ignore[method-assign]
+    render = asyncio.create_task(store.render_async())
+    assert await asyncio.to_thread(formatting.wait, 5)
+    # A run finishes now, on the loop, while the render thread formats.
+    store.record_success("q1", [family], 1234.0)
+    store.health.query_errors.labels(query="q1", reason="data").inc()
+    release.set()
+    body = (await render).text.body
     assert b'tw_exporter_query_last_success_timestamp_seconds{query="q1"} 1234.0' not in body
     assert b"custom_one" not in body
+    assert b'tw_exporter_query_errors_total{query="q1",reason="data"} 0.0' in body
+    store._render_health = render_health  # type: ignore[method-assign]
     body = (await store.render_async()).text.body
     assert b'tw_exporter_query_last_success_timestamp_seconds{query="q1"} 1234.0' in body
     assert b"custom_one 7.0" in body
+    assert b'tw_exporter_query_errors_total{query="q1",reason="data"} 1.0' in body
+
+
+async def test_the_health_section_cache_has_one_owner_thread() -> None:
+    """Every render, waited for (``render``) or not (``render_async``, several at once),
+    formats the health section in the same one thread, never on the loop's: the cache is
+    never changed by two threads."""
+    store = SnapshotStore(
+        interval=15, max_staleness=45, queries={"q1": (15.0, 45.0)}, process_metrics=False
+    )
+    threads: set[int] = set()
+    cache_render = store._health.render
+
+    def recording(families: Sequence[Metric]) -> tuple[bytes, bytes]:
+        threads.add(threading.get_ident())
+        return cache_render(families)
+
+    store._health.render = recording  # type: ignore[method-assign]
+    store.render()
+    await asyncio.gather(*(store.render_async() for _ in range(4)))
+    store.render()
+    assert len(threads) == 1, threads
+    assert threading.get_ident() not in threads
 
 
 def test_a_series_is_never_served_past_its_staleness_even_without_a_render() -> None:

@@ -11,7 +11,8 @@ delays itself: the others keep their own schedules (the pool's slots are shared 
 pool the number of queries and their shortest interval), and waiting for one counts against
 the waiting query's schedule, never as an error.
 
-``run_cycle`` runs every query once, concurrently: what tests, benchmarks and ``check`` use.
+``run_query`` is the one run path: the scheduled job calls it, and ``run_all`` (what tests and
+benchmarks use to run every query once) is nothing but every query's job function gathered.
 After each run the snapshot is re-rendered; runs that finish together share one render.
 
 The schedules keep their cadence whatever the wall clock does: ``SteadyScheduler`` moves every
@@ -68,7 +69,6 @@ class Collector:
         self.fence = fence
         # Per-query deadlines; a query without one uses the pool's --query-timeout.
         self.schedules: dict[str, Schedule] = dict(schedules or {})
-        self.cycles_completed = 0
         self.runs_completed: dict[str, int] = {}
         self._running: set[asyncio.Task[Any]] = set()
         # Each query's APScheduler job id (see ``add_query_job``).
@@ -76,7 +76,10 @@ class Collector:
         self._job_generation = 0
         self._job_names: set[str] = set()  # queries that have had a job
         self._render_pending = False
-        self._last_render = -MIN_RENDER_GAP
+        self._last_render = -math.inf
+        # The least time between two renders caused by finishing runs; a benchmark timing
+        # queries sets 0 so its figures do not include the wait.
+        self.render_gap = MIN_RENDER_GAP
         self.fit_pool()
 
     def fit_pool(self, default_interval: float = math.inf) -> None:
@@ -91,16 +94,6 @@ class Collector:
 
     def by_name(self, name: str) -> QueryCollector | None:
         return next((c for c in self.collectors if c.name == name), None)
-
-    async def run_cycle(self) -> bool:
-        """Every query once, concurrently; returns whether the database answered any of them."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._running.add(task)
-        try:
-            return await self._cycle()
-        finally:
-            self._running.discard(task)
 
     async def run_query(self, name: str) -> bool:
         """One scheduled run of one query (its cycle); returns whether the database answered.
@@ -133,6 +126,13 @@ class Collector:
         await self._render_soon()
         return answered
 
+    async def run_all(self) -> bool:
+        """Every query's scheduled job function once, concurrently, as if all their ticks fell
+        together; returns whether the database answered any of them. No second run path: this
+        is ``run_query`` for each query, nothing more (tests, benchmarks)."""
+        names = [c.name for c in self.collectors]
+        return any(await asyncio.gather(*(self.run_query(name) for name in names)))
+
     async def _leading(self) -> bool:
         """With --ha, no query starts unless the fence confirms (by a round trip that started
         now) that this replica still holds the lock; without --ha, always."""
@@ -140,13 +140,13 @@ class Collector:
 
     async def _render_soon(self) -> None:
         """Render once for all runs that finish close together: at once after a quiet spell,
-        else at most every ``MIN_RENDER_GAP`` seconds (50 queries finishing in a burst cause a
+        else at most every ``render_gap`` seconds (50 queries finishing in a burst cause a
         few renders, not 50), and always once after the last of them."""
         if self._render_pending:
             return  # a render that has not started yet will include this result
         self._render_pending = True
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, self._last_render + MIN_RENDER_GAP - loop.time()))
+        await asyncio.sleep(max(0.0, self._last_render + self.render_gap - loop.time()))
         self._render_pending = False
         self._last_render = loop.time()
         await self.store.render_async()
@@ -182,22 +182,6 @@ class Collector:
             if why:
                 log.info("cancelled %d query run(s) in flight: %s", len(tasks), why)
             await asyncio.wait(tasks, timeout=grace)
-
-    async def _cycle(self) -> bool:
-        async def timed(collector: QueryCollector) -> bool:
-            started = time.perf_counter()
-            if not await self._leading():
-                return False  # a follower: the leader runs the queries
-            answered = await self._run_query(collector)
-            self.store.health.cycle_duration.labels(query=collector.name).set(
-                time.perf_counter() - started
-            )
-            return answered
-
-        answered = await asyncio.gather(*(timed(c) for c in self.collectors))
-        await self.store.render_async()
-        self.cycles_completed += 1
-        return any(answered)
 
     async def _run_query(self, collector: QueryCollector) -> bool:
         """Run one query and record its outcome; returns whether the database answered it."""

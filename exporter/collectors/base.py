@@ -16,8 +16,9 @@ from prometheus_client.metrics_core import Metric
 
 from exporter.collectors import schema
 
-# What ``Database.fetch`` accepts besides SQL text (the same alias as ``exporter.db.database``'s,
-# spelled out here because the database module imports the collectors through health).
+# A statement that depends on the connection it runs on (``Database.fetch`` accepts it besides
+# SQL text): resolved there, inside the query's read-only transaction and deadline, so a failure
+# to resolve it is counted like the query's.
 Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 
 MetricKind = Literal["gauge", "counter", "histogram"]

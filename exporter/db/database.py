@@ -89,11 +89,12 @@ from typing import Any
 
 import asyncpg
 
+from exporter.collectors.base import Resolve
 from exporter.config.dsn import DsnSource
 from exporter.config.settings import DEFAULT_MAX_CONNECTIONS
 from exporter.db import keepalive
 from exporter.db.connect import Connector
-from exporter.expose.health import FailureReason
+from exporter.db.failures import FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +182,6 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is 
         self.memo: dict[str, Any] = {}
 
 
-# A statement that depends on the connection it runs on: resolved there, inside the query's
-# read-only transaction and deadline, so a failure to resolve it is counted like the query's.
-Resolve = Callable[[asyncpg.Connection], Awaitable[str]]
 # How a statement's result is read on its connection (inside the transaction).
 Read = Callable[[asyncpg.Connection, str, Sequence[Any]], Awaitable[Any]]
 
@@ -449,6 +447,9 @@ class Database:
     ) -> None:
         # Host by host, each with its own connect timeout, the DSN read at each connect.
         self._connector = Connector(dsn)
+        # Connects of ours in flight (see ``_scarce``): the server counts a connection from its
+        # startup on, the pool only once the connect (session check included) has returned.
+        self._connecting = 0
         self._application_name = application_name
         self._pool_size = pool_size
         self._query_timeout = query_timeout
@@ -469,7 +470,7 @@ class Database:
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
-            connect=self._connector.connect,
+            connect=self._connect,
             min_size=0,
             max_size=self._pool_size,
             # Per host: TCP, TLS, startup, authentication and the session check (see
@@ -483,6 +484,14 @@ class Database:
             reset=_no_session_state,
             server_settings={"application_name": self._application_name},
         )
+
+    async def _connect(self, *args: Any, **kwargs: Any) -> Any:
+        """The pool's connect hook: the connector's, counted while in flight."""
+        self._connecting += 1
+        try:
+            return await self._connector.connect(*args, **kwargs)
+        finally:
+            self._connecting -= 1
 
     def drain(self) -> None:
         """The DSN changed (a rotated password file): connections open from now on use it,
@@ -656,10 +665,12 @@ class Database:
             return False
         if getattr(error, "sqlstate", None) != _TOO_MANY_CONNECTIONS:
             return False
-        open_now = self.connections()
+        # Ours that the server counts: open, or still connecting (three queries that start
+        # together race; the one refused may hear so before the winner's connect returns).
+        open_now = self.connections() + self._connecting
         if open_now == 0:
             return False  # nothing to share: a connection failure
-        if self._slots.usable > open_now:
+        if self._slots.usable >= self._slots.capacity:  # one line per episode
             log.warning(
                 "query %s: the database refused another connection (%s); sharing the %d "
                 "open one(s) among the queries for %gs",
@@ -668,7 +679,7 @@ class Database:
                 open_now,
                 SCARCE_SECONDS,
             )
-        self._slots.limit(open_now, SCARCE_SECONDS)
+        self._slots.limit(min(open_now, self._slots.usable), SCARCE_SECONDS)
         return True
 
     def _may_retry(

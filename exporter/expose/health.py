@@ -11,27 +11,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from exporter import __version__
 from exporter.collectors import QUERY_NAMES
 from exporter.collectors.base import MetricSpec
-
-FailureReason = Literal["timeout", "connection", "conflict", "sql", "data"]
-FAILURE_REASON_MEANINGS: Mapping[FailureReason, str] = {
-    "timeout": "statement_timeout, lock_timeout or client deadline",
-    "connection": "database or pooler unreachable, restarted or refused",
-    "conflict": "cancelled by a recovery conflict on a hot standby, SQLSTATE 40001/40P01",
-    "sql": "any other error, e.g. a missing table",
-    "data": "a query returned rows that cannot be served: a value that is not a number, a "
-    "repeated label set, more rows than max_series (custom queries), a verified flag that is "
-    "not a boolean (top_users); the valid rows are still served",
-}
-FAILURE_REASONS: tuple[FailureReason, ...] = tuple(FAILURE_REASON_MEANINGS)
-"""Every value of the ``reason`` label, each pre-created for every query. The metric help, the
-alerts, the dashboard and the docs take the list from here."""
+from exporter.db.failures import FAILURE_REASON_MEANINGS, FAILURE_REASONS
 
 QUERY_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

@@ -13,6 +13,16 @@ bytes into an immutable ``Rendered`` object and swaps one reference. Gzip member
 into a valid gzip stream (RFC 1952 2.2; Go's reader, hence Prometheus, reads them as one), so a
 query finishing costs its own rendering, not the whole exposition's. A scrape costs what
 returning bytes costs, never touches the database, and never sees half a result.
+
+Concurrency, one model: every piece of state (the queries' results and parts, the health
+metrics, what is published) is read and changed on the event loop only. The one thing done off
+the loop is formatting the health section, whose cost grows with the number of queries: the
+loop takes an immutable copy of its samples (``registry.collect()`` builds fresh objects
+nobody else holds) and hands it to the store's single render thread, which alone owns the
+``SectionCache`` and formats one copy at a time, for ``render`` (which waits for it) and
+``render_async`` (which does not hold the loop meanwhile) alike. So no state is shared between
+threads but the copy, which nobody changes, and a snapshot's health section is the loop's
+state at one instant: the instant its query parts were gathered.
 """
 
 from __future__ import annotations
@@ -20,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,12 +151,12 @@ class SectionCache:
         self._headers: dict[tuple[str, str, str, str], tuple[bytes, bytes]] = {}
         self._groups: dict[tuple[str, str | None], tuple[list[_SampleKey], bytes, bytes]] = {}
 
-    def render(self, registry: CollectorRegistry) -> tuple[bytes, bytes]:
-        """(text, OpenMetrics without ``# EOF``) of every family ``registry`` collects."""
+    def render(self, families: Sequence[Metric]) -> tuple[bytes, bytes]:
+        """(text, OpenMetrics without ``# EOF``) of ``families`` (a registry's collection)."""
         text: list[bytes] = []
         openmetrics: list[bytes] = []
         seen: set[tuple[str, str | None]] = set()
-        for family in registry.collect():
+        for family in families:
             header_text, header_om = self._header(family)
             text.append(header_text)
             openmetrics.append(header_om)
@@ -235,8 +245,10 @@ class SnapshotStore:
         self._served_parts: list[tuple[str, Part, float]] = []
         self._served_health: tuple[Encoded, Encoded] = (EMPTY_PART.text, EMPTY_PART.openmetrics)
         self._expires_at = math.inf
+        # The health section's cache, touched only by the one render thread (see the module's
+        # docstring); the thread starts at the first render and ends with the store.
         self._health = SectionCache()
-        self._health_lock = threading.Lock()
+        self._render_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tw-render")
         self._current = self.render()
 
     # ------------------------------------------------------------ the set of queries
@@ -320,7 +332,7 @@ class SnapshotStore:
 
     def _drop_expired(self) -> None:
         """Republish the last render without the parts that expired: its bytes are kept, so
-        this joins bytes and renders nothing (no health section, no worker thread)."""
+        this joins bytes and renders nothing (no health section, no render thread)."""
         now = self._clock()
         kept = [entry for entry in self._served_parts if now <= entry[2]]
         self._set_current(kept, *self._served_health)
@@ -398,17 +410,20 @@ class SnapshotStore:
     # ------------------------------------------------------------ rendering
 
     def render(self) -> Rendered:
-        """Render what changed now and publish the result with one reference swap."""
+        """Render what changed now and publish the result with one reference swap (waiting for
+        the render thread to format the health section)."""
         parts = self._fresh_parts()
-        text, openmetrics = self._render_health()
+        text, openmetrics = self._render_thread.submit(
+            self._render_health, self._health_samples()
+        ).result()
         return self._publish(parts, text, openmetrics)
 
     async def render_async(self) -> Rendered:
         """``render`` without holding the event loop: the changed parts are rendered on the loop
-        (each a few hundred microseconds), the health section, whose cost grows with the number
-        of queries (about 25 samples each, tens of milliseconds for 50 queries), in a worker
-        thread; scrapes are answered meanwhile. prometheus_client's metric objects are
-        thread-safe, and a render that finishes after a newer one is not published."""
+        (each a few hundred microseconds); the health section, whose formatting grows with the
+        number of queries (about 25 samples each), is formatted by the render thread from a
+        copy taken here, and scrapes are answered meanwhile. A render that finishes after a
+        newer one is not published."""
         # Many results arriving together (50 queries started at once) are rendered one part
         # per turn of the event loop, so the loop never stalls for more than one part.
         for name, state in list(self.queries.items()):
@@ -418,20 +433,24 @@ class SnapshotStore:
                 if state.families is families:  # not replaced meanwhile
                     state.part = part
                 await asyncio.sleep(0)
-        parts = self._fresh_parts()
-        generation = self._next_generation()
-        # A run that lands while the worker thread renders changes neither the gathered parts
-        # nor its last-success gauge (set in _fresh_parts), so this snapshot's timestamps and
+        # The parts and the health samples are taken together, on the loop: a run that lands
+        # while the render thread formats is in neither, so this snapshot's timestamps and
         # series agree; the next render publishes both (a mismatch was found by test_freeze).
-        text, openmetrics = await asyncio.to_thread(self._render_health)
+        parts = self._fresh_parts()
+        samples = self._health_samples()
+        generation = self._next_generation()
+        text, openmetrics = await asyncio.wrap_future(
+            self._render_thread.submit(self._render_health, samples)
+        )
         return self._publish(parts, text, openmetrics, generation)
 
-    def _render_health(self) -> tuple[Encoded, Encoded]:
-        # One at a time: renders run in worker threads (``render_async``), a run's and a
-        # reload's may overlap, and the section cache is not safe to update from two at once
-        # ("dictionary changed size during iteration", seen with 2,000 queries reloaded).
-        with self._health_lock:
-            text, openmetrics = self._health.render(self.registry)
+    def _health_samples(self) -> tuple[Metric, ...]:
+        """The health section's samples now: a copy (fresh objects), taken on the loop."""
+        return tuple(self.registry.collect())
+
+    def _render_health(self, families: Sequence[Metric]) -> tuple[Encoded, Encoded]:
+        """In the render thread: format (reusing the cache) and compress the health section."""
+        text, openmetrics = self._health.render(families)
         return _encode(text), _encode(openmetrics + OPENMETRICS_EOF)
 
     def _next_generation(self) -> int:

@@ -19,6 +19,7 @@ from exporter.collectors.platform_stats import (
 )
 from exporter.collectors.top_users import USER_FOLLOWERS
 from exporter.collectors.trending_hashtags import HASHTAG_TWEETS
+from exporter.db.failures import FAILURE_REASONS
 from exporter.expose.health import (
     BUILD_INFO,
     CLOCK_STEPS,
@@ -26,7 +27,6 @@ from exporter.expose.health import (
     CYCLES_SKIPPED,
     DSN_RELOAD_FAILURES,
     DSN_RELOADS,
-    FAILURE_REASONS,
     INTERVAL,
     LABEL_VALUES_TRUNCATED,
     LEADER,

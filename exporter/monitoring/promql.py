@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from exporter.collectors.base import MetricSpec
 from exporter.collectors.top_users import USER_FOLLOWERS
 from exporter.collectors.trending_hashtags import HASHTAG_TWEETS
-from exporter.expose.health import FAILURE_REASONS, QUERY_ERRORS, QUERY_LAST_SUCCESS
+from exporter.db.failures import FAILURE_REASONS
+from exporter.expose.health import QUERY_ERRORS, QUERY_LAST_SUCCESS
 
 
 def label(spec: MetricSpec, name: str) -> str:
