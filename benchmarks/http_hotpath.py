@@ -1,10 +1,11 @@
-"""Where the exporter's per-scrape CPU goes: the real ``exporter.expose.http._Connection`` fed GET
-requests through a fake transport (no sockets, no wrk), in one process.
+"""Where the exporter's per-scrape CPU goes: the real ``exporter.expose.connection.Connection``
+fed GET requests through a fake transport (no sockets, no wrk), in one process.
 
     python -m benchmarks.http_hotpath [--requests 200000]
 
 Prints µs per request for the full path and with single pieces stubbed out, so a change to
-``exporter/expose/http.py`` can be judged by numbers. Not part of ``run_all`` (it is a diagnosis).
+``exporter/expose/connection.py`` can be judged by numbers. Not part of ``run_all`` (it is a
+diagnosis).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from exporter.expose import http
+from exporter.expose import connection, http
 from exporter.expose.snapshot import SnapshotStore
 
 REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:10093\r\n\r\n"
@@ -41,7 +42,7 @@ class FakeTransport(asyncio.Transport):
 async def per_request(n: int, *, timers: bool = True) -> float:
     store = SnapshotStore(interval=15.0, max_staleness=60.0)
     server = http.MetricsServer(store)
-    conn = http._Connection(server)
+    conn = connection.Connection(server)
     if not timers:
         conn._arm = lambda seconds: None  # type: ignore[method-assign]
         conn._disarm = lambda: None  # type: ignore[method-assign]

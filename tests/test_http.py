@@ -13,7 +13,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from exporter.collectors import top_users
 from exporter.config.settings import query_params
-from exporter.expose.http import MAX_HEADER_BYTES, READ_BUFFER_BYTES, MetricsServer, ServerLimits
+from exporter.expose.connection import MAX_HEADER_BYTES
+from exporter.expose.http import READ_BUFFER_BYTES, MetricsServer, ServerLimits
 from exporter.expose.snapshot import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, SnapshotStore
 from tests.conftest import wait_until
 from tests.helpers import series
@@ -189,7 +190,7 @@ async def test_a_request_sent_again_is_answered_from_its_bytes_like_the_first_ti
 
 
 class FakeBcrypt:
-    """Stands in for WebConfig's verifier (tested with real bcrypt in test_webconfig):
+    """Stands in for BasicAuth (tested with real bcrypt in test_webconfig):
     "u:p" verifies only the slow way first, then from the cache."""
 
     def __init__(self) -> None:
@@ -324,10 +325,10 @@ class Writes(asyncio.Transport):
 async def test_one_read_of_thousands_of_requests_stops_at_the_pipelining_cap(
     store: SnapshotStore,
 ) -> None:
-    from exporter.expose.http import MAX_PIPELINED, _Connection
+    from exporter.expose.connection import MAX_PIPELINED, Connection
 
     server = MetricsServer(store)
-    connection = _Connection(server)
+    connection = Connection(server)
     transport = Writes(connection)
     connection.connection_made(transport)
     connection.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 5000)
@@ -485,7 +486,7 @@ async def test_closed_connections_are_freed_without_the_garbage_collector(
     import struct
     import weakref
 
-    from exporter.expose import http
+    from exporter.expose import connection as protocol
 
     kwargs: dict[str, object] = {"limits": ServerLimits(header_timeout=0.3, max_connections=4)}
     if tls:
@@ -494,10 +495,10 @@ async def test_closed_connections_are_freed_without_the_garbage_collector(
         kwargs["ssl_context"] = context
     address = await serve(**kwargs)  # type: ignore[misc]
     server = serve.servers[-1]  # type: ignore[attr-defined]
-    made: list[weakref.ref[http._Connection]] = []
-    original = http._Connection.__init__
+    made: list[weakref.ref[protocol.Connection]] = []
+    original = protocol.Connection.__init__
 
-    def tracked(self: http._Connection, owner: MetricsServer) -> None:
+    def tracked(self: protocol.Connection, owner: MetricsServer) -> None:
         original(self, owner)
         made.append(weakref.ref(self))
 
@@ -506,7 +507,7 @@ async def test_closed_connections_are_freed_without_the_garbage_collector(
     gc.disable()
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(http._Connection, "__init__", tracked)
+            patch.setattr(protocol.Connection, "__init__", tracked)
             for i in range(40):
                 sock = socket.socket()
                 sock.setblocking(False)

@@ -24,7 +24,7 @@ import bcrypt
 import pytest
 from prometheus_client.exposition import choose_encoder
 
-from exporter.config.webconfig import WebConfig
+from exporter.config.basic_auth import BasicAuth
 from tests.conftest import StartExporter, wait_until_sync
 from tests.helpers import HTTPResult, http_get, https_get
 from tests.http_target import (
@@ -349,7 +349,7 @@ def test_a_bcrypt_flood_neither_delays_cached_scrapers_nor_queues_without_bound(
         # shares the cores with this test's threads). Before the fix it queued behind every
         # flooder: about FLOODERS checks.
         one_check = min(timed_check(hashes["a"]) for _ in range(3))
-        login_bound = WebConfig.BCRYPT_SLOTS * one_check * 2 + 0.25
+        login_bound = BasicAuth.BCRYPT_SLOTS * one_check * 2 + 0.25
         for _ in range(3):
             # Cached credentials: answered on the event loop, never behind the flood.
             target.assert_serving(

@@ -8,7 +8,8 @@ their results, the scheduler that moves rows from the database into what is serv
 wiring and commands on top. A room imports only rooms *before* it in ``FLOW`` (and ``ALLOWED``
 says which of those), so no arrow runs back against the data flow; docs/how-it-works.md shows
 the same order (checked here). Imports inside functions and under ``TYPE_CHECKING`` count: a
-lazy import still ties two modules together.
+lazy import still ties two modules together. ``WITHIN`` does the same inside a room for the
+modules that were split by job (the web config's sections, the HTTP server and its connections).
 """
 
 from __future__ import annotations
@@ -65,6 +66,26 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ops": frozenset({"app", "collect", "collectors", "config", "db", "expose", "logs"}),
     "cli": frozenset({"app", "config", "logs", "monitoring", "ops"}),
     "__main__": frozenset({"cli"}),
+}
+# Inside a room, modules split by job (issue #24) import one way too: the web config's sections
+# share ``web_fields`` and never import the file's loader; the HTTP server imports its
+# connections, responses, accepting and TLS, never the reverse. Each listed module may import,
+# from its own room, only the modules named here.
+WITHIN: dict[str, frozenset[str]] = {
+    "config.strict_yaml": frozenset(),
+    "config.web_fields": frozenset(),
+    "config.web_tls": frozenset({"config.web_fields"}),
+    "config.basic_auth": frozenset({"config.web_fields"}),
+    "config.webconfig": frozenset(
+        {"config.basic_auth", "config.strict_yaml", "config.web_fields", "config.web_tls"}
+    ),
+    "config.http_security": frozenset(
+        {"config.basic_auth", "config.settings", "config.web_tls", "config.webconfig"}
+    ),
+    "expose.responses": frozenset(),
+    "expose.tls": frozenset(),
+    "expose.accepting": frozenset(),
+    "expose.connection": frozenset({"expose.accepting", "expose.responses", "expose.tls"}),
 }
 # The package root (``from exporter import __version__``) may be imported by every room.
 ROOT_ROOM = ""
@@ -224,3 +245,16 @@ def test_each_room_says_what_it_holds_and_is_imported_from_its_modules() -> None
             assert len(tree.body) == 1, f"exporter/{room}/__init__.py holds more than a docstring"
             assert not graph[f"{PACKAGE}.{room}"]
     assert modules
+
+
+def test_modules_split_by_job_import_one_way_inside_their_room() -> None:
+    graph = _graph()
+    wrong = []
+    for module, allowed in sorted(WITHIN.items()):
+        name = f"{PACKAGE}.{module}"
+        assert name in graph, f"WITHIN names {name}, which does not exist"
+        room = _room(name)
+        inside = {t.removeprefix(f"{PACKAGE}.") for t in graph[name] if _room(t) == room}
+        wrong += [f"{name} -> {PACKAGE}.{t}" for t in sorted(inside - allowed)]
+    assert not wrong, "imports against WITHIN (tests/test_layout.py):\n" + "\n".join(wrong)
+    assert _cycle(WITHIN) is None

@@ -1,8 +1,12 @@
-"""exporter.config.webconfig against real TLS handshakes, real bcrypt and the real promtool checker.
+"""The web config (exporter.config.webconfig, web_tls, basic_auth) against real TLS handshakes on
+the exporter's own server, real bcrypt and the real promtool checker.
 
-Certificates come from the ``openssl`` CLI (the ``cryptography`` package is not a dependency):
-a CA, a server certificate, a client certificate, a second server certificate for rotation
-and an unrelated CA whose client certificate must be refused.
+TLS tests serve through ``MetricsServer``, whose connections upgrade themselves to TLS
+(``exporter.expose.tls.start_tls``), so client certificates, protocol limits and certificate
+rotation are checked on the path production runs. Certificates come from the ``openssl`` CLI
+(the ``cryptography`` package is not a dependency): a CA, a server certificate, a client
+certificate, a second server certificate for rotation and an unrelated CA whose client
+certificate must be refused.
 """
 
 from __future__ import annotations
@@ -27,19 +31,17 @@ import bcrypt
 import pytest
 import yaml
 
-from exporter.config.webconfig import (
-    TLSConfig,
-    TLSContextProvider,
-    WebConfig,
-    WebConfigError,
-    load_web_config,
-)
+from exporter.config.basic_auth import BasicAuth
+from exporter.config.web_fields import WebConfigError
+from exporter.config.web_tls import TLSConfig, TLSContextProvider
+from exporter.config.webconfig import WebConfig, load_web_config
+from exporter.expose.http import MetricsServer
+from exporter.expose.snapshot import SnapshotStore
 from tests import helpers
 from tests.pki import PKI, Pair
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "web-config"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 @pytest.fixture
@@ -64,19 +66,20 @@ def write_config(directory: Path, text: str, name: str = "web.yml") -> Path:
 
 TLS_BASE = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
 
-# ------------------------------------------------------------------ a real asyncio TLS server
+# ------------------------------------------------------------------ the exporter's own TLS server
 
 
 class _HandshakeErrors(logging.Handler):
-    """Collects the server side's TLS handshake errors, which asyncio logs only in debug mode."""
+    """Collects the TLS handshakes the server refused: ``Connection._handshake`` logs each at
+    debug level with the error (port scanners make them routine)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.errors: list[BaseException] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and isinstance(record.exc_info[1], ssl.SSLError):
-            self.errors.append(record.exc_info[1])
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.errors += [a for a in args if isinstance(a, ssl.SSLError)]
 
     def reasons(self) -> list[str]:
         return [getattr(e, "reason", None) or str(e) for e in self.errors]
@@ -90,34 +93,24 @@ class Server:
 
 @asynccontextmanager
 async def tls_server(ctx: ssl.SSLContext) -> AsyncIterator[Server]:
-    """A real asyncio server on 127.0.0.1 answering every request with RESPONSE."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(RESPONSE)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    loop = asyncio.get_running_loop()
-    was_debug = loop.get_debug()
+    """The exporter's HTTP server (``MetricsServer``) on 127.0.0.1 with ``ctx``: every
+    connection is accepted as TCP and upgraded to TLS by the connection itself
+    (``exporter.expose.tls.start_tls``), as in production."""
+    store = SnapshotStore(interval=1, max_staleness=3, process_metrics=False)
+    store.render()
     collector = _HandshakeErrors()
-    asyncio_logger = logging.getLogger("asyncio")
-    old_level = asyncio_logger.level
-    asyncio_logger.addHandler(collector)
-    asyncio_logger.setLevel(logging.DEBUG)
-    loop.set_debug(True)
+    logger = logging.getLogger("exporter.expose.http")  # the connections' logger
+    old_level = logger.level
+    logger.addHandler(collector)
+    logger.setLevel(logging.DEBUG)
+    server = MetricsServer(store, ssl_context=ctx)
     try:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
-        async with server:
-            yield Server(server.sockets[0].getsockname()[1], collector)
+        port = (await server.start("127.0.0.1", 0))[0][1]
+        yield Server(port, collector)
     finally:
-        loop.set_debug(was_debug)
-        asyncio_logger.removeHandler(collector)
-        asyncio_logger.setLevel(old_level)
+        await server.close()
+        logger.removeHandler(collector)
+        logger.setLevel(old_level)
 
 
 @dataclass
@@ -138,7 +131,7 @@ def fetch_blocking(port: int, client: ssl.SSLContext) -> Fetched:
         peercert = tls.getpeercert()
         assert peercert is not None
         info = (peercert, tls.version(), cipher and cipher[0])
-        tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         chunks = []
         while chunk := tls.recv(65536):
             chunks.append(chunk)
@@ -418,7 +411,7 @@ def basic(user: str | bytes, password: str | bytes) -> bytes:
 
 @pytest.fixture
 def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Counts real bcrypt.checkpw calls made by exporter.config.webconfig."""
+    """Counts real bcrypt.checkpw calls made by exporter.config.basic_auth."""
     calls: list[bytes] = []
     real: Callable[[bytes, bytes], bool] = bcrypt.checkpw
 
@@ -426,23 +419,28 @@ def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         calls.append(hashed)
         return real(password, hashed)
 
-    monkeypatch.setattr(bcrypt, "checkpw", counting)  # the module exporter.config.webconfig calls
+    monkeypatch.setattr(bcrypt, "checkpw", counting)  # the module exporter.config.basic_auth calls
     return calls
 
 
-def users_config(tmp_path: Path, **passwords: str) -> WebConfig:
+def login_of(path: Path) -> BasicAuth:
+    """The login checker the exporter builds from a web-config file (``http_security``)."""
+    return BasicAuth(load_web_config(path).basic_auth_users)
+
+
+def users_config(tmp_path: Path, **passwords: str) -> BasicAuth:
     lines = ["basic_auth_users:"]
     for user, password in passwords.items():
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
         lines.append(f"  {user}: {hashed}")
-    return load_web_config(write_config(tmp_path, "\n".join(lines) + "\n"))
+    return login_of(write_config(tmp_path, "\n".join(lines) + "\n"))
 
 
 def test_basic_auth_right_wrong_unknown_and_cache(
     tmp_path: Path, checkpw_calls: list[bytes]
 ) -> None:
     config = users_config(tmp_path, alice="s3cret", bob="hunter2")
-    assert config.auth_required
+    assert set(config.users) == {"alice", "bob"}
     assert config.authorize(basic("alice", "s3cret"))
     assert len(checkpw_calls) == 1
     assert config.authorize(basic("alice", "s3cret"))  # cache hit: no bcrypt
@@ -457,8 +455,8 @@ def test_basic_auth_right_wrong_unknown_and_cache(
 
     assert not config.authorize(basic("mallory", "s3cret"))  # unknown user: still one bcrypt
     assert len(checkpw_calls) == 5
-    assert checkpw_calls[-1] not in config.basic_auth_users.values()
-    assert checkpw_calls[-1][:7] == config.basic_auth_users["alice"][:7]  # same cost
+    assert checkpw_calls[-1] not in config.users.values()
+    assert checkpw_calls[-1][:7] == config.users["alice"][:7]  # same cost
 
     assert config.authorize(basic("bob", "hunter2"))
     assert config.authorize(b"basic " + base64.b64encode(b"bob:hunter2"))  # scheme is caseless
@@ -491,14 +489,15 @@ def test_no_users_means_no_auth(tmp_path: Path) -> None:
     config = load_web_config(write_config(tmp_path, ""))
     assert config == WebConfig(tls=None, basic_auth_users={}, headers=())
     assert not config.auth_required
-    assert config.authorize(None)
-    assert config.authorize(b"Basic garbage")
+    login = BasicAuth(config.basic_auth_users)
+    assert login.authorize(None)
+    assert login.authorize(b"Basic garbage")
 
 
 def test_cache_is_bounded(
     tmp_path: Path, checkpw_calls: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(WebConfig, "CACHE_SIZE", 2)
+    monkeypatch.setattr(BasicAuth, "CACHE_SIZE", 2)
     config = users_config(tmp_path, a="pa", b="pb", c="pc")
     for user in "abc":
         assert config.authorize(basic(user, "p" + user))
@@ -528,8 +527,8 @@ def test_a_reloaded_config_keeps_the_logins_of_users_whose_hash_is_unchanged(
     for user, password in (("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")):
         assert old.authorize(basic(user, password))
     new_bob = bcrypt.hashpw(b"b-pw", bcrypt.gensalt(rounds=4)).decode()
-    text = f"basic_auth_users:\n  alice: {old.basic_auth_users['alice'].decode()}\n"
-    new = load_web_config(write_config(tmp_path, text + f"  bob: {new_bob}\n"))
+    text = f"basic_auth_users:\n  alice: {old.users['alice'].decode()}\n"
+    new = login_of(write_config(tmp_path, text + f"  bob: {new_bob}\n"))
     new.adopt_cache(old)
     assert new.check_cached(basic("alice", "a-pw")) is True
     assert new.check_cached(basic("bob", "b-pw")) is None  # bcrypt against the new hash
@@ -548,10 +547,10 @@ def test_passwords_beyond_72_bytes_behave_like_go_and_htpasswd(tmp_path: Path) -
 @pytest.mark.parametrize("prefix", [b"2a", b"2b"])
 def test_hash_prefixes_from_python_bcrypt_are_accepted(tmp_path: Path, prefix: bytes) -> None:
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4, prefix=prefix)).decode()
-    config = load_web_config(write_config(tmp_path, f"basic_auth_users:\n  u: {hashed}\n"))
+    config = login_of(write_config(tmp_path, f"basic_auth_users:\n  u: {hashed}\n"))
     assert config.authorize(basic("u", "pw"))
     y_hash = "$2y$" + hashed[4:]  # htpasswd's prefix, same algorithm
-    config = load_web_config(write_config(tmp_path, f"basic_auth_users:\n  u: '{y_hash}'\n"))
+    config = login_of(write_config(tmp_path, f"basic_auth_users:\n  u: '{y_hash}'\n"))
     assert config.authorize(basic("u", "pw"))
 
 
@@ -844,8 +843,9 @@ async def test_example_passes_promtool_and_loads(
     config = load_web_config(path)
     assert config.tls is not None
     if example.name == "basic-auth.yml":
-        assert config.authorize(basic("prometheus", "change-me"))  # the password its comment names
-        assert not config.authorize(basic("prometheus", "wrong"))
+        login = BasicAuth(config.basic_auth_users)
+        assert login.authorize(basic("prometheus", "change-me"))  # the password its comment names
+        assert not login.authorize(basic("prometheus", "wrong"))
     if example.name == "mtls.yml":
         provider = TLSContextProvider(config.tls)
         async with tls_server(provider.server_context) as server:
@@ -862,7 +862,7 @@ def test_python_bcrypt_hash_is_accepted_by_promtool(
     path = write_config(tmp_path, f"basic_auth_users:\n  prometheus: {hashed}\n")
     result = promtool_check(promtool, path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert load_web_config(path).authorize(basic("prometheus", "pw"))
+    assert login_of(path).authorize(basic("prometheus", "pw"))
 
 
 PROMTOOL_AGREES = [b for b in BAD_CONFIGS if b.promtool_rejects]
@@ -896,7 +896,7 @@ def test_promtool_accepts_the_valid_configs_we_accept(config_dir: Path, promtool
 def test_submit_runs_on_its_own_bounded_executor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """bcrypt runs on the config's own single thread, BCRYPT_SLOTS checks at most admitted at
+    """bcrypt runs on the checker's own single thread, BCRYPT_SLOTS checks at most admitted at
     once; the next is refused (None) instead of queueing, and a slot frees when a check ends."""
     import threading
 
@@ -911,7 +911,7 @@ def test_submit_runs_on_its_own_bounded_executor(
         return real(password, hashed)
 
     monkeypatch.setattr(bcrypt, "checkpw", held)
-    admitted = [config.submit(basic("alice", f"wrong{i}")) for i in range(WebConfig.BCRYPT_SLOTS)]
+    admitted = [config.submit(basic("alice", f"wrong{i}")) for i in range(BasicAuth.BCRYPT_SLOTS)]
     assert all(future is not None for future in admitted)
     assert config.submit(basic("alice", "s3cret")) is None  # full: refused at once
     gate.set()

@@ -48,7 +48,8 @@ from exporter.collectors.base import QueryCollector
 from exporter.config.queries_file import QueriesConfig, Schedule, bind, config_for, one_line
 from exporter.config.settings import Settings, SettingsError
 from exporter.db.database import QueryError
-from exporter.expose.http import MetricsServer, encode_headers
+from exporter.expose.http import MetricsServer
+from exporter.expose.responses import encode_headers
 
 if TYPE_CHECKING:
     from exporter.config.http_security import HTTPSecurity

@@ -54,7 +54,7 @@ from exporter.config.settings import (
     default_max_staleness,
     default_query_timeout,
 )
-from exporter.config.webconfig import load_yaml
+from exporter.config.strict_yaml import load_yaml
 
 DEFAULT_MAX_SERIES = 500
 MAX_MAX_SERIES = 100_000

@@ -1,7 +1,7 @@
 """TLS for the HTTP server's connections: asyncio's ``start_tls`` without its per-connection
 256 KiB buffer, and without the reference cycle a failed handshake leaves (issue #21).
 
-Each connection upgrades itself after the TCP accept (``_Connection._handshake``), so that a
+Each connection upgrades itself after the TCP accept (``Connection._handshake``), so that a
 handshake counts toward the connection cap and is bounded by the header deadline. Hostile
 clients make many handshakes fail (never finished, evicted, reset): each must cost little
 while it runs and be freed at once when it ends."""
