@@ -37,6 +37,11 @@ MAX_TOP_N = 1000
 MAX_DAYS = 3650
 MAX_CONNECTIONS = 65_535
 DEFAULT_MAX_CONNECTIONS = 5
+# The HTTP server's defaults (--web-header-timeout, --web-idle-timeout, --web-max-connections);
+# exporter.expose's ServerLimits defaults to them too, for servers built without settings.
+WEB_HEADER_TIMEOUT = 10.0
+WEB_IDLE_TIMEOUT = 75.0
+WEB_MAX_CONNECTIONS = 256
 DSN_SCHEMES = dsn_uri.SCHEMES
 MAX_GROUP_LENGTH = 200
 # --max-label-length, in bytes (exporter.expose.labels shortens longer values to fit).
@@ -364,14 +369,14 @@ SERVE_OPTIONS = (
         "each request's headers must arrive within this of its first byte; also how long a "
         "response may wait unread. Slower clients are disconnected (see docs/http-limits.md).",
         parse_seconds,
-        default="10",
+        default=f"{WEB_HEADER_TIMEOUT:g}",
     ),
     Option(
         "--web-idle-timeout",
         "SECONDS",
         "Keep-alive connections idle longer than this are closed.",
         parse_seconds,
-        default="75",
+        default=f"{WEB_IDLE_TIMEOUT:g}",
     ),
     Option(
         "--web-max-connections",
@@ -379,7 +384,7 @@ SERVE_OPTIONS = (
         f"Open HTTP connections, TLS handshakes included (1-{MAX_CONNECTIONS}); when full, the "
         "one that has made the least progress for the longest is closed to admit a new one.",
         parse_connections,
-        default="256",
+        default=str(WEB_MAX_CONNECTIONS),
     ),
 )
 

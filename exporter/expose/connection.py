@@ -24,6 +24,7 @@ from typing import Any, NoReturn, Protocol
 
 import httptools
 
+from exporter.config.settings import WEB_HEADER_TIMEOUT, WEB_IDLE_TIMEOUT
 from exporter.expose.accepting import Acceptor
 from exporter.expose.responses import (
     AUTH_FAILED,
@@ -77,8 +78,8 @@ class Deadlines:
     # The TLS handshake and the first request byte, then each request's headers from its first
     # byte, must arrive within this; it is also how long a response may sit unread before the
     # connection is dropped, and how long a closing connection may take to flush.
-    header_timeout: float = 10.0
-    idle_timeout: float = 75.0  # keep-alive connections idle longer are closed
+    header_timeout: float = WEB_HEADER_TIMEOUT
+    idle_timeout: float = WEB_IDLE_TIMEOUT  # keep-alive connections idle longer are closed
 
 
 class Host(Protocol):

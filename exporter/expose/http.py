@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Protocol
 
+from exporter.config.settings import WEB_MAX_CONNECTIONS
 from exporter.expose.accepting import (
     BASE_DESCRIPTORS,
     Acceptor,
@@ -112,7 +113,7 @@ class SnapshotSource(Protocol):
 class ServerLimits(Deadlines):
     """The server's limits: each connection's deadlines, and how many connections at once."""
 
-    max_connections: int = 256  # TLS handshakes included; full -> evict, never refuse
+    max_connections: int = WEB_MAX_CONNECTIONS  # TLS handshakes included; full -> evict
     # Descriptors the rest of the process may hold (database pool, HA lock connection); the
     # connection cap is lowered at start so that both fit under RLIMIT_NOFILE.
     reserved_descriptors: int = 0
