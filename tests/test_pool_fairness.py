@@ -18,14 +18,13 @@ import asyncpg
 import pytest
 
 from exporter.cli import main
-from exporter.collect.scheduler import Collector
 from exporter.config.queries_file import QueriesConfig, load, parse
 from exporter.config.settings import ENV_PREFIX, Settings, query_params
-from exporter.db.database import Database, Slots
-from exporter.expose.snapshot import SnapshotStore
-from exporter.pipeline import Pipeline, build_pipeline
+from exporter.db.database import Slots
+from exporter.pipeline import build_pipeline
 from tests.conftest import StartExporter, wait_until
 from tests.helpers import http_get, value
+from tests.rig import Rig
 
 SETTINGS = query_params()
 OFF = (
@@ -36,23 +35,12 @@ BACKENDS_SQL = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $
 
 
 @dataclass
-class Rig:
-    pipeline: Pipeline
-    application_name: str
-    admin: asyncpg.Connection
+class PoolRig(Rig):
+    """A pipeline (``tests.rig.Rig``) and a connection that watches its backends."""
+
+    application_name: str = ""
+    admin: asyncpg.Connection | None = None
     seen: list[int] = field(default_factory=list)
-
-    @property
-    def database(self) -> Database:
-        return self.pipeline.database
-
-    @property
-    def store(self) -> SnapshotStore:
-        return self.pipeline.store
-
-    @property
-    def collector(self) -> Collector:
-        return self.pipeline.collector
 
     @property
     def text(self) -> str:
@@ -64,6 +52,7 @@ class Rig:
 
     async def backends(self, where: str = "") -> int:
         """The exporter's server backends now (each sample is kept in ``seen``)."""
+        assert self.admin is not None
         count = int(await self.admin.fetchval(BACKENDS_SQL + where, self.application_name))
         if not where:
             self.seen.append(count)
@@ -71,21 +60,22 @@ class Rig:
 
 
 @pytest.fixture
-async def rigs() -> AsyncIterator[list[Rig]]:
-    made: list[Rig] = []
+async def rigs() -> AsyncIterator[list[PoolRig]]:
+    made: list[PoolRig] = []
     yield made
     for rig in made:
         await rig.pipeline.close(1.0)
-        await rig.admin.close()
+        if rig.admin is not None:
+            await rig.admin.close()
 
 
 async def make_rig(
     dsn: str,
     config: QueriesConfig,
     max_connections: int,
-    rigs: list[Rig],
+    rigs: list[PoolRig],
     settings: Settings = SETTINGS,
-) -> Rig:
+) -> PoolRig:
     """The exporter's pipeline on ``config`` (its scheduler not started yet)."""
     # A name of its own: other tests (and other exporters) share the server.
     application_name = f"tw-exporter-fair-{uuid.uuid4().hex[:8]}"
@@ -96,7 +86,7 @@ async def make_rig(
         process_metrics=False,
     )
     await pipeline.open()
-    rig = Rig(pipeline, application_name, await asyncpg.connect(dsn))
+    rig = PoolRig(pipeline, application_name, await asyncpg.connect(dsn))
     rigs.append(rig)
     return rig
 
@@ -116,7 +106,7 @@ FAST = "  fast: {sql: 'SELECT 1 AS tw_fast', interval: 1, metrics: {tw_fast: {he
 
 
 async def test_queries_stuck_on_a_lock_never_starve_a_fast_one(
-    seeded_db: str, rigs: list[Rig]
+    seeded_db: str, rigs: list[PoolRig]
 ) -> None:
     bound, stuck = 3, 4  # more stuck queries than connections
     config = parse(OFF + "queries:\n" + stuck_queries(stuck) + FAST, SETTINGS)
@@ -187,7 +177,7 @@ def sleepers(names: list[str]) -> str:
 
 
 async def test_a_reload_resizes_the_pool_to_the_queries_enabled(
-    seeded_db: str, tmp_path: Path, rigs: list[Rig]
+    seeded_db: str, tmp_path: Path, rigs: list[PoolRig]
 ) -> None:
     four = OFF + "queries:\n" + sleepers(["q0", "q1", "q2", "q3"])
     one = OFF + "queries:\n" + sleepers(["q0"])
