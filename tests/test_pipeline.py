@@ -66,3 +66,36 @@ def test_the_pipeline_is_wired_in_one_place() -> None:
     assert not wired, "pipeline wired by hand (use exporter.pipeline.build_pipeline):\n" + (
         "\n".join(wired)
     )
+
+
+async def test_a_shutdown_during_the_shared_render_wait_ends_the_job_quietly(
+    seeded_db: str,
+) -> None:
+    """A run that finished waits up to ``render_gap`` for the render it shares with runs that
+    finish close to it; a shutdown cancelling that wait must end the job without an exception
+    (APScheduler printed a ``CancelledError`` traceback) and must not leave the render marked
+    pending, or no later run would render again."""
+    import asyncio
+
+    settings = settings_given(dsn=seeded_db)
+    pipeline = build_pipeline(settings, parse(CUSTOM, settings), process_metrics=False)
+    await pipeline.open()
+    try:
+        collector = pipeline.collector
+        collector.render_gap = 60.0
+        await collector.run_query("one")  # renders at once: the last render is now
+        before = collector.runs_completed["one"]
+        waiting = asyncio.create_task(collector.run_query("one"))
+        deadline = asyncio.get_running_loop().time() + 10
+        while collector.runs_completed["one"] == before:  # the run is done, the wait begins
+            assert asyncio.get_running_loop().time() < deadline, "the run did not finish"
+            await asyncio.sleep(0.01)
+        assert not waiting.done()
+        waiting.cancel()
+        assert await waiting is True  # the answer, not a CancelledError
+        collector.render_gap = 0.0
+        rendered = pipeline.store.current
+        assert await collector.run_query("one") is True
+        assert pipeline.store.current is not rendered  # rendered again
+    finally:
+        await pipeline.close(1.0)

@@ -123,7 +123,11 @@ class Collector:
             return answered
         self.store.health.cycle_duration.labels(query=name).set(time.perf_counter() - started)
         self.runs_completed[name] = self.runs_completed.get(name, 0) + 1
-        await self._render_soon()
+        try:
+            await self._render_soon()
+        except asyncio.CancelledError:
+            # The shutdown cancelled the wait for the shared render; the run itself is done.
+            log.debug("query %s: render cancelled", name)
         return answered
 
     async def run_all(self) -> bool:
@@ -146,8 +150,10 @@ class Collector:
             return  # a render that has not started yet will include this result
         self._render_pending = True
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(max(0.0, self._last_render + self.render_gap - loop.time()))
-        self._render_pending = False
+        try:
+            await asyncio.sleep(max(0.0, self._last_render + self.render_gap - loop.time()))
+        finally:
+            self._render_pending = False  # also when cancelled: later runs must render
         self._last_render = loop.time()
         await self.store.render_async()
 
