@@ -54,9 +54,9 @@ QUERY_WAIT = MetricSpec(
 QUERY_RUN = MetricSpec(
     "tw_exporter_query_run_seconds",
     "histogram",
-    "Time each business query's statement ran (with its commit) once it had a server "
-    "connection; with tw_exporter_query_wait_seconds it tells a saturated pool or pooler "
-    "apart from a slow query.",
+    "Time each business query's statement ran (with the rollback that ends it) once it had a "
+    "server connection; with tw_exporter_query_wait_seconds it tells a saturated pool or "
+    "pooler apart from a slow query.",
     ("query",),
 )
 QUERY_LAST_SUCCESS = MetricSpec(
