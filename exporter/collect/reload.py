@@ -212,12 +212,10 @@ class Reloader:
 
 def _definitions(config: QueriesConfig) -> dict[str, tuple[object, Schedule]]:
     """What makes a query the same query: its definition and its effective schedule."""
-    result: dict[str, tuple[object, Schedule]] = {
-        name: (None, _comparable(s)) for name, s in config.builtins.items()
+    return {
+        name: (d.collector or d.query, _comparable(d.schedule))
+        for name, d in config.definitions.items()
     }
-    for name, (query, schedule) in config.custom.items():
-        result[name] = (query, _comparable(schedule))
-    return result
 
 
 def _comparable(schedule: Schedule) -> Schedule:

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -40,9 +40,10 @@ from pydantic import (
     StrictStr,
     ValidationError,
     WithJsonSchema,
+    create_model,
 )
 
-from exporter.collectors import COLLECTORS
+from exporter.collectors import COLLECTORS, QueryCollector
 from exporter.config.settings import (
     DEFAULT_QUERY_TIMEOUT_CAP,
     HA_LEASE_MARGIN,
@@ -53,6 +54,7 @@ from exporter.config.settings import (
     SettingsError,
     default_max_staleness,
     default_query_timeout,
+    schedule_conflicts,
 )
 from exporter.config.webconfig import load_yaml
 
@@ -287,10 +289,16 @@ class BuiltinDef(_Strict):
     max_staleness: ScheduleSeconds | None = None
 
 
-class BuiltinsDef(_Strict):
-    top_users: BuiltinDef = BuiltinDef()
-    trending_hashtags: BuiltinDef = BuiltinDef()
-    platform_stats: BuiltinDef = BuiltinDef()
+# One optional ``BuiltinDef`` per registered built-in (``exporter.collectors.COLLECTORS``): a
+# built-in added there is tunable under ``builtins:`` (and in the JSON Schema) with no edit here.
+if TYPE_CHECKING:
+    BuiltinsDef = _Strict
+else:
+    BuiltinsDef = create_model(
+        "BuiltinsDef",
+        __base__=_Strict,
+        **{collector.name: (BuiltinDef, BuiltinDef()) for collector in COLLECTORS},
+    )
 
 
 class QueriesFileModel(_Strict):
@@ -327,20 +335,72 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class QueryDefinition:
+    """One query the exporter knows, built-in or custom: the one model the scheduler, the
+    snapshot store, health, reload and ``check`` read.
+
+    A built-in's statement and mapping stay code (``collector``: its SQL shapes and row
+    mapping, registered in ``exporter.collectors.COLLECTORS``); a custom query's are the
+    file's (``query``). Either way its schedule was resolved and validated here, once, by
+    the same rules (:func:`_resolve`, :func:`schedule_errors`).
+    """
+
+    name: str
+    schedule: Schedule
+    collector: QueryCollector | None = None  # a built-in: its code
+    query: QueryDef | None = None  # a custom query: the file's entry
+    enabled: bool = True
+
+    @property
+    def builtin(self) -> bool:
+        return self.collector is not None
+
+    @property
+    def kind(self) -> str:
+        """How an error line names it: ``built-in query NAME`` or ``query NAME``."""
+        return "built-in query" if self.builtin else "query"
+
+
+def builtin_definition(name: str, schedule: Schedule, enabled: bool = True) -> QueryDefinition:
+    """The definition of the registered built-in ``name`` on ``schedule``."""
+    collector = next((c for c in COLLECTORS if c.name == name), None)
+    if collector is None:
+        raise KeyError(f"no built-in query {name!r}: the built-ins are {BUILTIN_NAMES}")
+    return QueryDefinition(name, schedule, collector=collector, enabled=enabled)
+
+
+@dataclass(frozen=True)
 class QueriesConfig:
-    """A validated file: built-in schedules (enabled ones only) and the custom queries."""
+    """A validated file: every query's definition (built-ins first, in registry order, then
+    the custom ones in the file's order), disabled built-ins included."""
 
     path: Path | None
-    builtins: Mapping[str, Schedule]
-    custom: Mapping[str, tuple[QueryDef, Schedule]]
+    all_definitions: tuple[QueryDefinition, ...]
+
+    @property
+    def definitions(self) -> dict[str, QueryDefinition]:
+        """The enabled queries: what runs, by name."""
+        return {d.name: d for d in self.all_definitions if d.enabled}
+
+    @property
+    def builtins(self) -> dict[str, Schedule]:
+        """The enabled built-ins' schedules."""
+        return {n: d.schedule for n, d in self.definitions.items() if d.builtin}
+
+    @property
+    def custom(self) -> dict[str, tuple[QueryDef, Schedule]]:
+        """The custom queries, with their schedules."""
+        return {
+            n: (d.query, d.schedule) for n, d in self.definitions.items() if d.query is not None
+        }
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (*self.builtins, *self.custom)
+        return tuple(self.definitions)
 
     @property
     def schedules(self) -> dict[str, Schedule]:
-        return {**self.builtins, **{name: s for name, (_, s) in self.custom.items()}}
+        return {name: d.schedule for name, d in self.definitions.items()}
 
     @property
     def store_queries(self) -> dict[str, tuple[float, float]]:
@@ -396,17 +456,20 @@ def default_config(settings: Settings) -> QueriesConfig:
 
 
 def build_config(model: QueriesFileModel, settings: Settings, path: Path | None) -> QueriesConfig:
+    """Every query's definition: the registered built-ins with the file's overrides, then the
+    file's custom queries, each schedule resolved by the same :func:`_resolve`."""
     where = str(path) if path else "file"
-    builtins: dict[str, Schedule] = {}
-    for name in BUILTIN_NAMES:
-        override: BuiltinDef = getattr(model.builtins, name)
-        if override.enabled:
-            builtins[name] = _resolve(override, settings, where=where, builtin=True)
-    custom = {
-        name: (query, _resolve(query, settings, where=where, builtin=False))
-        for name, query in model.queries.items()
-    }
-    return QueriesConfig(path, builtins, custom)
+    definitions: list[QueryDefinition] = []
+    for collector in COLLECTORS:
+        override: BuiltinDef = getattr(model.builtins, collector.name)
+        schedule = _resolve(override, settings, where=where, builtin=True)
+        definitions.append(
+            QueryDefinition(collector.name, schedule, collector=collector, enabled=override.enabled)
+        )
+    for name, query in model.queries.items():
+        schedule = _resolve(query, settings, where=where, builtin=False)
+        definitions.append(QueryDefinition(name, schedule, query=query))
+    return QueriesConfig(path, tuple(definitions))
 
 
 # ---------------------------------------------------------------- checks beyond one field
@@ -527,7 +590,7 @@ def placeholders(sql: str) -> set[int]:
     return {int(n) for n in re.findall(r"\$(\d+)", sql)}
 
 
-def _query_errors(name: str, query: QueryDef, schedule: Schedule) -> Iterator[tuple[str, str]]:
+def _query_errors(query: QueryDef) -> Iterator[tuple[str, str]]:
     """(field, message) for one query on its own."""
     problem = _statement_problem(query.sql)
     if problem:
@@ -563,45 +626,52 @@ def _query_errors(name: str, query: QueryDef, schedule: Schedule) -> Iterator[tu
             if label in seen:
                 yield f"{where}.labels", f"label {label!r} is given twice"
             seen.add(label)
-    if schedule.timeout > schedule.interval:
+
+
+def schedule_errors(definition: QueryDefinition) -> Iterator[tuple[str, str]]:
+    """(field, message) for a schedule that contradicts its interval: the rule of
+    ``exporter.config.settings.schedule_conflicts``, for every query alike."""
+    schedule = definition.schedule
+    conflicts = schedule_conflicts(schedule.interval, schedule.timeout, schedule.max_staleness)
+    if "timeout" in conflicts:
+        # A custom query's line also says where the timeout came from (a flag, the file).
+        source = "" if definition.builtin else f" ({schedule.sources['timeout']})"
         yield (
             "timeout",
-            (
-                f"{schedule.timeout:g}s ({schedule.sources['timeout']}) is longer than the "
-                f"interval {schedule.interval:g}s: runs would overlap"
-            ),
+            f"{schedule.timeout:g}s{source} is longer than the interval {schedule.interval:g}s: "
+            "runs would overlap",
         )
-    if schedule.max_staleness < schedule.interval:
+    if "max_staleness" in conflicts:
         yield (
             "max_staleness",
-            (f"{schedule.max_staleness:g}s is shorter than the interval {schedule.interval:g}s"),
+            f"{schedule.max_staleness:g}s is shorter than the interval {schedule.interval:g}s",
         )
+
+
+def _located(definition: QueryDefinition, errors: Iterator[tuple[str, str]]) -> Iterator[str]:
+    for where, message in errors:
+        yield f"{definition.kind} {definition.name}, field {where}: {message}"
 
 
 def semantic_errors(config: QueriesConfig) -> Iterator[str]:
     """Every problem no single field shows, as ``location: message``."""
-    for name, schedule in config.builtins.items():
-        if schedule.timeout > schedule.interval:
-            yield (
-                f"built-in query {name}, field timeout: {schedule.timeout:g}s is longer than "
-                f"the interval {schedule.interval:g}s: runs would overlap"
-            )
-        if schedule.max_staleness < schedule.interval:
-            yield (
-                f"built-in query {name}, field max_staleness: {schedule.max_staleness:g}s is "
-                f"shorter than the interval {schedule.interval:g}s"
-            )
+    for definition in config.definitions.values():
+        if definition.builtin:
+            yield from _located(definition, schedule_errors(definition))
     families = _Families()
     for collector in COLLECTORS:
         for spec in collector.metrics:
             families.claim(spec.name, spec.kind, "the built-in queries")
     for reserved in RESERVED_METRIC_NAMES:
         families.claim(reserved, "gauge", "the exporter itself")
-    for name, (query, schedule) in config.custom.items():
+    for definition in config.definitions.values():
+        name, query = definition.name, definition.query
+        if query is None:
+            continue
         if name in BUILTIN_NAMES:
             yield f"query {name}: the name of a built-in query (tune it under builtins:)"
-        for where, message in _query_errors(name, query, schedule):
-            yield f"query {name}, field {where}: {message}"
+        yield from _located(definition, _query_errors(query))
+        yield from _located(definition, schedule_errors(definition))
         for metric_name, metric in query.metrics.items():
             where = f"query {name}, field metrics.{metric_name}"
             if metric_name in RESERVED_METRIC_NAMES or metric_name.startswith(
