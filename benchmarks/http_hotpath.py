@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import Any
 
+from exporter.collectors import QUERY_NAMES
 from exporter.expose import http
 from exporter.expose.snapshot import SnapshotStore
 
@@ -39,7 +40,7 @@ class FakeTransport(asyncio.Transport):
 
 
 async def per_request(n: int, *, timers: bool = True) -> float:
-    store = SnapshotStore(interval=15.0, max_staleness=60.0)
+    store = SnapshotStore(interval=15.0, queries=dict.fromkeys(QUERY_NAMES, (15.0, 60.0)))
     server = http.MetricsServer(store)
     conn = http._Connection(server)
     if not timers:

@@ -81,7 +81,6 @@ def build_store(
     the server is bound before the pool opens)."""
     return SnapshotStore(
         interval=settings.interval,
-        max_staleness=settings.max_staleness,
         queries=config.store_queries,
         max_label_length=settings.max_label_length,
         process_metrics=process_metrics,

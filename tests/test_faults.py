@@ -142,7 +142,7 @@ async def test_failed_query_series_expire_after_max_staleness(
     await conn.execute("ALTER TABLE tw_users RENAME TO tw_users_gone")
     await conn.close()
 
-    now[0] += rig.store.max_staleness - 1
+    now[0] += rig.store.queries["top_users"].max_staleness - 1
     await rig.run_all()
     assert value(rig.text, "tw_user_followers", username="ann", verified="false") == 7
     now[0] += 2  # past --max-staleness since the last success
