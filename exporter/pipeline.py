@@ -49,7 +49,7 @@ class Pipeline:
         SIGHUP and ``POST /-/reload`` call; with --ha, ``fence`` gates every run."""
         if fence is not None:
             self.collector.fence = fence
-        self.scheduler = start_scheduler(self.collector, self.settings.interval)
+        self.scheduler = start_scheduler(self.collector)
         self.reloader = Reloader(self.settings, self.config, self.collector, self.scheduler, server)
         return self.scheduler, self.reloader
 

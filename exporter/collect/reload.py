@@ -199,7 +199,7 @@ class Reloader:
             add_query_job(self.scheduler, collector, name, schedule.interval)
         # The pool follows the new set: as many connections as queries (up to
         # --max-connections; extra idle ones close now), and their shortest interval.
-        collector.fit_pool(self.settings.interval)
+        collector.fit_pool()
         self.config = config
         security = plan.security
         if security is not None and self.server is not None:
