@@ -356,6 +356,13 @@ class QueryDefinition:
         return self.collector is not None
 
     @property
+    def check_runs(self) -> bool:
+        """How ``check`` proves it: a built-in is run once as ``run`` runs it (SQL whose cost
+        the project measured, its rows bounded); a custom query is prepared, never run (the
+        user's SQL, whose cost ``check`` must not impose on the database)."""
+        return self.builtin
+
+    @property
     def kind(self) -> str:
         """How an error line names it: ``built-in query NAME`` or ``query NAME``."""
         return "built-in query" if self.builtin else "query"
