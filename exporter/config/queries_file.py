@@ -1,12 +1,14 @@
 """The queries file (``--queries-file``): custom queries beside the built-in three, and per-query
 schedules for all of them.
 
-The file's shape is a pydantic model, so the same definition validates the YAML, reports each
-error with its location, and generates the JSON Schema editors use
-(``schemas/queries.schema.json``). Checks that need more than one field, another query or the
-command line (defaults, collisions, interval/timeout contradictions) run after the model, in
-:func:`semantic_errors`. Every problem becomes one line naming the file, the query and the
-field, so ``run`` and ``check`` can exit 2 with it.
+The file's shape is a pydantic model (``exporter.config.queries_model``), which also generates
+the JSON Schema editors use. From a valid shape, :func:`build_config` makes one
+``QueryDefinition`` per query, the registered built-ins and the file's custom ones alike, each
+schedule resolved and checked by the one query model (``exporter.config.definitions``); the
+checks that need more than one field or another query (collisions, reserved names, the SQL)
+run in :func:`semantic_errors`. Every problem becomes one line naming the file, the query and
+the field, so ``run`` and ``check`` can exit 2 with it. The other modules import the queries
+file's names from here.
 
 The short form, query-exporter's convention: a metric's value column defaults to the metric's
 own name, its type to ``gauge``, the schedule to the command line's, so the common query is::
@@ -21,45 +23,56 @@ own name, its type to ``gauge``, the schedule to the command line's, so the comm
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    WithJsonSchema,
-    create_model,
-)
+from pydantic import ValidationError
 
-from exporter.collectors import COLLECTORS, QueryCollector
-from exporter.config.settings import (
-    DEFAULT_QUERY_TIMEOUT_CAP,
-    HA_LEASE_MARGIN,
-    MAX_INTERVAL,
-    MIN_SECONDS,
-    STALENESS_INTERVALS,
-    Settings,
-    SettingsError,
-    default_max_staleness,
-    default_query_timeout,
-    schedule_conflicts,
+from exporter.collectors import COLLECTORS
+from exporter.config.definitions import (
+    QueriesConfig,
+    QueryDefinition,
+    Schedule,
+    builtin_definition,
+    resolve_schedule,
+    schedule_errors,
 )
+from exporter.config.queries_model import (
+    DEFAULT_MAX_SERIES,
+    LABEL_NAME,
+    METRIC_NAME,
+    QUERY_NAME,
+    AlertDef,
+    BuiltinDef,
+    MetricDef,
+    QueriesFileModel,
+    QueryDef,
+    bind,
+    json_schema,
+    parse_duration,
+)
+from exporter.config.settings import HA_LEASE_MARGIN, Settings, SettingsError
 from exporter.config.webconfig import load_yaml
 
-DEFAULT_MAX_SERIES = 500
-MAX_MAX_SERIES = 100_000
+__all__ = [
+    "DEFAULT_MAX_SERIES",
+    "AlertDef",
+    "MetricDef",
+    "QueriesConfig",
+    "QueriesFileError",
+    "QueryDef",
+    "QueryDefinition",
+    "Schedule",
+    "bind",
+    "builtin_definition",
+    "config_for",
+    "json_schema",
+    "load",
+    "parse",
+    "parse_duration",
+]
+
 BUILTIN_NAMES: tuple[str, ...] = tuple(c.name for c in COLLECTORS)
 BUILTIN_METRICS: frozenset[str] = frozenset(m.name for c in COLLECTORS for m in c.metrics)
 # Names the exporter itself, the Python client or the scraper own.
@@ -80,381 +93,12 @@ OPENMETRICS_SUFFIXES = (
     "_gsum",
 )
 
-QUERY_NAME = r"^[a-z][a-z0-9_]*$"
-METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
-LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$"
-
 
 class QueriesFileError(SettingsError):
     """An invalid queries file: ``str(error)`` is the one line the user sees."""
 
 
-# ---------------------------------------------------------------- durations
-
-
-def _shown(value: object, limit: int = 40) -> str:
-    """``repr(value)``, cut short: an error line names the value without repeating a huge one."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a Prometheus-style duration (``90s``, ``5m``, ``1h30m``, ``7d``).
-
-    Strings are converted here, before anything is bound to SQL: asyncpg does not coerce text
-    into numbers or intervals, so ``"5m"`` must never reach the driver as a string.
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a duration: seconds as a number, or text such as 30s, 5m, 1h")
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int beyond any float
-            seconds = math.inf
-    elif isinstance(value, str) and _DURATION_RE.match(value.strip()):
-        seconds = sum(
-            float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value.strip())
-        )
-    else:
-        raise ValueError(
-            f"invalid duration {_shown(value)}: expected seconds as a number, or text such as "
-            "30s, 5m, 1h30m, 7d"
-        )
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {_shown(value)}: expected a finite, positive duration")
-    return seconds
-
-
-def _schedule_seconds(value: object) -> float:
-    seconds = parse_duration(value)
-    if not MIN_SECONDS <= seconds <= MAX_INTERVAL:
-        raise ValueError(
-            f"invalid duration {_shown(value)}: expected from {MIN_SECONDS:g}s to {MAX_INTERVAL:g}s"
-        )
-    return seconds
-
-
-_DURATION_SCHEMA = {
-    "anyOf": [
-        {"type": "number", "exclusiveMinimum": 0},
-        {"type": "string", "pattern": DURATION_PATTERN},
-    ],
-    "description": "Seconds as a number, or a duration such as 30s, 5m, 1h30m, 7d.",
-}
-
-ScheduleSeconds = Annotated[
-    float, BeforeValidator(_schedule_seconds), WithJsonSchema(_DURATION_SCHEMA)
-]
-DurationSeconds = Annotated[
-    float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)
-]
-QueryName = Annotated[str, Field(pattern=QUERY_NAME, max_length=100)]
-MetricName = Annotated[str, Field(pattern=METRIC_NAME, max_length=200)]
-LabelName = Annotated[str, Field(pattern=LABEL_NAME, max_length=100)]
-ColumnName = Annotated[str, Field(min_length=1, max_length=63)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------- parameters
-
-
-def _interval_seconds(value: object) -> float:
-    """A duration that fits a ``timedelta`` (what asyncpg binds as an interval), checked here
-    so that a huge one is an error in the file, not an ``OverflowError`` when it is bound."""
-    seconds = parse_duration(value)
-    if seconds > MAX_TIMEDELTA_SECONDS:
-        raise ValueError(
-            f"invalid duration {_shown(value)}: expected at most "
-            f"{MAX_TIMEDELTA_SECONDS / 86400:.0f}d"
-        )
-    return seconds
-
-
-MAX_TIMEDELTA_SECONDS = float(timedelta.max.days) * 86400
-IntervalSeconds = Annotated[
-    float, BeforeValidator(_interval_seconds), WithJsonSchema(_DURATION_SCHEMA)
-]
-
-
-class IntervalParam(_Strict):
-    """A duration bound as a PostgreSQL ``interval`` (a ``timedelta``): ``$1::interval``."""
-
-    interval: IntervalSeconds
-
-    def bound(self) -> timedelta:
-        return timedelta(seconds=self.interval)
-
-
-class SecondsParam(_Strict):
-    """A duration bound as a number of seconds (``float8``): ``to_timestamp($1)`` and alike."""
-
-    seconds: DurationSeconds
-
-    def bound(self) -> float:
-        return self.seconds
-
-
-Param = StrictBool | StrictInt | StrictFloat | StrictStr | IntervalParam | SecondsParam
-
-
-def bind(param: Param) -> Any:
-    """The Python value asyncpg receives for one parameter."""
-    if isinstance(param, IntervalParam | SecondsParam):
-        return param.bound()
-    return param
-
-
-# ---------------------------------------------------------------- the file
-
-
-class AlertDef(_Strict):
-    """A threshold for ``tw-exporter monitoring``'s generated alert rule (one of above/below).
-
-    For a counter the threshold applies to its per-second rate over 5 minutes.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    above: float | None = Field(None, description="Fire while the value is above this.")
-    below: float | None = Field(None, description="Fire while the value is below this.")
-    for_: DurationSeconds = Field(
-        300, alias="for", description="How long the condition must hold; default 5m."
-    )
-    severity: Literal["warning", "critical"] = "warning"
-    summary: str | None = Field(None, max_length=500, description="Default: generated.")
-
-
-class MetricDef(_Strict):
-    """One metric family a query produces: one sample per row."""
-
-    type: Literal["gauge", "counter"] = Field(
-        "gauge", description="gauge, or counter (whose name must end in _total)."
-    )
-    help: str = Field(min_length=1, max_length=1000, description="The HELP text.")
-    value: ColumnName | None = Field(
-        None, description="The numeric column holding the value; default: the metric's name."
-    )
-    labels: tuple[LabelName, ...] = Field(
-        (), description="Columns whose text becomes a label of the same name."
-    )
-    const_labels: dict[LabelName, str] = Field(
-        default_factory=dict, description="Labels with the same value on every sample."
-    )
-    alert: AlertDef | None = Field(
-        None, description="A threshold: `tw-exporter monitoring` writes an alert rule for it."
-    )
-
-
-class QueryDef(_Strict):
-    """One custom query: a single read-only SELECT/WITH statement and the metrics it produces."""
-
-    sql: str = Field(min_length=1, description="One SELECT or WITH statement; $1..$n params.")
-    params: tuple[Param, ...] = Field(
-        (),
-        description=(
-            "Values of $1..$n: integer, float, text, boolean, {interval: DURATION} (bound as "
-            "an interval) or {seconds: DURATION} (bound as a number of seconds)."
-        ),
-    )
-    interval: ScheduleSeconds | None = Field(None, description="Default: --interval.")
-    timeout: ScheduleSeconds | None = Field(
-        None, description="Default: min(10s, interval), or --query-timeout; <= interval."
-    )
-    max_staleness: ScheduleSeconds | None = Field(
-        None, description="How long series outlive failures; default 3 x interval."
-    )
-    max_series: int = Field(
-        DEFAULT_MAX_SERIES,
-        ge=1,
-        le=MAX_MAX_SERIES,
-        description="Rows beyond this are not served and count as a data error.",
-    )
-    metrics: dict[MetricName, MetricDef] = Field(min_length=1)
-
-
-class BuiltinDef(_Strict):
-    """Schedule overrides for one built-in query (its SQL and metrics are fixed)."""
-
-    enabled: bool = True
-    interval: ScheduleSeconds | None = None
-    timeout: ScheduleSeconds | None = None
-    max_staleness: ScheduleSeconds | None = None
-
-
-# One optional ``BuiltinDef`` per registered built-in (``exporter.collectors.COLLECTORS``): a
-# built-in added there is tunable under ``builtins:`` (and in the JSON Schema) with no edit here.
-if TYPE_CHECKING:
-    BuiltinsDef = _Strict
-else:
-    BuiltinsDef = create_model(
-        "BuiltinsDef",
-        __base__=_Strict,
-        **{collector.name: (BuiltinDef, BuiltinDef()) for collector in COLLECTORS},
-    )
-
-
-class QueriesFileModel(_Strict):
-    """The queries file."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        title="tw-exporter queries file",
-        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
-    )
-
-    builtins: BuiltinsDef = BuiltinsDef()
-    queries: dict[QueryName, QueryDef] = Field(default_factory=dict)
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the file, as published in ``schemas/queries.schema.json``."""
-    return QueriesFileModel.model_json_schema()
-
-
-# ---------------------------------------------------------------- effective settings
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """One query's effective schedule and where each value came from (for ``check``)."""
-
-    interval: float
-    timeout: float
-    max_staleness: float
-    max_series: int = DEFAULT_MAX_SERIES
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class QueryDefinition:
-    """One query the exporter knows, built-in or custom: the one model the scheduler, the
-    snapshot store, health, reload and ``check`` read.
-
-    A built-in's statement and mapping stay code (``collector``: its SQL shapes and row
-    mapping, registered in ``exporter.collectors.COLLECTORS``); a custom query's are the
-    file's (``query``). Either way its schedule was resolved and validated here, once, by
-    the same rules (:func:`_resolve`, :func:`schedule_errors`).
-    """
-
-    name: str
-    schedule: Schedule
-    collector: QueryCollector | None = None  # a built-in: its code
-    query: QueryDef | None = None  # a custom query: the file's entry
-    enabled: bool = True
-
-    @property
-    def builtin(self) -> bool:
-        return self.collector is not None
-
-    @property
-    def check_runs(self) -> bool:
-        """How ``check`` proves it: a built-in is run once as ``run`` runs it (SQL whose cost
-        the project measured, its rows bounded); a custom query is prepared, never run (the
-        user's SQL, whose cost ``check`` must not impose on the database)."""
-        return self.builtin
-
-    @property
-    def kind(self) -> str:
-        """How an error line names it: ``built-in query NAME`` or ``query NAME``."""
-        return "built-in query" if self.builtin else "query"
-
-
-def builtin_definition(name: str, schedule: Schedule, enabled: bool = True) -> QueryDefinition:
-    """The definition of the registered built-in ``name`` on ``schedule``."""
-    collector = next((c for c in COLLECTORS if c.name == name), None)
-    if collector is None:
-        raise KeyError(f"no built-in query {name!r}: the built-ins are {BUILTIN_NAMES}")
-    return QueryDefinition(name, schedule, collector=collector, enabled=enabled)
-
-
-@dataclass(frozen=True)
-class QueriesConfig:
-    """A validated file: every query's definition (built-ins first, in registry order, then
-    the custom ones in the file's order), disabled built-ins included."""
-
-    path: Path | None
-    all_definitions: tuple[QueryDefinition, ...]
-
-    @property
-    def definitions(self) -> dict[str, QueryDefinition]:
-        """The enabled queries: what runs, by name."""
-        return {d.name: d for d in self.all_definitions if d.enabled}
-
-    @property
-    def builtins(self) -> dict[str, Schedule]:
-        """The enabled built-ins' schedules."""
-        return {n: d.schedule for n, d in self.definitions.items() if d.builtin}
-
-    @property
-    def custom(self) -> dict[str, tuple[QueryDef, Schedule]]:
-        """The custom queries, with their schedules."""
-        return {
-            n: (d.query, d.schedule) for n, d in self.definitions.items() if d.query is not None
-        }
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.definitions)
-
-    @property
-    def schedules(self) -> dict[str, Schedule]:
-        return {name: d.schedule for name, d in self.definitions.items()}
-
-    @property
-    def store_queries(self) -> dict[str, tuple[float, float]]:
-        """Each enabled query's (interval, max staleness): what the snapshot store needs to
-        export its interval and expire its series."""
-        return {name: (s.interval, s.max_staleness) for name, s in self.schedules.items()}
-
-
-def _resolve(
-    file_values: BuiltinDef | QueryDef,
-    settings: Settings,
-    *,
-    where: str,
-    builtin: bool,
-) -> Schedule:
-    """File wins over flag, flag over default; built-ins also follow --max-staleness."""
-    sources: dict[str, str] = {}
-    if file_values.interval is not None:
-        interval, sources["interval"] = file_values.interval, where
-    else:
-        interval, sources["interval"] = (
-            settings.interval,
-            settings.sources.get("interval", "default"),
-        )
-    if file_values.timeout is not None:
-        timeout, sources["timeout"] = file_values.timeout, where
-    elif "query_timeout" in settings.sources:
-        timeout = min(settings.query_timeout, interval)
-        sources["timeout"] = f"{settings.sources['query_timeout']} (capped at the interval)"
-    else:
-        timeout = default_query_timeout(interval)
-        sources["timeout"] = f"default (min({DEFAULT_QUERY_TIMEOUT_CAP:g}s, interval))"
-    if file_values.max_staleness is not None:
-        staleness, sources["max_staleness"] = file_values.max_staleness, where
-    elif builtin and "max_staleness" in settings.sources:
-        staleness = max(settings.max_staleness, interval)
-        sources["max_staleness"] = settings.sources["max_staleness"]
-    else:
-        staleness = default_max_staleness(interval)
-        sources["max_staleness"] = f"default ({STALENESS_INTERVALS} x interval)"
-    max_series = DEFAULT_MAX_SERIES
-    if isinstance(file_values, QueryDef):
-        max_series = file_values.max_series
-        sources["max_series"] = (
-            where if "max_series" in file_values.model_fields_set else ("default")
-        )
-    return Schedule(interval, timeout, staleness, max_series, sources)
+# ---------------------------------------------------------------- definitions
 
 
 def default_config(settings: Settings) -> QueriesConfig:
@@ -469,12 +113,12 @@ def build_config(model: QueriesFileModel, settings: Settings, path: Path | None)
     definitions: list[QueryDefinition] = []
     for collector in COLLECTORS:
         override: BuiltinDef = getattr(model.builtins, collector.name)
-        schedule = _resolve(override, settings, where=where, builtin=True)
+        schedule = resolve_schedule(override, settings, where=where, builtin=True)
         definitions.append(
             QueryDefinition(collector.name, schedule, collector=collector, enabled=override.enabled)
         )
     for name, query in model.queries.items():
-        schedule = _resolve(query, settings, where=where, builtin=False)
+        schedule = resolve_schedule(query, settings, where=where, builtin=False)
         definitions.append(QueryDefinition(name, schedule, query=query))
     return QueriesConfig(path, tuple(definitions))
 
@@ -633,26 +277,6 @@ def _query_errors(query: QueryDef) -> Iterator[tuple[str, str]]:
             if label in seen:
                 yield f"{where}.labels", f"label {label!r} is given twice"
             seen.add(label)
-
-
-def schedule_errors(definition: QueryDefinition) -> Iterator[tuple[str, str]]:
-    """(field, message) for a schedule that contradicts its interval: the rule of
-    ``exporter.config.settings.schedule_conflicts``, for every query alike."""
-    schedule = definition.schedule
-    conflicts = schedule_conflicts(schedule.interval, schedule.timeout, schedule.max_staleness)
-    if "timeout" in conflicts:
-        # A custom query's line also says where the timeout came from (a flag, the file).
-        source = "" if definition.builtin else f" ({schedule.sources['timeout']})"
-        yield (
-            "timeout",
-            f"{schedule.timeout:g}s{source} is longer than the interval {schedule.interval:g}s: "
-            "runs would overlap",
-        )
-    if "max_staleness" in conflicts:
-        yield (
-            "max_staleness",
-            f"{schedule.max_staleness:g}s is shorter than the interval {schedule.interval:g}s",
-        )
 
 
 def _located(definition: QueryDefinition, errors: Iterator[tuple[str, str]]) -> Iterator[str]:
