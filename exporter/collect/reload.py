@@ -180,16 +180,16 @@ class Reloader:
             collector.remove_job(self.scheduler, name)
             store.remove_query(name)
             collector.forget(name)
-            collector.schedules.pop(name, None)
-        schedules = config.schedules
+            del collector.definitions[name]
+        definitions = config.definitions
         # Unchanged queries keep their collector object: a run in flight still counts. A
         # changed query gets its new one, so a run of the old definition still in flight is
         # recognised as replaced and dropped when it lands.
         kept = {c.name: c for c in collector.collectors if c.name not in (*changed, *removed)}
         collector.collectors = tuple(kept.get(c.name, c) for c in plan.collectors)
         for name in (*changed, *added):
-            schedule = schedules[name]
-            collector.schedules[name] = schedule
+            collector.definitions[name] = definitions[name]
+            schedule = definitions[name].schedule
             if name in changed:
                 collector.forget(name)
                 store.change_query(name, schedule.interval, schedule.max_staleness)

@@ -35,9 +35,10 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEve
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.collect.clock import WATCH_PERIOD, ClockWatch, Jump
+from exporter.collect.custom import collector_of
 from exporter.collectors import QueryCollector
 from exporter.collectors.base import PartialData, QueryParams
-from exporter.config.queries_file import Schedule
+from exporter.config.queries_file import QueryDefinition
 from exporter.db.database import Database, QueryError
 from exporter.db.leader import Fence
 from exporter.expose.snapshot import SnapshotStore
@@ -57,22 +58,22 @@ class Collector:
         database: Database,
         store: SnapshotStore,
         params: QueryParams,
-        collectors: Sequence[QueryCollector],
-        schedules: Mapping[str, Schedule],
+        definitions: Sequence[QueryDefinition],
+        *,
+        runners: Mapping[str, QueryCollector] | None = None,
         fence: Fence | None = None,
     ) -> None:
-        """``collectors`` run the queries; ``schedules`` are their definitions' (interval,
-        timeout), one for each: the scheduler assumes no query and no default of its own."""
-        unscheduled = [c.name for c in collectors if c.name not in schedules]
-        if unscheduled:
-            raise ValueError(f"queries without a schedule: {', '.join(unscheduled)}")
+        """``definitions``: the queries to run, built-in or custom alike, each with its
+        schedule (interval, timeout); the scheduler assumes no query and no default of its
+        own. ``runners``: what runs a definition instead of its own statement and mapping
+        (a test's slow statement under a query's name)."""
         self.database = database
         self.store = store
         self.params = params
-        self.collectors = tuple(collectors)
+        self.definitions: dict[str, QueryDefinition] = {d.name: d for d in definitions}
+        self.collectors = tuple((runners or {}).get(d.name) or collector_of(d) for d in definitions)
         # With --ha, no query starts unless the fence confirms this replica still leads.
         self.fence = fence
-        self.schedules: dict[str, Schedule] = dict(schedules)
         self.runs_completed: dict[str, int] = {}
         self._running: set[asyncio.Task[Any]] = set()
         # Each query's APScheduler job id (see ``add_query_job``).
@@ -89,7 +90,7 @@ class Collector:
     def fit_pool(self) -> None:
         """Size the pool's use to the queries enabled now and tell it their shortest interval:
         at start, and after a reload added or removed queries or changed an interval."""
-        intervals = [self.schedules[c.name].interval for c in self.collectors]
+        intervals = [self.definitions[c.name].schedule.interval for c in self.collectors]
         self.database.fit(len(self.collectors), min(intervals, default=math.inf))
 
     def by_name(self, name: str) -> QueryCollector | None:
@@ -187,7 +188,7 @@ class Collector:
         """Run one query and record its outcome; returns whether the database answered it."""
         health = self.store.health
         started = time.perf_counter()
-        schedule = self.schedules[collector.name]
+        schedule = self.definitions[collector.name].schedule
         problems: tuple[str, ...] = ()
         try:
             result = await self.database.fetch(
@@ -359,6 +360,7 @@ def start_scheduler(collector: Collector) -> SteadyScheduler:
 
     scheduler.add_listener(skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
     for query in collector.collectors:
-        add_query_job(scheduler, collector, query.name, collector.schedules[query.name].interval)
+        interval = collector.definitions[query.name].schedule.interval
+        add_query_job(scheduler, collector, query.name, interval)
     scheduler.start()
     return scheduler
