@@ -142,12 +142,14 @@ class Reloader:
         return load_http_security(self.settings)
 
     async def _prove(self, config: QueriesConfig) -> None:
-        """Step 2: prepare each new or changed custom query on the database."""
+        """Step 2: prepare each new or changed custom query on the database (a built-in's
+        statement is the code's, the same before and after)."""
         old = _definitions(self.config)
         new = _definitions(config)
         database = self.collector.database
-        for name, (query, schedule) in config.custom.items():
-            if old.get(name) == new[name]:
+        for name, definition in config.definitions.items():
+            query, schedule = definition.query, definition.schedule
+            if query is None or old.get(name) == new[name]:
                 continue
             args = [bind(p) for p in query.params]
             try:

@@ -156,9 +156,7 @@ def resolve_schedule(
     max_series = DEFAULT_MAX_SERIES
     if isinstance(file_values, QueryDef):
         max_series = file_values.max_series
-        sources["max_series"] = (
-            where if "max_series" in file_values.model_fields_set else ("default")
-        )
+        sources["max_series"] = where if "max_series" in file_values.model_fields_set else "default"
     return Schedule(interval, timeout, staleness, max_series, sources)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import asyncpg
 
 from exporter.collect.custom import collector_of
-from exporter.collectors import COLLECTORS, QueryCollector, schema
+from exporter.collectors import QueryCollector, schema
 from exporter.collectors.base import PartialData
 from exporter.config.queries_file import QueriesConfig, config_for
 from exporter.config.settings import Settings
@@ -69,7 +69,8 @@ SELECT pg_is_in_recovery() AS standby,
 """
 
 
-def required_columns(collectors: Iterable[QueryCollector] = COLLECTORS) -> dict[str, set[str]]:
+def required_columns(collectors: Iterable[QueryCollector]) -> dict[str, set[str]]:
+    """The columns each table must have for ``collectors`` (what their modules declare)."""
     needed: dict[str, set[str]] = {}
     for collector in collectors:
         for table, columns in collector.tables.items():
