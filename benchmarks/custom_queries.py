@@ -119,7 +119,7 @@ async def burst_and_render(dsn: str) -> dict[str, Any]:
 
     # The machine is shared: the ticker's lateness with nothing to do is the floor.
     _, idle_worst = await worst_stall(idle, settle=0)
-    scheduler = start_scheduler(collector, 15.0)  # the first runs, at start-up
+    scheduler = start_scheduler(collector)  # the first runs, at start-up
     while len(collector.runs_completed) < QUERIES:  # noqa: ASYNC110 - the jobs bump a counter
         await asyncio.sleep(0.005)
     scheduler.shutdown(wait=False)
@@ -308,7 +308,7 @@ async def fast_beside_slow(
     admin = await asyncpg.connect(dsn)
     backends: list[int] = []
     started = time.time()
-    scheduler = start_scheduler(collector, 15.0)
+    scheduler = start_scheduler(collector)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         backends.append(

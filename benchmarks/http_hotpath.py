@@ -15,6 +15,7 @@ import asyncio
 import time
 from typing import Any
 
+from exporter.collectors import QUERY_NAMES
 from exporter.expose import connection, http
 from exporter.expose.snapshot import SnapshotStore
 
@@ -40,7 +41,7 @@ class FakeTransport(asyncio.Transport):
 
 
 async def per_request(n: int, *, timers: bool = True) -> float:
-    store = SnapshotStore(interval=15.0, max_staleness=60.0)
+    store = SnapshotStore(interval=15.0, queries=dict.fromkeys(QUERY_NAMES, (15.0, 60.0)))
     server = http.MetricsServer(store)
     conn = connection.Connection(server)
     if not timers:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.collect.custom import collectors_for
 from exporter.collect.reload import Reloader
 from exporter.collect.scheduler import Collector, SteadyScheduler, start_scheduler
 from exporter.collectors.base import QueryCollector
@@ -49,7 +48,7 @@ class Pipeline:
         SIGHUP and ``POST /-/reload`` call; with --ha, ``fence`` gates every run."""
         if fence is not None:
             self.collector.fence = fence
-        self.scheduler = start_scheduler(self.collector, self.settings.interval)
+        self.scheduler = start_scheduler(self.collector)
         self.reloader = Reloader(self.settings, self.config, self.collector, self.scheduler, server)
         return self.scheduler, self.reloader
 
@@ -81,7 +80,6 @@ def build_store(
     the server is bound before the pool opens)."""
     return SnapshotStore(
         interval=settings.interval,
-        max_staleness=settings.max_staleness,
         queries=config.store_queries,
         max_label_length=settings.max_label_length,
         process_metrics=process_metrics,
@@ -116,11 +114,9 @@ def build_pipeline(
         query_timeout=settings.query_timeout,
         application_name=application_name,
     )
-    collector = Collector(
-        database,
-        store,
-        settings,
-        collectors_for(config) if collectors is None else collectors,
-        schedules=config.schedules,
-    )
+    # ``collectors``: only these run, each under its definition's name and schedule.
+    runners = {c.name: c for c in collectors} if collectors is not None else None
+    names = list(runners) if runners is not None else list(config.definitions)
+    definitions = [config.definitions[name] for name in names]
+    collector = Collector(database, store, settings, definitions, runners=runners)
     return Pipeline(settings, config, database, store, collector)

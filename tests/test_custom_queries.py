@@ -199,7 +199,7 @@ async def test_a_slow_query_does_not_hold_up_a_fast_one(seeded_db: str, rigs: li
         ),
         rigs,
     )
-    scheduler = start_scheduler(rig.collector, SETTINGS.interval)
+    scheduler = start_scheduler(rig.collector)
     try:
 
         async def fast_ran_five_times() -> bool:

@@ -10,7 +10,7 @@ import asyncpg
 
 from exporter.collectors import COLLECTORS
 from exporter.collectors.base import QueryCollector
-from exporter.config.queries_file import QueriesConfig, Schedule
+from exporter.config.queries_file import QueriesConfig, Schedule, builtin_definition
 from exporter.expose.http import MetricsServer
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import StartExporter, wait_until, wait_until_sync
@@ -142,7 +142,7 @@ async def test_failed_query_series_expire_after_max_staleness(
     await conn.execute("ALTER TABLE tw_users RENAME TO tw_users_gone")
     await conn.close()
 
-    now[0] += rig.store.max_staleness - 1
+    now[0] += rig.store.queries["top_users"].max_staleness - 1
     await rig.run_all()
     assert value(rig.text, "tw_user_followers", username="ann", verified="false") == 7
     now[0] += 2  # past --max-staleness since the last success
@@ -165,7 +165,7 @@ async def test_cycles_never_overlap_and_skipped_ticks_are_counted(
     )
     # Ticks every 0.2 s, a run of 0.6 s under a 2 s timeout: a run outlasts its interval.
     # (The queries file would refuse a timeout above the interval; the schedule is set here.)
-    config = QueriesConfig(None, {"top_users": Schedule(0.2, 2.0, 60.0)}, {})
+    config = QueriesConfig(None, (builtin_definition("top_users", Schedule(0.2, 2.0, 60.0)),))
     rig = await make_rig(seeded_db, collectors=(slow,), config=config)
     rigs.append(rig)
     running = 0

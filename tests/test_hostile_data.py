@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from exporter.collectors import platform_stats, top_users, trending_hashtags
+from exporter.collectors import QUERY_NAMES, platform_stats, top_users, trending_hashtags
 from exporter.config.settings import DEFAULT_MAX_LABEL_LENGTH, query_params
 from exporter.expose.labels import fits, rewrite
 from exporter.expose.snapshot import OPENMETRICS_CONTENT_TYPE, SnapshotStore
@@ -122,7 +122,9 @@ def test_any_label_text_round_trips_in_both_formats(
     stats: tuple[int, int, float, float | None],
 ) -> None:
     params = query_params(top_users=1000, trending_limit=1000)
-    store = SnapshotStore(interval=1, max_staleness=3, process_metrics=False)
+    store = SnapshotStore(
+        interval=1, queries=dict.fromkeys(QUERY_NAMES, (1.0, 3.0)), process_metrics=False
+    )
     user_rows = [{"username": u, "follower_count": n, "verified": v} for u, (n, v) in users.items()]
     tag_rows = [{"tag": t, "tweet_count": n} for t, n in tags.items()]
     stat_row = dict(

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-from exporter.collectors import top_users
+from exporter.collectors import QUERY_NAMES, top_users
 from exporter.config.settings import query_params
 from exporter.expose.connection import MAX_HEADER_BYTES
 from exporter.expose.http import READ_BUFFER_BYTES, MetricsServer, ServerLimits
@@ -30,7 +30,9 @@ def users(*rows: tuple[str, int]) -> list:  # type: ignore[type-arg]
 
 @pytest.fixture
 def store() -> SnapshotStore:
-    store = SnapshotStore(interval=1, max_staleness=3, process_metrics=False)
+    store = SnapshotStore(
+        interval=1, queries=dict.fromkeys(QUERY_NAMES, (1.0, 3.0)), process_metrics=False
+    )
     store.record_success("top_users", users(("ann", 5), ("bob", 3)), 0)
     store.render()
     return store

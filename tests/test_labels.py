@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 
 from exporter.cli import build_parser
-from exporter.collectors import top_users, trending_hashtags
+from exporter.collectors import QUERY_NAMES, top_users, trending_hashtags
 from exporter.config.settings import (
     DEFAULT_MAX_LABEL_LENGTH,
     MAX_MAX_LABEL_LENGTH,
@@ -210,7 +210,12 @@ def test_the_store_counts_and_logs_each_shortened_value_once_per_run(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     params = query_params()
-    store = SnapshotStore(interval=1, max_staleness=3, process_metrics=False, max_label_length=64)
+    store = SnapshotStore(
+        interval=1,
+        queries=dict.fromkeys(QUERY_NAMES, (1.0, 3.0)),
+        process_metrics=False,
+        max_label_length=64,
+    )
     tags = [{"tag": "t" * 100, "tweet_count": 3}, {"tag": "ok", "tweet_count": 2}]
     users = [{"username": "u" * 100, "follower_count": 9, "verified": True}]
     caplog.set_level(logging.WARNING, logger="exporter.expose.labels")

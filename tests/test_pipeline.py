@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from exporter.collectors import QUERY_NAMES
 from exporter.config.queries_file import parse
 from exporter.pipeline import build_pipeline, settings_given
 from tests.helpers import value
@@ -99,3 +100,21 @@ async def test_a_shutdown_during_the_shared_render_wait_ends_the_job_quietly(
         assert pipeline.store.current is not rendered  # rendered again
     finally:
         await pipeline.close(1.0)
+
+
+def test_the_store_serves_only_the_defined_queries() -> None:
+    """The snapshot store and its health section know only the queries the configuration
+    defines: with every built-in disabled and no custom query, no built-in's health series is
+    served (the store once fell back to the built-in three when given no query)."""
+    settings = settings_given()
+    none = "builtins: {" + ", ".join(f"{n}: {{enabled: false}}" for n in QUERY_NAMES) + "}\n"
+    pipeline = build_pipeline(settings, parse(none, settings), process_metrics=False)
+    pipeline.store.render()
+    text = pipeline.store.current.text.body.decode()
+    assert "tw_exporter_query_interval_seconds" in text  # the health section is there
+    assert 'query="' not in text, text
+    one = build_pipeline(settings, parse(CUSTOM, settings), process_metrics=False)
+    one.store.render()
+    text = one.store.current.text.body.decode()
+    assert value(text, "tw_exporter_query_interval_seconds", query="one") == 60
+    assert value(text, "tw_exporter_query_interval_seconds", query="top_users") is None

@@ -25,7 +25,7 @@ def library(store: SnapshotStore) -> tuple[bytes, bytes]:
 
 def test_cached_health_section_equals_the_librarys_rendering() -> None:
     queries = {f"q{i}": (15.0, 45.0) for i in range(5)}
-    store = SnapshotStore(interval=15, max_staleness=45, queries=queries, process_metrics=False)
+    store = SnapshotStore(interval=15, queries=queries, process_metrics=False)
     health = store.health
     steps = [
         lambda: None,
@@ -52,7 +52,7 @@ async def test_losing_the_ha_lead_drops_every_rendered_part() -> None:
     from prometheus_client.core import GaugeMetricFamily
 
     queries = {"q1": (15.0, 45.0), "q2": (60.0, 180.0)}
-    store = SnapshotStore(interval=15, max_staleness=45, queries=queries, process_metrics=False)
+    store = SnapshotStore(interval=15, queries=queries, process_metrics=False)
 
     def family(name: str, value: float) -> GaugeMetricFamily:
         metric = GaugeMetricFamily(name, "help")
@@ -90,9 +90,7 @@ async def test_a_snapshot_shows_a_success_timestamp_exactly_with_its_series() ->
     nor series beside a timestamp of 0); the next render shows all of it."""
     from prometheus_client.core import GaugeMetricFamily
 
-    store = SnapshotStore(
-        interval=15, max_staleness=45, queries={"q1": (15.0, 45.0)}, process_metrics=False
-    )
+    store = SnapshotStore(interval=15, queries={"q1": (15.0, 45.0)}, process_metrics=False)
     family = GaugeMetricFamily("custom_one", "help")
     family.add_metric([], 7)
     render_health = store._render_health
@@ -125,9 +123,7 @@ async def test_the_health_section_cache_has_one_owner_thread() -> None:
     """Every render, waited for (``render``) or not (``render_async``, several at once),
     formats the health section in the same one thread, never on the loop's: the cache is
     never changed by two threads."""
-    store = SnapshotStore(
-        interval=15, max_staleness=45, queries={"q1": (15.0, 45.0)}, process_metrics=False
-    )
+    store = SnapshotStore(interval=15, queries={"q1": (15.0, 45.0)}, process_metrics=False)
     threads: set[int] = set()
     cache_render = store._health.render
 
@@ -151,9 +147,7 @@ def test_a_series_is_never_served_past_its_staleness_even_without_a_render() -> 
 
     now = [100.0]
     queries = {"short": (1.0, 3.0), "long": (60.0, 180.0)}
-    store = SnapshotStore(
-        interval=1, max_staleness=3, queries=queries, process_metrics=False, clock=lambda: now[0]
-    )
+    store = SnapshotStore(interval=1, queries=queries, process_metrics=False, clock=lambda: now[0])
     for name in queries:
         metric = GaugeMetricFamily(f"custom_{name}", "help")
         metric.add_metric([], 1)

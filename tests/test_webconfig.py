@@ -31,6 +31,7 @@ import bcrypt
 import pytest
 import yaml
 
+from exporter.collectors import QUERY_NAMES
 from exporter.config.basic_auth import BasicAuth
 from exporter.config.web_fields import WebConfigError
 from exporter.config.web_tls import TLSConfig, TLSContextProvider
@@ -96,7 +97,9 @@ async def tls_server(ctx: ssl.SSLContext) -> AsyncIterator[Server]:
     """The exporter's HTTP server (``MetricsServer``) on 127.0.0.1 with ``ctx``: every
     connection is accepted as TCP and upgraded to TLS by the connection itself
     (``exporter.expose.tls.start_tls``), as in production."""
-    store = SnapshotStore(interval=1, max_staleness=3, process_metrics=False)
+    store = SnapshotStore(
+        interval=1, queries=dict.fromkeys(QUERY_NAMES, (1.0, 3.0)), process_metrics=False
+    )
     store.render()
     collector = _HandshakeErrors()
     logger = logging.getLogger("exporter.expose.http")  # the connections' logger

@@ -25,9 +25,14 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from exporter.collectors import COLLECTORS
 from exporter.collectors.base import MetricSpec, PartialData, QueryCollector, QueryParams, Row
-from exporter.config.queries_file import MetricDef, QueriesConfig, QueryDef, bind
+from exporter.config.queries_file import (
+    MetricDef,
+    QueriesConfig,
+    QueryDef,
+    QueryDefinition,
+    bind,
+)
 
 # PostgreSQL types a sample value can come from (asyncpg returns int, float or Decimal).
 NUMERIC_TYPES = frozenset({"int2", "int4", "int8", "float4", "float8", "numeric", "oid", "money"})
@@ -178,11 +183,16 @@ def column_problems(query: QueryDef, columns: dict[str, str]) -> list[str]:
     return problems
 
 
+def collector_of(definition: QueryDefinition) -> QueryCollector:
+    """What runs a definition: a built-in's own code, or a custom query's file entry mapped
+    onto the same shape."""
+    if definition.collector is not None:
+        return definition.collector
+    assert definition.query is not None, definition.name
+    return collector(definition.name, definition.query, definition.schedule.max_series)
+
+
 def collectors_for(config: QueriesConfig) -> tuple[QueryCollector, ...]:
-    """Every query a configuration runs: the enabled built-ins, then the custom ones."""
-    builtins = tuple(c for c in COLLECTORS if c.name in config.builtins)
-    custom = tuple(
-        collector(name, query, schedule.max_series)
-        for name, (query, schedule) in config.custom.items()
-    )
-    return builtins + custom
+    """Every query a configuration runs, in its definitions' order (the enabled built-ins,
+    then the custom ones)."""
+    return tuple(collector_of(d) for d in config.definitions.values())

@@ -143,12 +143,14 @@ class Reloader:
         return load_http_security(self.settings)
 
     async def _prove(self, config: QueriesConfig) -> None:
-        """Step 2: prepare each new or changed custom query on the database."""
+        """Step 2: prepare each new or changed custom query on the database (a built-in's
+        statement is the code's, the same before and after)."""
         old = _definitions(self.config)
         new = _definitions(config)
         database = self.collector.database
-        for name, (query, schedule) in config.custom.items():
-            if old.get(name) == new[name]:
+        for name, definition in config.definitions.items():
+            query, schedule = definition.query, definition.schedule
+            if query is None or old.get(name) == new[name]:
                 continue
             args = [bind(p) for p in query.params]
             try:
@@ -181,16 +183,16 @@ class Reloader:
             collector.remove_job(self.scheduler, name)
             store.remove_query(name)
             collector.forget(name)
-            collector.schedules.pop(name, None)
-        schedules = config.schedules
+            del collector.definitions[name]
+        definitions = config.definitions
         # Unchanged queries keep their collector object: a run in flight still counts. A
         # changed query gets its new one, so a run of the old definition still in flight is
         # recognised as replaced and dropped when it lands.
         kept = {c.name: c for c in collector.collectors if c.name not in (*changed, *removed)}
         collector.collectors = tuple(kept.get(c.name, c) for c in plan.collectors)
         for name in (*changed, *added):
-            schedule = schedules[name]
-            collector.schedules[name] = schedule
+            collector.definitions[name] = definitions[name]
+            schedule = definitions[name].schedule
             if name in changed:
                 collector.forget(name)
                 store.change_query(name, schedule.interval, schedule.max_staleness)
@@ -200,7 +202,7 @@ class Reloader:
             add_query_job(self.scheduler, collector, name, schedule.interval)
         # The pool follows the new set: as many connections as queries (up to
         # --max-connections; extra idle ones close now), and their shortest interval.
-        collector.fit_pool(self.settings.interval)
+        collector.fit_pool()
         self.config = config
         security = plan.security
         if security is not None and self.server is not None:
@@ -213,12 +215,10 @@ class Reloader:
 
 def _definitions(config: QueriesConfig) -> dict[str, tuple[object, Schedule]]:
     """What makes a query the same query: its definition and its effective schedule."""
-    result: dict[str, tuple[object, Schedule]] = {
-        name: (None, _comparable(s)) for name, s in config.builtins.items()
+    return {
+        name: (d.collector or d.query, _comparable(d.schedule))
+        for name, d in config.definitions.items()
     }
-    for name, (query, schedule) in config.custom.items():
-        result[name] = (query, _comparable(schedule))
-    return result
 
 
 def _comparable(schedule: Schedule) -> Schedule:

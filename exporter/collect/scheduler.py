@@ -35,9 +35,10 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEve
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.collect.clock import WATCH_PERIOD, ClockWatch, Jump
-from exporter.collectors import COLLECTORS, QueryCollector
+from exporter.collect.custom import collector_of
+from exporter.collectors import QueryCollector
 from exporter.collectors.base import PartialData, QueryParams
-from exporter.config.queries_file import Schedule
+from exporter.config.queries_file import QueryDefinition
 from exporter.db.database import Database, QueryError
 from exporter.db.leader import Fence
 from exporter.expose.snapshot import SnapshotStore
@@ -57,18 +58,22 @@ class Collector:
         database: Database,
         store: SnapshotStore,
         params: QueryParams,
-        collectors: Sequence[QueryCollector] = COLLECTORS,
-        schedules: Mapping[str, Schedule] | None = None,
+        definitions: Sequence[QueryDefinition],
+        *,
+        runners: Mapping[str, QueryCollector] | None = None,
         fence: Fence | None = None,
     ) -> None:
+        """``definitions``: the queries to run, built-in or custom alike, each with its
+        schedule (interval, timeout); the scheduler assumes no query and no default of its
+        own. ``runners``: what runs a definition instead of its own statement and mapping
+        (a test's slow statement under a query's name)."""
         self.database = database
         self.store = store
         self.params = params
-        self.collectors = tuple(collectors)
+        self.definitions: dict[str, QueryDefinition] = {d.name: d for d in definitions}
+        self.collectors = tuple((runners or {}).get(d.name) or collector_of(d) for d in definitions)
         # With --ha, no query starts unless the fence confirms this replica still leads.
         self.fence = fence
-        # Per-query deadlines; a query without one uses the pool's --query-timeout.
-        self.schedules: dict[str, Schedule] = dict(schedules or {})
         self.runs_completed: dict[str, int] = {}
         self._running: set[asyncio.Task[Any]] = set()
         # Each query's APScheduler job id (see ``add_query_job``).
@@ -82,14 +87,10 @@ class Collector:
         self.render_gap = MIN_RENDER_GAP
         self.fit_pool()
 
-    def fit_pool(self, default_interval: float = math.inf) -> None:
-        """Size the pool's use to the queries enabled now and tell it their shortest interval
-        (``default_interval`` for a query without a schedule): at start, and after a reload
-        added or removed queries or changed an interval."""
-        intervals = [
-            self.schedules[c.name].interval if c.name in self.schedules else default_interval
-            for c in self.collectors
-        ]
+    def fit_pool(self) -> None:
+        """Size the pool's use to the queries enabled now and tell it their shortest interval:
+        at start, and after a reload added or removed queries or changed an interval."""
+        intervals = [self.definitions[c.name].schedule.interval for c in self.collectors]
         self.database.fit(len(self.collectors), min(intervals, default=math.inf))
 
     def by_name(self, name: str) -> QueryCollector | None:
@@ -193,13 +194,13 @@ class Collector:
         """Run one query and record its outcome; returns whether the database answered it."""
         health = self.store.health
         started = time.perf_counter()
-        schedule = self.schedules.get(collector.name)
+        schedule = self.definitions[collector.name].schedule
         problems: tuple[str, ...] = ()
         try:
             result = await self.database.fetch(
                 collector.statement,
                 collector.params(self.params),
-                schedule.timeout if schedule else None,
+                schedule.timeout,
                 query=collector.name,
                 max_rows=collector.max_rows,
             )
@@ -354,9 +355,9 @@ def add_query_job(
     )
 
 
-def start_scheduler(collector: Collector, interval: float) -> SteadyScheduler:
-    """Every query's job: on its schedule's interval, or ``interval`` without one."""
-    collector.fit_pool(interval)
+def start_scheduler(collector: Collector) -> SteadyScheduler:
+    """Every query's job, on its schedule's interval."""
+    collector.fit_pool()
     scheduler = SteadyScheduler(on_step=collector.clock_stepped, timezone=UTC)
 
     def skipped(event: JobEvent) -> None:
@@ -365,7 +366,7 @@ def start_scheduler(collector: Collector, interval: float) -> SteadyScheduler:
 
     scheduler.add_listener(skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
     for query in collector.collectors:
-        schedule = collector.schedules.get(query.name)
-        add_query_job(scheduler, collector, query.name, schedule.interval if schedule else interval)
+        interval = collector.definitions[query.name].schedule.interval
+        add_query_job(scheduler, collector, query.name, interval)
     scheduler.start()
     return scheduler

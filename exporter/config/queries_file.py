@@ -1,12 +1,14 @@
 """The queries file (``--queries-file``): custom queries beside the built-in three, and per-query
 schedules for all of them.
 
-The file's shape is a pydantic model, so the same definition validates the YAML, reports each
-error with its location, and generates the JSON Schema editors use
-(``schemas/queries.schema.json``). Checks that need more than one field, another query or the
-command line (defaults, collisions, interval/timeout contradictions) run after the model, in
-:func:`semantic_errors`. Every problem becomes one line naming the file, the query and the
-field, so ``run`` and ``check`` can exit 2 with it.
+The file's shape is a pydantic model (``exporter.config.queries_model``), which also generates
+the JSON Schema editors use. From a valid shape, :func:`build_config` makes one
+``QueryDefinition`` per query, the registered built-ins and the file's custom ones alike, each
+schedule resolved and checked by the one query model (``exporter.config.definitions``); the
+checks that need more than one field or another query (collisions, reserved names, the SQL)
+run in :func:`semantic_errors`. Every problem becomes one line naming the file, the query and
+the field, so ``run`` and ``check`` can exit 2 with it. The other modules import the queries
+file's names from here.
 
 The short form, query-exporter's convention: a metric's value column defaults to the metric's
 own name, its type to ``gauge``, the schedule to the command line's, so the common query is::
@@ -21,43 +23,56 @@ own name, its type to ``gauge``, the schedule to the command line's, so the comm
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    WithJsonSchema,
-)
+from pydantic import ValidationError
 
 from exporter.collectors import COLLECTORS
-from exporter.config.settings import (
-    DEFAULT_QUERY_TIMEOUT_CAP,
-    HA_LEASE_MARGIN,
-    MAX_INTERVAL,
-    MIN_SECONDS,
-    STALENESS_INTERVALS,
-    Settings,
-    SettingsError,
-    default_max_staleness,
-    default_query_timeout,
+from exporter.config.definitions import (
+    QueriesConfig,
+    QueryDefinition,
+    Schedule,
+    builtin_definition,
+    resolve_schedule,
+    schedule_errors,
 )
+from exporter.config.queries_model import (
+    DEFAULT_MAX_SERIES,
+    LABEL_NAME,
+    METRIC_NAME,
+    QUERY_NAME,
+    AlertDef,
+    BuiltinDef,
+    MetricDef,
+    QueriesFileModel,
+    QueryDef,
+    bind,
+    json_schema,
+    parse_duration,
+)
+from exporter.config.settings import HA_LEASE_MARGIN, Settings, SettingsError
 from exporter.config.strict_yaml import load_yaml
 
-DEFAULT_MAX_SERIES = 500
-MAX_MAX_SERIES = 100_000
+__all__ = [
+    "DEFAULT_MAX_SERIES",
+    "AlertDef",
+    "MetricDef",
+    "QueriesConfig",
+    "QueriesFileError",
+    "QueryDef",
+    "QueryDefinition",
+    "Schedule",
+    "bind",
+    "builtin_definition",
+    "config_for",
+    "json_schema",
+    "load",
+    "parse",
+    "parse_duration",
+]
+
 BUILTIN_NAMES: tuple[str, ...] = tuple(c.name for c in COLLECTORS)
 BUILTIN_METRICS: frozenset[str] = frozenset(m.name for c in COLLECTORS for m in c.metrics)
 # Names the exporter itself, the Python client or the scraper own.
@@ -78,316 +93,12 @@ OPENMETRICS_SUFFIXES = (
     "_gsum",
 )
 
-QUERY_NAME = r"^[a-z][a-z0-9_]*$"
-METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
-LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$"
-
 
 class QueriesFileError(SettingsError):
     """An invalid queries file: ``str(error)`` is the one line the user sees."""
 
 
-# ---------------------------------------------------------------- durations
-
-
-def _shown(value: object, limit: int = 40) -> str:
-    """``repr(value)``, cut short: an error line names the value without repeating a huge one."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a Prometheus-style duration (``90s``, ``5m``, ``1h30m``, ``7d``).
-
-    Strings are converted here, before anything is bound to SQL: asyncpg does not coerce text
-    into numbers or intervals, so ``"5m"`` must never reach the driver as a string.
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a duration: seconds as a number, or text such as 30s, 5m, 1h")
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int beyond any float
-            seconds = math.inf
-    elif isinstance(value, str) and _DURATION_RE.match(value.strip()):
-        seconds = sum(
-            float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value.strip())
-        )
-    else:
-        raise ValueError(
-            f"invalid duration {_shown(value)}: expected seconds as a number, or text such as "
-            "30s, 5m, 1h30m, 7d"
-        )
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {_shown(value)}: expected a finite, positive duration")
-    return seconds
-
-
-def _schedule_seconds(value: object) -> float:
-    seconds = parse_duration(value)
-    if not MIN_SECONDS <= seconds <= MAX_INTERVAL:
-        raise ValueError(
-            f"invalid duration {_shown(value)}: expected from {MIN_SECONDS:g}s to {MAX_INTERVAL:g}s"
-        )
-    return seconds
-
-
-_DURATION_SCHEMA = {
-    "anyOf": [
-        {"type": "number", "exclusiveMinimum": 0},
-        {"type": "string", "pattern": DURATION_PATTERN},
-    ],
-    "description": "Seconds as a number, or a duration such as 30s, 5m, 1h30m, 7d.",
-}
-
-ScheduleSeconds = Annotated[
-    float, BeforeValidator(_schedule_seconds), WithJsonSchema(_DURATION_SCHEMA)
-]
-DurationSeconds = Annotated[
-    float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)
-]
-QueryName = Annotated[str, Field(pattern=QUERY_NAME, max_length=100)]
-MetricName = Annotated[str, Field(pattern=METRIC_NAME, max_length=200)]
-LabelName = Annotated[str, Field(pattern=LABEL_NAME, max_length=100)]
-ColumnName = Annotated[str, Field(min_length=1, max_length=63)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------- parameters
-
-
-def _interval_seconds(value: object) -> float:
-    """A duration that fits a ``timedelta`` (what asyncpg binds as an interval), checked here
-    so that a huge one is an error in the file, not an ``OverflowError`` when it is bound."""
-    seconds = parse_duration(value)
-    if seconds > MAX_TIMEDELTA_SECONDS:
-        raise ValueError(
-            f"invalid duration {_shown(value)}: expected at most "
-            f"{MAX_TIMEDELTA_SECONDS / 86400:.0f}d"
-        )
-    return seconds
-
-
-MAX_TIMEDELTA_SECONDS = float(timedelta.max.days) * 86400
-IntervalSeconds = Annotated[
-    float, BeforeValidator(_interval_seconds), WithJsonSchema(_DURATION_SCHEMA)
-]
-
-
-class IntervalParam(_Strict):
-    """A duration bound as a PostgreSQL ``interval`` (a ``timedelta``): ``$1::interval``."""
-
-    interval: IntervalSeconds
-
-    def bound(self) -> timedelta:
-        return timedelta(seconds=self.interval)
-
-
-class SecondsParam(_Strict):
-    """A duration bound as a number of seconds (``float8``): ``to_timestamp($1)`` and alike."""
-
-    seconds: DurationSeconds
-
-    def bound(self) -> float:
-        return self.seconds
-
-
-Param = StrictBool | StrictInt | StrictFloat | StrictStr | IntervalParam | SecondsParam
-
-
-def bind(param: Param) -> Any:
-    """The Python value asyncpg receives for one parameter."""
-    if isinstance(param, IntervalParam | SecondsParam):
-        return param.bound()
-    return param
-
-
-# ---------------------------------------------------------------- the file
-
-
-class AlertDef(_Strict):
-    """A threshold for ``tw-exporter monitoring``'s generated alert rule (one of above/below).
-
-    For a counter the threshold applies to its per-second rate over 5 minutes.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    above: float | None = Field(None, description="Fire while the value is above this.")
-    below: float | None = Field(None, description="Fire while the value is below this.")
-    for_: DurationSeconds = Field(
-        300, alias="for", description="How long the condition must hold; default 5m."
-    )
-    severity: Literal["warning", "critical"] = "warning"
-    summary: str | None = Field(None, max_length=500, description="Default: generated.")
-
-
-class MetricDef(_Strict):
-    """One metric family a query produces: one sample per row."""
-
-    type: Literal["gauge", "counter"] = Field(
-        "gauge", description="gauge, or counter (whose name must end in _total)."
-    )
-    help: str = Field(min_length=1, max_length=1000, description="The HELP text.")
-    value: ColumnName | None = Field(
-        None, description="The numeric column holding the value; default: the metric's name."
-    )
-    labels: tuple[LabelName, ...] = Field(
-        (), description="Columns whose text becomes a label of the same name."
-    )
-    const_labels: dict[LabelName, str] = Field(
-        default_factory=dict, description="Labels with the same value on every sample."
-    )
-    alert: AlertDef | None = Field(
-        None, description="A threshold: `tw-exporter monitoring` writes an alert rule for it."
-    )
-
-
-class QueryDef(_Strict):
-    """One custom query: a single read-only SELECT/WITH statement and the metrics it produces."""
-
-    sql: str = Field(min_length=1, description="One SELECT or WITH statement; $1..$n params.")
-    params: tuple[Param, ...] = Field(
-        (),
-        description=(
-            "Values of $1..$n: integer, float, text, boolean, {interval: DURATION} (bound as "
-            "an interval) or {seconds: DURATION} (bound as a number of seconds)."
-        ),
-    )
-    interval: ScheduleSeconds | None = Field(None, description="Default: --interval.")
-    timeout: ScheduleSeconds | None = Field(
-        None, description="Default: min(10s, interval), or --query-timeout; <= interval."
-    )
-    max_staleness: ScheduleSeconds | None = Field(
-        None, description="How long series outlive failures; default 3 x interval."
-    )
-    max_series: int = Field(
-        DEFAULT_MAX_SERIES,
-        ge=1,
-        le=MAX_MAX_SERIES,
-        description="Rows beyond this are not served and count as a data error.",
-    )
-    metrics: dict[MetricName, MetricDef] = Field(min_length=1)
-
-
-class BuiltinDef(_Strict):
-    """Schedule overrides for one built-in query (its SQL and metrics are fixed)."""
-
-    enabled: bool = True
-    interval: ScheduleSeconds | None = None
-    timeout: ScheduleSeconds | None = None
-    max_staleness: ScheduleSeconds | None = None
-
-
-class BuiltinsDef(_Strict):
-    top_users: BuiltinDef = BuiltinDef()
-    trending_hashtags: BuiltinDef = BuiltinDef()
-    platform_stats: BuiltinDef = BuiltinDef()
-
-
-class QueriesFileModel(_Strict):
-    """The queries file."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        title="tw-exporter queries file",
-        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
-    )
-
-    builtins: BuiltinsDef = BuiltinsDef()
-    queries: dict[QueryName, QueryDef] = Field(default_factory=dict)
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the file, as published in ``schemas/queries.schema.json``."""
-    return QueriesFileModel.model_json_schema()
-
-
-# ---------------------------------------------------------------- effective settings
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """One query's effective schedule and where each value came from (for ``check``)."""
-
-    interval: float
-    timeout: float
-    max_staleness: float
-    max_series: int = DEFAULT_MAX_SERIES
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class QueriesConfig:
-    """A validated file: built-in schedules (enabled ones only) and the custom queries."""
-
-    path: Path | None
-    builtins: Mapping[str, Schedule]
-    custom: Mapping[str, tuple[QueryDef, Schedule]]
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (*self.builtins, *self.custom)
-
-    @property
-    def schedules(self) -> dict[str, Schedule]:
-        return {**self.builtins, **{name: s for name, (_, s) in self.custom.items()}}
-
-    @property
-    def store_queries(self) -> dict[str, tuple[float, float]]:
-        """Each enabled query's (interval, max staleness): what the snapshot store needs to
-        export its interval and expire its series."""
-        return {name: (s.interval, s.max_staleness) for name, s in self.schedules.items()}
-
-
-def _resolve(
-    file_values: BuiltinDef | QueryDef,
-    settings: Settings,
-    *,
-    where: str,
-    builtin: bool,
-) -> Schedule:
-    """File wins over flag, flag over default; built-ins also follow --max-staleness."""
-    sources: dict[str, str] = {}
-    if file_values.interval is not None:
-        interval, sources["interval"] = file_values.interval, where
-    else:
-        interval, sources["interval"] = (
-            settings.interval,
-            settings.sources.get("interval", "default"),
-        )
-    if file_values.timeout is not None:
-        timeout, sources["timeout"] = file_values.timeout, where
-    elif "query_timeout" in settings.sources:
-        timeout = min(settings.query_timeout, interval)
-        sources["timeout"] = f"{settings.sources['query_timeout']} (capped at the interval)"
-    else:
-        timeout = default_query_timeout(interval)
-        sources["timeout"] = f"default (min({DEFAULT_QUERY_TIMEOUT_CAP:g}s, interval))"
-    if file_values.max_staleness is not None:
-        staleness, sources["max_staleness"] = file_values.max_staleness, where
-    elif builtin and "max_staleness" in settings.sources:
-        staleness = max(settings.max_staleness, interval)
-        sources["max_staleness"] = settings.sources["max_staleness"]
-    else:
-        staleness = default_max_staleness(interval)
-        sources["max_staleness"] = f"default ({STALENESS_INTERVALS} x interval)"
-    max_series = DEFAULT_MAX_SERIES
-    if isinstance(file_values, QueryDef):
-        max_series = file_values.max_series
-        sources["max_series"] = (
-            where if "max_series" in file_values.model_fields_set else ("default")
-        )
-    return Schedule(interval, timeout, staleness, max_series, sources)
+# ---------------------------------------------------------------- definitions
 
 
 def default_config(settings: Settings) -> QueriesConfig:
@@ -396,17 +107,20 @@ def default_config(settings: Settings) -> QueriesConfig:
 
 
 def build_config(model: QueriesFileModel, settings: Settings, path: Path | None) -> QueriesConfig:
+    """Every query's definition: the registered built-ins with the file's overrides, then the
+    file's custom queries, each schedule resolved by the same :func:`_resolve`."""
     where = str(path) if path else "file"
-    builtins: dict[str, Schedule] = {}
-    for name in BUILTIN_NAMES:
-        override: BuiltinDef = getattr(model.builtins, name)
-        if override.enabled:
-            builtins[name] = _resolve(override, settings, where=where, builtin=True)
-    custom = {
-        name: (query, _resolve(query, settings, where=where, builtin=False))
-        for name, query in model.queries.items()
-    }
-    return QueriesConfig(path, builtins, custom)
+    definitions: list[QueryDefinition] = []
+    for collector in COLLECTORS:
+        override: BuiltinDef = getattr(model.builtins, collector.name)
+        schedule = resolve_schedule(override, settings, where=where, builtin=True)
+        definitions.append(
+            QueryDefinition(collector.name, schedule, collector=collector, enabled=override.enabled)
+        )
+    for name, query in model.queries.items():
+        schedule = resolve_schedule(query, settings, where=where, builtin=False)
+        definitions.append(QueryDefinition(name, schedule, query=query))
+    return QueriesConfig(path, tuple(definitions))
 
 
 # ---------------------------------------------------------------- checks beyond one field
@@ -527,7 +241,7 @@ def placeholders(sql: str) -> set[int]:
     return {int(n) for n in re.findall(r"\$(\d+)", sql)}
 
 
-def _query_errors(name: str, query: QueryDef, schedule: Schedule) -> Iterator[tuple[str, str]]:
+def _query_errors(query: QueryDef) -> Iterator[tuple[str, str]]:
     """(field, message) for one query on its own."""
     problem = _statement_problem(query.sql)
     if problem:
@@ -563,45 +277,32 @@ def _query_errors(name: str, query: QueryDef, schedule: Schedule) -> Iterator[tu
             if label in seen:
                 yield f"{where}.labels", f"label {label!r} is given twice"
             seen.add(label)
-    if schedule.timeout > schedule.interval:
-        yield (
-            "timeout",
-            (
-                f"{schedule.timeout:g}s ({schedule.sources['timeout']}) is longer than the "
-                f"interval {schedule.interval:g}s: runs would overlap"
-            ),
-        )
-    if schedule.max_staleness < schedule.interval:
-        yield (
-            "max_staleness",
-            (f"{schedule.max_staleness:g}s is shorter than the interval {schedule.interval:g}s"),
-        )
+
+
+def _located(definition: QueryDefinition, errors: Iterator[tuple[str, str]]) -> Iterator[str]:
+    for where, message in errors:
+        yield f"{definition.kind} {definition.name}, field {where}: {message}"
 
 
 def semantic_errors(config: QueriesConfig) -> Iterator[str]:
     """Every problem no single field shows, as ``location: message``."""
-    for name, schedule in config.builtins.items():
-        if schedule.timeout > schedule.interval:
-            yield (
-                f"built-in query {name}, field timeout: {schedule.timeout:g}s is longer than "
-                f"the interval {schedule.interval:g}s: runs would overlap"
-            )
-        if schedule.max_staleness < schedule.interval:
-            yield (
-                f"built-in query {name}, field max_staleness: {schedule.max_staleness:g}s is "
-                f"shorter than the interval {schedule.interval:g}s"
-            )
+    for definition in config.definitions.values():
+        if definition.builtin:
+            yield from _located(definition, schedule_errors(definition))
     families = _Families()
     for collector in COLLECTORS:
         for spec in collector.metrics:
             families.claim(spec.name, spec.kind, "the built-in queries")
     for reserved in RESERVED_METRIC_NAMES:
         families.claim(reserved, "gauge", "the exporter itself")
-    for name, (query, schedule) in config.custom.items():
+    for definition in config.definitions.values():
+        name, query = definition.name, definition.query
+        if query is None:
+            continue
         if name in BUILTIN_NAMES:
             yield f"query {name}: the name of a built-in query (tune it under builtins:)"
-        for where, message in _query_errors(name, query, schedule):
-            yield f"query {name}, field {where}: {message}"
+        yield from _located(definition, _query_errors(query))
+        yield from _located(definition, schedule_errors(definition))
         for metric_name, metric in query.metrics.items():
             where = f"query {name}, field metrics.{metric_name}"
             if metric_name in RESERVED_METRIC_NAMES or metric_name.startswith(

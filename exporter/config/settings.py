@@ -125,6 +125,19 @@ def default_max_staleness(interval: float) -> float:
     return STALENESS_INTERVALS * interval
 
 
+def schedule_conflicts(interval: float, timeout: float, max_staleness: float) -> tuple[str, ...]:
+    """The fields of a schedule that contradict its interval (``timeout``: longer, so runs
+    would overlap; ``max_staleness``: shorter, so series would vanish between two good runs).
+    The one rule for every schedule: the flags' (``build_settings``) and each query's, built-in
+    or custom (``exporter.config.queries_file``); each caller words the error for its source."""
+    fields = []
+    if timeout > interval:
+        fields.append("timeout")
+    if max_staleness < interval:
+        fields.append("max_staleness")
+    return tuple(fields)
+
+
 # ---------------------------------------------------------------- value parsers
 # Each takes the raw text and returns the value or raises ValueError("what is expected").
 
@@ -612,24 +625,20 @@ def build_settings(values: Mapping[str, Any], *, dsn_required: bool = True) -> S
     """Apply defaults and cross-field rules to parsed values."""
     merged = {**DEFAULTS, **{k: v for k, v in values.items() if "__" not in k}}
     interval: float = merged["interval"]
-    if "query_timeout" in values:
-        query_timeout: float = values["query_timeout"]
-        if query_timeout > interval:
-            raise SettingsError(
-                f"{values['query_timeout__source']}: invalid value {query_timeout:g}: expected "
-                f"a number of seconds <= the interval ({interval:g}), so cycles cannot overlap"
-            )
-    else:
-        query_timeout = default_query_timeout(interval)
-    if "max_staleness" in values:
-        max_staleness: float = values["max_staleness"]
-        if max_staleness < interval:
-            raise SettingsError(
-                f"{values['max_staleness__source']}: invalid value {max_staleness:g}: expected "
-                f"a number of seconds >= the interval ({interval:g})"
-            )
-    else:
-        max_staleness = default_max_staleness(interval)
+    query_timeout: float = values.get("query_timeout", default_query_timeout(interval))
+    max_staleness: float = values.get("max_staleness", default_max_staleness(interval))
+    conflicts = schedule_conflicts(interval, query_timeout, max_staleness)
+    # Only a given value can conflict: the defaults are derived from the interval to fit it.
+    if "timeout" in conflicts:
+        raise SettingsError(
+            f"{values['query_timeout__source']}: invalid value {query_timeout:g}: expected "
+            f"a number of seconds <= the interval ({interval:g}), so cycles cannot overlap"
+        )
+    if "max_staleness" in conflicts:
+        raise SettingsError(
+            f"{values['max_staleness__source']}: invalid value {max_staleness:g}: expected "
+            f"a number of seconds >= the interval ({interval:g})"
+        )
     host, port = merged["listen"]
     dsn, dsn_file = _read_dsn(values, dsn_required)
     ha_dsn, ha_dsn_file = _read_ha_dsn(values, dsn, dsn_file)

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from exporter import __version__
-from exporter.collectors import QUERY_NAMES
 from exporter.collectors.base import MetricSpec
 from exporter.db.failures import FAILURE_REASON_MEANINGS, FAILURE_REASONS
 
@@ -227,8 +226,10 @@ class HealthMetrics:
         self,
         registry: CollectorRegistry,
         interval_seconds: float,
-        queries: Mapping[str, float] | None = None,
+        queries: Mapping[str, float],
     ) -> None:
+        """``queries``: each defined query's interval (its series are created now); no
+        query is assumed, so a configuration without the built-ins shows none of theirs."""
         self.up = _gauge(UP, registry)
         self.answered = Answered()
         self.query_duration = _histogram(QUERY_DURATION, registry)
@@ -254,7 +255,7 @@ class HealthMetrics:
         self.leader = _gauge(LEADER, registry)
         self.leader.set(1)
         self.leading = True
-        for query, seconds in (queries or dict.fromkeys(QUERY_NAMES, interval_seconds)).items():
+        for query, seconds in queries.items():
             self.add_query(query, seconds)
 
     def add_query(self, query: str, interval_seconds: float) -> None:

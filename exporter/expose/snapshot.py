@@ -48,7 +48,6 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.registry import Collector
 
-from exporter.collectors import QUERY_NAMES
 from exporter.config.settings import DEFAULT_MAX_LABEL_LENGTH
 from exporter.expose.health import HealthMetrics
 from exporter.expose.labels import LabelBounder
@@ -98,9 +97,10 @@ OPENMETRICS_EOF = b"# EOF\n"
 class QueryState:
     """The last good result of one query and when it was obtained (monotonic clock)."""
 
+    # How long its last good series outlive failures: its definition's (no store-wide default).
+    max_staleness: float
     families: list[Metric] = field(default_factory=list)
     succeeded_at: float | None = None
-    max_staleness: float | None = None  # None: the store's default
     part: Part | None = None  # None: not rendered since the families changed
     # Unix time of the last success, copied into its health gauge when the parts are gathered
     # (``_fresh_parts``), so a snapshot's timestamp and its series always come from one state.
@@ -211,19 +211,16 @@ class SnapshotStore:
         self,
         *,
         interval: float,
-        max_staleness: float,
+        queries: Mapping[str, tuple[float, float]],
         clock: Callable[[], float] = time.monotonic,
         process_metrics: bool = True,
-        queries: Mapping[str, tuple[float, float]] | None = None,
         max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
     ) -> None:
-        """``queries``: name -> (interval, max staleness); default: the built-in three on
-        ``interval`` and ``max_staleness``."""
-        self.max_staleness = max_staleness
+        """``queries``: name -> (interval, max staleness), every query the configuration
+        defines (``QueriesConfig.store_queries``), built-in or custom alike: the store knows no
+        query of its own. ``interval``: --interval, exported as ``tw_exporter_interval_seconds``."""
         self.labels = LabelBounder(max_label_length)
         self._clock = clock
-        if queries is None:
-            queries = dict.fromkeys(QUERY_NAMES, (interval, max_staleness))
         self.registry = CollectorRegistry(auto_describe=False)
         self.health = HealthMetrics(
             self.registry, interval, {name: every for name, (every, _) in queries.items()}
@@ -311,8 +308,10 @@ class SnapshotStore:
 
     def is_fresh(self, query: str) -> bool:
         state = self.queries[query]
-        limit = self.max_staleness if state.max_staleness is None else state.max_staleness
-        return state.succeeded_at is not None and self._clock() - state.succeeded_at <= limit
+        return (
+            state.succeeded_at is not None
+            and self._clock() - state.succeeded_at <= state.max_staleness
+        )
 
     def fresh_families(self) -> Iterable[Metric]:
         for name, state in self.queries.items():
@@ -353,8 +352,7 @@ class SnapshotStore:
     def _expiry(self, name: str) -> float:
         """When (monotonic) the query's current result stops being fresh."""
         state = self.queries[name]
-        limit = self.max_staleness if state.max_staleness is None else state.max_staleness
-        return math.inf if state.succeeded_at is None else state.succeeded_at + limit
+        return math.inf if state.succeeded_at is None else state.succeeded_at + state.max_staleness
 
     def _fresh_parts(self) -> list[tuple[str, Part, float]]:
         """Each fresh query's name, rendered part (rendering the ones whose result changed)

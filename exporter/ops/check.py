@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import asyncpg
 
-from exporter.collect.custom import collectors_for
-from exporter.collectors import COLLECTORS, QueryCollector, schema
+from exporter.collect.custom import collector_of
+from exporter.collectors import QueryCollector, schema
 from exporter.collectors.base import PartialData
 from exporter.config.queries_file import QueriesConfig, config_for
 from exporter.config.settings import Settings
@@ -69,7 +69,8 @@ SELECT pg_is_in_recovery() AS standby,
 """
 
 
-def required_columns(collectors: Sequence[QueryCollector] = COLLECTORS) -> dict[str, set[str]]:
+def required_columns(collectors: Iterable[QueryCollector]) -> dict[str, set[str]]:
+    """The columns each table must have for ``collectors`` (what their modules declare)."""
     needed: dict[str, set[str]] = {}
     for collector in collectors:
         for table, columns in collector.tables.items():
@@ -120,14 +121,16 @@ async def inspect(
     """Server, schema, privileges, the query shape, the custom queries' statements and the
     plans; returns the problems found and the tweet ids' kind (which decides the trending
     query's shape)."""
-    collectors = collectors_for(config)
-    builtins = [c for c in collectors if c.name in config.builtins]
+    definitions = list(config.definitions.values())
+    collectors = {d.name: collector_of(d) for d in definitions}
     version = await conn.fetchval("SHOW server_version")
     out(f"connect: ok (PostgreSQL {version})")
     role = await conn.fetchrow(STANDBY_SQL)
     assert role is not None
     out(server_role(role["standby"], role["feedback"], role["delay"], settings.query_timeout))
-    needed = required_columns(builtins)
+    # The tables every query declares: a built-in's, from its module; a custom query declares
+    # none (preparing it below proves its statement).
+    needed = required_columns(collectors.values())
     present: dict[str, set[str]] = {}
     for row in await conn.fetch(COLUMNS_SQL, list(needed)):
         present.setdefault(row["table_name"], set()).add(row["column_name"])
@@ -140,25 +143,23 @@ async def inspect(
     if any(table not in present for table in needed):
         out(SCHEMA_HINT)
     ids = schema.TweetIds(type=None)
-    builtins_ok = not problems
-    if builtins_ok:
+    schema_ok = not problems
+    if schema_ok:
         out("schema: ok (" + ", ".join(sorted(needed)) + ")")
     prepared = await prepare_custom(conn, config)
     for line in prepared.lines:
         out(line)
     problems += [line for line in prepared.lines if ": FAILED" in line]
-    # Plans and missing indexes: advice only, never a failure; for the queries that can be
-    # planned (the built-ins on a complete schema, the custom ones that prepared).
-    ready = [
-        c
-        for c in collectors
-        if (c.name in config.custom and c.name not in prepared.failed)
-        or (c.name in config.builtins and builtins_ok)
-    ]
+    # Plans and missing indexes: advice only, never a failure; for every query whose statement
+    # was proven (its declared tables are there, or it prepared).
+    failed = set(prepared.failed)
+    if not schema_ok:
+        failed |= {name for name, c in collectors.items() if c.tables}
+    ready = [c for name, c in collectors.items() if name not in failed]
     try:
-        if builtins_ok and builtins:
+        if any(c.shapes for c in ready):
             ids = await schema.detect(conn)
-            for collector in builtins:
+            for collector in ready:
                 if collector.shapes:
                     out(f"shape {collector.name}: {ids.describe()}")
         if ready:
@@ -171,7 +172,7 @@ async def inspect(
 
 async def check(settings: Settings, out: Print = print, config: QueriesConfig | None = None) -> int:
     config = config if config is not None else config_for(settings)
-    builtins = [c for c in collectors_for(config) if c.name in config.builtins]
+    runs = [d for d in config.definitions.values() if d.check_runs]
     out(
         f"settings: ok (database {settings.redacted_dsn}, interval {settings.interval:g}s, "
         f"query timeout {settings.query_timeout:g}s)"
@@ -201,14 +202,14 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
 
     database = Database(
         settings.dsn,
-        pool_size=pool_size_for(len(builtins), settings.max_connections),
+        pool_size=pool_size_for(len(runs), settings.max_connections),
         query_timeout=settings.query_timeout,
     )
     await database.open()
     failures = len(problems)
-    schedules = config.schedules
     try:
-        for collector in builtins:
+        for definition in runs:
+            collector = collector_of(definition)
             # As ``run`` runs it: the statement resolved on the connection it runs on (the
             # shape detected there, again if the server says the schema changed), and the
             # rows mapped onto metrics, so rows ``run`` could not serve fail here too.
@@ -216,8 +217,9 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
                 result = await database.fetch(
                     collector.statement,
                     collector.params(settings),
-                    schedules[collector.name].timeout,
+                    definition.schedule.timeout,
                     query=collector.name,
+                    max_rows=collector.max_rows,
                 )
             except QueryError as error:
                 failures += 1
