@@ -69,6 +69,8 @@ GZIP_LEVEL = 6
 
 @dataclass(frozen=True)
 class Encoded:
+    """One format's bytes, plain and gzipped: compressed once per render, never per scrape."""
+
     body: bytes
     gzipped: bytes
 
@@ -82,11 +84,9 @@ class Rendered:
 
 
 @dataclass(frozen=True)
-class Part:
-    """One query's families, rendered in both formats (OpenMetrics without ``# EOF``)."""
-
-    text: Encoded
-    openmetrics: Encoded
+class Part(Rendered):
+    """One query's families, rendered in both formats (OpenMetrics without ``# EOF``): the
+    same shape as a whole snapshot's ``Rendered``, of which it is a piece."""
 
 
 EMPTY_PART = Part(Encoded(b"", b""), Encoded(b"", b""))
