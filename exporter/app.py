@@ -150,7 +150,8 @@ async def serve(
             len(config.custom),
         )
     # The files to follow: the lock's only with --ha.
-    followed = {query_dsn, ha_dsn} if settings.ha else {query_dsn}
+    sources = {query_dsn, ha_dsn} if settings.ha else {query_dsn}
+    followed = {source for source in sources if isinstance(source, DsnFile)}
     _follow_dsn_files(followed, query_dsn, database, store)
     leadership = (
         _leadership(settings, ha_dsn, replica, collector, store, stop) if settings.ha else None
@@ -172,11 +173,13 @@ async def serve(
         server.reload = reload
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reloader.request, reload)
-    watcher = loop.create_task(_watch_dsn_files(followed), name="dsn-files")
+    # Nothing to watch with DSNs given as URIs.
+    watcher = loop.create_task(_watch_dsn_files(followed), name="dsn-files") if followed else None
     try:
         await stop.wait()
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
         log.info("shutting down")
         scheduler.shutdown(wait=False)
@@ -204,7 +207,7 @@ def dsn_sources(settings: Settings) -> tuple[DsnSource, DsnSource]:
 
 
 def _follow_dsn_files(
-    sources: set[DsnSource], query_dsn: DsnSource, database: Database, store: SnapshotStore
+    files: set[DsnFile], query_dsn: DsnSource, database: Database, store: SnapshotStore
 ) -> None:
     """A new DSN from a file: count it, scrub its password from the logs, and (the queries'
     DSN) have the pool replace its connections as they come back; the lock connection is
@@ -226,16 +229,15 @@ def _follow_dsn_files(
 
         source.on_reload, source.on_failure = reloaded, failed
 
-    for source in sources:
-        if isinstance(source, DsnFile):
-            follow(source)
+    for source in files:
+        follow(source)
 
 
-async def _watch_dsn_files(sources: set[DsnSource]) -> None:
+async def _watch_dsn_files(files: set[DsnFile]) -> None:
     """Look at the DSN files every ``DSN_POLL_SECONDS`` (a stat each: cheap)."""
     while True:
         await asyncio.sleep(DSN_POLL_SECONDS)
-        for source in sources:
+        for source in files:
             source.poll()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -33,12 +34,19 @@ def configure_logging(level: str, fmt: str, secrets: tuple[str, ...] = ()) -> No
     sys.unraisablehook = UnraisableLog()
 
 
-def add_secret(secret: str) -> None:
-    """Scrub one more secret from every log record (a password read from a rotated DSN file)."""
+def _scrubbing_filters() -> Iterator[SecretScrubbingFilter]:
+    """The secret scrubbers of the configured log handlers."""
     for handler in logging.getLogger().handlers:
         for log_filter in handler.filters:
-            if isinstance(log_filter, SecretScrubbingFilter) and secret not in log_filter.secrets:
-                log_filter.secrets = (*log_filter.secrets, secret)
+            if isinstance(log_filter, SecretScrubbingFilter):
+                yield log_filter
+
+
+def add_secret(secret: str) -> None:
+    """Scrub one more secret from every log record (a password read from a rotated DSN file)."""
+    for log_filter in _scrubbing_filters():
+        if secret not in log_filter.secrets:
+            log_filter.secrets = (*log_filter.secrets, secret)
 
 
 class UnraisableLog:
@@ -85,8 +93,6 @@ class UnraisableLog:
 def scrub_secrets(text: str) -> str:
     """``text`` without any secret the log handlers scrub: for a line that leaves the process
     another way (the answer to ``POST /-/reload``)."""
-    for handler in logging.getLogger().handlers:
-        for log_filter in handler.filters:
-            if isinstance(log_filter, SecretScrubbingFilter):
-                text = scrub(text, log_filter.secrets)
+    for log_filter in _scrubbing_filters():
+        text = scrub(text, log_filter.secrets)
     return text

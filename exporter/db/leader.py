@@ -201,8 +201,9 @@ class Leadership:
             await asyncio.sleep(retry)
             retry = min(MAX_RETRY_SECONDS, retry * 2)
 
-    async def _connect(self) -> None:
-        self._conn = await self._connector.connect(
+    async def _open(self) -> asyncpg.Connection:
+        """A session set up as the lock session is (the pooler probe must look the same)."""
+        return await self._connector.connect(
             timeout=self._connect_timeout,
             command_timeout=None,
             statement_cache_size=0,
@@ -210,6 +211,9 @@ class Leadership:
             # a pooler must get as far as the lock check to be named in the refusal.
             server_settings={"application_name": self.application_name},
         )
+
+    async def _connect(self) -> None:
+        self._conn = await self._open()
         # PostgreSQL ending the session (lease expired, pg_terminate_backend, a restart) ends
         # the lead at once, cancelling queries in flight, not at the next heartbeat.
         self._conn.add_termination_listener(self._terminated)
@@ -258,12 +262,7 @@ class Leadership:
         direct connection or a session pooler keeps the two apart. The check after each
         grant (``_try_acquire``) still catches a pooler that dodges this one."""
         own = await self._roundtrip(self._conn.fetchval("SELECT pg_backend_pid()"))
-        probe = await self._connector.connect(
-            timeout=self._connect_timeout,
-            command_timeout=None,
-            statement_cache_size=0,
-            server_settings={"application_name": self.application_name},
-        )
+        probe = await self._open()
         try:
             for _ in range(PIN_PROBES):
                 other = await self._roundtrip(probe.fetchval("SELECT pg_backend_pid()"))

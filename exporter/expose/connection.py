@@ -384,14 +384,14 @@ class Connection(asyncio.BufferedProtocol):
         keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
         url = self.url
         path = url.split(b"?", 1)[0] if b"?" in url else url
-        self.last = (parser.get_method(), path, self.headers, keep_alive)
+        request = self.last = (parser.get_method(), path, self.headers, keep_alive)
         if not (self.pending or self.waiting or self.write_paused or self.stopped):
             # Nothing queued before it (the common case): answered at once, not queued.
             transport = self.transport
             if transport is not None and not (self.closing or transport.is_closing()):
-                self._answer(transport, parser.get_method(), path, self.headers, keep_alive)
+                self._answer(transport, *request)
                 return
-        self.pending.append((parser.get_method(), path, self.headers, keep_alive))
+        self.pending.append(request)
         if not (self.waiting or self.write_paused):
             self._answer_pending()
 

@@ -339,9 +339,7 @@ class SnapshotStore:
     def _set_current(
         self, parts: list[tuple[str, Part, float]], health_text: Encoded, health_om: Encoded
     ) -> Rendered:
-        text = _join([p.text for _, p, _ in parts], health_text)
-        openmetrics = _join([p.openmetrics for _, p, _ in parts], health_om)
-        rendered = Rendered(text=text, openmetrics=openmetrics)
+        rendered = _joined(parts, health_text, health_om)
         self._served_parts = parts
         self._served_health = (health_text, health_om)
         self._served = frozenset(name for name, _, _ in parts)
@@ -467,9 +465,17 @@ class SnapshotStore:
         if generation > self._published:
             self._published = generation
             return self._set_current(parts, health_text, health_om)
-        text = _join([p.text for _, p, _ in parts], health_text)
-        openmetrics = _join([p.openmetrics for _, p, _ in parts], health_om)
-        return Rendered(text=text, openmetrics=openmetrics)
+        return _joined(parts, health_text, health_om)
+
+
+def _joined(
+    parts: list[tuple[str, Part, float]], health_text: Encoded, health_om: Encoded
+) -> Rendered:
+    """Business parts first, then the health section (whose OpenMetrics keeps the EOF)."""
+    return Rendered(
+        text=_join([p.text for _, p, _ in parts], health_text),
+        openmetrics=_join([p.openmetrics for _, p, _ in parts], health_om),
+    )
 
 
 def _join(parts: list[Encoded], last: Encoded) -> Encoded:

@@ -117,10 +117,9 @@ def server_role(standby: bool, feedback: bool, delay_ms: int, query_timeout: flo
 
 async def inspect(
     conn: asyncpg.Connection, settings: Settings, out: Print, config: QueriesConfig
-) -> tuple[list[str], schema.TweetIds]:
+) -> list[str]:
     """Server, schema, privileges, the query shape, the custom queries' statements and the
-    plans; returns the problems found and the tweet ids' kind (which decides the trending
-    query's shape)."""
+    plans; returns the problems found."""
     definitions = list(config.definitions.values())
     collectors = {d.name: collector_of(d) for d in definitions}
     version = await conn.fetchval("SHOW server_version")
@@ -167,7 +166,7 @@ async def inspect(
                 out(item.format())
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         out(f"advice: skipped ({describe(error)})")
-    return problems, ids
+    return problems
 
 
 async def check(settings: Settings, out: Print = print, config: QueriesConfig | None = None) -> int:
@@ -193,7 +192,7 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
         # the same server connection for all of it (advice's EXPLAINs use savepoints).
         async with conn.transaction(readonly=True):
             await conn.execute(local_timeouts(settings.query_timeout))
-            problems, _ = await inspect(conn, settings, out, config)
+            problems = await inspect(conn, settings, out, config)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
         problems = [describe(error)]
         out(f"schema: FAILED: {problems[0]}")
