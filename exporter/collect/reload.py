@@ -76,6 +76,10 @@ class _Plan:
     config: QueriesConfig
     security: HTTPSecurity | None
     collectors: tuple[QueryCollector, ...]
+    # What makes each query the same query (``_definitions``), in the running configuration
+    # and in the new one: compared once by the proof and once by the swap.
+    old: dict[str, tuple[object, Schedule]]
+    new: dict[str, tuple[object, Schedule]]
 
 
 @dataclass
@@ -107,7 +111,7 @@ class Reloader:
             health = self.collector.store.health
             try:
                 plan = await asyncio.to_thread(self._read)
-                await self._prove(plan.config)
+                await self._prove(plan)
                 await asyncio.to_thread(self._create_health_series, plan.config)
             except ReloadError as error:
                 line = str(error)
@@ -126,14 +130,14 @@ class Reloader:
             return Outcome(False, line)
 
     def _read(self) -> _Plan:
-        """Step 1, in a worker thread: nothing here touches the running state."""
+        """Step 1, in a worker thread: the running state is read (under the lock), never changed."""
         try:
             config = config_for(self.settings)
             security = self._web_security()
             collectors = collectors_for(config)
         except (SettingsError, ValueError) as error:  # QueriesFileError, WebConfigError
             raise ReloadError(str(error)) from None
-        return _Plan(config, security, collectors)
+        return _Plan(config, security, collectors, _definitions(self.config), _definitions(config))
 
     def _web_security(self) -> HTTPSecurity | None:
         if self.settings.web_config_file is None:
@@ -142,11 +146,10 @@ class Reloader:
 
         return load_http_security(self.settings)
 
-    async def _prove(self, config: QueriesConfig) -> None:
+    async def _prove(self, plan: _Plan) -> None:
         """Step 2: prepare each new or changed custom query on the database (a built-in's
         statement is the code's, the same before and after)."""
-        old = _definitions(self.config)
-        new = _definitions(config)
+        config, old, new = plan.config, plan.old, plan.new
         database = self.collector.database
         for name, definition in config.definitions.items():
             query, schedule = definition.query, definition.schedule
@@ -173,8 +176,7 @@ class Reloader:
     def _apply(self, plan: _Plan) -> str:
         """Step 3, on the event loop without awaiting: the difference, all at once."""
         config = plan.config
-        old = _definitions(self.config)
-        new = _definitions(config)
+        old, new = plan.old, plan.new
         removed = [name for name in old if name not in new]
         added = [name for name in new if name not in old]
         changed = [name for name in new if name in old and new[name] != old[name]]
