@@ -246,16 +246,52 @@ def test_the_watch_reports_steps_not_slewing_and_remembers_stalls() -> None:
     wall[0] += 300.0
     assert watch.check() == pytest.approx(300.0)
     assert steps == [pytest.approx(-300.0), pytest.approx(300.0)]
-    recent = watch.recent(5.0)
-    assert recent is not None and recent.kind == "step"
+    assert [jump.kind for jump in watch.recent(5.0)] == ["step", "step"]
 
     watch._due = mono[0] + 1.0  # the watchdog's next tick, as _plan sets it
     mono[0] += 4.0
     wall[0] += 4.0
     assert watch.check() is None
-    stall = watch.recent(1.0)
-    assert stall is not None and stall.kind == "stall" and stall.seconds == pytest.approx(3.0)
+    [stall] = watch.recent(1.0)
+    assert stall.kind == "stall" and stall.seconds == pytest.approx(3.0)
     assert "stood still (its clock watchdog ran 3.0s late" in stall.describe()
     mono[0] += 10.0
     wall[0] += 10.0
-    assert watch.recent(5.0) is None
+    assert watch.recent(5.0) == []
+
+
+def test_a_stop_between_the_two_clock_reads_is_not_a_step() -> None:
+    """SIGSTOP (or a paused VM) landing between the watch's read of the monotonic clock and
+    its read of the wall clock: both clocks moved by the stop, so no step is reported."""
+    from exporter.collect.clock import ClockWatch
+
+    clocks = {"wall": 1_000_000.0, "mono": 50.0}
+    reads: list[str] = []
+
+    def read(which: str) -> float:
+        reads.append(which)
+        if len(reads) == 4:  # the first look: its monotonic read, a 5 s stop, its wall read
+            clocks["wall"] += 5.0
+            clocks["mono"] += 5.0
+        return clocks[which]
+
+    steps: list[float] = []
+    watch = ClockWatch(steps.append, wall=lambda: read("wall"), monotonic=lambda: read("mono"))
+    assert watch.check() is None
+    assert steps == [] and watch.recent(10.0) == []
+
+
+def test_a_skipped_run_names_every_recent_jump() -> None:
+    """A stall and a step noticed together (a VM paused, then its clock corrected): the skip's
+    reason names both, the stall first, as they were noticed."""
+    from exporter.collect.clock import ClockWatch, explain
+
+    wall, mono = [1_000_000.0], [50.0]
+    watch = ClockWatch(lambda step: None, wall=lambda: wall[0], monotonic=lambda: mono[0])
+    watch._due = mono[0] + 1.0
+    mono[0] += 4.0
+    wall[0] += 9.0
+    assert watch.check() == pytest.approx(5.0)
+    reason = explain(watch.recent(3.0))
+    assert reason.startswith("the process stood still (its clock watchdog ran 3.0s late")
+    assert reason.endswith("and the wall clock stepped forward by 5.0s")

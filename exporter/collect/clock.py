@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # A change of the wall clock's offset from the monotonic clock larger than this is a step.
 STEP_THRESHOLD = 1.0
 # How often the watchdog looks when nothing else made it look.
 WATCH_PERIOD = 1.0
+# Two clock reads further apart than this were interrupted (the process stopped between them).
+READ_SLACK = 0.05
 # A watchdog tick this much later than planned means the process stood still.
 STALL_THRESHOLD = 1.0
 
@@ -50,6 +52,11 @@ class Jump:
             f"the process stood still (its clock watchdog ran {self.seconds:.1f}s late: "
             "frozen, suspended or starved of CPU)"
         )
+
+
+def explain(jumps: Sequence[Jump]) -> str:
+    """One reason naming every jump, in the order they were noticed."""
+    return " and ".join(jump.describe() for jump in jumps)
 
 
 class ClockWatch:
@@ -80,11 +87,11 @@ class ClockWatch:
         """Look now: returns the step (seconds, negative when backwards) if the wall clock
         stepped since the last look, after calling ``on_step`` with it. A watchdog tick
         overdue by more than ``stall_threshold`` is remembered as a stall (once)."""
-        now = self._monotonic()
+        now, wall = self._read()
         if self._due is not None and now - self._due > self.stall_threshold:
             self._remember(Jump("stall", now - self._due, now))
             self._due = None  # reported; the tick plans the next one
-        offset = self._wall() - now
+        offset = wall - now
         step = offset - self._offset
         # The baseline follows every look, so slewing never adds up to a "step".
         self._offset = offset
@@ -94,13 +101,24 @@ class ClockWatch:
         self._on_step(step)
         return step
 
-    def recent(self, within: float) -> Jump | None:
-        """The newest step or stall noticed in the last ``within`` seconds, if any."""
+    def recent(self, within: float) -> list[Jump]:
+        """Every step and stall noticed in the last ``within`` seconds, oldest first: a VM
+        paused and resumed both stands still and finds its wall clock stepped, and a reason
+        that named only one of them would hide the other."""
         now = self._monotonic()
-        for jump in reversed(self.jumps):
-            if now - jump.noticed <= within:
-                return jump
-        return None
+        return [jump for jump in self.jumps if now - jump.noticed <= within]
+
+    def _read(self) -> tuple[float, float]:
+        """Both clocks at one moment: a process stopped between the two reads (SIGSTOP, a
+        paused VM) would otherwise see the length of its stop as a step of the wall clock.
+        Read again until the monotonic clock barely moved across the wall clock's read."""
+        for _ in range(3):
+            before = self._monotonic()
+            wall = self._wall()
+            after = self._monotonic()
+            if after - before < READ_SLACK:
+                break
+        return after, wall - (after - before) / 2
 
     def start(self) -> None:
         """Start the watchdog on the running loop."""

@@ -34,7 +34,7 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.collect.clock import WATCH_PERIOD, ClockWatch, Jump
+from exporter.collect.clock import WATCH_PERIOD, ClockWatch, Jump, explain
 from exporter.collect.custom import collector_of
 from exporter.collectors import QueryCollector
 from exporter.collectors.base import PartialData, QueryParams
@@ -264,19 +264,19 @@ class Collector:
         if job_id is not None and scheduler.get_job(job_id) is not None:
             scheduler.remove_job(job_id)
 
-    def count_skipped(self, event: JobEvent, jump: Jump | None = None) -> None:
+    def count_skipped(self, event: JobEvent, jumps: Sequence[Jump] = ()) -> None:
         """APScheduler listener: a tick found that query's previous run still running
         (``EVENT_JOB_MAX_INSTANCES``) or fired too late to run (``EVENT_JOB_MISSED``). The log
-        line says why: a wall-clock step or a process that stood still (``jump``, noticed just
-        before) is the real reason when there is one, not the run it left behind."""
+        line says why: a wall-clock step or a process that stood still (``jumps``, noticed just
+        before, all of them) is the real reason when there is one, not the run it left behind."""
         query = event.job_id.removeprefix(JOB_PREFIX).partition("#")[0]
         if query not in self.store.queries or self.jobs.get(query) != event.job_id:
             return
         self.store.health.cycles_skipped.labels(query=query).inc()
         # Re-render so the counter, and the expiry of stale series, show without waiting.
         self.store.render()
-        if jump is not None:
-            why = jump.describe()
+        if jumps:
+            why = explain(jumps)
         elif event.code == EVENT_JOB_MISSED:
             late = (datetime.now(UTC) - event.scheduled_run_time).total_seconds()
             why = f"it was due {late:.1f}s ago (the event loop was late)"
