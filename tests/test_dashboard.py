@@ -166,3 +166,27 @@ def test_expand_variables() -> None:
     )
     with pytest.raises(KeyError, match="nope"):
         expand_variables("$nope", VARIABLES)
+
+
+def test_panel_descriptions_and_panels_match_one_to_one(tmp_path: Path) -> None:
+    """Every shipped panel's description comes from ``dashboard.toml`` by title: a panel
+    without one, a description without a panel, or an unknown ``[[name]]`` (a renamed metric)
+    is refused with the title named, so the generator's ``--check`` fails, not the dashboard."""
+    from exporter.monitoring.dashboard import _PANELS, DESCRIPTIONS_PATH, ROWS, describe
+
+    shipped = DESCRIPTIONS_PATH.read_text()
+    panels = [panel for row in ROWS for panel in row.panels]
+    assert panels and all(panel.description for panel in panels)
+    assert not any("[[" in panel.description for panel in panels)
+
+    def refused(text: str) -> str:
+        path = tmp_path / "dashboard.toml"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"^dashboard\.toml: ") as caught:
+            describe(_PANELS, path)
+        return str(caught.value)
+
+    assert "Not a panel" in refused(shipped + '"Not a panel" = "text"\n')
+    assert "HA role" in refused(shipped.replace('"HA role" =', '"HA rôle" =', 1))
+    renamed = shipped.replace("[[tw_exporter_leader]]", "[[tw_exporter_leading]]", 1)
+    assert "[[tw_exporter_leading]]" in refused(renamed)

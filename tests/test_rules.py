@@ -258,3 +258,27 @@ def test_docs_alert_parameter_and_panel_tables_are_generated(
         assert row in text, (
             f"{page} row out of date (python -m tools.readme_tables --write):\n{row}"
         )
+
+
+def test_the_alert_texts_file_is_refused_when_it_and_the_code_disagree(tmp_path: Path) -> None:
+    """``alerts.toml`` holds every alert but its PromQL; a table without PromQL (or PromQL
+    without a table), a missing key, an unknown severity or an unknown ``[[name]]`` is refused
+    with the alert named, so a mistake fails the generator's ``--check``, never a rules file."""
+    from exporter.monitoring.alerts import TEXTS_PATH, load_groups
+
+    shipped = TEXTS_PATH.read_text()
+    first = ALERTS[0].name
+
+    def refused(text: str) -> str:
+        path = tmp_path / "alerts.toml"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"^alerts\.toml: ") as caught:
+            load_groups(path)
+        return str(caught.value)
+
+    assert [a.name for g in load_groups(TEXTS_PATH) for a in g.alerts] == [a.name for a in ALERTS]
+    assert "TwNotAnAlert" in refused(shipped + '\n[health.TwNotAnAlert]\nfor = "5m"\n')
+    assert first in refused(shipped.replace(f".{first}]", ".TwRenamed]"))
+    assert f"{first}" in refused(shipped.replace('severity = "info"', 'severity = "page"', 1))
+    assert "[[nope]]" in refused(shipped.replace("[[tw_exporter_leader]]", "[[nope]]"))
+    assert "summary" in refused(shipped.replace("summary =", "sumary =", 1))

@@ -79,9 +79,9 @@ def panel(metric: CustomMetric) -> Panel:
         expr, unit, what = sel(metric.name), "short", "value"
     return trend(
         metric.name,
-        f"{metric.definition.help} ({what}; query {metric.query})",
         expr,
         metric.labels,
+        description=f"{metric.definition.help} ({what}; query {metric.query})",
         width=12,
         height=8,
         legend="" if metric.labels else metric.name,

@@ -8,7 +8,9 @@ into Grafana's JSON.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
 
 from exporter.collectors.base import MetricSpec
 from exporter.collectors.platform_stats import (
@@ -43,8 +45,6 @@ from exporter.expose.health import (
 from exporter.monitoring.grafana import RATE, Panel, Row, Target, dashboard_json, sel
 from exporter.monitoring.params import DEFAULTS, PARAMS_BY_KEY, format_value
 from exporter.monitoring.promql import (
-    FOLLOWERS,
-    HASHTAGS,
     QUERY,
     REASON,
     TAG,
@@ -55,6 +55,7 @@ from exporter.monitoring.promql import (
     per_row,
     reason_list,
 )
+from exporter.monitoring.texts import METRIC_NAMES, fill, load
 
 DASHBOARD_UID = "tw-exporter"
 
@@ -73,14 +74,15 @@ _STALE_AFTER = float(DEFAULTS["staleIntervals"])
 
 def _state_stat(
     title: str,
-    description: str,
-    expr: str,
+    metric: MetricSpec | str,
+    worst: Literal["min", "max"],
     *,
     off: tuple[str, str] = ("DOWN", "red"),
     on: tuple[str, str] = ("UP", "green"),
 ) -> Panel:
-    """A small stat panel showing a per-instance 0/1 value as two named states, each
-    ``(text, colour)``: DOWN/UP by default, FOLLOWER/LEADER, FAILED/OK."""
+    """A small stat panel showing a per-instance 0/1 gauge as two named states, each
+    ``(text, colour)``: DOWN/UP by default, FOLLOWER/LEADER, FAILED/OK. ``worst`` picks the
+    value an instance shows when several series (a restart, two jobs) say different things."""
     states = {
         str(value): {"text": text, "color": color, "index": value}
         for value, (text, color) in enumerate((off, on))
@@ -88,8 +90,7 @@ def _state_stat(
     return Panel(
         title=title,
         kind="stat",
-        description=description,
-        targets=(Target(expr, "{{instance}}"),),
+        targets=(Target(f"{worst} by (instance) ({sel(metric)})", "{{instance}}"),),
         width=6,
         height=4,
         steps=((off[1], None), (on[1], 1.0)),
@@ -100,7 +101,6 @@ def _state_stat(
 
 def _fact_stat(
     title: str,
-    description: str,
     *targets: Target,
     unit: str = "short",
     text_mode: str = "auto",
@@ -110,7 +110,6 @@ def _fact_stat(
     return Panel(
         title=title,
         kind="stat",
-        description=description,
         targets=targets,
         width=6,
         height=4,
@@ -119,13 +118,12 @@ def _fact_stat(
     )
 
 
-def _bars(title: str, description: str, expr: str) -> Panel:
+def _bars(title: str, expr: str) -> Panel:
     """Per-query counts of events that should not happen (skipped runs, shortened values) as
     bars, orange from one event on."""
     return Panel(
         title=title,
         kind="timeseries",
-        description=description,
         targets=(Target(expr, f"{{{{{QUERY}}}}}"),),
         width=12,
         height=8,
@@ -137,11 +135,11 @@ def _bars(title: str, description: str, expr: str) -> Panel:
 
 def trend(
     title: str,
-    description: str,
     expr: str,
     labels: Sequence[str],
     *,
     width: int,
+    description: str = "",
     height: int = 10,
     legend: str = "",
     unit: str = "short",
@@ -160,9 +158,7 @@ def trend(
     )
 
 
-def _stat(
-    title: str, spec: MetricSpec, description: str, floor_key: str | None, decimals: int = 0
-) -> Panel:
+def _stat(title: str, spec: MetricSpec, floor_key: str | None, decimals: int = 0) -> Panel:
     """A platform-activity number per stats window, red below the alert's floor when one
     (``floor_key``, a parameter) applies."""
     steps: tuple[tuple[str, float | None], ...] = (("green", None),)
@@ -171,7 +167,6 @@ def _stat(
     return Panel(
         title=title,
         kind="stat",
-        description=description,
         targets=(Target(per_row(sel(spec), ["window"]), "last {{window}}"),),
         width=6,
         height=5,
@@ -181,18 +176,13 @@ def _stat(
     )
 
 
-ROWS: tuple[Row, ...] = (
+_PANELS: tuple[Row, ...] = (
     Row(
         "Top users",
         (
             Panel(
                 title="Top users: followers now",
                 kind="bargauge",
-                description=(
-                    f"Current followers of each exported top user ({FOLLOWERS}, the top N set "
-                    "by --top-users). Bars turn purple at the follower milestone of the "
-                    "TwUserFollowersMilestone alert."
-                ),
                 targets=(
                     Target(
                         f"sort_desc({per_row(sel(USER_FOLLOWERS), [USERNAME])})",
@@ -219,8 +209,6 @@ ROWS: tuple[Row, ...] = (
             ),
             trend(
                 "Follower trends",
-                f"Followers of each top user over time ({FOLLOWERS}). A line ends when its user "
-                "leaves the top N.",
                 sel(USER_FOLLOWERS),
                 [USERNAME],
                 width=10,
@@ -228,11 +216,6 @@ ROWS: tuple[Row, ...] = (
             Panel(
                 title="Follower change over 1h",
                 kind="timeseries",
-                description=(
-                    "Change of each top user's followers over the trailing hour "
-                    f"(delta of {FOLLOWERS}); a sharp negative dip is what "
-                    "TwUserFollowersDrop alerts on."
-                ),
                 targets=(
                     Target(
                         per_row(f"delta({sel(USER_FOLLOWERS)}[1h])", [USERNAME]),
@@ -252,10 +235,6 @@ ROWS: tuple[Row, ...] = (
             Panel(
                 title="Trending hashtags",
                 kind="table",
-                description=(
-                    f"The top K hashtags by tweets within the trending window ({HASHTAGS}; K "
-                    "set by --trending-limit, window by --trending-days)."
-                ),
                 targets=(
                     Target(
                         f"sort_desc({per_row(sel(HASHTAG_TWEETS), [TAG, WINDOW])})",
@@ -289,8 +268,6 @@ ROWS: tuple[Row, ...] = (
             ),
             trend(
                 "Hashtag tweets over time",
-                f"Tweets per trending hashtag within the trailing window ({HASHTAGS}); a "
-                "steep rise is what TwHashtagSurge alerts on.",
                 sel(HASHTAG_TWEETS),
                 [TAG],
                 width=16,
@@ -304,30 +281,21 @@ ROWS: tuple[Row, ...] = (
             _stat(
                 "Tweets",
                 PLATFORM_TWEETS,
-                f"Tweets created within the stats window ({PLATFORM_TWEETS.name}, window set "
-                "by --stats-days). Red below the TwPlatformTweetsLow floor.",
                 "platformTweetsMin",
             ),
             _stat(
                 "Active users",
                 PLATFORM_ACTIVE_USERS,
-                "Distinct users who tweeted within the stats window "
-                f"({PLATFORM_ACTIVE_USERS.name}). Red below the TwPlatformActiveUsersLow floor.",
                 "platformActiveUsersMin",
             ),
             _stat(
                 "Likes",
                 PLATFORM_LIKES,
-                "Sum of the like counts of tweets created within the stats window "
-                f"({PLATFORM_LIKES.name}).",
                 None,
             ),
             _stat(
                 "Likes per tweet",
                 PLATFORM_LIKES_PER_TWEET,
-                "Average like count of tweets created within the stats window "
-                f"({PLATFORM_LIKES_PER_TWEET.name}); empty when the window has no tweet with "
-                "a known like count.",
                 None,
                 decimals=2,
             ),
@@ -336,21 +304,10 @@ ROWS: tuple[Row, ...] = (
     Row(
         "Exporter health",
         (
-            _state_stat(
-                "Database reachable",
-                f"{UP.name} per exporter: UP when PostgreSQL answered the latest attempt of "
-                "at least one query, DOWN when it answered none (TwExporterDatabaseDown).",
-                f"min by (instance) ({sel(UP)})",
-            ),
-            _state_stat(
-                "Scrape target up",
-                "Prometheus' own up metric for the exporter targets: DOWN when the "
-                "exporter cannot be scraped (TwExporterTargetDown).",
-                f"min by (instance) ({sel('up')})",
-            ),
+            _state_stat("Database reachable", UP, "min"),
+            _state_stat("Scrape target up", "up", "min"),
             _fact_stat(
                 "Exporter version",
-                f"The tw-exporter version each instance runs ({BUILD_INFO.name}).",
                 Target(
                     f"max by (instance, {label(BUILD_INFO, 'version')}) ({sel(BUILD_INFO)})",
                     "{{instance}}: {{version}}",
@@ -360,33 +317,19 @@ ROWS: tuple[Row, ...] = (
             ),
             _fact_stat(
                 "Collection interval",
-                f"Configured collection interval ({INTERVAL.name}, --interval): how often "
-                "business values refresh. Keep Prometheus' scrape interval at or below it.",
                 Target(f"max by (instance) ({sel(INTERVAL)})", "{{instance}}"),
                 unit="s",
             ),
-            _state_stat(
-                "HA role",
-                f"{LEADER.name} per exporter: LEADER runs the queries (any exporter "
-                "without --ha), FOLLOWER waits for the HA lock and serves health metrics "
-                "only. With --ha exactly one replica should lead (TwExporterNoLeader).",
-                f"max by (instance) ({sel(LEADER)})",
-                off=("FOLLOWER", "blue"),
-                on=("LEADER", "green"),
-            ),
+            _state_stat("HA role", LEADER, "max", off=("FOLLOWER", "blue"), on=("LEADER", "green")),
             _state_stat(
                 "Last configuration reload",
-                f"{RELOAD_SUCCESSFUL.name}: FAILED when the last reload (SIGHUP or POST "
-                "/-/reload) found an invalid queries file or web config and kept the old "
-                "ones running; OK otherwise.",
-                f"min by (instance) ({sel(RELOAD_SUCCESSFUL)})",
+                RELOAD_SUCCESSFUL,
+                "min",
                 off=("FAILED", "red"),
                 on=("OK", "green"),
             ),
             _fact_stat(
                 "Configuration loaded",
-                "Time since each instance last loaded its configuration successfully "
-                f"(time() - {RELOAD_SUCCESS_TIMESTAMP.name}; the start counts).",
                 Target(
                     f"time() - max by (instance) ({sel(RELOAD_SUCCESS_TIMESTAMP)})",
                     "{{instance}}",
@@ -395,9 +338,6 @@ ROWS: tuple[Row, ...] = (
             ),
             _fact_stat(
                 "DSN file re-reads, last hour",
-                f"New DSNs taken from --dsn-file ({DSN_RELOADS.name}: a rotated Secret, "
-                f"SIGHUP, a rejected password) and failed re-reads "
-                f"({DSN_RELOAD_FAILURES.name}: the previous DSN stays in use) per instance.",
                 Target(
                     f"sum by (instance) (increase({sel(DSN_RELOADS)}[1h]))",
                     "{{instance}} new DSN",
@@ -411,15 +351,6 @@ ROWS: tuple[Row, ...] = (
             Panel(
                 title="Data age per query, in its intervals",
                 kind="timeseries",
-                description=(
-                    f"Time since each query's last success (time() - "
-                    f"{QUERY_LAST_SUCCESS.name}) divided by its own interval "
-                    f"({QUERY_INTERVAL.name}), so a query run every 5 minutes and one run "
-                    "every 15 seconds read alike; on any replica: with --ha the freshest, so a "
-                    "takeover does not show as aging data. The red line is "
-                    f"{format_value(PARAMS_BY_KEY['staleIntervals'], DEFAULTS['staleIntervals'])}"
-                    " intervals, where TwExporterQueryStale starts counting."
-                ),
                 targets=(
                     Target(
                         f"min by ({QUERY}) ((time() - ({sel(QUERY_LAST_SUCCESS)} > 0)) "
@@ -437,10 +368,6 @@ ROWS: tuple[Row, ...] = (
             Panel(
                 title="Query duration quantiles",
                 kind="timeseries",
-                description=(
-                    "p50, p90 and p99 of each business query's wall time (histogram "
-                    f"{QUERY_DURATION.name}), including waiting for a pooled connection."
-                ),
                 targets=tuple(
                     Target(
                         f"histogram_quantile({q}, sum by ({label(QUERY_DURATION, 'query')}, le) "
@@ -457,13 +384,6 @@ ROWS: tuple[Row, ...] = (
             Panel(
                 title="Where query time goes: waiting vs running (p90)",
                 kind="timeseries",
-                description=(
-                    "p90 of the time each query waited for a usable server connection "
-                    f"({QUERY_WAIT.name}: pool acquire plus the transaction's first round "
-                    "trip, where PgBouncer queues a client) and of the time its statement ran "
-                    f"({QUERY_RUN.name}). A high wait with a normal run is a saturated pool or "
-                    "pooler, not a slow query."
-                ),
                 targets=tuple(
                     Target(
                         f"histogram_quantile(0.9, sum by ({label(spec, 'query')}, le) "
@@ -480,11 +400,6 @@ ROWS: tuple[Row, ...] = (
             Panel(
                 title="Query errors by reason",
                 kind="timeseries",
-                description=(
-                    f"Failed query runs per second by query and reason ({QUERY_ERRORS.name}): "
-                    f"{reason_list(FAILURE_REASONS).replace('`', '')} "
-                    "(TwExporterQueryErrors, TwExporterQueryTimeouts)."
-                ),
                 targets=(
                     Target(
                         f"sum by ({label(QUERY_ERRORS, 'query')}, {REASON}) "
@@ -501,11 +416,6 @@ ROWS: tuple[Row, ...] = (
             Panel(
                 title="Run duration / interval per query",
                 kind="timeseries",
-                description=(
-                    f"Wall time of each query's last run ({CYCLE_DURATION.name}) as a fraction "
-                    f"of its own interval ({QUERY_INTERVAL.name}); above 1 the next run is "
-                    "skipped (TwExporterCycleSlow fires above cycleDurationRatio)."
-                ),
                 targets=(
                     Target(
                         f"max by ({QUERY}) ({sel(CYCLE_DURATION)} / on (job, instance, query) "
@@ -520,28 +430,16 @@ ROWS: tuple[Row, ...] = (
             ),
             _bars(
                 "Skipped cycles",
-                "Scheduled query runs skipped because the query's previous run was still "
-                f"running (increase of {CYCLES_SKIPPED.name}; TwExporterCyclesSkipped).",
                 f"sum by ({QUERY}) (increase({sel(CYCLES_SKIPPED)}[{RATE}]))",
             ),
             _bars(
                 "Shortened label values",
-                "Usernames and tags longer than --max-label-length bytes, exported as a "
-                "prefix, '…' and a hash of the whole value (increase of "
-                f"{LABEL_VALUES_TRUNCATED.name} per query; each shortened value counts "
-                "once per run of its query). See docs/label-values.md.",
                 f"sum by ({label(LABEL_VALUES_TRUNCATED, 'query')}) "
                 f"(increase({sel(LABEL_VALUES_TRUNCATED)}[{RATE}]))",
             ),
             Panel(
                 title="Wall-clock steps",
                 kind="timeseries",
-                description=(
-                    "Steps of the wall clock noticed by each exporter (increase of "
-                    f"{CLOCK_STEPS.name}): an NTP step, a VM restored from a snapshot. Every "
-                    "query's schedule moves with the step, so none is delayed; frequent steps "
-                    "point at the host's time keeping. See docs/database-faults.md."
-                ),
                 targets=(
                     Target(
                         f"sum by (instance) (increase({sel(CLOCK_STEPS)}[{RATE}]))",
@@ -557,6 +455,41 @@ ROWS: tuple[Row, ...] = (
         ),
     ),
 )
+
+
+# The values, besides the catalogue's metric names, that ``dashboard.toml`` quotes as ``[[name]]``.
+TEXT_VALUES: Mapping[str, str] = {
+    **METRIC_NAMES,
+    "staleIntervals": format_value(PARAMS_BY_KEY["staleIntervals"], DEFAULTS["staleIntervals"]),
+    "failureReasons": reason_list(FAILURE_REASONS).replace("`", ""),
+}
+DESCRIPTIONS_PATH = Path(__file__).with_name("dashboard.toml")
+
+
+def describe(rows: Sequence[Row], path: Path = DESCRIPTIONS_PATH) -> tuple[Row, ...]:
+    """Every panel with its description from ``path``, by title. A panel without one, a
+    description without a panel, or two panels of one title is refused: every shipped panel
+    says what it shows."""
+    texts = load(path)
+    titles = [panel.title for row in rows for panel in row.panels]
+    if len(set(titles)) != len(titles) or set(titles) != set(texts):
+        twice = sorted({title for title in titles if titles.count(title) > 1})
+        unmatched = sorted(set(titles) ^ set(texts))
+        raise ValueError(
+            f"{path.name}: panels and descriptions do not match one to one "
+            f"(described or built only once: {unmatched}; titles used twice: {twice})"
+        )
+    return tuple(
+        Row(row.title, tuple(_described(panel, texts[panel.title], path) for panel in row.panels))
+        for row in rows
+    )
+
+
+def _described(panel: Panel, text: str, path: Path) -> Panel:
+    return replace(panel, description=fill(text, TEXT_VALUES, f"{path.name}: {panel.title!r}"))
+
+
+ROWS: tuple[Row, ...] = describe(_PANELS)
 
 
 DASHBOARD_DESCRIPTION = (

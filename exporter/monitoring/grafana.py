@@ -47,7 +47,6 @@ class Panel:
 
     title: str
     kind: Literal["timeseries", "stat", "bargauge", "table"]
-    description: str
     targets: tuple[Target, ...]
     width: int
     height: int
@@ -59,6 +58,8 @@ class Panel:
     custom: Mapping[str, Any] = field(default_factory=dict)
     mappings: tuple[Mapping[str, Any], ...] = ()
     transformations: tuple[Mapping[str, Any], ...] = ()
+    # The shipped panels' descriptions come from dashboard.toml, by title, once all are built.
+    description: str = ""
 
 
 @dataclass(frozen=True)
