@@ -69,19 +69,6 @@ class Outcome:
     line: str
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """A new configuration, read and validated, with everything the swap needs."""
-
-    config: QueriesConfig
-    security: HTTPSecurity | None
-    collectors: tuple[QueryCollector, ...]
-    # What makes each query the same query (``_definitions``), in the running configuration
-    # and in the new one: compared once by the proof and once by the swap.
-    old: dict[str, tuple[object, Schedule]]
-    new: dict[str, tuple[object, Schedule]]
-
-
 @dataclass
 class Reloader:
     """Everything a reload changes, and the configuration currently running."""
@@ -137,7 +124,7 @@ class Reloader:
             collectors = collectors_for(config)
         except (SettingsError, ValueError) as error:  # QueriesFileError, WebConfigError
             raise ReloadError(str(error)) from None
-        return _Plan(config, security, collectors, _definitions(self.config), _definitions(config))
+        return _plan(self.config, config, security, collectors)
 
     def _web_security(self) -> HTTPSecurity | None:
         if self.settings.web_config_file is None:
@@ -149,11 +136,11 @@ class Reloader:
     async def _prove(self, plan: _Plan) -> None:
         """Step 2: prepare each new or changed custom query on the database (a built-in's
         statement is the code's, the same before and after)."""
-        config, old, new = plan.config, plan.old, plan.new
         database = self.collector.database
-        for name, definition in config.definitions.items():
+        proving = {*plan.added, *plan.changed}
+        for name, definition in plan.config.definitions.items():
             query, schedule = definition.query, definition.schedule
-            if query is None or old.get(name) == new[name]:
+            if query is None or name not in proving:
                 continue
             args = [bind(p) for p in query.params]
             try:
@@ -175,11 +162,7 @@ class Reloader:
 
     def _apply(self, plan: _Plan) -> str:
         """Step 3, on the event loop without awaiting: the difference, all at once."""
-        config = plan.config
-        old, new = plan.old, plan.new
-        removed = [name for name in old if name not in new]
-        added = [name for name in new if name not in old]
-        changed = [name for name in new if name in old and new[name] != old[name]]
+        config, added, changed, removed = plan.config, plan.added, plan.changed, plan.removed
         store, collector = self.collector.store, self.collector
         for name in removed:
             collector.remove_job(self.scheduler, name)
@@ -213,6 +196,36 @@ class Reloader:
             if (security.ssl_context is None) != (self.server.ssl_context is None):
                 log.warning("reload: turning TLS on or off takes effect at the next restart")
         return f"{len(added)} added, {len(changed)} changed, {len(removed)} removed"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A new configuration, read and validated, and how it differs from the running one:
+    worked out once, when it is read, and followed by both the proof and the swap."""
+
+    config: QueriesConfig
+    security: HTTPSecurity | None
+    collectors: tuple[QueryCollector, ...]
+    added: tuple[str, ...]  # in the new configuration's order
+    changed: tuple[str, ...]  # a new definition or schedule; the new configuration's order
+    removed: tuple[str, ...]  # in the running configuration's order
+
+
+def _plan(
+    running: QueriesConfig,
+    config: QueriesConfig,
+    security: HTTPSecurity | None,
+    collectors: tuple[QueryCollector, ...],
+) -> _Plan:
+    old, new = _definitions(running), _definitions(config)
+    return _Plan(
+        config,
+        security,
+        collectors,
+        added=tuple(name for name in new if name not in old),
+        changed=tuple(name for name in new if name in old and new[name] != old[name]),
+        removed=tuple(name for name in old if name not in new),
+    )
 
 
 def _definitions(config: QueriesConfig) -> dict[str, tuple[object, Schedule]]:
