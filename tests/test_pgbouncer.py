@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -20,7 +21,7 @@ import pytest
 
 from exporter.collectors import COLLECTORS
 from exporter.config.settings import query_params
-from exporter.db.database import Database, QueryError
+from exporter.db.database import CLIENT_GRACE_SECONDS, Database, QueryError
 from exporter.db.failures import FAILURE_REASONS
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import (
@@ -355,3 +356,47 @@ async def test_a_saturated_pooler_shows_as_wait_not_run(
     assert slow_result.run_seconds >= 0.9 and slow_result.wait_seconds < 0.5, slow_result
     assert quick.wait_seconds >= 1.0 - slept - 0.1 and quick.run_seconds < 0.5, (quick, slept)
     assert quick.wait_seconds > quick.run_seconds, quick
+
+
+async def test_check_behind_a_full_session_pooler_fails_at_its_deadlines(
+    pg_server: PgServer, seeded_db: str
+) -> None:
+    """Session pooling whose one server connection another client holds: every statement of
+    ``check`` queues in PgBouncer for a server that never comes. Each fails at its client
+    deadline (``--query-timeout`` plus a second), which the output names, and ``check`` ends
+    in seconds, not at PgBouncer's ``query_wait_timeout`` (120 s)."""
+    query_timeout = 0.5
+    with run_pgbouncer(pg_server.dsn, "session", default_pool_size="1") as bouncer:
+        dsn = bouncer.dsn_for(seeded_db)
+        holder = await asyncpg.connect(dsn)
+        try:
+            assert await holder.fetchval("SELECT 1") == 1  # its session owns the server now
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "exporter",
+                "check",
+                "--dsn",
+                dsn,
+                "--query-timeout",
+                str(query_timeout),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                output, _ = await asyncio.wait_for(proc.communicate(), 60)
+            except TimeoutError:
+                proc.kill()
+                raise AssertionError("check still waiting for a server after 60 s") from None
+            elapsed = time.monotonic() - started
+        finally:
+            await holder.close()
+    text = output.decode()
+    assert proc.returncode == 1, text
+    deadline = f"within {query_timeout + CLIENT_GRACE_SECONDS:g}s (client deadline)"
+    assert f"schema: FAILED: no answer from the database {deadline}" in text, text
+    for collector in COLLECTORS:
+        assert f"query {collector.name}: FAILED (timeout)" in text, text
+    # One deadline for the schema, one for each query, and the interpreter's start.
+    assert elapsed < (1 + len(COLLECTORS)) * (query_timeout + CLIENT_GRACE_SECONDS) + 10, elapsed

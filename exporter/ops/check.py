@@ -32,6 +32,7 @@ from exporter.config.settings import Settings
 from exporter.db.connect import Connector
 from exporter.db.database import (
     APPLICATION_NAME,
+    CLIENT_GRACE_SECONDS,
     STATEMENT_CACHE_SIZE,
     Database,
     QueryError,
@@ -178,9 +179,14 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
     )
     for line in schedule_lines(config):
         out(line)
+    # Every statement has the client deadline ``run`` gives a query: a server that never
+    # answers (a session pooler with no free server connection queues the client for its
+    # query_wait_timeout, 120 s by default) fails the check at it, not minutes later.
+    deadline = settings.query_timeout + CLIENT_GRACE_SECONDS
     try:
         conn = await Connector(settings.dsn).connect(
             timeout=settings.query_timeout,
+            command_timeout=deadline,
             statement_cache_size=STATEMENT_CACHE_SIZE,
             server_settings={"application_name": APPLICATION_NAME},
         )
@@ -193,11 +199,19 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
         async with conn.transaction(readonly=True):
             await conn.execute(local_timeouts(settings.query_timeout))
             problems = await inspect(conn, settings, out, config)
+    except TimeoutError:
+        problems = [f"no answer from the database within {deadline:g}s (client deadline)"]
+        out(f"schema: FAILED: {problems[0]}")
+        conn.terminate()  # mid-statement: nothing to say goodbye to
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
         problems = [describe(error)]
         out(f"schema: FAILED: {problems[0]}")
     finally:
-        await conn.close()
+        if not conn.is_closed():
+            try:
+                await conn.close(timeout=CLIENT_GRACE_SECONDS)
+            except (TimeoutError, OSError, asyncpg.InterfaceError):
+                conn.terminate()
 
     database = Database(
         settings.dsn,
