@@ -182,8 +182,7 @@ async def serve(
             watcher.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
         log.info("shutting down")
-        scheduler.shutdown(wait=False)
-        await collector.cancel_running(SHUTDOWN_GRACE, "shutting down")
+        await pipeline.stop(SHUTDOWN_GRACE, "shutting down")
         if leadership is not None:
             await leadership.close()  # releases the lock: a follower takes over at once
         await server.close()

@@ -56,12 +56,17 @@ class Pipeline:
         """Every query's scheduled job function once (``Collector.run_all``)."""
         return await self.collector.run_all()
 
-    async def close(self, grace: float, why: str = "") -> None:
-        """Stop the jobs, cancel the runs in flight (waiting at most ``grace``), close the
-        pool (as long again, then outright)."""
+    async def stop(self, grace: float, why: str = "") -> None:
+        """Stop the jobs and cancel the runs in flight (waiting at most ``grace``): nothing
+        queries after this, and the pool is still open (``app`` releases the HA lock and
+        closes the server between the two)."""
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.collector.cancel_running(grace, why)
+
+    async def close(self, grace: float, why: str = "") -> None:
+        """``stop``, then close the pool (waiting as long again, then outright)."""
+        await self.stop(grace, why)
         await self.database.close(grace)
 
 
