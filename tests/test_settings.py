@@ -12,6 +12,10 @@ from exporter.config import settings as cfg
 
 DSN = "postgresql://tw@db:5432/app"
 
+# Each test here takes milliseconds; a validation that lets a bad flag through would start a
+# real exporter in-process and run until the suite's own 300 s limit, so fail much sooner.
+pytestmark = pytest.mark.timeout(20)
+
 
 def parse(argv: list[str], env: dict[str, str] | None = None) -> cfg.Settings:
     args = build_parser().parse_args(["run", *argv])
