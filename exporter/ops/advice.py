@@ -588,20 +588,17 @@ async def advise(
         if unknown:
             rows = {**rows, **await table_rows(conn, sorted(unknown))}
         used = used_indexes(plan)
+        applicable = [wanted for wanted in RECOMMENDED if wanted.applies(collector.name, shape)]
         uses = tuple(
             index_use(
                 wanted, indexes.get(wanted.table, ()), used, rows.get(wanted.table, 0.0), min_rows
             )
-            for wanted in RECOMMENDED
-            if wanted.applies(collector.name, shape) and wanted.table in rows
+            for wanted in applicable
+            if wanted.table in rows
         )
         unused = []
-        for wanted in RECOMMENDED:
-            if (
-                not wanted.applies(collector.name, shape)
-                or wanted in missing
-                or rows.get(wanted.table, 0.0) < min_rows
-            ):
+        for wanted in applicable:
+            if wanted in missing or rows.get(wanted.table, 0.0) < min_rows:
                 continue
             candidates = [
                 e for e in indexes.get(wanted.table, ()) if _same_columns_and_order(e, wanted)
