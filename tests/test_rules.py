@@ -282,3 +282,7 @@ def test_the_alert_texts_file_is_refused_when_it_and_the_code_disagree(tmp_path:
     assert f"{first}" in refused(shipped.replace('severity = "info"', 'severity = "page"', 1))
     assert "[[nope]]" in refused(shipped.replace("[[tw_exporter_leader]]", "[[nope]]"))
     assert "summary" in refused(shipped.replace("summary =", "sumary =", 1))
+    moved = shipped.replace("[health.TwExporterNoLeader]", "[business.TwExporterNoLeader]")
+    assert "TwExporterNoLeader" in refused(
+        moved + shipped[shipped.index("[health.TwExporterNoLeader]") :]
+    )

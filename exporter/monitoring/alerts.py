@@ -198,7 +198,10 @@ def load_groups(path: Path = TEXTS_PATH) -> tuple[Group, ...]:
     (the generator's ``--check`` and the tests load it, so a mistake never ships)."""
     document = load(path)
     named = [name for tables in document.values() for name in tables]
-    if sorted(named) != sorted(EXPRESSIONS):
+    twice = sorted({name for name in named if named.count(name) > 1})
+    if twice:
+        raise ValueError(f"{path.name}: alerts {twice} are in more than one group")
+    if set(named) != set(EXPRESSIONS):
         raise ValueError(
             f"{path.name}: alerts {sorted(set(named) ^ set(EXPRESSIONS))} are named in only one "
             "of alerts.toml and EXPRESSIONS"
