@@ -191,7 +191,14 @@ class Reloader:
         self.config = config
         security = plan.security
         if security is not None and self.server is not None:
-            self.server.authenticator = security.authenticator
+            from exporter.config.basic_auth import BasicAuth  # loaded with the web config
+
+            new, old = security.authenticator, self.server.authenticator
+            if new is not None and isinstance(old, BasicAuth):
+                # Verified logins of users whose hash did not change carry over: a reload must
+                # not send every scraper back to bcrypt behind a flood of wrong passwords (#21).
+                new.adopt_cache(old)
+            self.server.authenticator = new
             self.server.extra_headers = encode_headers(security.headers)
             if (security.ssl_context is None) != (self.server.ssl_context is None):
                 log.warning("reload: turning TLS on or off takes effect at the next restart")

@@ -141,7 +141,7 @@ class BasicAuth:
             return True
         return None
 
-    def adopt_cache(self, previous: object) -> None:
+    def adopt_cache(self, previous: BasicAuth) -> None:
         """Take over ``previous``'s verified logins for users whose hash is unchanged.
 
         Called when a reload replaces the running configuration: without it every scraper's
@@ -149,7 +149,7 @@ class BasicAuth:
         slot taken) a scraper whose login had been cached got 503 on every scrape. A user
         whose hash changed, or who was removed, is dropped: the cached proof covers the hash
         (``_cache_token``), so it could never match anyway."""
-        if not isinstance(previous, BasicAuth) or previous is self:
+        if previous is self:
             return
         with previous._cache_lock:
             verified = list(previous._verified.items())

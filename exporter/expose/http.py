@@ -136,7 +136,7 @@ class MetricsServer:
         limits: ServerLimits | None = None,
     ) -> None:
         self.snapshot = snapshot
-        self._authenticator = authenticator
+        self.authenticator = authenticator
         self.extra_headers = encode_headers(extra_headers)
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
@@ -164,21 +164,6 @@ class MetricsServer:
         self._metrics_of: Rendered | None = None
         self._metrics_responses: dict[Negotiated, Response] = {}
         self._sweeper: asyncio.Task[None] | None = None
-
-    @property
-    def authenticator(self) -> Authenticator | None:
-        return self._authenticator
-
-    @authenticator.setter
-    def authenticator(self, new: Authenticator | None) -> None:
-        """A reload's new authenticator takes over the old one's verified logins for users
-        whose hash did not change (``BasicAuth.adopt_cache``): a reload must not send every
-        scraper back to bcrypt, behind a flood of wrong passwords (issue #21)."""
-        old = self._authenticator
-        adopt = getattr(new, "adopt_cache", None)
-        if old is not None and new is not old and adopt is not None:
-            adopt(old)
-        self._authenticator = new
 
     async def _sweep_expired(self) -> None:
         """Close connections past their deadline.
