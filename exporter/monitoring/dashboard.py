@@ -118,13 +118,13 @@ def _fact_stat(
     )
 
 
-def _bars(title: str, expr: str) -> Panel:
-    """Per-query counts of events that should not happen (skipped runs, shortened values) as
-    bars, orange from one event on."""
+def _bars(title: str, expr: str, legend: str = f"{{{{{QUERY}}}}}") -> Panel:
+    """Counts of events that should not happen (skipped runs, shortened values per query;
+    clock steps per instance) as bars, orange from one event on."""
     return Panel(
         title=title,
         kind="timeseries",
-        targets=(Target(expr, f"{{{{{QUERY}}}}}"),),
+        targets=(Target(expr, legend),),
         width=12,
         height=8,
         min=0,
@@ -437,20 +437,10 @@ _PANELS: tuple[Row, ...] = (
                 f"sum by ({label(LABEL_VALUES_TRUNCATED, 'query')}) "
                 f"(increase({sel(LABEL_VALUES_TRUNCATED)}[{RATE}]))",
             ),
-            Panel(
-                title="Wall-clock steps",
-                kind="timeseries",
-                targets=(
-                    Target(
-                        f"sum by (instance) (increase({sel(CLOCK_STEPS)}[{RATE}]))",
-                        "{{instance}}",
-                    ),
-                ),
-                width=12,
-                height=8,
-                min=0,
-                steps=(("green", None), ("orange", 1.0)),
-                custom={"drawStyle": "bars", "fillOpacity": 80},
+            _bars(
+                "Wall-clock steps",
+                f"sum by (instance) (increase({sel(CLOCK_STEPS)}[{RATE}]))",
+                legend="{{instance}}",
             ),
         ),
     ),
