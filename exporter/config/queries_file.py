@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(c.name for c in COLLECTORS)
-BUILTIN_METRICS: frozenset[str] = frozenset(m.name for c in COLLECTORS for m in c.metrics)
 # Names the exporter itself, the Python client or the scraper own.
 RESERVED_METRIC_NAMES = frozenset({"tw_up"})
 RESERVED_METRIC_PREFIXES = ("tw_exporter_", "process_", "python_")

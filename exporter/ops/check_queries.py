@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from exporter.collect.custom import NUMERIC_TYPES, column_problems
+from exporter.collect.custom import column_problems
 from exporter.config.queries_file import QueriesConfig, Schedule, bind
-
-__all__ = ["NUMERIC_TYPES", "Prepared", "column_problems", "prepare_custom", "schedule_lines"]
 
 
 def schedule_lines(config: QueriesConfig) -> Iterator[str]:
