@@ -74,8 +74,7 @@ def settings_given(**values: Any) -> Settings:
     """Settings with ``values`` as if given on the command line, every other one its default:
     each is recorded as given, so the queries' schedules follow it as they follow a flag (a
     given --query-timeout is every built-in's timeout; without it the default cap applies)."""
-    settings = query_params(**values)
-    return query_params(**values, sources={**settings.sources, **dict.fromkeys(values, "given")})
+    return query_params(**values, sources=dict.fromkeys(values, "given"))
 
 
 def build_store(

@@ -66,16 +66,10 @@ class ClockWatch:
         self,
         on_step: Callable[[float], None],
         *,
-        threshold: float = STEP_THRESHOLD,
-        period: float = WATCH_PERIOD,
-        stall_threshold: float = STALL_THRESHOLD,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_step = on_step
-        self.threshold = threshold
-        self.period = period
-        self.stall_threshold = stall_threshold
         self._wall = wall
         self._monotonic = monotonic
         self._offset = wall() - monotonic()
@@ -86,16 +80,16 @@ class ClockWatch:
     def check(self) -> float | None:
         """Look now: returns the step (seconds, negative when backwards) if the wall clock
         stepped since the last look, after calling ``on_step`` with it. A watchdog tick
-        overdue by more than ``stall_threshold`` is remembered as a stall (once)."""
+        overdue by more than ``STALL_THRESHOLD`` is remembered as a stall (once)."""
         now, wall = self._read()
-        if self._due is not None and now - self._due > self.stall_threshold:
+        if self._due is not None and now - self._due > STALL_THRESHOLD:
             self._remember(Jump("stall", now - self._due, now))
             self._due = None  # reported; the tick plans the next one
         offset = wall - now
         step = offset - self._offset
         # The baseline follows every look, so slewing never adds up to a "step".
         self._offset = offset
-        if abs(step) <= self.threshold:
+        if abs(step) <= STEP_THRESHOLD:
             return None
         self._remember(Jump("step", step, now))
         self._on_step(step)
@@ -130,8 +124,8 @@ class ClockWatch:
             self._timer = None
 
     def _plan(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._due = self._monotonic() + self.period
-        self._timer = loop.call_later(self.period, self._tick, loop)
+        self._due = self._monotonic() + WATCH_PERIOD
+        self._timer = loop.call_later(WATCH_PERIOD, self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self.check()

@@ -356,8 +356,8 @@ def add_query_job(
 
 
 def start_scheduler(collector: Collector) -> SteadyScheduler:
-    """Every query's job, on its schedule's interval."""
-    collector.fit_pool()
+    """Every query's job, on its schedule's interval (the collector fitted the pool to them
+    when it was built, and a reload fits it again)."""
     scheduler = SteadyScheduler(on_step=collector.clock_stepped, timezone=UTC)
 
     def skipped(event: JobEvent) -> None:
