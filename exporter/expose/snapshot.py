@@ -106,6 +106,11 @@ class QueryState:
     # (``_fresh_parts``), so a snapshot's timestamp and its series always come from one state.
     success_wall_time: float | None = None
 
+    @property
+    def fresh_until(self) -> float:
+        """When (monotonic) its last good result stops being fresh; never fresh before one."""
+        return -math.inf if self.succeeded_at is None else self.succeeded_at + self.max_staleness
+
 
 class _Families(Collector):
     """A registry-shaped view of a list of families, for the client library's renderers."""
@@ -307,11 +312,7 @@ class SnapshotStore:
         self.following = False
 
     def is_fresh(self, query: str) -> bool:
-        state = self.queries[query]
-        return (
-            state.succeeded_at is not None
-            and self._clock() - state.succeeded_at <= state.max_staleness
-        )
+        return self._clock() <= self.queries[query].fresh_until
 
     def fresh_families(self) -> Iterable[Metric]:
         for name, state in self.queries.items():
@@ -325,14 +326,14 @@ class SnapshotStore:
         no series is served past its staleness even when nothing renders: no run finishing
         (a wall-clock step that delayed the schedule, a run hung on a lock) or a query on a
         long interval."""
-        if self._clock() > self._expires_at:
-            self._drop_expired()
+        now = self._clock()
+        if now > self._expires_at:
+            self._drop_expired(now)
         return self._current
 
-    def _drop_expired(self) -> None:
+    def _drop_expired(self, now: float) -> None:
         """Republish the last render without the parts that expired: its bytes are kept, so
         this joins bytes and renders nothing (no health section, no render thread)."""
-        now = self._clock()
         kept = [entry for entry in self._served_parts if now <= entry[2]]
         self._set_current(kept, *self._served_health)
 
@@ -347,25 +348,22 @@ class SnapshotStore:
         self._current = rendered
         return rendered
 
-    def _expiry(self, name: str) -> float:
-        """When (monotonic) the query's current result stops being fresh."""
-        state = self.queries[name]
-        return math.inf if state.succeeded_at is None else state.succeeded_at + state.max_staleness
-
     def _fresh_parts(self) -> list[tuple[str, Part, float]]:
         """Each fresh query's name, rendered part (rendering the ones whose result changed)
         and expiry."""
         parts = []
+        now = self._clock()
         for name, state in self.queries.items():
             if state.success_wall_time is not None:
                 self.health.query_last_success.labels(query=name).set(state.success_wall_time)
-            if not self.is_fresh(name):
+            expiry = state.fresh_until
+            if now > expiry:
                 # Expired: drop the data so memory does not hold it and it is never served.
                 state.families, state.part = [], None
                 continue
             if state.part is None:
                 state.part = render_part(state.families)
-            parts.append((name, state.part, self._expiry(name)))
+            parts.append((name, state.part, expiry))
         return parts
 
     def _served_fresh(self, name: str) -> bool:
