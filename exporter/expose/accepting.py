@@ -130,7 +130,6 @@ class Acceptor:
         self.batch = accept_batch(cap)
         self.budget = cap + self.batch
         self.open_sockets = 0  # accepted and not closed yet
-        self.refusals = 0  # accept() failures for want of descriptors or memory
         self.listeners: list[socket.socket] = []
         self._accepting = False
         self._pause: asyncio.TimerHandle | None = None
@@ -205,7 +204,6 @@ class Acceptor:
         self._stop_reading()
         if self._pause is None:
             self._pause = asyncio.get_running_loop().call_later(ACCEPT_PAUSE, self._resume)
-        self.refusals += 1
         if self._starved:
             return
         self._starved = True

@@ -132,7 +132,7 @@ class Connection(asyncio.BufferedProtocol):
         # only the garbage collector would otherwise free (issue #21: ~3,500 connections of a
         # churning client alive at once).
         self.parser: httptools.HttpRequestParser | None = None
-        self.socket_held = True  # counted in ``server.open_sockets`` until released
+        self.socket_held = True  # counted in ``server.acceptor.open_sockets`` until released
         self.transport: asyncio.Transport | None = None
         self.raw: asyncio.Transport | None = None  # the TCP transport while TLS handshakes
         self.early: list[bytes] | None = None  # plaintext delivered before start_tls returned
@@ -315,7 +315,7 @@ class Connection(asyncio.BufferedProtocol):
         self.release_socket()
 
     def release_socket(self) -> None:
-        """Stop counting this connection's socket in ``server.open_sockets`` (once)."""
+        """Stop counting this connection's socket in ``server.acceptor.open_sockets`` (once)."""
         if self.socket_held:
             self.socket_held = False
             self.server.acceptor.socket_closed()

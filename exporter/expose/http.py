@@ -142,7 +142,6 @@ class MetricsServer:
         self.limits = limits or ServerLimits()
         # The cap in force: --web-max-connections, lowered at start to fit the open-files limit.
         self.max_connections = self.limits.max_connections
-        self.descriptor_limit: int | None = None
         # Every open connection, TLS handshakes included: what the cap counts and the sweep
         # visits.
         self.connections: set[Connection] = set()
@@ -192,19 +191,19 @@ class MetricsServer:
         loop = asyncio.get_running_loop()
         if loop.get_exception_handler() is None:
             loop.set_exception_handler(LoopErrorLog())
-        self.max_connections, self.descriptor_limit = fit_connection_cap(
+        self.max_connections, descriptors = fit_connection_cap(
             self.limits.max_connections, self.limits.reserved_descriptors
         )
         self.acceptor = Acceptor(self._serve_socket, self.max_connections)
-        self._log_cap()
+        self._log_cap(descriptors)
         listeners = await bind(loop, host, port)
         self._sweeper = loop.create_task(self._sweep_expired())
         self.acceptor.start(listeners)
         return [sock.getsockname()[:2] for sock in listeners]
 
-    def _log_cap(self) -> None:
-        """A warning when the cap had to be lowered to fit the open-files limit."""
-        configured, limit = self.limits.max_connections, self.descriptor_limit
+    def _log_cap(self, limit: int | None) -> None:
+        """A warning when the cap had to be lowered to fit the open-files limit (``limit``)."""
+        configured = self.limits.max_connections
         if self.max_connections < configured:
             log.warning(
                 "at most %d HTTP connections, not %d (--web-max-connections): the open-files "
@@ -237,20 +236,14 @@ class MetricsServer:
 
     async def _connect(self, sock: socket.socket) -> None:
         """Wrap an accepted socket in asyncio's transport and a ``Connection``."""
-        created: list[Connection] = []
-
-        def factory() -> Connection:
-            created.append(Connection(self))
-            return created[0]
-
+        # Its socket is counted until it releases it (once), whether or not the transport
+        # came up.
+        connection = Connection(self)
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: connection, sock)
         except BaseException as error:
             sock.close()
-            if created:
-                created[0].release_socket()
-            else:
-                self.acceptor.socket_closed()
+            connection.release_socket()
             if isinstance(error, asyncio.CancelledError):
                 raise
             log.debug("could not set up an accepted connection: %r", error)
