@@ -244,14 +244,12 @@ class DsnFile(DsnSource):
         self,
         path: Path,
         option: str = "--dsn-file",
-        *,
-        on_reload: Callable[[str], None] = lambda dsn: None,
-        on_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self.path = path
         self.option = option
-        self.on_reload = on_reload
-        self.on_failure = on_failure
+        # What to do with a new DSN, and after a failed re-read (the app sets both).
+        self.on_reload: Callable[[str], None] = lambda dsn: None
+        self.on_failure: Callable[[], None] = lambda: None
         self._seen = self._fingerprint()
         super().__init__(read_dsn_file(path))
 

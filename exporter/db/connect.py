@@ -98,11 +98,6 @@ class Connector:
         now = self._clock()
         return {h for h, at in self._failed.items() if now - at < DEMOTED_SECONDS}
 
-    def order(self, hosts: tuple[str, ...]) -> list[str]:
-        """The hosts in DSN order, those that timed out lately last."""
-        demoted = self.demoted()
-        return [h for h in hosts if h not in demoted] + [h for h in hosts if h in demoted]
-
     async def connect(
         self,
         dsn: object = None,
@@ -135,7 +130,11 @@ class Connector:
         unsuitable = 0
         try:
             demoted = self.demoted()
-            for host in self.order(dsn.hosts):
+            # In DSN order, the hosts that timed out lately last.
+            ordered = [h for h in dsn.hosts if h not in demoted] + [
+                h for h in dsn.hosts if h in demoted
+            ]
+            for host in ordered:
                 if fallback is not None and host in demoted:
                     # prefer-standby holds a usable host already: a standby that failed
                     # lately (hung, say) would cost a timeout on every new connection.

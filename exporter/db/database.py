@@ -761,10 +761,7 @@ async def _rollback(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
     connection goes back to the pool (and, on a pooler, its server to other clients) idle and
     as it was lent. A connection that is already broken is left to the pool, which discards
     it."""
-    try:
-        if conn.is_closed() or not conn.is_in_transaction():
-            return
-    except asyncpg.InterfaceError:  # lost: asyncpg already detached it from the pool
+    if _closed(conn) or not conn.is_in_transaction():
         return
     try:
         await conn.execute(END_FAILED_TRANSACTION)
