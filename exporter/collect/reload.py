@@ -45,7 +45,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from exporter.collect.custom import collectors_for, column_problems
 from exporter.collect.scheduler import Collector, add_query_job
 from exporter.collectors.base import QueryCollector
-from exporter.config.queries_file import QueriesConfig, Schedule, bind, config_for, one_line
+from exporter.config.queries_file import QueriesConfig, bind, config_for, one_line
 from exporter.config.settings import Settings, SettingsError
 from exporter.db.database import QueryError
 from exporter.expose.http import MetricsServer
@@ -224,7 +224,9 @@ def _plan(
     security: HTTPSecurity | None,
     collectors: tuple[QueryCollector, ...],
 ) -> _Plan:
-    old, new = _definitions(running), _definitions(config)
+    # A query is the same query when its definition is equal: its code or file entry and its
+    # schedule's values (``Schedule.sources`` does not count).
+    old, new = running.definitions, config.definitions
     return _Plan(
         config,
         security,
@@ -232,19 +234,4 @@ def _plan(
         added=tuple(name for name in new if name not in old),
         changed=tuple(name for name in new if name in old and new[name] != old[name]),
         removed=tuple(name for name in old if name not in new),
-    )
-
-
-def _definitions(config: QueriesConfig) -> dict[str, tuple[object, Schedule]]:
-    """What makes a query the same query: its definition and its effective schedule."""
-    return {
-        name: (d.collector or d.query, _comparable(d.schedule))
-        for name, d in config.definitions.items()
-    }
-
-
-def _comparable(schedule: Schedule) -> Schedule:
-    """The schedule without the provenance of its values (a moved file is not a change)."""
-    return Schedule(
-        schedule.interval, schedule.timeout, schedule.max_staleness, schedule.max_series
     )

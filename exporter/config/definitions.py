@@ -36,7 +36,9 @@ class Schedule:
     timeout: float
     max_staleness: float
     max_series: int = DEFAULT_MAX_SERIES
-    sources: Mapping[str, str] = field(default_factory=dict)
+    # Provenance only: two schedules with the same values are the same schedule (a reload that
+    # moved a value from a flag to the file changes nothing).
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
