@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.allocator import pin_mmap_threshold
-from exporter.collect.reload import Outcome
 from exporter.collect.scheduler import Collector
 from exporter.config.dsn import DsnFile, DsnSource
 from exporter.config.http_security import HTTPSecurity
@@ -30,7 +29,7 @@ from exporter.db.leader import (
 )
 from exporter.expose.http import MetricsServer, ServerLimits
 from exporter.expose.snapshot import SnapshotStore
-from exporter.logs import add_secret, scrub_secrets
+from exporter.logs import add_secret
 from exporter.pipeline import build_pipeline, build_store
 
 log = logging.getLogger(__name__)
@@ -156,23 +155,14 @@ async def serve(
     leadership = (
         _leadership(settings, ha_dsn, replica, collector, store, stop) if settings.ha else None
     )
-    scheduler, reloader = pipeline.start(server, fence=leadership)
+    scheduler, reloader = pipeline.start(server, fence=leadership, dsn_files=tuple(followed))
     if leadership is not None:
         leadership.on_elected = lambda: _lead(store, scheduler)
         leadership.start()
-
-    async def reload() -> Outcome:
-        """SIGHUP and POST /-/reload: the DSN file(s) too, then the configuration files."""
-        for source in followed:
-            source.reread("reload requested")
-        outcome = await reloader.reload()
-        # Its line is answered over HTTP: no password in it, as in the log.
-        return Outcome(outcome.ok, scrub_secrets(outcome.line))
-
     if settings.web_enable_lifecycle:
-        server.reload = reload
+        server.reload = reloader.reload
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reloader.request, reload)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     # Nothing to watch with DSNs given as URIs.
     watcher = loop.create_task(_watch_dsn_files(followed), name="dsn-files") if followed else None
     try:

@@ -42,14 +42,20 @@ class Pipeline:
         await self.database.open()
 
     def start(
-        self, server: MetricsServer | None = None, fence: Fence | None = None
+        self,
+        server: MetricsServer | None = None,
+        fence: Fence | None = None,
+        dsn_files: tuple[DsnSource, ...] = (),
     ) -> tuple[SteadyScheduler, Reloader]:
         """Schedule every query's job (now, then on its interval) and make the reloader that
-        SIGHUP and ``POST /-/reload`` call; with --ha, ``fence`` gates every run."""
+        SIGHUP and ``POST /-/reload`` call (it re-reads ``dsn_files`` first); with --ha,
+        ``fence`` gates every run."""
         if fence is not None:
             self.collector.fence = fence
         self.scheduler = start_scheduler(self.collector)
-        self.reloader = Reloader(self.settings, self.config, self.collector, self.scheduler, server)
+        self.reloader = Reloader(
+            self.settings, self.config, self.collector, self.scheduler, server, dsn_files
+        )
         return self.scheduler, self.reloader
 
     async def run_all(self) -> bool:

@@ -58,7 +58,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "db": frozenset({"collectors", "config"}),
     "expose": frozenset({"collectors", "config", "db"}),
     "monitoring": frozenset({"collectors", "config", "db", "expose"}),
-    "collect": frozenset({"collectors", "config", "db", "expose"}),
+    "collect": frozenset({"collectors", "config", "db", "expose", "logs"}),
     "pipeline": frozenset({"collect", "collectors", "config", "db", "expose"}),
     "app": frozenset(
         {"allocator", "collect", "collectors", "config", "db", "expose", "logs", "pipeline"}

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,11 +44,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from exporter.collect.custom import collectors_for, column_problems
 from exporter.collect.scheduler import Collector, add_query_job
 from exporter.collectors.base import QueryCollector
+from exporter.config.dsn import DsnSource
 from exporter.config.queries_file import QueriesConfig, bind, config_for, one_line
 from exporter.config.settings import Settings, SettingsError
 from exporter.db.database import QueryError
 from exporter.expose.http import MetricsServer
 from exporter.expose.responses import encode_headers
+from exporter.logs import scrub_secrets
 
 if TYPE_CHECKING:
     from exporter.config.http_security import HTTPSecurity
@@ -78,21 +79,27 @@ class Reloader:
     collector: Collector
     scheduler: AsyncIOScheduler
     server: MetricsServer | None = None
+    # The DSN files followed (--dsn-file, --ha-dsn-file): a reload re-reads them first.
+    dsn_files: tuple[DsnSource, ...] = ()
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[Outcome]] = field(default_factory=set)
 
-    def request(self, run: Callable[[], Awaitable[Outcome]] | None = None) -> None:
-        """SIGHUP's handler: start a reload (a signal handler cannot await one); ``run`` is
-        what to await instead of ``reload`` (the app's, which re-reads DSN files first)."""
-        task = asyncio.get_running_loop().create_task(self._run(run or self.reload))
+    def request(self) -> None:
+        """SIGHUP's handler: start a reload (a signal handler cannot await one)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _run(run: Callable[[], Awaitable[Outcome]]) -> Outcome:
-        return await run()
-
     async def reload(self) -> Outcome:
+        """SIGHUP and ``POST /-/reload``: the DSN files, then the configuration files. The
+        outcome's line leaves the process (the HTTP answer), so no secret is in it, as in the
+        log."""
+        for source in self.dsn_files:
+            source.reread("reload requested")
+        outcome = await self._reload_files()
+        return Outcome(outcome.ok, scrub_secrets(outcome.line))
+
+    async def _reload_files(self) -> Outcome:
         """Read, prove, then swap; on any failure keep everything as it is."""
         async with self._lock:
             health = self.collector.store.health
