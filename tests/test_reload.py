@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.collect.reload import Reloader
@@ -272,11 +273,21 @@ async def test_a_reload_while_a_query_runs_keeps_its_series_and_reruns_it_at_onc
     try:
         async with running(seeded_db, path) as rig:
             store, collector, text = rig.store, rig.collector, rig.text
+            # APScheduler counts a job's run as running until its executor's callback, a moment
+            # after the series are served: a tick before that would be refused (max_instances).
+            first_run_ended = asyncio.Event()
+
+            def ended(event: JobExecutionEvent) -> None:
+                if event.job_id == collector.jobs["changed"]:
+                    first_run_ended.set()
+
+            rig.scheduler.add_listener(ended, EVENT_JOB_EXECUTED)
 
             async def changed_served() -> bool:
                 return value(text(), "tw_changed") == 2 and value(text(), "tw_kept") == 1
 
             await wait_until(changed_served)
+            await asyncio.wait_for(first_run_ended.wait(), 15)
             kept_part = store.queries["kept"].part
             await blocker.execute("SELECT pg_advisory_lock(2201)")
             job = rig.scheduler.get_job(collector.jobs["changed"])
