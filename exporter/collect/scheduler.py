@@ -39,7 +39,7 @@ from exporter.collect.custom import collector_of
 from exporter.collectors import QueryCollector
 from exporter.collectors.base import PartialData, QueryParams
 from exporter.config.queries_file import QueryDefinition
-from exporter.db.database import Database, QueryError
+from exporter.db.database import Database, QueryError, QueryResult
 from exporter.db.leader import Fence
 from exporter.expose.snapshot import SnapshotStore
 
@@ -197,13 +197,7 @@ class Collector:
         schedule = self.definitions[collector.name].schedule
         problems: tuple[str, ...] = ()
         try:
-            result = await self.database.fetch(
-                collector.statement,
-                collector.params(self.params),
-                schedule.timeout,
-                query=collector.name,
-                max_rows=collector.max_rows,
-            )
+            result = await fetch_rows(self.database, collector, self.params, schedule.timeout)
             try:
                 families = collector.to_families(result.rows, self.params)
             except PartialData as partial:
@@ -287,6 +281,21 @@ class Collector:
     def clock_stepped(self, step: float) -> None:
         """The wall clock stepped (``SteadyScheduler`` moved the schedules already): counted."""
         self.store.health.clock_steps.inc()
+
+
+async def fetch_rows(
+    database: Database, collector: QueryCollector, params: QueryParams, seconds: float
+) -> QueryResult:
+    """One run's rows, as every run and ``check`` fetch them: the collector's statement (its
+    shape resolved on the connection) and parameters, under the query's timeout, reading at
+    most the rows it can serve plus one. Raises ``QueryError``."""
+    return await database.fetch(
+        collector.statement,
+        collector.params(params),
+        seconds,
+        query=collector.name,
+        max_rows=collector.max_rows,
+    )
 
 
 class SteadyScheduler(AsyncIOScheduler):  # type: ignore[misc]  # APScheduler is untyped

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import asyncpg
 
 from exporter.collect.custom import collector_of
+from exporter.collect.scheduler import fetch_rows
 from exporter.collectors import QueryCollector, schema
 from exporter.collectors.base import PartialData
 from exporter.config.queries_file import QueriesConfig, config_for
@@ -227,12 +228,8 @@ async def check(settings: Settings, out: Print = print, config: QueriesConfig | 
             # shape detected there, again if the server says the schema changed), and the
             # rows mapped onto metrics, so rows ``run`` could not serve fail here too.
             try:
-                result = await database.fetch(
-                    collector.statement,
-                    collector.params(settings),
-                    definition.schedule.timeout,
-                    query=collector.name,
-                    max_rows=collector.max_rows,
+                result = await fetch_rows(
+                    database, collector, settings, definition.schedule.timeout
                 )
             except QueryError as error:
                 failures += 1
