@@ -32,7 +32,7 @@ from exporter.db.leader import (
 from exporter.ops import dataset
 from exporter.ops.embedded import EmbeddedPostgres
 from tests.conftest import ExporterProcess, PgServer, StartExporter, wait_until, wait_until_sync
-from tests.helpers import ahttp_get, value
+from tests.helpers import ahttp_get, fetchval, value
 from tests.pgbouncer import PgBouncer, run_pgbouncer
 
 INTERVAL = 1.0
@@ -223,11 +223,8 @@ async def lock_holder(dsn: str, key: int) -> str | None:
 
 async def server_clock(dsn: str) -> datetime:
     """The database server's clock now (``pg_stat_activity.query_start`` runs on it)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        now: datetime = await conn.fetchval("SELECT clock_timestamp()")
-    finally:
-        await conn.close()
+    now = await fetchval(dsn, "SELECT clock_timestamp()")
+    assert isinstance(now, datetime)
     return now
 
 
